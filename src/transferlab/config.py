@@ -1,0 +1,227 @@
+"""Typed configuration: defaults live in code, a YAML file and `--set a.b=c` only override them.
+
+Every section is a dataclass. `load_config` starts from the defaults, applies the YAML file,
+then the command-line overrides, and checks every key and type on the way, so a typo is an
+error naming the key instead of a setting silently ignored. `dump_config` writes the resolved
+config, which `load_config` reads back to reproduce a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+from transferlab.errors import ConfigError
+
+ResizeMode = Literal["stretch", "crop", "pad"]
+Interpolation = Literal["nearest", "bilinear", "bicubic"]
+Normalization = Literal["model", "imagenet", "zscore", "minmax"]
+CacheMode = Literal["auto", "memory", "disk", "none"]
+
+
+@dataclass
+class DataConfig:
+    """Where images come from, how they are validated and cached, how they are split."""
+
+    subset: int | None = None  # keep at most this many images per class (seeded choice)
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    max_pixels: int = 89_478_485  # larger images are skipped as possible decompression bombs
+    min_side: int = 8  # images with a shorter side are skipped as unusable
+    alpha_background: tuple[int, int, int] = (255, 255, 255)  # transparent pixels become this
+    cache: CacheMode = "auto"  # auto: memory when it fits memory_limit_mb, else disk
+    cache_dir: str | None = None  # default: $TRANSFERLAB_CACHE or ~/.cache/transferlab
+    memory_limit_mb: int = 4096
+    disk_limit_gb: float = 50.0
+    decode_workers: int = 0  # processes decoding images; 0 = one per CPU core
+    group_column: str | None = None  # CSV manifest column whose rows must stay in one split
+
+
+@dataclass
+class PreprocessConfig:
+    """Deterministic resize and normalization, applied the same way to every split."""
+
+    size: int | None = None  # square input side; None = the backbone's input size
+    resize_mode: ResizeMode = "crop"  # stretch | crop (shorter side, then centre crop) | pad
+    interpolation: Interpolation | None = None  # None = the backbone's own
+    crop_pct: float = 1.0  # with resize_mode=crop: resize the shorter side to size / crop_pct
+    pad_fill: tuple[int, int, int] = (0, 0, 0)  # with resize_mode=pad: colour of the bars
+    normalize: Normalization = "model"
+
+
+@dataclass
+class ModelConfig:
+    """Backbone choice; the preprocessing defaults come from its pretrained_cfg."""
+
+    name: str = "tf_efficientnet_lite0"
+
+
+@dataclass
+class Config:
+    """A whole run. `seed` drives every random step."""
+
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file at `path`, then `key.sub=value` overrides, all checked."""
+    config = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist: give the path of a YAML file")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}".splitlines()[0]) from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(loaded).__name__}")
+        config = merge(config, loaded or {}, origin=str(path))
+    for item in overrides or []:
+        config = apply_override(config, item)
+    return config
+
+
+def apply_override(config: Config, item: str) -> Config:
+    """Apply one `a.b=c` override; the value is read as YAML (`3`, `0.1`, `true`, `[1, 2]`)."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"override '{item}' is not of the form key=value (e.g. --set train.epochs=5)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    nested: Any = value
+    for part in reversed(key.split(".")):
+        nested = {part: nested}
+    return merge(config, nested, origin="--set")
+
+
+def merge(obj: Any, updates: dict[str, Any], origin: str, prefix: str = "") -> Any:
+    """A copy of dataclass `obj` with `updates` applied; unknown keys and bad types raise."""
+    if not isinstance(updates, dict):
+        raise ConfigError(f"{origin}: '{prefix.rstrip('.') or 'config'}' must be a mapping, got {updates!r}")
+    hints = typing.get_type_hints(type(obj))
+    names = [f.name for f in dataclasses.fields(obj)]
+    changes = {}
+    for key, value in updates.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"{origin}: unknown config key '{full}' (valid here: {', '.join(names)})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            changes[key] = merge(current, value, origin, prefix=f"{full}.")
+        else:
+            changes[key] = coerce(value, hints[key], full, origin)
+    return dataclasses.replace(obj, **changes)
+
+
+def coerce(value: Any, annotation: Any, key: str, origin: str = "config") -> Any:
+    """`value` checked against `annotation`, with the safe conversions (int -> float, list -> tuple)."""
+    origin_type = get_origin(annotation)
+    args = get_args(annotation)
+
+    def fail(expected: str) -> typing.NoReturn:
+        raise ConfigError(f"{origin}: config key '{key}' expects {expected}, got {value!r}")
+
+    if origin_type in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return coerce(value, option, key, origin)
+            except ConfigError as exc:
+                errors.append(exc)
+        fail(" or ".join(describe(a) for a in args))
+    if origin_type is Literal:
+        if value in args:
+            return value
+        fail("one of " + ", ".join(repr(a) for a in args))
+    if annotation is Any:
+        return value
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        fail("true or false")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        fail("an integer")
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        fail("a number")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        fail("a string")
+    if origin_type in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            fail(describe(annotation))
+        if origin_type is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                fail(describe(annotation))
+            return tuple(coerce(v, a, f"{key}[{i}]", origin) for i, (v, a) in enumerate(zip(value, args)))
+        item_type = args[0] if args else Any
+        items = [coerce(v, item_type, f"{key}[{i}]", origin) for i, v in enumerate(value)]
+        return tuple(items) if origin_type is tuple else items
+    if origin_type is dict:
+        if not isinstance(value, dict):
+            fail("a mapping")
+        return {str(k): coerce(v, args[1] if args else Any, f"{key}.{k}", origin) for k, v in value.items()}
+    if dataclasses.is_dataclass(annotation):
+        if isinstance(value, annotation):
+            return value
+        if isinstance(value, dict):
+            return merge(annotation(), value, origin, prefix=f"{key}.")
+        fail(f"a mapping of {', '.join(f.name for f in dataclasses.fields(annotation))}")
+    raise TypeError(f"config annotation {annotation!r} for {key} is not supported")  # programmer error
+
+
+def describe(annotation: Any) -> str:
+    """A short human name for a type annotation, used in error messages."""
+    origin_type = get_origin(annotation)
+    args = get_args(annotation)
+    if annotation is type(None):
+        return "null"
+    if origin_type is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin_type in (list, tuple):
+        inner = ", ".join(describe(a) for a in args if a is not Ellipsis)
+        return f"a list of {inner}" if origin_type is list or Ellipsis in args else f"a list [{inner}]"
+    if origin_type in (Union, types.UnionType):
+        return " or ".join(describe(a) for a in args)
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        annotation, getattr(annotation, "__name__", str(annotation))
+    )
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Plain YAML-able dict of a config (tuples become lists)."""
+
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return plain(config)
+
+
+def dump_config(config: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML; `load_config(path)` gives the same config back."""
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False, allow_unicode=True), encoding="utf-8")

@@ -1,0 +1,309 @@
+"""Load a data source once: validate every image, decode it into the cache, find duplicates.
+
+`load_dataset` is the one entry point: it lists the source, keeps a seeded per-class subset
+if asked, decodes every image once (in parallel, with a progress bar), and returns an
+`ImageDataset` whose `images` store every later step reads. Files that cannot be used are
+in `skipped` with the reason; nothing is dropped without a line saying why.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from transferlab.config import Config
+from transferlab.data.cache import DecodingStore, DiskCache, DiskStore, ImageStore, MemoryStore
+from transferlab.data.decode import BadImage, content_hash, decode_array, decode_file, read_bytes
+from transferlab.data.sources import Item, Source, cache_root, open_source
+from transferlab.errors import DataError
+from transferlab.preprocess import ResizeSpec, channel_stats, resize_spec
+
+
+@dataclass
+class ImageDataset:
+    """Decoded, validated images with their labels, and the record of what was left out."""
+
+    source: str
+    classes: list[str]
+    paths: list[str]
+    labels: np.ndarray  # int64 index into classes
+    groups: np.ndarray  # int64: images sharing a group never straddle a split or fold
+    images: ImageStore
+    records: list[dict]  # per image: format, mode, width, height, bytes, sha256
+    spec: ResizeSpec
+    cache: str  # memory | disk | none
+    skipped: list[dict] = field(default_factory=list)
+    ignored: list[dict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    duplicates: list[dict] = field(default_factory=list)
+    empty_classes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        counts = np.bincount(self.labels, minlength=len(self.classes))
+        return {c: int(n) for c, n in zip(self.classes, counts)}
+
+    def require_classes(self, minimum: int = 2) -> None:
+        """Raise a clear error when the set cannot train a classifier."""
+        if len(self) == 0:
+            raise DataError(f"{self.source} has no usable images ({len(self.skipped)} skipped): "
+                            "run `transferlab inspect` on it to see why")
+        if len(self.classes) < minimum:
+            raise DataError(
+                f"{self.source} has {len(self.classes)} class ({', '.join(self.classes)}): a classifier needs "
+                f"at least {minimum}; add a folder per class"
+            )
+
+    def summary(self) -> dict:
+        """Health and statistics of the set, as written to dataset.json and shown by inspect."""
+        counts = self.counts
+        present = [n for n in counts.values() if n]
+        widths = np.array([r["width"] for r in self.records]) if self.records else np.zeros(0)
+        heights = np.array([r["height"] for r in self.records]) if self.records else np.zeros(0)
+        sizes = Counter(f"{r['width']}x{r['height']}" for r in self.records)
+        summary = {
+            "source": self.source,
+            "n_images": len(self),
+            "n_classes": len(self.classes),
+            "classes": self.classes,
+            "counts": counts,
+            "imbalance_ratio": round(max(present) / min(present), 3) if present else None,
+            "image_size": {
+                "width": stats_of(widths), "height": stats_of(heights),
+                "most_common": [{"size": s, "count": n} for s, n in sizes.most_common(5)],
+            },
+            "modes": dict(Counter(r["mode"] for r in self.records).most_common()),
+            "formats": dict(Counter(r["format"] for r in self.records).most_common()),
+            "oriented_by_exif": sum(1 for r in self.records if "orientation" in r),
+            "cached_as": {"size": self.spec.size, "resize_mode": self.spec.mode,
+                          "interpolation": self.spec.interpolation, "cache": self.cache},
+            "skipped": self.skipped,
+            "ignored": self.ignored,
+            "duplicates": self.duplicates,
+            "empty_classes": self.empty_classes,
+            "warnings": self.warnings,
+        }
+        if len(self):
+            mean, std = channel_stats(self.images)
+            summary["channel_mean"], summary["channel_std"] = mean, std
+        return summary
+
+
+def stats_of(values: np.ndarray) -> dict | None:
+    if len(values) == 0:
+        return None
+    return {"min": int(values.min()), "median": float(np.median(values)), "max": int(values.max())}
+
+
+def load_dataset(spec: str, config: Config, *, progress: bool = True) -> ImageDataset:
+    """Validate, decode once and cache every image of DATA `spec` under `config`."""
+    source = open_source(spec, group_column=config.data.group_column)
+    items = subset_items(source.items, config.data.subset, config.seed) if config.data.subset else source.items
+    resize = resize_spec(config)
+    cache_mode = choose_cache(config, len(items), resize.size, source)
+    disk = DiskCache(Path(config.data.cache_dir).expanduser() if config.data.cache_dir else cache_root(), resize)
+    outcomes = decode_all(source, items, resize, config, cache_mode, disk, progress=progress)
+
+    kept = [i for i, o in enumerate(outcomes) if o["ok"]]
+    skipped = list(source.skipped) + [
+        {"path": items[i].path, "reason": o["reason"]} for i, o in enumerate(outcomes) if not o["ok"]
+    ]
+    present = {items[i].label for i in kept}
+    classes = class_order(source, present)
+    index = {c: k for k, c in enumerate(classes)}
+    labels = np.array([index[items[i].label] for i in kept], dtype=np.int64)
+    records = [dict(outcomes[i]["meta"], sha256=outcomes[i]["hash"]) for i in kept]
+    paths = [items[i].path for i in kept]
+
+    if cache_mode == "memory":
+        array = outcomes.pixels if len(kept) == len(items) else outcomes.pixels[kept]
+        store: ImageStore = MemoryStore(array)
+    elif cache_mode == "disk":
+        files = [disk.entry(outcomes[i]["hash"]) for i in kept]
+        freed_limit = int(config.data.disk_limit_gb * 1e9)
+        disk.trim(freed_limit, keep=set(files))
+        store = DiskStore(files)
+    else:
+        store = DecodingStore([items[i].file for i in kept],
+                              [source.arrays[items[i].index] if items[i].file is None else None for i in kept],
+                              resize, config.data.max_pixels, config.data.min_side)
+
+    warnings = list(source.warnings)
+    lost = sorted({it.label for it in items} - present)
+    empty_classes = list(source.empty_classes) + lost
+    warnings += [f"class '{c}' has no usable images (all skipped): it is left out" for c in lost]
+    duplicates = find_duplicates(paths, [items[i].label for i in kept], [r["sha256"] for r in records])
+    for dup in duplicates:
+        if dup["conflict"]:
+            warnings.append(f"identical files with different labels ({', '.join(dup['labels'])}): "
+                            f"{', '.join(dup['paths'])}; fix the labels or remove one")
+    groups = split_groups([items[i].group for i in kept], [r["sha256"] for r in records])
+    return ImageDataset(
+        source=source.spec, classes=classes, paths=paths, labels=labels, groups=groups, images=store,
+        records=records, spec=resize, cache=cache_mode, skipped=skipped, ignored=source.ignored,
+        warnings=warnings, duplicates=duplicates, empty_classes=empty_classes,
+    )
+
+
+def subset_items(items: list[Item], per_class: int, seed: int) -> list[Item]:
+    """At most `per_class` items of each class, chosen with `seed`, in their original order."""
+    if per_class < 1:
+        raise DataError(f"data.subset={per_class} must be at least 1 image per class")
+    by_class: dict[str, list[int]] = defaultdict(list)
+    for i, item in enumerate(items):
+        by_class[item.label].append(i)
+    rng = np.random.default_rng(seed)
+    chosen: list[int] = []
+    for label in sorted(by_class):
+        members = by_class[label]
+        chosen += members if len(members) <= per_class else list(rng.choice(members, per_class, replace=False))
+    return [items[i] for i in sorted(chosen)]
+
+
+def class_order(source: Source, present: set[str]) -> list[str]:
+    if source.kind == "builtin":
+        from transferlab.data.sources import FASHION_MNIST_CLASSES
+
+        known = [c for c in FASHION_MNIST_CLASSES if c in present]
+        if known:
+            return known
+        return sorted(present, key=lambda c: (len(c), c))
+    return sorted(present)
+
+
+def choose_cache(config: Config, n_items: int, size: int, source: Source) -> str:
+    mode = config.data.cache
+    if mode != "auto":
+        return mode
+    needed_mb = n_items * size * size * 3 / 2**20
+    return "memory" if needed_mb <= config.data.memory_limit_mb else "disk"
+
+
+# --- the decode pass -------------------------------------------------------------------------
+
+_WORK: dict = {}
+
+
+def _init_worker(source: Source, resize: ResizeSpec, config: Config, cache_mode: str, disk: DiskCache) -> None:
+    _WORK.update(source=source, resize=resize, config=config, cache_mode=cache_mode, disk=disk)
+
+
+def _decode_one(item: Item) -> dict:
+    source: Source = _WORK["source"]
+    resize: ResizeSpec = _WORK["resize"]
+    config: Config = _WORK["config"]
+    disk: DiskCache = _WORK["disk"]
+    cache_mode: str = _WORK["cache_mode"]
+    limits = {"max_pixels": config.data.max_pixels, "min_side": config.data.min_side}
+    digest = None
+    try:
+        if item.file is None:
+            array = source.arrays[item.index]
+            data = None
+            digest = content_hash(array.tobytes() + str(array.shape).encode())
+        else:
+            data = read_bytes(item.file)
+            digest = content_hash(data)
+        if cache_mode == "disk":
+            meta = disk.get(digest)
+            if meta is not None and meta["width"] * meta["height"] <= limits["max_pixels"] \
+                    and min(meta["width"], meta["height"]) >= limits["min_side"]:
+                return {"ok": True, "hash": digest, "meta": meta}
+        if item.file is None:
+            pixels, meta = decode_array(array, resize)
+        else:
+            pixels, meta = decode_file(item.file, resize, data=data, **limits)
+    except BadImage as exc:
+        return {"ok": False, "hash": digest, "reason": str(exc)}
+    if cache_mode == "disk":
+        disk.put(digest, pixels, meta)
+        return {"ok": True, "hash": digest, "meta": meta}
+    return {"ok": True, "hash": digest, "meta": meta, "pixels": pixels if cache_mode == "memory" else None}
+
+
+class Outcomes(list):
+    """Per-item decode outcomes; with the memory cache, `pixels` holds every image in item order."""
+
+    pixels: np.ndarray | None = None
+
+
+def decode_all(source: Source, items: list[Item], resize: ResizeSpec, config: Config, cache_mode: str,
+               disk: DiskCache, *, progress: bool) -> Outcomes:
+    """Decode every item once, in worker processes when there are many; outcomes in item order."""
+    from transferlab.console import progress_bar
+
+    workers = config.data.decode_workers or os.cpu_count() or 1
+    workers = max(1, min(workers, len(items) // 64 or 1))
+    args = (source, resize, config, cache_mode, disk)
+    outcomes = Outcomes([None] * len(items))
+    if cache_mode == "memory":
+        outcomes.pixels = np.empty((len(items), resize.size, resize.size, 3), dtype=np.uint8)
+
+    def record(i: int, outcome: dict) -> None:
+        pixels = outcome.pop("pixels", None)
+        if pixels is not None and outcomes.pixels is not None:
+            outcomes.pixels[i] = pixels
+        outcomes[i] = outcome
+
+    label = f"Decoding {len(items):,} images"
+    with progress_bar(label, total=len(items), enabled=progress) as advance:
+        if workers == 1:
+            _init_worker(*args)
+            for i, item in enumerate(items):
+                record(i, _decode_one(item))
+                advance(1)
+        else:
+            methods = multiprocessing.get_all_start_methods()
+            context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+            with context.Pool(workers, initializer=_init_worker, initargs=args) as pool:
+                chunk = max(1, min(64, len(items) // (workers * 8)))
+                for i, outcome in enumerate(pool.imap(_decode_one, items, chunksize=chunk)):
+                    record(i, outcome)
+                    advance(1)
+    return outcomes
+
+
+def find_duplicates(paths: list[str], labels: list[str], hashes: list[str]) -> list[dict]:
+    """Byte-identical images: within one class (reported) or across classes (a label conflict)."""
+    by_hash: dict[str, list[int]] = defaultdict(list)
+    for i, digest in enumerate(hashes):
+        by_hash[digest].append(i)
+    found = []
+    for digest, members in by_hash.items():
+        if len(members) > 1:
+            member_labels = sorted({labels[i] for i in members})
+            found.append({"sha256": digest, "paths": [paths[i] for i in members], "labels": member_labels,
+                          "conflict": len(member_labels) > 1})
+    return sorted(found, key=lambda d: d["paths"][0])
+
+
+def split_groups(user_groups: list[str | None], hashes: list[str]) -> np.ndarray:
+    """Group ids joining images of one user group and byte-identical copies (union-find)."""
+    parent = list(range(len(hashes)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first_of: dict[tuple[str, str], int] = {}
+    for i, (group, digest) in enumerate(zip(user_groups, hashes)):
+        for key in ((("group", group) if group is not None else None), ("hash", digest)):
+            if key is None:
+                continue
+            if key in first_of:
+                parent[find(i)] = find(first_of[key])
+            else:
+                first_of[key] = i
+    roots = [find(i) for i in range(len(hashes))]
+    _, ids = np.unique(np.array(roots, dtype=np.int64), return_inverse=True)
+    return ids.astype(np.int64)

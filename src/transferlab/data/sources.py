@@ -1,0 +1,243 @@
+"""Data sources: an ImageFolder tree, a CSV manifest, or a built-in set, as a list of items.
+
+A source only lists what there is; nothing is decoded here. Files the user would not call
+images (hidden files, other extensions, files outside class folders) are listed as ignored
+with the reason, so nothing disappears silently. The user's files are only ever read.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from transferlab.errors import DataError
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}
+)
+BUILTINS = ("digits", "fashion-mnist", "fashion-mnist:test")
+FASHION_MNIST_CLASSES = (
+    "T-shirt or top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+DATA_HELP = "give a folder of class subfolders, a CSV manifest (path,label) or builtin:NAME (" + ", ".join(
+    f"builtin:{b}" for b in BUILTINS
+) + ")"
+
+
+@dataclass(frozen=True)
+class Item:
+    """One labelled image: `path` names it in split.csv and predictions; `file` is where it lives."""
+
+    path: str
+    label: str
+    file: Path | None = None  # None for images held in `Source.arrays`
+    group: str | None = None  # items sharing a group always land in the same split or fold
+    index: int | None = None  # position in `Source.arrays` for built-in sets
+
+
+@dataclass
+class Source:
+    """What a data spec points at: items to decode, and what was left out and why."""
+
+    spec: str
+    kind: str  # folder | csv | builtin
+    items: list[Item]
+    arrays: np.ndarray | None = None  # built-in sets: uint8 (N, H, W) aligned with items
+    ignored: list[dict[str, str]] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)  # listed but unusable (missing file, bad row)
+    warnings: list[str] = field(default_factory=list)
+    empty_classes: list[str] = field(default_factory=list)
+
+
+def open_source(spec: str, *, group_column: str | None = None) -> Source:
+    """Resolve DATA (folder, CSV manifest or `builtin:NAME`) into a `Source`."""
+    if spec.startswith("builtin:"):
+        return builtin_source(spec.removeprefix("builtin:"))
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return folder_source(path)
+    if path.is_file() and path.suffix.lower() in {".csv", ".tsv"}:
+        return manifest_source(path, group_column=group_column)
+    if path.exists():
+        raise DataError(f"data source {spec} is a file but not a CSV manifest: {DATA_HELP}")
+    raise DataError(f"data source {spec} does not exist: {DATA_HELP}")
+
+
+def ignore_reason(name: str) -> str | None:
+    """Why a file name is not taken as an image, or None when it is one."""
+    if name.startswith("."):
+        return "hidden file"
+    suffix = Path(name).suffix.lower()
+    if suffix not in IMAGE_EXTENSIONS:
+        return f"not an image extension ({suffix or 'no extension'})"
+    return None
+
+
+def folder_source(root: Path) -> Source:
+    """`root/<class>/<image>`; images may sit in subfolders of a class folder."""
+    root = root.resolve()
+    items: list[Item] = []
+    ignored: list[dict[str, str]] = []
+    empty: list[str] = []
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except PermissionError:
+        raise DataError(f"data folder {root} cannot be read (permission denied): check its permissions") from None
+    for entry in entries:
+        if entry.name.startswith("."):
+            if entry.is_file():
+                ignored.append({"path": entry.name, "reason": "hidden file"})
+            continue
+        if entry.is_file():
+            ignored.append({"path": entry.name, "reason": "not inside a class folder"})
+            continue
+        if not entry.is_dir():
+            continue
+        label = entry.name
+        found = 0
+        for dirpath, dirnames, filenames in os.walk(entry.path, followlinks=True):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__MACOSX")
+            for name in sorted(filenames):
+                full = Path(dirpath) / name
+                rel = full.relative_to(root).as_posix()
+                reason = ignore_reason(name)
+                if reason:
+                    ignored.append({"path": rel, "reason": reason})
+                    continue
+                items.append(Item(path=rel, label=label, file=full))
+                found += 1
+        if not found:
+            empty.append(label)
+    warnings = [f"class folder '{c}' has no images: it is left out" for c in empty]
+    if not items and not empty:
+        warnings.append(f"{root} has no class subfolders: expected {root}/<class>/<image>")
+    return Source(spec=str(root), kind="folder", items=items, ignored=ignored, warnings=warnings, empty_classes=empty)
+
+
+def manifest_source(csv_path: Path, *, group_column: str | None = None) -> Source:
+    """A CSV with a header naming `path` and `label` columns (and optionally a group column)."""
+    csv_path = csv_path.resolve()
+    base = csv_path.parent
+    try:
+        text = csv_path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise DataError(f"manifest {csv_path} is not UTF-8 text: save it as UTF-8 CSV") from None
+    dialect = csv.excel_tab if csv_path.suffix.lower() == ".tsv" else csv.excel
+    reader = csv.DictReader(text.splitlines(), dialect=dialect)
+    columns = {(name or "").strip().lower(): name for name in (reader.fieldnames or [])}
+    missing = [c for c in ("path", "label") if c not in columns]
+    if missing:
+        raise DataError(
+            f"manifest {csv_path} has no {' or '.join(repr(m) for m in missing)} column "
+            f"(found: {', '.join(columns) or 'nothing'}): its first row must be a header like path,label"
+        )
+    group_key = None
+    if group_column is not None:
+        if group_column.lower() not in columns:
+            raise DataError(f"manifest {csv_path} has no group column '{group_column}' (data.group_column)")
+        group_key = columns[group_column.lower()]
+    elif "group" in columns:
+        group_key = columns["group"]
+    items: list[Item] = []
+    skipped: list[dict[str, str]] = []
+    for row_number, row in enumerate(reader, start=2):
+        raw_path = (row.get(columns["path"]) or "").strip()
+        label = (row.get(columns["label"]) or "").strip()
+        if not raw_path and not label:
+            continue
+        if not raw_path or not label:
+            skipped.append({"path": raw_path or f"row {row_number}", "reason": f"row {row_number}: empty path or label"})
+            continue
+        file = Path(raw_path).expanduser()
+        file = file if file.is_absolute() else base / file
+        if not file.is_file():
+            skipped.append({"path": raw_path, "reason": f"row {row_number}: file not found ({file})"})
+            continue
+        group = (row.get(group_key) or "").strip() or None if group_key else None
+        items.append(Item(path=raw_path, label=label, file=file, group=group))
+    return Source(spec=str(csv_path), kind="csv", items=items, skipped=skipped)
+
+
+def builtin_source(name: str) -> Source:
+    """`digits` (scikit-learn, 8x8) or `fashion-mnist[:test]` (IDX files, 28x28)."""
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        # 0..16 ink levels -> 0..255 grey levels
+        arrays = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
+        labels = [str(int(t)) for t in digits.target]
+        items = [Item(path=f"digits/{i:04d}", label=labels[i], index=i) for i in range(len(labels))]
+        return Source(spec="builtin:digits", kind="builtin", items=items, arrays=arrays)
+    if name in ("fashion-mnist", "fashion-mnist:train", "fashion-mnist:test"):
+        split = "test" if name.endswith(":test") else "train"
+        images, targets = load_fashion_mnist(split)
+        items = [
+            Item(path=f"fashion-mnist/{split}/{i:05d}", label=FASHION_MNIST_CLASSES[int(t)], index=i)
+            for i, t in enumerate(targets)
+        ]
+        return Source(spec=f"builtin:fashion-mnist{':test' if split == 'test' else ''}", kind="builtin",
+                      items=items, arrays=images)
+    raise DataError(f"unknown built-in data set '{name}': choose one of {', '.join('builtin:' + b for b in BUILTINS)}")
+
+
+def fashion_mnist_dirs() -> list[Path]:
+    """Folders searched for Fashion-MNIST IDX files, in order."""
+    dirs = []
+    if os.environ.get("TRANSFERLAB_DATA"):
+        env = Path(os.environ["TRANSFERLAB_DATA"]).expanduser()
+        dirs += [env, env / "fashion-mnist", env / "FashionMNIST" / "raw"]
+    dirs += [DEBIAN_FASHION_MNIST, cache_root() / "datasets" / "FashionMNIST" / "raw"]
+    return dirs
+
+
+def cache_root() -> Path:
+    """Where transferlab keeps caches and downloads: $TRANSFERLAB_CACHE or ~/.cache/transferlab."""
+    return Path(os.environ.get("TRANSFERLAB_CACHE") or Path.home() / ".cache" / "transferlab").expanduser()
+
+
+def load_fashion_mnist(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 28, 28) uint8 and labels of the official train or test split."""
+    prefix = "train" if split == "train" else "t10k"
+    for folder in fashion_mnist_dirs():
+        image_file = find_idx(folder, f"{prefix}-images-idx3-ubyte")
+        label_file = find_idx(folder, f"{prefix}-labels-idx1-ubyte")
+        if image_file and label_file:
+            return read_idx(image_file), read_idx(label_file)
+    try:
+        from torchvision.datasets import FashionMNIST
+
+        FashionMNIST(str(cache_root() / "datasets"), train=split == "train", download=True)
+    except Exception as exc:  # offline, or the mirror is down
+        searched = ", ".join(str(d) for d in fashion_mnist_dirs())
+        raise DataError(
+            f"Fashion-MNIST not found (searched {searched}) and the download failed ({type(exc).__name__}): "
+            "run `apt-get install dataset-fashion-mnist`, or set TRANSFERLAB_DATA to a folder with the IDX files"
+        ) from None
+    return load_fashion_mnist(split)
+
+
+def find_idx(folder: Path, stem: str) -> Path | None:
+    for candidate in (folder / stem, folder / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (optionally gzipped) of unsigned bytes, as in the MNIST family."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        data = handle.read()
+    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise DataError(f"{path} is not an IDX file of unsigned bytes: replace it with the original download")
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape).copy()

@@ -1,0 +1,163 @@
+"""Deterministic preprocessing: resize (nearest / bilinear / bicubic; stretch, crop or pad) and
+normalization (min-max, z-score from the training split, ImageNet, or the backbone's own).
+
+Resizing happens once, when an image enters the decode-once cache, with PIL (antialiased when
+it shrinks an image). Normalization happens on the fly on uint8 tensors read from the cache.
+Defaults (size, interpolation, mean/std) come from the backbone's timm `pretrained_cfg`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from transferlab.config import Config
+from transferlab.errors import ConfigError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
+            "bicubic": Image.Resampling.BICUBIC}
+
+
+@dataclass(frozen=True)
+class ResizeSpec:
+    """Everything that decides the cached pixels of an image (part of the disk-cache key)."""
+
+    size: int
+    mode: str = "crop"
+    interpolation: str = "bicubic"
+    crop_pct: float = 1.0
+    pad_fill: tuple[int, int, int] = (0, 0, 0)
+    alpha_background: tuple[int, int, int] = (255, 255, 255)
+
+    def key(self) -> str:
+        return (f"{self.size}-{self.mode}-{self.interpolation}-{self.crop_pct:g}-"
+                f"{'.'.join(map(str, self.pad_fill))}-{'.'.join(map(str, self.alpha_background))}")
+
+
+def backbone_defaults(model_name: str) -> dict:
+    """Input size, interpolation, mean and std from timm's pretrained_cfg of `model_name`."""
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    base = model_name.split(".")[0]
+    if not timm.is_model(base):
+        raise ConfigError(f"unknown timm model '{model_name}' (model.name): see `timm.list_models()` for names")
+    cfg = get_pretrained_cfg(model_name) or get_pretrained_cfg(base)
+    cfg = cfg.to_dict() if cfg is not None else {}
+    return {
+        "size": int(cfg.get("input_size", (3, 224, 224))[-1]),
+        "interpolation": cfg.get("interpolation") if cfg.get("interpolation") in RESAMPLE else "bilinear",
+        "mean": tuple(float(v) for v in cfg.get("mean", IMAGENET_MEAN)),
+        "std": tuple(float(v) for v in cfg.get("std", IMAGENET_STD)),
+    }
+
+
+def resize_spec(config: Config) -> ResizeSpec:
+    """The resize settings of `config`, with backbone defaults filled in."""
+    pre = config.preprocess
+    defaults = backbone_defaults(config.model.name) if pre.size is None or pre.interpolation is None else {}
+    size = pre.size or defaults["size"]
+    if size < 8:
+        raise ConfigError(f"preprocess.size={size} is too small: use at least 8 pixels")
+    if not 0.05 < pre.crop_pct <= 1.0:
+        raise ConfigError(f"preprocess.crop_pct={pre.crop_pct} must be in (0.05, 1]")
+    return ResizeSpec(
+        size=size,
+        mode=pre.resize_mode,
+        interpolation=pre.interpolation or defaults["interpolation"],
+        crop_pct=pre.crop_pct,
+        pad_fill=tuple(pre.pad_fill),
+        alpha_background=tuple(config.data.alpha_background),
+    )
+
+
+def resize_image(image: Image.Image, spec: ResizeSpec) -> np.ndarray:
+    """An RGB PIL image resized to `spec.size` square as uint8 (H, W, 3).
+
+    stretch: both sides to size (aspect ratio changes). crop: the centred square of side
+    `crop_pct * shorter side`, resized to size. pad: the longer side
+    to size, the rest filled with `pad_fill` (letterbox).
+    """
+    resample = RESAMPLE[spec.interpolation]
+    size = spec.size
+    width, height = image.size
+    if spec.mode == "stretch":
+        out = image.resize((size, size), resample)
+    elif spec.mode == "crop":
+        side = max(1, round(min(width, height) * spec.crop_pct))
+        left, top = (width - side) // 2, (height - side) // 2
+        out = image.crop((left, top, left + side, top + side)).resize((size, size), resample)
+    elif spec.mode == "pad":
+        scale = size / max(width, height)
+        new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+        out = Image.new("RGB", (size, size), spec.pad_fill)
+        out.paste(image.resize((new_w, new_h), resample), ((size - new_w) // 2, (size - new_h) // 2))
+    else:  # the config type check keeps other values out
+        raise AssertionError(spec.mode)
+    return np.asarray(out, dtype=np.uint8)
+
+
+def channel_stats(images, indices: np.ndarray | None = None, chunk: int = 256) -> tuple[tuple, tuple]:
+    """Per-channel mean and std in [0, 1] units of uint8 (N, H, W, 3) images, over `indices`.
+
+    Counts a 256-bin histogram per channel, chunk by chunk: exact (integer sums) and never
+    holds more than one chunk of the cache in memory.
+    """
+    indices = np.arange(len(images)) if indices is None else np.asarray(indices)
+    if len(indices) == 0:
+        raise ValueError("channel statistics need at least one image")
+    histogram = np.zeros((3, 256), dtype=np.int64)
+    for start in range(0, len(indices), chunk):
+        part = indices[start : start + chunk]
+        batch = images[part] if isinstance(images, np.ndarray) else images.take(part)
+        for channel in range(3):
+            histogram[channel] += np.bincount(batch[..., channel].ravel(), minlength=256)
+    levels = np.arange(256, dtype=np.float64) / 255.0
+    count = histogram.sum(axis=1)
+    mean = (histogram * levels).sum(axis=1) / count
+    var = (histogram * np.square(levels[None, :] - mean[:, None])).sum(axis=1) / count
+    return tuple(float(v) for v in mean), tuple(float(v) for v in np.sqrt(var))
+
+
+@dataclass(frozen=True)
+class Normalizer:
+    """uint8 (…, 3, H, W) tensor -> float32 normalized tensor. Picklable for DataLoader workers."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    method: str
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        x = image.float().div_(255.0) if image.dtype == torch.uint8 else image.float()
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(3, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(3, 1, 1)
+        return (x - mean) / std
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "mean": list(self.mean), "std": list(self.std)}
+
+
+def build_normalizer(config: Config, train_stats: tuple[tuple, tuple] | None = None) -> Normalizer:
+    """The normalization of `config.preprocess.normalize`.
+
+    zscore needs `train_stats` = channel_stats of the TRAINING part only, so nothing about the
+    validation or test images leaks into the model's input.
+    """
+    method = config.preprocess.normalize
+    if method == "minmax":
+        return Normalizer((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), method)
+    if method == "imagenet":
+        return Normalizer(IMAGENET_MEAN, IMAGENET_STD, method)
+    if method == "model":
+        defaults = backbone_defaults(config.model.name)
+        return Normalizer(defaults["mean"], defaults["std"], method)
+    if train_stats is None:
+        raise ValueError("zscore normalization needs the training split's channel statistics")
+    mean, std = train_stats
+    std = tuple(max(s, 1e-6) for s in std)  # a constant channel must not divide by zero
+    return Normalizer(tuple(mean), std, method)

@@ -1,0 +1,124 @@
+"""Shared fixtures: tiny synthetic image folders, including every kind of bad file."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from transferlab.config import load_config
+
+
+def save(image: Image.Image, path: Path, **kwargs) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, **kwargs)
+    return path
+
+
+def pattern(seed: int, size: tuple[int, int] = (40, 30)) -> Image.Image:
+    """A distinct RGB picture per seed (smooth gradients plus a block), so files are never identical."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    y, x = np.mgrid[0:h, 0:w]
+    base = rng.integers(0, 256, 3)
+    img = (base + 3 * x[..., None] + 2 * y[..., None] * rng.integers(1, 3, 3)) % 256
+    x0, y0 = rng.integers(0, w // 2), rng.integers(0, h // 2)
+    img[y0 : y0 + h // 3, x0 : x0 + w // 3] = rng.integers(0, 256, 3)
+    return Image.fromarray(img.astype(np.uint8), "RGB")
+
+
+def jpeg_bytes(image: Image.Image, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=92, **kwargs)
+    return buffer.getvalue()
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# file (relative to the root) -> the start of the reason it must be skipped with
+BAD_FILES = {
+    "cat/empty.jpg": "empty file",
+    "cat/truncated.jpg": "truncated",
+    "dog/truncated.png": "truncated",
+    "dog/notes.jpg": "not an image",
+    "dog/bomb.png": "too large",
+    "cat/tiny.png": "too small",
+}
+IGNORED_FILES = {".DS_Store": "hidden file", "cat/.hidden.jpg": "hidden file", "dog/readme.txt": "not an image extension",
+                 "loose.jpg": "not inside a class folder"}
+
+
+@pytest.fixture
+def bad_folder(tmp_path: Path) -> Path:
+    """root/<class>/<file> with good images in many modes and every bad case the loader must name."""
+    root = tmp_path / "photos"
+    for i in range(6):
+        save(pattern(i), root / "cat" / f"cat_{i}.jpg", quality=92)
+        save(pattern(100 + i), root / "dog" / f"dog_{i}.png")
+    # modes that must become correct RGB
+    save(pattern(200).convert("L"), root / "dog" / "grey_L.png")
+    la = pattern(201).convert("LA")
+    save(la, root / "dog" / "grey_alpha_LA.png")
+    rgba = pattern(202).convert("RGBA")
+    rgba.putalpha(128)
+    save(rgba, root / "cat" / "half_transparent_RGBA.png")
+    p = pattern(203).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    p.info["transparency"] = 0
+    save(p, root / "cat" / "palette_P.png", transparency=0)
+    save(pattern(204).convert("CMYK"), root / "dog" / "print_CMYK.jpg")
+    deep = Image.fromarray((np.arange(40 * 30, dtype=np.uint16).reshape(30, 40) * 50))
+    save(deep, root / "dog" / "deep_I16.png")
+    # EXIF-rotated photo: stored 40x30 landscape, orientation 6 means display rotated 90 degrees clockwise
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    save(pattern(205), root / "cat" / "rotated_exif.jpg", exif=exif.tobytes(), quality=92)
+    save(pattern(206), root / "cat" / "chat_été_😀.jpg", quality=92)
+    # duplicates: within a class, and across classes (a label conflict)
+    same = jpeg_bytes(pattern(300))
+    (root / "cat" / "dup_a.jpg").write_bytes(same)
+    (root / "cat" / "dup_b.jpg").write_bytes(same)
+    other = png_bytes(pattern(301))
+    (root / "cat" / "conflict.png").write_bytes(other)
+    (root / "dog" / "conflict.png").write_bytes(other)
+    # bad files
+    (root / "cat" / "empty.jpg").write_bytes(b"")
+    whole = jpeg_bytes(pattern(400, (120, 90)))
+    (root / "cat" / "truncated.jpg").write_bytes(whole[: len(whole) // 2])
+    whole_png = png_bytes(pattern(401, (120, 90)))
+    (root / "dog" / "truncated.png").write_bytes(whole_png[: len(whole_png) // 2])
+    (root / "dog" / "notes.jpg").write_text("this is not a picture\n")
+    save(Image.new("1", (9500, 9500)), root / "dog" / "bomb.png")  # 90.25 Mpx, above the default limit
+    save(Image.new("RGB", (1, 1), (255, 0, 0)), root / "cat" / "tiny.png")
+    # ignored
+    (root / ".DS_Store").write_bytes(b"\x00\x01")
+    (root / "cat" / ".hidden.jpg").write_bytes(jpeg_bytes(pattern(500)))
+    (root / "dog" / "readme.txt").write_text("labels by hand\n")
+    (root / "loose.jpg").write_bytes(jpeg_bytes(pattern(501)))
+    (root / "empty_class").mkdir()
+    return root
+
+
+@pytest.fixture
+def small_config():
+    """A config that caches at 32 px in memory with one decode process: fast and deterministic."""
+    return load_config(overrides=["preprocess.size=32", "data.cache=memory", "data.decode_workers=1"])
+
+
+@pytest.fixture
+def color_folder(tmp_path: Path) -> Path:
+    """Three classes of 10 images each whose colour decides the class: a learnable toy task."""
+    root = tmp_path / "colors"
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(("red", "green", "blue")):
+        for i in range(10):
+            img = rng.integers(0, 60, (24, 24, 3), dtype=np.uint8)
+            img[..., k] = rng.integers(160, 256, (24, 24), dtype=np.uint8)
+            save(Image.fromarray(img), root / name / f"{name}_{i}.png")
+    return root

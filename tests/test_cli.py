@@ -1,0 +1,47 @@
+"""The command line: one line and exit 2 for user mistakes, tables and JSON otherwise."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import BAD_FILES
+from transferlab.cli import main
+
+
+def test_inspect_lists_every_bad_file_and_exits_0(bad_folder, capsys):
+    code = main(["inspect", str(bad_folder), "--size", "32", "--set", "data.decode_workers=1"])
+    out = capsys.readouterr().out
+    assert code == 0
+    for path in BAD_FILES:
+        assert path.split("/")[1] in out, path
+    for phrase in ("empty file", "truncated", "not an image", "too large", "too small", "hidden file",
+                   "CONFLICT", "empty_class"):
+        assert phrase in out, phrase
+
+
+def test_inspect_json_is_machine_readable(bad_folder, capsys):
+    assert main(["inspect", str(bad_folder), "--size", "32", "--json", "--set", "data.decode_workers=1"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["classes"] == ["cat", "dog"]
+    assert {s["path"] for s in summary["skipped"]} == set(BAD_FILES)
+    assert len(summary["channel_mean"]) == 3
+
+
+def test_user_mistakes_are_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["inspect", str(tmp_path / "no" / "such" / "dir")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "does not exist" in err and "Traceback" not in err
+    assert main(["inspect", "builtin:digits", "--set", "data.nope=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unknown config key 'data.nope'" in err
+
+
+def test_console_script_is_installed():
+    result = subprocess.run([sys.executable, "-m", "transferlab.cli", "inspect", "/no/such/dir"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    help_text = subprocess.run([sys.executable, "-m", "transferlab.cli", "inspect", "--help"],
+                               capture_output=True, text=True).stdout
+    assert "examples:" in help_text and "--json" in help_text
