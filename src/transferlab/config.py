@@ -56,6 +56,18 @@ class PreprocessConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Training-time augmentation (see augment.py for every op and its keys)."""
+
+    preset: Literal["none", "light", "standard", "heavy"] = "standard"
+    ops: list[Any] | None = None  # replaces the preset's list: [{op: rotate, degrees: [-10, 10], p: 0.5}, ...]
+    mixup_alpha: float | None = None  # None = the preset's; 0 = off; lambda ~ Beta(alpha, alpha)
+    cutmix_alpha: float | None = None
+    mix_prob: float = 1.0  # probability that a batch is mixed at all
+    switch_prob: float = 0.5  # with both on: probability of CutMix instead of MixUp
+
+
+@dataclass
 class ModelConfig:
     """Backbone choice; the preprocessing defaults come from its pretrained_cfg."""
 
@@ -69,6 +81,7 @@ class Config:
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
 
 
