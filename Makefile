@@ -30,7 +30,7 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 demo: $(VENV)/.installed
-	$(BIN)/transferlab inspect builtin:digits
+	$(BIN)/transferlab demo
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest

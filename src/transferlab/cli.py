@@ -14,6 +14,7 @@ from pathlib import Path
 
 from transferlab import __version__
 from transferlab.config import Config, load_config, merge
+from transferlab.data.sources import check_spec
 from transferlab.errors import TransferlabError
 
 EXAMPLES = {
@@ -21,6 +22,19 @@ EXAMPLES = {
   transferlab inspect builtin:digits
   transferlab inspect ~/photos/pets --json > health.json
   transferlab inspect labels.csv --set data.max_pixels=200000000""",
+    "train": """examples:
+  transferlab train builtin:digits
+  transferlab train ~/photos/pets --strategy fine-tune --epochs 10 --aug standard
+  transferlab train labels.csv --model resnet50 --weights resnet50.safetensors --lr 3e-4
+  transferlab train ~/photos/pets --strategy gradual --find-lr --out runs/pets-gradual
+  transferlab train --resume runs/pets-gradual            # continue an interrupted run
+  transferlab train data/ --devices 2 --strategy-ddp ddp  # two GPUs (or CPU processes)""",
+    "predict": """examples:
+  transferlab predict runs/pets photo1.jpg photo2.png
+  transferlab predict runs/pets ~/new/*.jpg --top-k 3 --json > predictions.json""",
+    "demo": """examples:
+  transferlab demo
+  transferlab demo --out runs/my-demo""",
     "preview": """examples:
   transferlab preview builtin:digits --aug heavy --out grid.png
   transferlab preview ~/photos/pets --aug my_augment.yaml --n 6 --rows 4
@@ -33,6 +47,16 @@ FLAG_KEYS = {
     "subset": "data.subset",
     "size": "preprocess.size",
     "model": "model.name",
+    "weights": "model.weights",
+    "strategy": "strategy.name",
+    "epochs": "train.epochs",
+    "batch_size": "train.batch_size",
+    "lr": "optim.lr",
+    "precision": "train.precision",
+    "accelerator": "train.accelerator",
+    "devices": "train.devices",
+    "strategy_ddp": "train.ddp",
+    "workers": "train.workers",
 }
 
 
@@ -57,6 +81,10 @@ def config_from_args(args: argparse.Namespace) -> Config:
         value = getattr(args, flag, None)
         if value is not None:
             overrides.append(f"{key}={json.dumps(value)}")
+    if getattr(args, "no_pretrained", False):
+        overrides.append("model.pretrained=false")
+    if getattr(args, "find_lr", False):
+        overrides.append("train.find_lr=true")
     config = load_config(getattr(args, "config", None), overrides)
     if getattr(args, "aug", None):
         from transferlab.augment import augment_from_arg
@@ -80,6 +108,7 @@ def unused_path(path: Path) -> Path:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    check_spec(args.data)
     from transferlab.data import load_dataset
     from transferlab.data.health import print_summary
 
@@ -94,6 +123,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
+    check_spec(args.data)
     from transferlab.data import load_dataset
     from transferlab.preview import pick_rows, preview_grid
 
@@ -108,6 +138,81 @@ def cmd_preview(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else unused_path(Path("augment-preview.png"))
     path = preview_grid(images, names, config.augment, out, n=args.n, seed=config.seed)
     print(path)
+    return 0
+
+
+def add_train_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--weights", metavar="FILE", help="local .pth / .safetensors backbone weights")
+    parser.add_argument("--no-pretrained", action="store_true", help="train from scratch (a baseline)")
+    parser.add_argument("--strategy", choices=["auto", "feature-extraction", "fine-tune", "gradual"],
+                        help="how to adapt the backbone (default auto)")
+    parser.add_argument("--epochs", type=int, help="epochs (default: 30 feature-extraction, 10 fine-tune, 20 gradual)")
+    parser.add_argument("--batch-size", type=int, help="batch size (default 32)")
+    parser.add_argument("--lr", type=float, help="peak learning rate of the head (default 1e-3)")
+    parser.add_argument("--out", metavar="RUN", help="run directory (default runs/<time>-<data>-<strategy>)")
+    parser.add_argument("--find-lr", action="store_true", help="run Lightning's LR finder first and use its pick")
+    parser.add_argument("--precision", help="Lightning precision: 32-true (default), 16-mixed, bf16-mixed")
+    parser.add_argument("--accelerator", help="cpu, gpu, mps or auto (default)")
+    parser.add_argument("--devices", help="number of devices, or auto (default)")
+    parser.add_argument("--strategy-ddp", metavar="NAME", help="Lightning distributed strategy, e.g. ddp")
+    parser.add_argument("--workers", type=int, help="DataLoader workers (default: cores - 1)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def quiet_lightning() -> None:
+    import logging
+    import warnings
+
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", ".*(does not have many workers|LeafSpec|TensorBoard|litlogger).*")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    if args.data:
+        check_spec(args.data)  # a missing folder is reported before the heavy imports
+    from transferlab.pipeline import run_training, summary_line
+    from transferlab.run import is_worker_process
+
+    quiet_lightning()
+    if args.resume:
+        run_dir = run_training(None, load_config(), resume=args.resume, progress=not args.quiet)
+    else:
+        if not args.data:
+            raise TransferlabError("give DATA (a folder, a CSV manifest or builtin:NAME), or --resume RUN")
+        config = config_from_args(args)
+        run_dir = run_training(args.data, config, out=args.out, progress=not args.quiet)
+    if not is_worker_process():
+        print(f"run directory: {run_dir}")
+        print(summary_line(run_dir))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from transferlab.predict import predict_files
+
+    results = predict_files(args.run, args.images, top_k=args.top_k)
+    failed = [r for r in results if "error" in r]
+    if args.json:
+        print(json.dumps(results, indent=2, ensure_ascii=False))
+    else:
+        for r in results:
+            if "error" in r:
+                continue
+            best = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r["top"])
+            print(f"{r['path']}: {best}")
+    for r in failed:
+        print(f"transferlab predict: error: {r['path']}: {r['error']}", file=sys.stderr)
+    return 2 if failed else 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from transferlab.pipeline import run_demo, summary_line
+
+    quiet_lightning()
+    run_dir = run_demo(out=args.out, progress=not args.quiet)
+    print(f"run directory: {run_dir}")
+    print(summary_line(run_dir))
     return 0
 
 
@@ -129,6 +234,27 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_options(inspect)
     add_config_options(inspect)
     inspect.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+
+    train = command("train", cmd_train, "train a classifier by transfer learning and write a run directory")
+    train.add_argument("data", metavar="DATA", nargs="?",
+                       help="class-folder tree, CSV manifest (path,label) or builtin:NAME")
+    train.add_argument("--subset", type=int, metavar="N", help="keep at most N images per class (seeded)")
+    train.add_argument("--size", type=int, metavar="PX", help="input side in pixels (default: the backbone's)")
+    train.add_argument("--model", metavar="NAME", help="timm backbone name (default tf_efficientnet_lite0)")
+    add_train_options(train)
+    add_aug_option(train)
+    add_config_options(train)
+    train.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint")
+
+    predict = command("predict", cmd_predict, "top-k classes of image files with a trained run")
+    predict.add_argument("run", metavar="RUN", help="a run directory written by `transferlab train`")
+    predict.add_argument("images", metavar="IMAGE", nargs="+", help="image files")
+    predict.add_argument("--top-k", type=int, default=5, help="classes to show per image (default 5)")
+    predict.add_argument("--json", action="store_true", help="print JSON on stdout")
+
+    demo = command("demo", cmd_demo, "the whole path on a built-in data set, on a CPU, in minutes")
+    demo.add_argument("--out", metavar="RUN", help="run directory (default runs/<time>-demo-...)")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
 
     preview = command("preview", cmd_preview, "what the augmentation does, as a PNG grid")
     add_data_options(preview)

@@ -29,6 +29,7 @@ CacheMode = Literal["auto", "memory", "disk", "none"]
 class DataConfig:
     """Where images come from, how they are validated and cached, how they are split."""
 
+    source: str | None = None  # DATA: a folder, a CSV manifest or builtin:NAME (recorded by every run)
     subset: int | None = None  # keep at most this many images per class (seeded choice)
     val_fraction: float = 0.15
     test_fraction: float = 0.15
@@ -69,9 +70,84 @@ class AugmentConfig:
 
 @dataclass
 class ModelConfig:
-    """Backbone choice; the preprocessing defaults come from its pretrained_cfg."""
+    """Backbone choice and weights; the preprocessing defaults come from its pretrained_cfg."""
 
-    name: str = "tf_efficientnet_lite0"
+    name: str = "tf_efficientnet_lite0"  # any timm model name
+    pretrained: bool = True  # False: train from scratch (a baseline)
+    weights: str | None = None  # a local .pth / .safetensors file instead of the bundled or hub weights
+    dropout: float = 0.2  # before the new linear head
+    drop_path: float | None = None  # timm's stochastic depth rate, for fine-tuning
+
+
+@dataclass
+class GradualStep:
+    """From `epoch` (1-based) on, `groups` train too, at `lr` (None = each group's own rate)."""
+
+    epoch: int = 1
+    groups: list[str] = field(default_factory=lambda: ["head"])
+    lr: float | None = None
+
+
+@dataclass
+class StrategyConfig:
+    """How the pretrained network is adapted (see strategies.py)."""
+
+    name: Literal["auto", "feature-extraction", "fine-tune", "gradual"] = "auto"
+    # learning rate of each layer group = optim.lr x its multiplier (fine-tune and gradual)
+    lr_mult: dict[str, float] = field(
+        default_factory=lambda: {"early": 0.01, "middle": 0.1, "late": 1.0, "head": 1.0})
+    layer_decay: float | None = None  # instead of lr_mult: lr x decay^(depth from the head)
+    head_warmup_epochs: int = 5  # fine-tune: first train the head on cached features (LP-FT)
+    feature_views: int = 0  # feature-extraction: K augmented views per training image, besides the plain one
+    train_bn: bool = True  # unfrozen BatchNorm layers update their statistics
+    gradual: list[GradualStep] = field(default_factory=lambda: [
+        GradualStep(1, ["head"]), GradualStep(6, ["late"]), GradualStep(11, ["middle", "early"])])
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["adamw", "sgd"] = "adamw"
+    lr: float = 1e-3  # peak learning rate of the head; groups scale it (strategy.lr_mult)
+    weight_decay: float | None = None  # None: 0.05 for adamw, 5e-4 for sgd; never on biases and norms
+    momentum: float = 0.9  # sgd
+    nesterov: bool = True  # sgd
+    betas: tuple[float, float] = (0.9, 0.999)  # adamw
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning-rate schedule; every group's rate is multiplied by the same factor."""
+
+    name: Literal["cosine", "step", "cyclic", "onecycle", "constant"] = "cosine"
+    warmup_epochs: float = 1.0  # linear warm-up (cosine, step, constant)
+    min_lr_ratio: float = 0.01  # cosine: final rate as a fraction of the peak
+    step_epochs: float = 5.0  # step: multiply by gamma every step_epochs
+    gamma: float = 0.1
+    cycle_epochs: float = 2.0  # cyclic (triangular): epochs per full cycle
+    cycle_min_ratio: float = 0.1  # cyclic: bottom of the cycle as a fraction of the peak
+    pct_start: float = 0.3  # onecycle: fraction of training spent rising
+    div_factor: float = 25.0  # onecycle: start at peak / div_factor
+    final_div_factor: float = 1e4  # onecycle: end at start / final_div_factor
+
+
+@dataclass
+class TrainConfig:
+    epochs: int | None = None  # None: feature-extraction 30, fine-tune 10, gradual 20
+    batch_size: int = 32
+    workers: int | None = None  # DataLoader workers; None = cores - 1 (at most 8)
+    imbalance: Literal["auto", "none", "weights", "sampler"] = "auto"  # auto: weights if largest/smallest >= 3
+    early_stopping: int | None = 10  # patience in epochs without improvement of `monitor`; null = off
+    monitor: Literal["val_loss", "val_accuracy", "val_balanced_accuracy", "val_f1_macro"] = "val_loss"
+    grad_clip: float | None = None  # clip the gradient norm
+    precision: str = "32-true"  # Lightning precision: 32-true, 16-mixed, bf16-mixed
+    accelerator: str = "auto"  # cpu, gpu, mps, auto
+    devices: str = "auto"  # number or list of devices, or auto
+    ddp: str | None = None  # Lightning strategy for several devices: ddp, ddp_spawn, fsdp, ...
+    num_nodes: int = 1
+    channels_last: bool = True  # memory format of convolutional backbones
+    find_lr: bool = False  # run Lightning's LR finder first and use its suggestion
+    eval_batch_size: int = 64
 
 
 @dataclass
@@ -83,6 +159,10 @@ class Config:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

@@ -1,13 +1,18 @@
-"""Torch datasets over the decode-once cache, and DataLoader defaults."""
+"""Torch datasets over the decode-once cache, the seeded epoch sampler, and DataLoader defaults.
+
+Reproducibility does not depend on worker count, order or resumption: the sampler draws each
+epoch's order from (seed, epoch) and hands `(index, epoch)` keys to the dataset, which seeds
+the augmentation of every image from (seed, epoch, index).
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from transferlab.data.cache import ImageStore
 
@@ -17,26 +22,92 @@ def default_workers() -> int:
     return min(8, max(0, (os.cpu_count() or 1) - 1))
 
 
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    return (seed * 1_000_003 + epoch * 100_003 + index) % (2**63)
+
+
+def split_key(key) -> tuple[int, int]:
+    return (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (int(key), 0)
+
+
 class CachedImageDataset(Dataset):
     """(uint8 (3, H, W) image, label) pairs read from an `ImageStore`, optionally augmented.
 
     `indices` select the images of one split or fold; the store itself is shared, so folds and
-    epochs never decode a file again.
+    epochs never decode a file again. Keys are positions in `indices`, or (position, epoch).
     """
 
     def __init__(self, store: ImageStore, labels: np.ndarray, indices: np.ndarray,
-                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None):
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None, seed: int = 0):
         self.store = store
         self.labels = np.asarray(labels, dtype=np.int64)
         self.indices = np.asarray(indices, dtype=np.int64)
         self.transform = transform
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, k: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key) -> tuple[torch.Tensor, int]:
+        k, epoch = split_key(key)
         i = int(self.indices[k])
         image = torch.from_numpy(np.array(self.store[i], dtype=np.uint8, copy=True)).permute(2, 0, 1)
         if self.transform is not None:
+            torch.manual_seed(item_seed(self.seed, epoch, i))
             image = self.transform(image)
         return image.contiguous(), int(self.labels[i])
+
+
+class FeatureDataset(Dataset):
+    """(feature vector, label) pairs of cached backbone features; same key protocol as images."""
+
+    def __init__(self, features: torch.Tensor, labels: np.ndarray):
+        self.features = features
+        self.labels = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, key) -> tuple[torch.Tensor, torch.Tensor]:
+        k, _ = split_key(key)
+        return self.features[k], self.labels[k]
+
+
+class EpochSampler(Sampler):
+    """Yields (position, epoch): shuffled from (seed, epoch), or weighted with replacement
+    (balanced sampling), and sharded across DDP ranks when a process group is running."""
+
+    def __init__(self, n: int, *, seed: int = 0, shuffle: bool = True, weights: np.ndarray | None = None,
+                 pad_to_even: bool = True):
+        self.n, self.seed, self.shuffle, self.weights = n, seed, shuffle, weights
+        self.pad_to_even = pad_to_even
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    @staticmethod
+    def world() -> tuple[int, int]:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_world_size(), torch.distributed.get_rank()
+        return 1, 0
+
+    def order(self) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        if self.weights is not None:
+            p = np.asarray(self.weights, dtype=np.float64)
+            return rng.choice(self.n, size=self.n, replace=True, p=p / p.sum())
+        return rng.permutation(self.n) if self.shuffle else np.arange(self.n)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = self.order()
+        replicas, rank = self.world()
+        if replicas > 1:
+            if self.pad_to_even and len(order) % replicas:
+                order = np.concatenate([order, order[: replicas - len(order) % replicas]])
+            order = order[rank::replicas]
+        return iter([(int(i), self.epoch) for i in order])
+
+    def __len__(self) -> int:
+        replicas, _ = self.world()
+        return -(-self.n // replicas) if replicas > 1 and self.pad_to_even else self.n

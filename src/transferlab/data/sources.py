@@ -56,18 +56,33 @@ class Source:
     empty_classes: list[str] = field(default_factory=list)
 
 
-def open_source(spec: str, *, group_column: str | None = None) -> Source:
-    """Resolve DATA (folder, CSV manifest or `builtin:NAME`) into a `Source`."""
+def check_spec(spec: str) -> str:
+    """The kind of DATA `spec` (folder, csv, builtin), or a clear error; lists nothing."""
     if spec.startswith("builtin:"):
-        return builtin_source(spec.removeprefix("builtin:"))
+        name = spec.removeprefix("builtin:")
+        if name not in BUILTINS and name != "fashion-mnist:train":
+            raise DataError(f"unknown built-in data set '{name}': choose one of "
+                            f"{', '.join('builtin:' + b for b in BUILTINS)}")
+        return "builtin"
     path = Path(spec).expanduser()
     if path.is_dir():
-        return folder_source(path)
+        return "folder"
     if path.is_file() and path.suffix.lower() in {".csv", ".tsv"}:
-        return manifest_source(path, group_column=group_column)
+        return "csv"
     if path.exists():
         raise DataError(f"data source {spec} is a file but not a CSV manifest: {DATA_HELP}")
     raise DataError(f"data source {spec} does not exist: {DATA_HELP}")
+
+
+def open_source(spec: str, *, group_column: str | None = None) -> Source:
+    """Resolve DATA (folder, CSV manifest or `builtin:NAME`) into a `Source`."""
+    kind = check_spec(spec)
+    if kind == "builtin":
+        return builtin_source(spec.removeprefix("builtin:"))
+    path = Path(spec).expanduser()
+    if kind == "folder":
+        return folder_source(path)
+    return manifest_source(path, group_column=group_column)
 
 
 def ignore_reason(name: str) -> str | None:

@@ -1,0 +1,174 @@
+"""Metrics of gathered predictions, computed with scikit-learn so they equal its own functions.
+
+A metric that is undefined for the data at hand (a class absent from the true labels, a class
+never predicted) is reported as null, with the reason under `undefined`, never a crash.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+from sklearn import metrics as skm
+
+ECE_BINS = 15
+
+
+def clean(value) -> float | None:
+    """A JSON-safe float (None for NaN / inf)."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, bins: int = ECE_BINS) -> float:
+    """ECE (Guo et al., 2017): |accuracy - confidence| per equal-width confidence bin, weighted by bin size."""
+    confidence = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == y_true).astype(float)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        members = which == b
+        if members.any():
+            ece += members.mean() * abs(correct[members].mean() - confidence[members].mean())
+    return float(ece)
+
+
+def calibration_curve(y_true: np.ndarray, probs: np.ndarray, bins: int = ECE_BINS) -> dict:
+    """Per confidence bin: mean confidence, accuracy and count (for the reliability plot)."""
+    confidence = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == y_true).astype(float)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    out = {"confidence": [], "accuracy": [], "count": []}
+    for b in range(bins):
+        members = which == b
+        if members.any():
+            out["confidence"].append(float(confidence[members].mean()))
+            out["accuracy"].append(float(correct[members].mean()))
+            out["count"].append(int(members.sum()))
+    return out
+
+
+def compute_metrics(y_true, probs, classes: list[str], *, curves: bool = True) -> dict:
+    """Every metric of predicted class probabilities `probs` (N, K) against true labels `y_true` (N,)."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    probs = np.asarray(probs, dtype=np.float64)
+    k = len(classes)
+    labels = np.arange(k)
+    y_pred = probs.argmax(axis=1)
+    present = np.bincount(y_true, minlength=k) > 0
+    predicted = np.bincount(y_pred, minlength=k) > 0
+    undefined: dict[str, str] = {}
+    out: dict = {"n": int(len(y_true))}
+    if len(y_true) == 0:
+        return {"n": 0, "undefined": {"all": "no samples"}}
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out["accuracy"] = float(skm.accuracy_score(y_true, y_pred))
+        out["balanced_accuracy"] = float(skm.balanced_accuracy_score(y_true, y_pred))
+        for top in (3, 5):
+            if k > top:
+                out[f"top{top}_accuracy"] = float(skm.top_k_accuracy_score(y_true, probs, k=top, labels=labels))
+        for average in ("macro", "weighted"):
+            p, r, f, _ = skm.precision_recall_fscore_support(y_true, y_pred, labels=labels, average=average,
+                                                             zero_division=0)
+            out[f"precision_{average}"], out[f"recall_{average}"], out[f"f1_{average}"] = float(p), float(r), float(f)
+        per_p, per_r, per_f, support = skm.precision_recall_fscore_support(y_true, y_pred, labels=labels,
+                                                                           zero_division=0)
+        if not present.all():
+            undefined["recall_macro"] = "averaged with 0 for classes absent from the true labels: " + \
+                ", ".join(classes[c] for c in labels[~present])
+        if not predicted.all():
+            undefined["precision_macro"] = "averaged with 0 for classes never predicted: " + \
+                ", ".join(classes[c] for c in labels[~predicted])
+        out["log_loss"] = clean(skm.log_loss(y_true, np.clip(probs, 1e-15, 1), labels=labels))
+        out["ece"] = expected_calibration_error(y_true, probs)
+        out["confusion_matrix"] = skm.confusion_matrix(y_true, y_pred, labels=labels).tolist()
+        counts = np.asarray(out["confusion_matrix"], dtype=float)
+        rows = counts.sum(axis=1, keepdims=True)
+        out["confusion_matrix_normalized"] = np.divide(counts, rows, out=np.zeros_like(counts),
+                                                       where=rows > 0).round(6).tolist()
+
+        per_class: dict[str, dict] = {}
+        roc_points: dict[str, dict] = {}
+        aucs: list[float | None] = []
+        for c in labels:
+            name = classes[c]
+            positive = y_true == c
+            entry = {"precision": float(per_p[c]) if predicted[c] else None,
+                     "recall": float(per_r[c]) if present[c] else None,
+                     "f1": float(per_f[c]) if present[c] or predicted[c] else None,
+                     "support": int(support[c])}
+            if not predicted[c]:
+                undefined[f"per_class.{name}.precision"] = "class never predicted"
+            if positive.all() or not positive.any():
+                entry["roc_auc"] = entry["pr_auc"] = None
+                why = "class absent from the true labels" if not positive.any() else "every sample is of this class"
+                undefined[f"per_class.{name}.roc_auc"] = why
+                aucs.append(None)
+            else:
+                entry["roc_auc"] = float(skm.roc_auc_score(positive, probs[:, c]))
+                entry["pr_auc"] = float(skm.average_precision_score(positive, probs[:, c]))
+                aucs.append(entry["roc_auc"])
+                if curves:
+                    fpr, tpr, _ = skm.roc_curve(positive, probs[:, c])
+                    roc_points[name] = {"fpr": fpr.round(6).tolist(), "tpr": tpr.round(6).tolist(),
+                                        "auc": entry["roc_auc"]}
+            per_class[name] = entry
+        out["per_class"] = per_class
+
+        if k == 2:
+            if present.all():
+                out["roc_auc"] = float(skm.roc_auc_score(y_true, probs[:, 1]))
+            else:
+                out["roc_auc"] = None
+                undefined["roc_auc"] = "only one class in the true labels"
+        else:
+            if present.all():
+                out["roc_auc_ovr_macro"] = float(skm.roc_auc_score(y_true, probs, multi_class="ovr",
+                                                                   average="macro", labels=labels))
+                out["roc_auc_ovr_weighted"] = float(skm.roc_auc_score(y_true, probs, multi_class="ovr",
+                                                                      average="weighted", labels=labels))
+            else:
+                out["roc_auc_ovr_macro"] = out["roc_auc_ovr_weighted"] = None
+                reason = "classes absent from the true labels: " + ", ".join(classes[c] for c in labels[~present])
+                undefined["roc_auc_ovr_macro"] = undefined["roc_auc_ovr_weighted"] = reason
+    if curves:
+        out["roc_curves"] = roc_points
+        out["calibration"] = calibration_curve(y_true, probs)
+    out["undefined"] = undefined
+    return out
+
+
+HEADLINE = ("accuracy", "balanced_accuracy", "f1_macro", "roc_auc", "roc_auc_ovr_macro", "log_loss", "ece")
+
+
+def headline(metrics: dict) -> dict[str, float | None]:
+    """The few numbers worth printing."""
+    return {k: metrics[k] for k in HEADLINE if k in metrics}
+
+
+def scalar_metrics(metrics: dict) -> dict[str, float]:
+    """Top-level numeric metrics (what cross-validation aggregates)."""
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "n"}
+
+
+def write_predictions(path: str | Path, paths: list[str], y_true, probs, classes: list[str],
+                      extra: dict[str, list] | None = None) -> None:
+    """predictions.csv: path, label, pred, p_<class> for every class, and any extra columns."""
+    probs = np.asarray(probs)
+    extra = extra or {}
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", "pred", *extra, *(f"p_{c}" for c in classes)])
+        for i, p in enumerate(paths):
+            label = classes[int(y_true[i])] if y_true is not None and y_true[i] >= 0 else ""
+            writer.writerow([p, label, classes[int(probs[i].argmax())], *(extra[c][i] for c in extra),
+                             *(f"{v:.6f}" for v in probs[i])])

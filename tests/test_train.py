@@ -1,0 +1,193 @@
+"""Training runs end to end: the run directory contract, each strategy, resume, predict, DDP."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from transferlab.cli import main
+from transferlab.config import load_config
+from transferlab.pipeline import run_training
+from transferlab.predict import predict_files
+from transferlab.run import RUN_DIR_ENV, RunError, load_model
+
+TINY = ["model.name=test_efficientnet", "model.pretrained=false", "preprocess.size=32", "train.batch_size=8",
+        "train.workers=0", "data.decode_workers=1", "train.early_stopping=null", "data.val_fraction=0.2",
+        "data.test_fraction=0.2", "augment.preset=light"]
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRANSFERLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(RUN_DIR_ENV, raising=False)
+
+
+def tiny_config(*extra):
+    return load_config(overrides=[*TINY, *extra])
+
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.parametrize("strategy", ["feature-extraction", "fine-tune", "gradual"])
+def test_each_strategy_writes_the_run_directory(color_folder, tmp_path, strategy):
+    extra = ["train.epochs=3", f"strategy.name={strategy}", "strategy.head_warmup_epochs=2",
+             "strategy.gradual=[{epoch: 1, groups: [head]}, {epoch: 2, groups: [late, middle, early]}]"]
+    run = run_training(str(color_folder), tiny_config(*extra), out=tmp_path / "run", progress=False)
+    for name in ("config.yaml", "split.csv", "dataset.json", "metrics.json", "predictions.csv", "model/model.json",
+                 "model/weights.safetensors", "state.json", "curves.json"):
+        assert (run / name).is_file(), name
+    assert list((run / "logs").rglob("metrics.csv")) and list((run / "logs").rglob("events.out.tfevents.*"))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["strategy"]["name"] == strategy
+    assert {"accuracy", "f1_macro", "roc_auc_ovr_macro", "per_class"} <= set(metrics["test"])
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["strategy"]["name"] == strategy and config["preprocess"]["size"] == 32
+    assert config["data"]["source"] == str(color_folder)
+    split = read_rows(run / "split.csv")
+    assert len(split) == 30 and {r["split"] for r in split} == {"train", "val", "test"}
+    predictions = read_rows(run / "predictions.csv")
+    assert {r["split"] for r in predictions} == {"val", "test"}
+    assert set(predictions[0]) >= {"path", "label", "pred", "p_blue", "p_green", "p_red"}
+    assert json.loads((run / "state.json").read_text())["stage"] == "done"
+
+
+def test_feature_extraction_learns_a_colour_task_with_the_bundled_backbone(color_folder, tmp_path):
+    config = load_config(overrides=["preprocess.size=32", "train.workers=0", "data.decode_workers=1",
+                                    "train.epochs=40", "optim.lr=0.01", "data.val_fraction=0.2",
+                                    "data.test_fraction=0.2"])
+    run = run_training(str(color_folder), config, out=tmp_path / "run", progress=False)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test"]["accuracy"] == 1.0
+    # the saved model predicts from image files exactly what the run reported
+    rows = {r["path"]: r for r in read_rows(run / "predictions.csv")}
+    path = next(iter(rows))
+    top = predict_files(run, [color_folder / path], top_k=3)[0]["top"]
+    for entry in top:
+        assert entry["probability"] == pytest.approx(float(rows[path][f"p_{entry['class']}"]), abs=1e-4)
+
+
+def test_a_new_run_never_overwrites_an_old_one(color_folder, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.json").write_text("{}")
+    with pytest.raises(RunError, match="already exists and is not empty"):
+        run_training(str(color_folder), tiny_config("train.epochs=1"), out=tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "metrics.json").read_text() == "{}"
+    os.chdir(tmp_path)
+    first = run_training(str(color_folder), tiny_config("train.epochs=1"), progress=False)
+    second = run_training(str(color_folder), tiny_config("train.epochs=1"), progress=False)
+    assert first != second and first.parent == second.parent == Path("runs")
+
+
+class StopAt(L.Callback):
+    """Simulates a crash at the start of an epoch (after the previous one was checkpointed)."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, module):
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("simulated crash")
+
+
+def final_weights(run: Path) -> dict[str, torch.Tensor]:
+    model, _ = load_model(run)
+    return model.state_dict()
+
+
+@pytest.mark.parametrize("strategy", ["fine-tune", "gradual"])
+def test_resume_after_a_crash_reaches_the_same_weights(color_folder, tmp_path, strategy):
+    extra = ["train.epochs=4", f"strategy.name={strategy}", "strategy.head_warmup_epochs=0",
+             "augment.preset=standard", "augment.mixup_alpha=0.4",
+             "strategy.gradual=[{epoch: 1, groups: [head]}, {epoch: 3, groups: [late]}]"]
+    whole = run_training(str(color_folder), tiny_config(*extra), out=tmp_path / "whole", progress=False)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_training(str(color_folder), tiny_config(*extra), out=tmp_path / "crashed", progress=False,
+                     extra_callbacks=[StopAt(3)])
+    assert not (tmp_path / "crashed" / "metrics.json").exists()
+    resumed = run_training(None, load_config(), resume=tmp_path / "crashed", progress=False)
+    a, b = final_weights(whole), final_weights(resumed)
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    with pytest.raises(RunError, match="already finished"):
+        run_training(None, load_config(), resume=resumed, progress=False)
+
+
+def test_imbalanced_data_gets_class_weights_from_the_training_split(tmp_path):
+    from transferlab.pipeline import imbalance_weights
+
+    config = load_config()
+    labels = np.array([0] * 30 + [1] * 5 + [2] * 10)
+    weights, samples, mode = imbalance_weights(config, labels, 3)
+    assert mode == "weights" and samples is None
+    assert weights.tolist() == pytest.approx([45 / 90, 45 / 15, 45 / 30])
+    _, samples, mode = imbalance_weights(load_config(overrides=["train.imbalance=sampler"]), labels, 3)
+    assert mode == "sampler" and samples[0] == pytest.approx(1 / 30) and samples[30] == pytest.approx(1 / 5)
+    assert imbalance_weights(config, np.array([0, 0, 1, 1]), 2)[2] == "none"
+
+
+def test_train_cli_on_a_csv_and_a_builtin_set(tmp_path, color_folder, capsys):
+    manifest = tmp_path / "m.csv"
+    with open(manifest, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label"])
+        for file in sorted(color_folder.rglob("*.png")):
+            writer.writerow([os.path.relpath(file, tmp_path), file.parent.name])
+    sets = ["--set", "train.workers=0", "--set", "data.decode_workers=1", "--set", "model.pretrained=false"]
+    assert main(["train", str(manifest), "--model", "test_efficientnet", "--size", "32", "--epochs", "2",
+                 "--out", str(tmp_path / "csv-run"), "--quiet", *sets]) == 0
+    out = capsys.readouterr().out
+    assert "run directory:" in out and "accuracy" in out
+    assert main(["train", "builtin:digits", "--subset", "12", "--model", "test_efficientnet", "--size", "32",
+                 "--epochs", "1", "--strategy", "fine-tune", "--out", str(tmp_path / "digits-run"), "--quiet",
+                 *sets]) == 0
+    assert (tmp_path / "digits-run" / "model" / "weights.safetensors").is_file()
+    assert main(["train", str(tmp_path / "nothing-here")]) == 2
+    assert main(["train", "builtin:digits", "--set", "train.epochs=zero"]) == 2
+    assert "expects an integer" in capsys.readouterr().err
+
+
+def test_predict_reports_bad_files_and_predicts_the_rest(color_folder, tmp_path, capsys):
+    run = run_training(str(color_folder), tiny_config("train.epochs=1"), out=tmp_path / "run", progress=False)
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("not a picture")
+    good = color_folder / "red" / "red_0.png"
+    code = main(["predict", str(run), str(good), str(bad), str(tmp_path / "missing.png"), "--top-k", "2", "--json"])
+    assert code == 2
+    results = json.loads(capsys.readouterr().out)
+    assert len(results[0]["top"]) == 2 and "error" in results[1] and "not found" in results[2]["error"]
+    assert main(["predict", str(tmp_path / "no-run"), str(good)]) == 2
+
+
+def test_find_lr_saves_its_plot(color_folder, tmp_path):
+    run = run_training(str(color_folder), tiny_config("train.epochs=2", "train.find_lr=true"),
+                       out=tmp_path / "run", progress=False)
+    assert (run / "plots" / "lr_find_head.png").is_file()
+
+
+def test_ddp_two_cpu_processes_train_and_evaluate(color_folder, tmp_path):
+    """A real 2-process DDP run (gloo) through the command line, as a user launches it."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    env.pop(RUN_DIR_ENV, None)
+    command = [sys.executable, "-m", "transferlab.cli", "train", str(color_folder), "--model", "test_efficientnet",
+               "--size", "32", "--epochs", "2", "--strategy", "fine-tune", "--accelerator", "cpu", "--devices", "2",
+               "--strategy-ddp", "ddp", "--out", str(tmp_path / "ddp"), "--quiet",
+               *sum((["--set", s] for s in ("train.workers=0", "data.decode_workers=1", "model.pretrained=false",
+                                             "strategy.head_warmup_epochs=1")), [])]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert metrics["test"]["n"] == 6
+    assert not (tmp_path / "runs").exists()  # the second process used rank 0's directory
