@@ -169,8 +169,15 @@ def quiet_lightning() -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    if args.data:
-        check_spec(args.data)  # a missing folder is reported before the heavy imports
+    if args.resume:
+        check_resumable(args.resume)
+        config = None
+    else:
+        config = config_from_args(args)
+        data = args.data or config.data.source
+        if not data:
+            raise TransferlabError("give DATA (a folder, a CSV manifest or builtin:NAME), or --resume RUN")
+        check_spec(data)  # a missing folder is reported before the heavy imports
     from transferlab.pipeline import run_training, summary_line
     from transferlab.run import is_worker_process
 
@@ -178,14 +185,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         run_dir = run_training(None, load_config(), resume=args.resume, progress=not args.quiet)
     else:
-        if not args.data:
-            raise TransferlabError("give DATA (a folder, a CSV manifest or builtin:NAME), or --resume RUN")
-        config = config_from_args(args)
-        run_dir = run_training(args.data, config, out=args.out, progress=not args.quiet)
+        run_dir = run_training(data, config, out=args.out, progress=not args.quiet)
     if not is_worker_process():
         print(f"run directory: {run_dir}")
         print(summary_line(run_dir))
     return 0
+
+
+def check_resumable(run: str) -> None:
+    state = Path(run) / "state.json"
+    if not state.is_file():
+        raise TransferlabError(f"{run} is not a run directory that can be resumed (no state.json)")
+    if json.loads(state.read_text(encoding="utf-8")).get("stage") == "done":
+        raise TransferlabError(f"{run} already finished: its results are in {Path(run) / 'metrics.json'}")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
