@@ -45,3 +45,13 @@ def test_console_script_is_installed():
     help_text = subprocess.run([sys.executable, "-m", "transferlab.cli", "inspect", "--help"],
                                capture_output=True, text=True).stdout
     assert "examples:" in help_text and "--json" in help_text
+
+
+def test_preview_writes_a_grid_without_overwriting(color_folder, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = ["preview", str(color_folder), "--aug", "heavy", "--n", "3", "--size", "32"]
+    assert main(args) == 0 and main(args) == 0
+    assert (tmp_path / "augment-preview.png").is_file() and (tmp_path / "augment-preview-1.png").is_file()
+    assert main([*args, "--out", str(tmp_path / "g.png")]) == 0 and (tmp_path / "g.png").stat().st_size > 1000
+    assert main(["preview", str(color_folder), "--aug", "nope"]) == 2
+    assert "neither a preset" in capsys.readouterr().err

@@ -191,3 +191,26 @@ def test_ddp_two_cpu_processes_train_and_evaluate(color_folder, tmp_path):
     metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert metrics["test"]["n"] == 6
     assert not (tmp_path / "runs").exists()  # the second process used rank 0's directory
+
+
+def test_a_run_config_reproduces_the_run(color_folder, tmp_path):
+    first = run_training(str(color_folder), tiny_config("train.epochs=2", "strategy.name=fine-tune"),
+                         out=tmp_path / "a", progress=False)
+    again = run_training(str(color_folder), load_config(first / "config.yaml"), out=tmp_path / "b",
+                         progress=False)
+    assert (first / "split.csv").read_text() == (again / "split.csv").read_text()
+    a, b = final_weights(first), final_weights(again)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert main(["train", "--config", str(first / "config.yaml"), "--out", str(tmp_path / "c"), "--quiet"]) == 0
+
+
+def test_feature_extraction_with_augmented_views(color_folder, tmp_path):
+
+    run = run_training(str(color_folder), tiny_config("train.epochs=2", "strategy.feature_views=2",
+                                                      "augment.preset=standard"), out=tmp_path / "v", progress=False)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["data"]["splits"]["train"] == 18
+    cached = list((tmp_path / "cache" / "features").glob("*.npy"))
+    assert len(cached) == 3  # plain features of all images + 2 augmented views of the training images
+    rows = sorted(len(np.load(f)) for f in cached)
+    assert rows == [18, 18, 30]
