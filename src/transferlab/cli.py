@@ -29,6 +29,14 @@ EXAMPLES = {
   transferlab train ~/photos/pets --strategy gradual --find-lr --out runs/pets-gradual
   transferlab train --resume runs/pets-gradual            # continue an interrupted run
   transferlab train data/ --devices 2 --strategy-ddp ddp  # two GPUs (or CPU processes)""",
+    "cv": """examples:
+  transferlab cv builtin:digits --folds 5
+  transferlab cv ~/photos/pets --folds 10 --repeats 3 --strategy feature-extraction
+  transferlab cv subjects.csv --folds 5            # a 'group' column keeps each subject in one fold
+  transferlab cv --resume runs/20261125-101500-pets-cv5-feature-extraction""",
+    "evaluate": """examples:
+  transferlab evaluate runs/fashion builtin:fashion-mnist:test
+  transferlab evaluate runs/pets ~/photos/pets-test --out runs/pets/eval-october""",
     "predict": """examples:
   transferlab predict runs/pets photo1.jpg photo2.png
   transferlab predict runs/pets ~/new/*.jpg --top-k 3 --json > predictions.json""",
@@ -57,6 +65,8 @@ FLAG_KEYS = {
     "devices": "train.devices",
     "strategy_ddp": "train.ddp",
     "workers": "train.workers",
+    "folds": "cv.folds",
+    "repeats": "cv.repeats",
 }
 
 
@@ -200,6 +210,45 @@ def check_resumable(run: str) -> None:
         raise TransferlabError(f"{run} already finished: its results are in {Path(run) / 'metrics.json'}")
 
 
+def cmd_cv(args: argparse.Namespace) -> int:
+    if args.resume:
+        state = Path(args.resume) / "cv_state.json"
+        if not state.is_file():
+            raise TransferlabError(f"{args.resume} is not a cross-validation run that can be resumed")
+    else:
+        config = config_from_args(args)
+        data = args.data or config.data.source
+        if not data:
+            raise TransferlabError("give DATA (a folder, a CSV manifest or builtin:NAME), or --resume RUN")
+        check_spec(data)
+    from transferlab.cv import print_cv_table, run_cv
+
+    quiet_lightning()
+    if args.resume:
+        run_dir = run_cv(None, load_config(), resume=args.resume, progress=not args.quiet)
+    else:
+        run_dir = run_cv(data, config, out=args.out, progress=not args.quiet)
+    print_cv_table(run_dir)
+    print(f"run directory: {run_dir}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    check_spec(args.data)
+    from transferlab.evaluate import evaluate_run
+    from transferlab.metrics import headline
+    from transferlab.run import read_json
+
+    out = evaluate_run(args.run, args.data, out=args.out, subset=args.subset, progress=not args.quiet)
+    metrics = read_json(out / "metrics.json")
+    values = headline(metrics["test"])
+    print(f"{metrics['n_images']:,} images: " + ", ".join(f"{k} {v:.3f}" for k, v in values.items() if v is not None))
+    if metrics["classes_missing_from_data"]:
+        print("classes of the model absent from this data: " + ", ".join(metrics["classes_missing_from_data"]))
+    print(f"evaluation directory: {out}")
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from transferlab.predict import predict_files
 
@@ -257,6 +306,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_aug_option(train)
     add_config_options(train)
     train.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint")
+
+    cv = command("cv", cmd_cv, "stratified K-fold cross-validation: mean ± std and 95% CI of every metric")
+    cv.add_argument("data", metavar="DATA", nargs="?",
+                    help="class-folder tree, CSV manifest (path,label[,group]) or builtin:NAME")
+    cv.add_argument("--folds", type=int, help="number of folds K (default 5)")
+    cv.add_argument("--repeats", type=int, help="repeat the K folds R times with different shuffles (default 1)")
+    cv.add_argument("--subset", type=int, metavar="N", help="keep at most N images per class (seeded)")
+    cv.add_argument("--size", type=int, metavar="PX", help="input side in pixels (default: the backbone's)")
+    cv.add_argument("--model", metavar="NAME", help="timm backbone name (default tf_efficientnet_lite0)")
+    add_train_options(cv)
+    add_aug_option(cv)
+    add_config_options(cv)
+    cv.add_argument("--resume", metavar="RUN", help="continue an interrupted cross-validation at its fold")
+
+    evaluate = command("evaluate", cmd_evaluate, "metrics of a trained run on another labelled set")
+    evaluate.add_argument("run", metavar="RUN", help="a run directory written by `transferlab train`")
+    evaluate.add_argument("data", metavar="DATA", help="labelled images: folder, CSV manifest or builtin:NAME")
+    evaluate.add_argument("--out", metavar="DIR", help="evaluation directory (default RUN/evaluations/<time>-...)")
+    evaluate.add_argument("--subset", type=int, metavar="N", help="score at most N images per class (seeded)")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
 
     predict = command("predict", cmd_predict, "top-k classes of image files with a trained run")
     predict.add_argument("run", metavar="RUN", help="a run directory written by `transferlab train`")

@@ -151,6 +151,14 @@ class TrainConfig:
 
 
 @dataclass
+class CVConfig:
+    """Cross-validation (`transferlab cv`)."""
+
+    folds: int = 5
+    repeats: int = 1  # > 1: RepeatedStratifiedKFold, a different shuffle per repeat
+
+
+@dataclass
 class Config:
     """A whole run. `seed` drives every random step."""
 
@@ -163,6 +171,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    cv: CVConfig = field(default_factory=CVConfig)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable, Iterator
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 console = Console(stderr=True, highlight=False)
-stdout = Console(highlight=False, soft_wrap=True)
+stdout = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
 
 
 @contextlib.contextmanager

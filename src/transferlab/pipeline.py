@@ -115,15 +115,14 @@ def model_identity(config: Config) -> str:
     return f"{config.model.name}|{'bundled' if config.model.name.split('.')[0] == BUNDLED else 'hub'}"
 
 
-def prepare(dataset: ImageDataset, config: Config, run_dir: Path, *, resume: bool, progress: bool,
-            extra_callbacks: list | None) -> Prepared:
-    worker = is_worker_process()
-    split = make_split(dataset, config, run_dir, resume)
-    indices = {name: np.flatnonzero(split == name) for name in SPLITS}
+def prepare(dataset: ImageDataset, config: Config, run_dir: Path, indices: dict[str, np.ndarray], *,
+            progress: bool, extra_callbacks: list | None = None) -> Prepared:
+    """A fresh classifier (same pretrained weights every time) and the statistics of THIS training part."""
     if len(indices["train"]) == 0:
         raise DataError("the training split is empty: lower data.val_fraction / data.test_fraction")
     stats = channel_stats(dataset.images, indices["train"]) if config.preprocess.normalize == "zscore" else None
     normalizer = build_normalizer(config, stats)
+    torch.manual_seed(config.seed)  # without pretrained weights, every fold starts from the same init too
     backbone = create_backbone(config.model.name, pretrained=config.model.pretrained, weights=config.model.weights,
                                drop_path=config.model.drop_path)
     classifier = Classifier(backbone, len(dataset.classes), normalizer.mean, normalizer.std,
@@ -132,26 +131,37 @@ def prepare(dataset: ImageDataset, config: Config, run_dir: Path, *, resume: boo
         classifier = classifier.to(memory_format=torch.channels_last)
     class_weights, sample_weights, _ = imbalance_weights(config, dataset.labels[indices["train"]],
                                                         len(dataset.classes))
-    normalize = normalizer.to_dict() | ({"computed_on": "train split"} if stats else {})
-    if not worker:
-        summary = dataset.summary()
-        summary["normalization"] = normalize
-        summary["split_counts"] = {name: {c: int(n) for c, n in zip(
-            dataset.classes, np.bincount(dataset.labels[idx], minlength=len(dataset.classes)))}
-            for name, idx in indices.items()}
-        groups_by_split = {name: set(dataset.groups[idx].tolist()) for name, idx in indices.items()}
-        straddling = (groups_by_split["train"] & (groups_by_split["val"] | groups_by_split["test"])) | \
-            (groups_by_split["val"] & groups_by_split["test"])
-        summary["duplicates_across_splits"] = len(straddling)
-        write_json(run_dir / "dataset.json", summary)
-        for message in dataset.warnings:
-            warn(message)
-        if dataset.skipped:
-            warn(f"{len(dataset.skipped)} file(s) skipped (listed in {run_dir / 'dataset.json'})")
+    normalize = normalizer.to_dict() | ({"computed_on": "training part only"} if stats else {})
     return Prepared(config=config, dataset=dataset, run_dir=run_dir, strategy=config.strategy.name, indices=indices,
                     classifier=classifier, device=device_for(config), class_weights=class_weights,
                     sample_weights=sample_weights, normalize=normalize, progress=progress,
                     extra_callbacks=list(extra_callbacks or []))
+
+
+def dataset_record(dataset: ImageDataset, parts: dict[str, np.ndarray], normalize: dict | None) -> dict:
+    """dataset.json: the health summary, counts per split (or fold) and a check that no duplicate
+    group straddles two parts."""
+    summary = dataset.summary()
+    if normalize is not None:
+        summary["normalization"] = normalize
+    summary["split_counts"] = {name: {c: int(n) for c, n in zip(
+        dataset.classes, np.bincount(dataset.labels[idx], minlength=len(dataset.classes)))}
+        for name, idx in parts.items()}
+    seen: dict[int, str] = {}
+    straddling = set()
+    for name, idx in parts.items():
+        for group in dataset.groups[idx].tolist():
+            if seen.setdefault(group, name) != name:
+                straddling.add(group)
+    summary["duplicates_across_splits"] = len(straddling)
+    return summary
+
+
+def report_dataset_problems(dataset: ImageDataset, run_dir: Path) -> None:
+    for message in dataset.warnings:
+        warn(message)
+    if dataset.skipped:
+        warn(f"{len(dataset.skipped)} file(s) skipped (listed in {run_dir / 'dataset.json'})")
 
 
 def all_features(p: Prepared) -> dict[str, torch.Tensor]:
@@ -230,6 +240,7 @@ def fit_stage(p: Prepared, stage: str, *, epochs: int, features_mode: bool, resu
     if best:
         load_checkpoint_weights(module, best)
     p.stage_info[stage] = {"epochs_run": int(trainer.current_epoch), "best_checkpoint": best,
+                           "features_mode": features_mode,
                            "best_score": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None
                            else None, "lr": module.lr, "global_zero": trainer.is_global_zero}
     return module
@@ -273,38 +284,46 @@ def run_training(data: str | None, config: Config, *, out: str | Path | None = N
             dump_config(config, run_dir / "config.yaml")
             write_json(run_dir / "state.json", state)
     L.seed_everything(config.seed, workers=True, verbose=False)
-    p = prepare(dataset, config, run_dir, resume=resume is not None, progress=progress,
-                extra_callbacks=extra_callbacks)
+    split = make_split(dataset, config, run_dir, resume is not None)
+    indices = {name: np.flatnonzero(split == name) for name in SPLITS}
+    p = prepare(dataset, config, run_dir, indices, progress=progress, extra_callbacks=extra_callbacks)
+    if not is_worker_process():
+        write_json(run_dir / "dataset.json", dataset_record(dataset, indices, p.normalize))
+        report_dataset_problems(dataset, run_dir)
     if progress and not is_worker_process():
         info(f"{len(p.dataset):,} images, {len(p.dataset.classes)} classes; split "
              + ", ".join(f"{k} {len(v):,}" for k, v in p.indices.items())
              + f"; strategy {strategy}; run directory {run_dir}")
+    train_stages(p, state, run_dir / "state.json", resume=resume is not None)
+    if is_worker_process():
+        return run_dir
+    finish(p, state, started)
+    return run_dir
 
+
+def train_stages(p: Prepared, state: dict, state_path: Path, *, resume: bool) -> None:
+    """Run the strategy's stages in order, skipping finished ones and continuing an interrupted one
+    from its last checkpoint; then keep the stage that did best on validation."""
     p.stage_info.update(state.get("stage_info", {}))
-    for stage, features_mode, epochs in stages_of(strategy, config):
+    for stage, features_mode, epochs in stages_of(p.strategy, p.config):
         if stage in state["done_stages"]:
             load_stage_result(p, stage)
             continue
-        last = run_dir / "checkpoints" / stage / "last.ckpt"
-        resume_from = last if resume is not None and last.is_file() else None
+        last = p.run_dir / "checkpoints" / stage / "last.ckpt"
+        resume_from = last if resume and last.is_file() else None
+        freeze_all(p.classifier)
         if features_mode:
-            freeze_all(p.classifier)
             set_trainable(p.classifier, ["head"])
-        elif strategy == "fine-tune":
-            freeze_all(p.classifier)
-            set_trainable(p.classifier, GROUP_NAMES, train_bn=config.strategy.train_bn)
+        elif p.strategy == "fine-tune":
+            set_trainable(p.classifier, GROUP_NAMES, train_bn=p.config.strategy.train_bn)
         fit_stage(p, stage, epochs=epochs, features_mode=features_mode, resume_from=resume_from)
         state["done_stages"].append(stage)
         state["stage"] = stage
         state["stage_info"] = p.stage_info
         if not is_worker_process():
-            write_json(run_dir / "state.json", state)
-
-    if is_worker_process():
-        return run_dir
-    select_best_stage(p)
-    finish(p, state, started)
-    return run_dir
+            write_json(state_path, state)
+    if not is_worker_process():
+        select_best_stage(p)
 
 
 def select_best_stage(p: Prepared) -> None:
@@ -329,33 +348,50 @@ def load_stage_result(p: Prepared, stage: str) -> None:
     folder = p.run_dir / "checkpoints" / stage
     best = folder / "best.ckpt" if (folder / "best.ckpt").is_file() else folder / "last.ckpt"
     state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-    p.classifier.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
+    weights = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+    target = p.classifier.head if p.stage_info.get(stage, {}).get("features_mode") else p.classifier
+    target.load_state_dict(weights)
+
+
+def evaluate_parts(p: Prepared, parts=("val", "test")) -> tuple[dict, dict, dict]:
+    """Metrics per part, ROC/calibration curves per part, and prediction rows (paths, labels, probs, part)."""
+    config, dataset = p.config, p.dataset
+    classifier = p.classifier.to(p.device).eval()
+    results: dict = {}
+    curves: dict = {}
+    rows: dict = {"paths": [], "labels": [], "probs": [], "part": [], "index": []}
+    for part in parts:
+        idx = p.indices.get(part, np.zeros(0, dtype=np.int64))
+        if len(idx) == 0:
+            continue
+        if p.strategy == "feature-extraction":
+            with torch.no_grad():
+                probs = classifier.head(all_features(p)[part].to(p.device)).softmax(dim=1).cpu().numpy()
+        else:
+            probs = predict_proba(classifier, dataset.images, idx, batch_size=config.train.eval_batch_size,
+                                  device=p.device, channels_last=config.train.channels_last)
+        metrics = compute_metrics(dataset.labels[idx], probs, dataset.classes)
+        curves[part] = {"roc": metrics.pop("roc_curves"), "calibration": metrics.pop("calibration")}
+        results[part] = metrics
+        rows["paths"] += [dataset.paths[i] for i in idx]
+        rows["labels"] += list(dataset.labels[idx])
+        rows["probs"].append(probs)
+        rows["part"] += [part] * len(idx)
+        rows["index"] += list(idx)
+    rows["probs"] = np.concatenate(rows["probs"]) if rows["probs"] else np.zeros((0, len(dataset.classes)))
+    return results, curves, rows
+
+
+def model_meta(p: Prepared) -> dict:
+    return {"model": p.config.model.name, "classes": p.dataset.classes, "normalize": p.normalize,
+            "resize": dataclasses.asdict(p.dataset.spec), "dropout": p.config.model.dropout, "strategy": p.strategy,
+            "num_features": p.classifier.num_features, "source": p.config.data.source}
 
 
 def finish(p: Prepared, state: dict, started: float) -> None:
     """Evaluate the best model on val and test, write model/, metrics.json, predictions.csv."""
     config, dataset = p.config, p.dataset
-    classifier = p.classifier.to(p.device).eval()
-    results: dict = {}
-    rows_paths, rows_true, rows_probs, rows_split = [], [], [], []
-    curves: dict = {}
-    for split in ("val", "test"):
-        idx = p.indices[split]
-        if len(idx) == 0:
-            continue
-        if p.strategy == "feature-extraction":
-            with torch.no_grad():
-                probs = classifier.head(all_features(p)[split].to(p.device)).softmax(dim=1).cpu().numpy()
-        else:
-            probs = predict_proba(classifier, dataset.images, idx, batch_size=config.train.eval_batch_size,
-                                  device=p.device, channels_last=config.train.channels_last)
-        metrics = compute_metrics(dataset.labels[idx], probs, dataset.classes)
-        curves[split] = {"roc": metrics.pop("roc_curves"), "calibration": metrics.pop("calibration")}
-        results[split] = metrics
-        rows_paths += [dataset.paths[i] for i in idx]
-        rows_true += list(dataset.labels[idx])
-        rows_probs.append(probs)
-        rows_split += [split] * len(idx)
+    results, curves, rows = evaluate_parts(p)
     results["strategy"] = {"name": p.strategy, "requested": state.get("requested", config.strategy.name),
                            "stages": p.stage_info}
     results["data"] = {"source": config.data.source, "n_images": len(dataset),
@@ -364,14 +400,10 @@ def finish(p: Prepared, state: dict, started: float) -> None:
     results["environment"] = environment()
     write_json(p.run_dir / "metrics.json", results)
     write_json(p.run_dir / "curves.json", curves)
-    if rows_probs:
-        write_predictions(p.run_dir / "predictions.csv", rows_paths, np.array(rows_true), np.concatenate(rows_probs),
-                          dataset.classes, extra={"split": rows_split})
-    save_model(p.run_dir / "model", classifier.cpu().to(memory_format=torch.contiguous_format), {
-        "model": config.model.name, "classes": dataset.classes, "normalize": p.normalize,
-        "resize": dataclasses.asdict(dataset.spec), "dropout": config.model.dropout, "strategy": p.strategy,
-        "num_features": classifier.num_features, "source": config.data.source,
-    })
+    if rows["paths"]:
+        write_predictions(p.run_dir / "predictions.csv", rows["paths"], np.array(rows["labels"]), rows["probs"],
+                          dataset.classes, extra={"split": rows["part"]})
+    save_model(p.run_dir / "model", p.classifier.cpu().to(memory_format=torch.contiguous_format), model_meta(p))
     state["stage"] = "done"
     write_json(p.run_dir / "state.json", state)
 

@@ -40,7 +40,10 @@ class TransferModule(L.LightningModule):
     def __init__(self, classifier: torch.nn.Module, config: Config, strategy: str, *, features_mode: bool = False,
                  class_weights: torch.Tensor | None = None, num_classes: int):
         super().__init__()
-        self.model = classifier
+        # on features only the head trains: it alone is the Lightning model (small checkpoints); the
+        # whole classifier stays reachable for the layer groups without being registered twice
+        self._classifier = [classifier]
+        self.model = classifier.head if features_mode else classifier
         self.config = config
         self.strategy = strategy
         self.features_mode = features_mode
@@ -55,9 +58,13 @@ class TransferModule(L.LightningModule):
             set_frozen_bn_eval(self.model)  # Lightning calls train() every epoch and after validation
         return self
 
+    @property
+    def classifier(self) -> torch.nn.Module:
+        return self._classifier[0]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.features_mode:
-            return self.model.head(x)
+            return self.model(x)
         if self.config.train.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)
@@ -113,10 +120,10 @@ class TransferModule(L.LightningModule):
     def configure_optimizers(self):
         config = dataclasses.replace(self.config, optim=dataclasses.replace(self.config.optim, lr=self.lr))
         if self.features_mode:
-            groups = param_groups(self.model, config, ["head"])
+            groups = param_groups(self.classifier, config, ["head"])
         else:
             active = groups_at_epoch(config, self.strategy, 0)
-            groups = param_groups(self.model, config, active)
+            groups = param_groups(self.classifier, config, active)
             groups = [dict(g, params=[p for p in g["params"] if p.requires_grad]) for g in groups]
             groups = [g for g in groups if g["params"]]
         optimizer = build_optimizer(groups, config)

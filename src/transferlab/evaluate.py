@@ -1,0 +1,105 @@
+"""Honest evaluation: aggregate metrics over folds (mean, std, 95% CI), and score a trained run
+on another labelled set (`transferlab evaluate`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from transferlab.config import load_config
+from transferlab.data import load_dataset
+from transferlab.data.sources import check_spec
+from transferlab.errors import DataError
+from transferlab.metrics import compute_metrics, scalar_metrics, write_predictions
+from transferlab.run import load_model, new_run_dir, write_json
+from transferlab.train import predict_proba
+
+
+def t_quantile(df: int, q: float = 0.975) -> float:
+    from scipy import stats
+
+    return float(stats.t.ppf(q, df))
+
+
+def aggregate(values: list[float | None]) -> dict:
+    """mean, sample std (ddof 1) and a 95% t confidence interval of the mean over folds.
+
+    Undefined fold values (None) are left out and counted; with fewer than 2 defined values the
+    std and interval are null.
+    """
+    defined = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    out: dict = {"n": len(defined), "undefined_folds": len(values) - len(defined), "values": values}
+    if not defined:
+        return out | {"mean": None, "std": None, "ci95": None}
+    mean = float(np.mean(defined))
+    if len(defined) < 2:
+        return out | {"mean": mean, "std": None, "ci95": None}
+    std = float(np.std(defined, ddof=1))
+    half = t_quantile(len(defined) - 1) * std / math.sqrt(len(defined))
+    return out | {"mean": mean, "std": std, "ci95": [mean - half, mean + half]}
+
+
+def aggregate_folds(fold_metrics: list[dict]) -> dict:
+    """Every scalar metric and per-class precision / recall / F1 / AUC, aggregated over folds."""
+    names: list[str] = []
+    for metrics in fold_metrics:
+        names += [k for k in scalar_metrics(metrics) if k not in names]
+    for metrics in fold_metrics:  # a metric null in some fold is still aggregated
+        names += [k for k, v in metrics.items() if v is None and k not in names and k != "undefined"]
+    out = {"metrics": {name: aggregate([m.get(name) for m in fold_metrics]) for name in names}}
+    classes = list(fold_metrics[0].get("per_class", {})) if fold_metrics else []
+    out["per_class"] = {
+        c: {key: aggregate([m["per_class"].get(c, {}).get(key) for m in fold_metrics])
+            for key in ("precision", "recall", "f1", "roc_auc")}
+        for c in classes
+    }
+    return out
+
+
+def evaluate_run(run: str | Path, data: str, *, out: str | Path | None = None, subset: int | None = None,
+                 progress: bool = True) -> Path:
+    """Metrics of a trained run on another labelled set; classes are matched by name.
+
+    Images are decoded with the run's own preprocessing; the run's training subset does not
+    apply (every image of DATA is scored unless `subset` says otherwise).
+    """
+    run = Path(run)
+    check_spec(data)
+    classifier, meta = load_model(run)
+    config = load_config(run / "config.yaml") if (run / "config.yaml").is_file() else load_config()
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, subset=subset, source=data))
+    dataset = load_dataset(data, config, progress=progress)
+    if len(dataset) == 0:
+        raise DataError(f"{data} has no usable images to evaluate on")
+    known = {c: i for i, c in enumerate(meta["classes"])}
+    unknown = [c for c in dataset.classes if c not in known]
+    if unknown:
+        raise DataError(f"{data} has classes the model of {run} does not know: {', '.join(unknown)} "
+                        f"(it knows: {', '.join(meta['classes'])}); evaluate on a set with the same class names")
+    missing = [c for c in meta["classes"] if c not in set(dataset.classes)]
+    labels = np.array([known[dataset.classes[i]] for i in dataset.labels], dtype=np.int64)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    started = time.time()
+    probs = predict_proba(classifier.to(device), dataset.images, np.arange(len(dataset)),
+                          batch_size=config.train.eval_batch_size, device=device)
+    metrics = compute_metrics(labels, probs, meta["classes"])
+    curves = {"roc": metrics.pop("roc_curves"), "calibration": metrics.pop("calibration")}
+    if out is None:
+        base = run / "evaluations"
+        out_dir = new_run_dir(None, data, "eval", base=base)
+    else:
+        out_dir = new_run_dir(out, data, "eval")
+    write_json(out_dir / "metrics.json", {
+        "test": metrics, "run": str(run), "data": data, "n_images": len(dataset),
+        "classes_missing_from_data": missing, "skipped": len(dataset.skipped),
+        "seconds": round(time.time() - started, 1),
+    })
+    write_json(out_dir / "curves.json", {"test": curves})
+    write_predictions(out_dir / "predictions.csv", dataset.paths, labels, probs, meta["classes"])
+    return out_dir
+

@@ -1,0 +1,112 @@
+"""Metrics equal scikit-learn's own functions; undefined ones are null with a reason; fold aggregation is exact."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from transferlab.evaluate import aggregate, aggregate_folds
+from transferlab.metrics import compute_metrics, expected_calibration_error
+
+
+def random_case(n: int, k: int, seed: int, absent: tuple[int, ...] = ()):
+    rng = np.random.default_rng(seed)
+    present = [c for c in range(k) if c not in absent]
+    y = rng.choice(present, size=n)
+    logits = rng.normal(size=(n, k)) + 1.5 * np.eye(k)[y]  # better than chance, not perfect
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return y, probs
+
+
+@pytest.mark.parametrize("k", [2, 5])
+def test_every_metric_equals_scikit_learn(k):
+    y, probs = random_case(300, k, seed=k)
+    classes = [f"c{i}" for i in range(k)]
+    m = compute_metrics(y, probs, classes)
+    pred = probs.argmax(axis=1)
+    labels = list(range(k))
+    assert m["accuracy"] == skm.accuracy_score(y, pred)
+    assert m["balanced_accuracy"] == skm.balanced_accuracy_score(y, pred)
+    for average in ("macro", "weighted"):
+        assert m[f"precision_{average}"] == skm.precision_score(y, pred, average=average, zero_division=0)
+        assert m[f"recall_{average}"] == skm.recall_score(y, pred, average=average, zero_division=0)
+        assert m[f"f1_{average}"] == skm.f1_score(y, pred, average=average, zero_division=0)
+    assert m["log_loss"] == pytest.approx(skm.log_loss(y, probs, labels=labels), rel=1e-12)
+    assert m["confusion_matrix"] == skm.confusion_matrix(y, pred).tolist()
+    np.testing.assert_allclose(m["confusion_matrix_normalized"],
+                               skm.confusion_matrix(y, pred, normalize="true"), atol=1e-6)
+    per_f1 = skm.f1_score(y, pred, average=None)
+    for c in range(k):
+        entry = m["per_class"][f"c{c}"]
+        assert entry["f1"] == per_f1[c]
+        assert entry["roc_auc"] == skm.roc_auc_score(y == c, probs[:, c])
+        assert entry["pr_auc"] == skm.average_precision_score(y == c, probs[:, c])
+        assert entry["support"] == int((y == c).sum())
+    if k == 2:
+        assert m["roc_auc"] == skm.roc_auc_score(y, probs[:, 1])
+    else:
+        assert m["roc_auc_ovr_macro"] == skm.roc_auc_score(y, probs, multi_class="ovr", average="macro")
+        assert m["roc_auc_ovr_weighted"] == skm.roc_auc_score(y, probs, multi_class="ovr", average="weighted")
+        assert m["top3_accuracy"] == skm.top_k_accuracy_score(y, probs, k=3)
+    assert set(m["roc_curves"]) == set(classes)
+    fpr, tpr, _ = skm.roc_curve(y == 1, probs[:, 1])
+    np.testing.assert_allclose(m["roc_curves"]["c1"]["fpr"], fpr, atol=1e-6)
+    np.testing.assert_allclose(m["roc_curves"]["c1"]["tpr"], tpr, atol=1e-6)
+
+
+def test_absent_class_gives_nulls_with_reasons_not_a_crash():
+    y, probs = random_case(120, 4, seed=9, absent=(2,))
+    m = compute_metrics(y, probs, ["a", "b", "c", "d"])
+    pred = probs.argmax(axis=1)
+    assert m["accuracy"] == skm.accuracy_score(y, pred)
+    assert m["f1_macro"] == skm.f1_score(y, pred, labels=[0, 1, 2, 3], average="macro", zero_division=0)
+    assert m["roc_auc_ovr_macro"] is None and "c" in m["undefined"]["roc_auc_ovr_macro"]
+    assert m["per_class"]["c"]["roc_auc"] is None
+    assert m["undefined"]["per_class.c.roc_auc"] == "class absent from the true labels"
+    assert m["per_class"]["c"]["recall"] is None
+    assert m["per_class"]["a"]["roc_auc"] == skm.roc_auc_score(y == 0, probs[:, 0])
+    binary_one_class = compute_metrics(np.zeros(5, int), np.tile([0.7, 0.3], (5, 1)), ["x", "y"])
+    assert binary_one_class["roc_auc"] is None and "only one class" in binary_one_class["undefined"]["roc_auc"]
+
+
+def test_single_class_prediction():
+    y = np.array([0, 1, 2, 0, 1, 2])
+    probs = np.tile([0.8, 0.1, 0.1], (6, 1))
+    m = compute_metrics(y, probs, ["a", "b", "c"])
+    assert m["precision_macro"] == skm.precision_score(y, np.zeros(6, int), average="macro", zero_division=0)
+    assert m["per_class"]["b"]["precision"] is None
+    assert m["undefined"]["per_class.b.precision"] == "class never predicted"
+    assert "never predicted: b, c" in m["undefined"]["precision_macro"]
+
+
+def test_expected_calibration_error_by_hand():
+    y = np.array([0, 0, 1, 1])
+    probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.4, 0.6], [0.6, 0.4]])
+    # bins of width 1/15: confidences 0.9, 0.9 (one bin, both right: accuracy 1) and 0.6, 0.6
+    # (one bin, the first right, the second wrong: accuracy 1/2)
+    expected = 0.5 * abs(1.0 - 0.9) + 0.5 * abs(0.5 - 0.6)
+    assert expected_calibration_error(y, probs) == pytest.approx(expected)
+    perfect = np.array([[1.0, 0.0], [0.0, 1.0]])
+    assert expected_calibration_error(np.array([0, 1]), perfect) == 0.0
+
+
+def test_aggregate_is_exact_on_known_inputs():
+    result = aggregate([0.8, 0.9, 1.0])
+    assert result["mean"] == pytest.approx(0.9)
+    assert result["std"] == pytest.approx(0.1)
+    half = 4.302652729749464 * 0.1 / math.sqrt(3)  # t(0.975, df=2)
+    assert result["ci95"] == pytest.approx([0.9 - half, 0.9 + half])
+    with_gap = aggregate([0.5, None, 0.7])
+    assert with_gap["n"] == 2 and with_gap["undefined_folds"] == 1 and with_gap["mean"] == pytest.approx(0.6)
+    assert aggregate([None])["mean"] is None and aggregate([0.4])["std"] is None
+
+
+def test_aggregate_folds_covers_scalars_and_per_class():
+    folds = [compute_metrics(*random_case(60, 3, seed=s), ["a", "b", "c"]) for s in range(4)]
+    out = aggregate_folds(folds)
+    assert out["metrics"]["accuracy"]["mean"] == pytest.approx(np.mean([f["accuracy"] for f in folds]))
+    assert out["metrics"]["accuracy"]["std"] == pytest.approx(np.std([f["accuracy"] for f in folds], ddof=1))
+    assert out["per_class"]["b"]["f1"]["values"] == [f["per_class"]["b"]["f1"] for f in folds]
