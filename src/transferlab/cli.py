@@ -37,6 +37,12 @@ EXAMPLES = {
     "evaluate": """examples:
   transferlab evaluate runs/fashion builtin:fashion-mnist:test
   transferlab evaluate runs/pets ~/photos/pets-test --out runs/pets/eval-october""",
+    "explain": """examples:
+  transferlab explain runs/pets cat.jpg --method gradcam
+  transferlab explain runs/pets *.jpg --method gradcam++ --class dog --colormap inferno --alpha 0.5
+  transferlab explain runs/pets cat.jpg --method featuremaps
+  transferlab explain runs/vit cat.jpg --method attention
+  transferlab explain runs/pets cat.jpg --method gradcam --layer backbone.blocks.4""",
     "predict": """examples:
   transferlab predict runs/pets photo1.jpg photo2.png
   transferlab predict runs/pets ~/new/*.jpg --top-k 3 --json > predictions.json""",
@@ -249,6 +255,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from transferlab.interpret import explain
+
+    written = explain(args.run, args.images, method=args.method, layer=args.layer, class_name=args.class_name,
+                      out=args.out, colormap=args.colormap, alpha=args.alpha, top=args.top)
+    for path in written:
+        print(path)
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from transferlab.predict import predict_files
 
@@ -326,6 +342,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", metavar="DIR", help="evaluation directory (default RUN/evaluations/<time>-...)")
     evaluate.add_argument("--subset", type=int, metavar="N", help="score at most N images per class (seeded)")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    explain = command("explain", cmd_explain, "what the model looks at: Grad-CAM family, feature maps, attention")
+    explain.add_argument("run", metavar="RUN", help="a run directory written by `transferlab train`")
+    explain.add_argument("images", metavar="IMAGE", nargs="+", help="image files")
+    explain.add_argument("--method", default="gradcam",
+                         choices=["gradcam", "gradcam++", "eigencam", "scorecam", "layercam", "featuremaps",
+                                  "attention"], help="what to show (default gradcam)")
+    explain.add_argument("--layer", metavar="NAME", help="CAM target layer (default: the backbone's last stage)")
+    explain.add_argument("--class", dest="class_name", metavar="NAME", help="explain this class (default: predicted)")
+    explain.add_argument("--out", metavar="DIR", help="output folder (default RUN/explanations/<time>-<method>)")
+    explain.add_argument("--colormap", default="jet", help="matplotlib colormap of the heatmap (default jet)")
+    explain.add_argument("--alpha", type=float, default=0.45, help="heatmap opacity over the image (default 0.45)")
+    explain.add_argument("--top", type=int, default=8, help="featuremaps: channels per stage (default 8)")
 
     predict = command("predict", cmd_predict, "top-k classes of image files with a trained run")
     predict.add_argument("run", metavar="RUN", help="a run directory written by `transferlab train`")

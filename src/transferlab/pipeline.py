@@ -124,7 +124,7 @@ def prepare(dataset: ImageDataset, config: Config, run_dir: Path, indices: dict[
     normalizer = build_normalizer(config, stats)
     torch.manual_seed(config.seed)  # without pretrained weights, every fold starts from the same init too
     backbone = create_backbone(config.model.name, pretrained=config.model.pretrained, weights=config.model.weights,
-                               drop_path=config.model.drop_path)
+                               drop_path=config.model.drop_path, img_size=dataset.spec.size)
     classifier = Classifier(backbone, len(dataset.classes), normalizer.mean, normalizer.std,
                             dropout=config.model.dropout)
     if config.train.channels_last:

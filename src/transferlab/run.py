@@ -117,7 +117,7 @@ def load_model(run: str | Path, device: str | torch.device = "cpu") -> tuple[tor
         raise RunError(f"{run} has no trained model (model/model.json): the run did not finish; "
                        f"continue it with `transferlab train --resume {run}`")
     meta = read_json(model_dir / "model.json")
-    backbone = create_backbone(meta["model"], pretrained=False)
+    backbone = create_backbone(meta["model"], pretrained=False, img_size=meta["resize"]["size"])
     classifier = Classifier(backbone, len(meta["classes"]), meta["normalize"]["mean"], meta["normalize"]["std"],
                             dropout=meta.get("dropout", 0.0))
     classifier.load_state_dict(load_file(str(model_dir / "weights.safetensors")))

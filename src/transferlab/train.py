@@ -164,7 +164,8 @@ class TransferDataModule(L.LightningDataModule):
         batch = self.config.train.batch_size if shuffle else self.config.train.eval_batch_size
         return torch.utils.data.DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers,
                                            persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
-                                           drop_last=shuffle and len(dataset) > batch)
+                                           # only a last batch of one is dropped (BatchNorm cannot train on it)
+                                           drop_last=shuffle and len(dataset) % batch == 1)
 
     def train_dataloader(self):
         return self._loader("train", shuffle=True)

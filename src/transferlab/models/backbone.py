@@ -47,7 +47,7 @@ class Classifier(nn.Module):
 
 
 def create_backbone(name: str, *, pretrained: bool = True, weights: str | Path | None = None,
-                    drop_path: float | None = None, **timm_kwargs) -> nn.Module:
+                    drop_path: float | None = None, img_size: int | None = None, **timm_kwargs) -> nn.Module:
     """A timm model `name` without classifier (forward gives pooled features), with weights loaded.
 
     Weights: `weights` (a local .pth / .safetensors file) if given; else with `pretrained`, the
@@ -60,6 +60,8 @@ def create_backbone(name: str, *, pretrained: bool = True, weights: str | Path |
     kwargs = dict(timm_kwargs)
     if drop_path:
         kwargs["drop_path_rate"] = drop_path
+    if img_size is not None and fixed_input_size(name):
+        kwargs["img_size"] = img_size  # ViT-style models: position embeddings for this size
     if weights is not None:
         model = timm.create_model(name, pretrained=False, **kwargs)
         load_weights_file(model, Path(weights))
@@ -79,6 +81,14 @@ def create_backbone(name: str, *, pretrained: bool = True, weights: str | Path |
                 f"pass --weights FILE, use --no-pretrained, or the bundled offline '{BUNDLED}'"
             ) from None
     return timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+
+
+def fixed_input_size(name: str) -> bool:
+    """True for models (ViT and kin) built for one input size, which take `img_size`."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name) or get_pretrained_cfg(name.split(".")[0])
+    return bool(cfg and cfg.to_dict().get("fixed_input_size"))
 
 
 def imagenet_model(name: str = BUNDLED) -> nn.Module:

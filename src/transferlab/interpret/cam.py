@@ -1,0 +1,154 @@
+"""Grad-CAM family through pytorch-grad-cam: which pixels made the model choose a class.
+
+The target layer is found from the backbone (the last stage of a CNN from timm's feature_info;
+the last block's first norm of a ViT, with its tokens reshaped to the patch grid and prefix
+tokens dropped) or named by the user. Hooks live only inside a `with` block, so repeated calls
+leave no hooks behind.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from transferlab.errors import TransferlabError
+
+METHODS = ("gradcam", "gradcam++", "eigencam", "scorecam", "layercam")
+
+
+class ExplainError(TransferlabError):
+    """An explanation that cannot be made as asked."""
+
+
+def cam_class(method: str):
+    from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM
+
+    classes = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "eigencam": EigenCAM, "scorecam": ScoreCAM,
+               "layercam": LayerCAM}
+    if method not in classes:
+        raise ExplainError(f"unknown CAM method '{method}': choose one of {', '.join(METHODS)}")
+    return classes[method]
+
+
+def is_vit(backbone: nn.Module) -> bool:
+    """Token models (ViT, DeiT, BEiT, EVA, ...): blocks over a patch embedding with prefix tokens."""
+    return hasattr(backbone, "patch_embed") and hasattr(backbone, "blocks") and hasattr(backbone, "num_prefix_tokens")
+
+
+def token_reshape(prefix_tokens: int):
+    """(B, tokens, C) -> (B, C, h, w): drop the prefix (class / register) tokens, lay patches on their grid."""
+
+    def reshape(tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.ndim != 3:
+            return tensor
+        patches = tensor[:, prefix_tokens:, :]
+        side = int(math.isqrt(patches.shape[1]))
+        if side * side != patches.shape[1]:
+            raise ExplainError(f"{patches.shape[1]} patch tokens do not form a square grid")
+        return patches.reshape(tensor.shape[0], side, side, tensor.shape[2]).permute(0, 3, 1, 2)
+
+    return reshape
+
+
+def module_names(classifier: nn.Module) -> list[str]:
+    return [name for name, _ in classifier.named_modules() if name]
+
+
+def find_target_layer(classifier: nn.Module, name: str | None = None) -> tuple[nn.Module, str, object]:
+    """(layer, its name, reshape_transform or None) for CAM on `classifier`."""
+    backbone = classifier.backbone
+    modules = dict(classifier.named_modules())
+    if name is not None:
+        if name not in modules:
+            candidates = [n for n in module_names(classifier) if n.count(".") <= 3 and n.startswith("backbone.")]
+            raise ExplainError(f"no layer named '{name}' in this model; valid names include: "
+                               f"{', '.join(candidates[-25:])} (all: print(dict(model.named_modules())))")
+        reshape = token_reshape(backbone.num_prefix_tokens) if is_vit(backbone) else None
+        return modules[name], name, reshape
+    if is_vit(backbone):
+        layer_name = f"backbone.blocks.{len(backbone.blocks) - 1}.norm1"
+        return modules[layer_name], layer_name, token_reshape(backbone.num_prefix_tokens)
+    info = getattr(backbone, "feature_info", None)
+    if info is not None:
+        last = info[-1]["module"] if isinstance(info, list) else info.module_name()[-1]
+        layer_name = f"backbone.{last}"
+        if layer_name in modules:
+            return modules[layer_name], layer_name, None
+    # no feature_info: the last module whose output is a 4-D feature map
+    found: list[str] = []
+    handles = [m.register_forward_hook(lambda mod, inp, out, n=n: found.append(n) if isinstance(out, torch.Tensor)
+                                       and out.ndim == 4 else None)
+               for n, m in classifier.named_modules() if n.startswith("backbone.")]
+    try:
+        with torch.no_grad():
+            classifier(torch.zeros(1, 3, 64, 64))
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not found:
+        raise ExplainError("could not find a convolutional feature map for CAM: pass --layer NAME")
+    return modules[found[-1]], found[-1], None
+
+
+def compute_cams(classifier: nn.Module, images: np.ndarray, *, method: str = "gradcam", layer: str | None = None,
+                 target_classes: list[int] | None = None, batch_size: int = 16) -> dict:
+    """CAMs in [0, 1] at the input size for uint8 images (N, H, W, 3).
+
+    Returns {"cams": (N, H, W) float32, "pred": (N,), "probs": (N, K), "target": (N,), "layer": name}.
+    The target class is the predicted one unless `target_classes` gives one per image.
+    """
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    classifier.eval()
+    module, layer_name, reshape = find_target_layer(classifier, layer)
+    device = next(classifier.parameters()).device
+    x_all = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+    with torch.no_grad():
+        probs = torch.cat([classifier(x_all[i : i + batch_size].to(device)).softmax(dim=1).cpu()
+                           for i in range(0, len(x_all), batch_size)]).numpy()
+    pred = probs.argmax(axis=1)
+    target = np.asarray(target_classes if target_classes is not None else pred, dtype=np.int64)
+    cams = []
+    with cam_class(method)(model=classifier, target_layers=[module], reshape_transform=reshape) as cam:
+        for start in range(0, len(x_all), batch_size):
+            batch = x_all[start : start + batch_size].to(device).requires_grad_(True)
+            targets = [ClassifierOutputTarget(int(c)) for c in target[start : start + batch_size]]
+            cams.append(cam(input_tensor=batch, targets=targets).astype(np.float32))
+    out = np.concatenate(cams) if cams else np.zeros((0, *images.shape[1:3]), np.float32)
+    return {"cams": np.clip(out, 0.0, 1.0), "pred": pred, "probs": probs, "target": target, "layer": layer_name}
+
+
+def overlay(image: np.ndarray, cam: np.ndarray, *, colormap: str = "jet", alpha: float = 0.45) -> np.ndarray:
+    """uint8 RGB image with the heatmap `cam` (same H, W; values in [0, 1]) blended on top."""
+    import matplotlib
+
+    heat = matplotlib.colormaps[colormap](np.clip(cam, 0, 1))[..., :3] * 255.0
+    blended = (1 - alpha) * image.astype(np.float32) + alpha * heat
+    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+
+
+def cam_to_original(cam: np.ndarray, original_size: tuple[int, int], spec) -> np.ndarray:
+    """Map a CAM over the model's input back onto the original picture (width, height), inverting
+    the resize mode: stretch resizes back, crop places the map on the centre square it came from
+    (outside it the model saw nothing: 0), pad drops the bars."""
+    from PIL import Image
+
+    width, height = original_size
+    size = cam.shape[0]
+    picture = Image.fromarray(cam.astype(np.float32), mode="F")
+    if spec.mode == "stretch":
+        return np.asarray(picture.resize((width, height), Image.Resampling.BILINEAR))
+    if spec.mode == "crop":
+        side = max(1, round(min(width, height) * spec.crop_pct))
+        left, top = (width - side) // 2, (height - side) // 2
+        out = np.zeros((height, width), np.float32)
+        out[top : top + side, left : left + side] = np.asarray(picture.resize((side, side), Image.Resampling.BILINEAR))
+        return out
+    scale = size / max(width, height)
+    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+    left, top = (size - new_w) // 2, (size - new_h) // 2
+    inner = picture.crop((left, top, left + new_w, top + new_h))
+    return np.asarray(inner.resize((width, height), Image.Resampling.BILINEAR))
