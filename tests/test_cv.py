@@ -22,7 +22,7 @@ from transferlab.evaluate import evaluate_run
 from transferlab.pipeline import run_training
 from transferlab.run import RUN_DIR_ENV
 
-TINY = ["model.name=test_efficientnet", "model.pretrained=false", "preprocess.size=32", "train.batch_size=8",
+TINY = ["train.report=false", "model.name=test_efficientnet", "model.pretrained=false", "preprocess.size=32", "train.batch_size=8",
         "train.workers=0", "data.decode_workers=1", "train.early_stopping=null", "train.epochs=2", "cv.folds=3"]
 
 

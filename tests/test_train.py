@@ -21,7 +21,7 @@ from transferlab.pipeline import run_training
 from transferlab.predict import predict_files
 from transferlab.run import RUN_DIR_ENV, RunError, load_model
 
-TINY = ["model.name=test_efficientnet", "model.pretrained=false", "preprocess.size=32", "train.batch_size=8",
+TINY = ["train.report=false", "model.name=test_efficientnet", "model.pretrained=false", "preprocess.size=32", "train.batch_size=8",
         "train.workers=0", "data.decode_workers=1", "train.early_stopping=null", "data.val_fraction=0.2",
         "data.test_fraction=0.2", "augment.preset=light"]
 
@@ -66,7 +66,7 @@ def test_each_strategy_writes_the_run_directory(color_folder, tmp_path, strategy
 
 def test_feature_extraction_learns_a_colour_task_with_the_bundled_backbone(color_folder, tmp_path):
     config = load_config(overrides=["preprocess.size=32", "train.workers=0", "data.decode_workers=1",
-                                    "train.epochs=40", "optim.lr=0.01", "data.val_fraction=0.2",
+                                    "train.report=false", "train.epochs=40", "optim.lr=0.01", "data.val_fraction=0.2",
                                     "data.test_fraction=0.2"])
     run = run_training(str(color_folder), config, out=tmp_path / "run", progress=False)
     metrics = json.loads((run / "metrics.json").read_text())
@@ -145,7 +145,8 @@ def test_train_cli_on_a_csv_and_a_builtin_set(tmp_path, color_folder, capsys):
         writer.writerow(["path", "label"])
         for file in sorted(color_folder.rglob("*.png")):
             writer.writerow([os.path.relpath(file, tmp_path), file.parent.name])
-    sets = ["--set", "train.workers=0", "--set", "data.decode_workers=1", "--set", "model.pretrained=false"]
+    sets = ["--set", "train.workers=0", "--set", "data.decode_workers=1", "--set", "model.pretrained=false",
+            "--no-report"]
     assert main(["train", str(manifest), "--model", "test_efficientnet", "--size", "32", "--epochs", "2",
                  "--out", str(tmp_path / "csv-run"), "--quiet", *sets]) == 0
     out = capsys.readouterr().out
@@ -184,6 +185,7 @@ def test_ddp_two_cpu_processes_train_and_evaluate(color_folder, tmp_path):
     command = [sys.executable, "-m", "transferlab.cli", "train", str(color_folder), "--model", "test_efficientnet",
                "--size", "32", "--epochs", "2", "--strategy", "fine-tune", "--accelerator", "cpu", "--devices", "2",
                "--strategy-ddp", "ddp", "--out", str(tmp_path / "ddp"), "--quiet",
+               "--no-report",
                *sum((["--set", s] for s in ("train.workers=0", "data.decode_workers=1", "model.pretrained=false",
                                              "strategy.head_warmup_epochs=1")), [])]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)

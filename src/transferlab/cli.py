@@ -101,6 +101,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         overrides.append("model.pretrained=false")
     if getattr(args, "find_lr", False):
         overrides.append("train.find_lr=true")
+    if getattr(args, "no_report", False):
+        overrides.append("train.report=false")
     config = load_config(getattr(args, "config", None), overrides)
     if getattr(args, "aug", None):
         from transferlab.augment import augment_from_arg
@@ -173,6 +175,7 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strategy-ddp", metavar="NAME", help="Lightning distributed strategy, e.g. ddp")
     parser.add_argument("--workers", type=int, help="DataLoader workers (default: cores - 1)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--no-report", action="store_true", help="skip the figures and report.html at the end")
 
 
 def quiet_lightning() -> None:
@@ -205,6 +208,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not is_worker_process():
         print(f"run directory: {run_dir}")
         print(summary_line(run_dir))
+        print_report_path(run_dir)
+    return 0
+
+
+def print_report_path(run_dir: Path) -> None:
+    report = Path(run_dir) / "report.html"
+    if report.is_file():
+        print(f"report: {report}")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    run = Path(args.run)
+    if not ((run / "metrics.json").is_file() or (run / "cv_metrics.json").is_file()):
+        raise TransferlabError(f"{run} has no results to report (no metrics.json or cv_metrics.json): give a finished "
+                               "run directory")
+    from transferlab.report import build_report
+
+    print(build_report(run))
     return 0
 
 
@@ -236,6 +257,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
         run_dir = run_cv(data, config, out=args.out, progress=not args.quiet)
     print_cv_table(run_dir)
     print(f"run directory: {run_dir}")
+    print_report_path(run_dir)
     return 0
 
 
@@ -290,6 +312,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     run_dir = run_demo(out=args.out, progress=not args.quiet)
     print(f"run directory: {run_dir}")
     print(summary_line(run_dir))
+    print_report_path(run_dir)
     return 0
 
 
@@ -355,6 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--colormap", default="jet", help="matplotlib colormap of the heatmap (default jet)")
     explain.add_argument("--alpha", type=float, default=0.45, help="heatmap opacity over the image (default 0.45)")
     explain.add_argument("--top", type=int, default=8, help="featuremaps: channels per stage (default 8)")
+
+    report = command("report", cmd_report, "rebuild a run's report.html from its saved artifacts")
+    report.add_argument("run", metavar="RUN", help="a run directory of `transferlab train` or `transferlab cv`")
 
     predict = command("predict", cmd_predict, "top-k classes of image files with a trained run")
     predict.add_argument("run", metavar="RUN", help="a run directory written by `transferlab train`")

@@ -148,6 +148,7 @@ class TrainConfig:
     channels_last: bool = True  # memory format of convolutional backbones
     find_lr: bool = False  # run Lightning's LR finder first and use its suggestion
     eval_batch_size: int = 64
+    report: bool = True  # draw the figures and write report.html when the run ends
 
 
 @dataclass

@@ -15,7 +15,7 @@ import lightning as L
 import numpy as np
 
 from transferlab.config import Config, dump_config, load_config
-from transferlab.console import info
+from transferlab.console import info, warn
 from transferlab.data import ImageDataset, holdout_split, load_dataset, stratified_folds, write_split_csv
 from transferlab.data.splits import check_folds
 from transferlab.errors import ConfigError, DataError
@@ -23,6 +23,9 @@ from transferlab.evaluate import aggregate_folds
 from transferlab.metrics import compute_metrics, scalar_metrics, write_predictions
 from transferlab.pipeline import (dataset_record, evaluate_parts, prepare, report_dataset_problems, resolve_config,
                                   train_stages)
+from transferlab.report import safe_build_report
+from transferlab.report.gallery import (dataset_pictures, error_candidates, error_gallery, load_candidates,
+                                        merge_candidates, save_candidates)
 from transferlab.run import RunError, environment, new_run_dir, read_json, write_json
 from transferlab.strategies import resolve_strategy
 
@@ -128,6 +131,13 @@ def run_fold(dataset: ImageDataset, config: Config, fold_dir: Path, train_part: 
     write_json(fold_dir / "metrics.json", record)
     write_predictions(fold_dir / "predictions.csv", rows["paths"], np.array(rows["labels"]), rows["probs"],
                       dataset.classes, extra={"index": rows["index"]})
+    if config.train.report:
+        try:
+            candidates = error_candidates(p.classifier.cpu().eval(), dataset.images, np.array(rows["index"]),
+                                          dataset.labels, rows["probs"], seed=config.seed)
+            save_candidates(candidates, fold_dir / "errors.npz")
+        except Exception as exc:
+            warn(f"{fold_dir.name}: error examples not kept: {exc}")
     state["stage"] = "done"
     write_json(fold_dir / "state.json", state)
     return record
@@ -186,6 +196,14 @@ def summarize(run_dir: Path, dataset: ImageDataset, config: Config, splits, star
     write_predictions(run_dir / "predictions.csv", oof_rows["paths"], np.array(oof_rows["labels"]),
                       np.concatenate(oof_rows["probs"]), dataset.classes,
                       extra={"repeat": oof_rows["repeat"], "fold": oof_rows["fold"]})
+    if config.train.report:
+        dataset_pictures(run_dir, dataset, config)
+        try:
+            parts = [load_candidates(f) for f in sorted((run_dir / "folds").glob("*/errors.npz"))]
+            error_gallery(merge_candidates(parts), dataset.classes, run_dir / "plots" / "errors.png")
+        except Exception as exc:
+            warn(f"error gallery not drawn: {exc}")
+        safe_build_report(run_dir)
     return result
 
 

@@ -222,16 +222,18 @@ def fit_stage(p: Prepared, stage: str, *, epochs: int, features_mode: bool, resu
                                         sample_weights=p.sample_weights)
     module = TransferModule(p.classifier, config, p.strategy, features_mode=features_mode,
                             class_weights=p.class_weights, num_classes=len(p.dataset.classes))
+    rows = len(p.feature_labels["train"]) if features_mode else len(p.indices["train"])
+    steps = max(1, rows // config.train.batch_size)
     trainer, checkpoint = build_trainer(config, p.run_dir, stage, epochs=epochs, has_val=has_val,
                                         progress=p.progress, gradual=p.strategy == "gradual" and not features_mode,
-                                        extra_callbacks=p.extra_callbacks)
+                                        extra_callbacks=p.extra_callbacks, steps_per_epoch=steps)
     if config.train.find_lr and resume_from is None and stage != "warmup":
         suggestion = find_lr(trainer, module, datamodule, p.run_dir / "plots" / f"lr_find_{stage}.png")
         if suggestion and trainer.is_global_zero:
             info(f"LR finder suggests lr={suggestion:.2e} (plot: {p.run_dir / 'plots' / f'lr_find_{stage}.png'})")
         trainer, checkpoint = build_trainer(config, p.run_dir, stage, epochs=epochs, has_val=has_val,
                                             progress=p.progress, gradual=p.strategy == "gradual" and not features_mode,
-                                            extra_callbacks=p.extra_callbacks)
+                                            extra_callbacks=p.extra_callbacks, steps_per_epoch=steps)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None,
                 weights_only=True)
     if trainer.interrupted:
@@ -406,6 +408,27 @@ def finish(p: Prepared, state: dict, started: float) -> None:
     save_model(p.run_dir / "model", p.classifier.cpu().to(memory_format=torch.contiguous_format), model_meta(p))
     state["stage"] = "done"
     write_json(p.run_dir / "state.json", state)
+    if config.train.report:
+        draw_and_report(p, rows)
+
+
+def draw_and_report(p: Prepared, rows: dict) -> None:
+    """The pictures that need images or the model, then report.html. Never fails the run."""
+    from transferlab.report import safe_build_report
+    from transferlab.report.gallery import dataset_pictures, error_candidates, error_gallery
+
+    dataset_pictures(p.run_dir, p.dataset, p.config)
+    try:
+        part = "val" if "val" in rows["part"] else "test"
+        chosen = np.array([k for k, name in enumerate(rows["part"]) if name == part], dtype=np.int64)
+        if len(chosen):
+            candidates = error_candidates(p.classifier.cpu().eval(), p.dataset.images,
+                                          np.array(rows["index"])[chosen], p.dataset.labels, rows["probs"][chosen],
+                                          seed=p.config.seed)
+            error_gallery(candidates, p.dataset.classes, p.run_dir / "plots" / "errors.png")
+    except Exception as exc:
+        warn(f"error gallery not drawn: {exc}")
+    safe_build_report(p.run_dir)
 
 
 def summary_line(run_dir: Path) -> str:

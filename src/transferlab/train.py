@@ -179,13 +179,14 @@ def _side(store: ImageStore | None) -> int:
 
 
 def build_trainer(config: Config, run_dir: Path, stage: str, *, epochs: int, has_val: bool, progress: bool,
-                  gradual: bool = False, extra_callbacks: list | None = None) -> tuple[L.Trainer, ModelCheckpoint]:
+                  gradual: bool = False, extra_callbacks: list | None = None,
+                  steps_per_epoch: int | None = None) -> tuple[L.Trainer, ModelCheckpoint]:
     """A Trainer with checkpoints (best + last), early stopping, LR monitor and CSV/TensorBoard logs."""
     monitor = config.train.monitor if has_val else None
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints" / stage, filename="best", monitor=monitor,
                                  mode=MONITOR_MODE.get(monitor or "", "min"), save_last=True, save_top_k=1,
                                  auto_insert_metric_name=False, enable_version_counter=False)
-    callbacks: list = [checkpoint, LearningRateMonitor(logging_interval="epoch")]
+    callbacks: list = [checkpoint, LearningRateMonitor(logging_interval="step")]
     if has_val and config.train.early_stopping:
         callbacks.append(EarlyStopping(monitor=monitor, mode=MONITOR_MODE[monitor],
                                        patience=config.train.early_stopping))
@@ -207,7 +208,8 @@ def build_trainer(config: Config, run_dir: Path, stage: str, *, epochs: int, has
         max_epochs=epochs, accelerator=config.train.accelerator,
         devices=int(devices) if str(devices).isdigit() else devices, num_nodes=config.train.num_nodes,
         precision=config.train.precision, callbacks=callbacks, logger=loggers, default_root_dir=run_dir,
-        gradient_clip_val=config.train.grad_clip, log_every_n_steps=10, enable_model_summary=False,
+        gradient_clip_val=config.train.grad_clip, log_every_n_steps=max(1, min(10, steps_per_epoch or 10)),
+        enable_model_summary=False,
         enable_progress_bar=progress, use_distributed_sampler=False, num_sanity_val_steps=0,
         limit_val_batches=1.0 if has_val else 0, **kwargs,
     )

@@ -21,6 +21,8 @@ import numpy as np
 from transferlab.preprocess import ResizeSpec
 
 CACHE_VERSION = 1  # bump when decoding changes what pixels a file gives
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 class ImageStore:
@@ -140,6 +142,7 @@ def atomic_write(path: Path, write) -> None:
     try:
         with handle:
             write(handle)
+        os.chmod(handle.name, 0o666 & ~_UMASK)  # temporary files are private; the result is not
         os.replace(handle.name, path)
     except BaseException:
         Path(handle.name).unlink(missing_ok=True)

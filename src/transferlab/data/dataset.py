@@ -79,6 +79,7 @@ class ImageDataset:
             "image_size": {
                 "width": stats_of(widths), "height": stats_of(heights),
                 "most_common": [{"size": s, "count": n} for s, n in sizes.most_common(5)],
+                "all": [[int(k.split("x")[0]), int(k.split("x")[1]), n] for k, n in sizes.most_common(2000)],
             },
             "modes": dict(Counter(r["mode"] for r in self.records).most_common()),
             "formats": dict(Counter(r["format"] for r in self.records).most_common()),

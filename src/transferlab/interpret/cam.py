@@ -57,8 +57,16 @@ def module_names(classifier: nn.Module) -> list[str]:
     return [name for name, _ in classifier.named_modules() if name]
 
 
-def find_target_layer(classifier: nn.Module, name: str | None = None) -> tuple[nn.Module, str, object]:
-    """(layer, its name, reshape_transform or None) for CAM on `classifier`."""
+MIN_CELLS = 4  # the automatic CNN layer keeps at least this many cells per side, or CAMs are blobs
+
+
+def find_target_layer(classifier: nn.Module, name: str | None = None, input_size: int | None = None
+                      ) -> tuple[nn.Module, str, object]:
+    """(layer, its name, reshape_transform or None) for CAM on `classifier`.
+
+    CNNs: the last stage of timm's feature_info, or for small inputs the last stage whose map
+    is still at least 4x4 cells (at 64 px a stride-32 stage is 2x2: too coarse to show anything).
+    """
     backbone = classifier.backbone
     modules = dict(classifier.named_modules())
     if name is not None:
@@ -72,10 +80,13 @@ def find_target_layer(classifier: nn.Module, name: str | None = None) -> tuple[n
         layer_name = f"backbone.blocks.{len(backbone.blocks) - 1}.norm1"
         return modules[layer_name], layer_name, token_reshape(backbone.num_prefix_tokens)
     info = getattr(backbone, "feature_info", None)
-    if info is not None:
-        last = info[-1]["module"] if isinstance(info, list) else info.module_name()[-1]
-        layer_name = f"backbone.{last}"
-        if layer_name in modules:
+    if isinstance(info, list) and info:
+        stages = [f for f in info if f"backbone.{f['module']}" in modules]
+        if input_size:
+            fine_enough = [f for f in stages if input_size // f.get("reduction", 1) >= MIN_CELLS]
+            stages = fine_enough or stages[:1]
+        if stages:
+            layer_name = f"backbone.{stages[-1]['module']}"
             return modules[layer_name], layer_name, None
     # no feature_info: the last module whose output is a 4-D feature map
     found: list[str] = []
@@ -103,7 +114,7 @@ def compute_cams(classifier: nn.Module, images: np.ndarray, *, method: str = "gr
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     classifier.eval()
-    module, layer_name, reshape = find_target_layer(classifier, layer)
+    module, layer_name, reshape = find_target_layer(classifier, layer, input_size=images.shape[1])
     device = next(classifier.parameters()).device
     x_all = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
     with torch.no_grad():

@@ -1,0 +1,140 @@
+"""Pictures that need the images or the model, drawn once when a run ends (the report reuses them):
+sample images per class, the augmentation preview, and the most confidently wrong (and some right)
+validation images with Grad-CAM overlays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def sample_grid(images, labels: np.ndarray, classes: list[str], path: Path, *, per_class: int = 6,
+                max_classes: int = 20, seed: int = 0) -> Path:
+    """A row of random images per class (the first `max_classes` classes)."""
+    rng = np.random.default_rng(seed)
+    shown = classes[:max_classes]
+    fig, axes = plt.subplots(len(shown), per_class, figsize=(1.2 * per_class + 1.2, 1.25 * len(shown) + 0.3),
+                             squeeze=False, layout="constrained")
+    for r, name in enumerate(shown):
+        members = np.flatnonzero(labels == r)
+        picks = rng.choice(members, size=min(per_class, len(members)), replace=False) if len(members) else []
+        for c in range(per_class):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c < len(picks):
+                ax.imshow(images[int(picks[c])], interpolation="nearest")
+            else:
+                ax.axis("off")
+        axes[r, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
+    title = "sample images per class" + (f" (first {max_classes} of {len(classes)} classes)"
+                                         if len(classes) > max_classes else "")
+    fig.suptitle(title, fontsize=10)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def dataset_pictures(run_dir: Path, dataset, config) -> None:
+    """samples.png and augment_preview.png of a run (each skipped with a warning if it fails)."""
+    from transferlab.console import warn
+    from transferlab.preview import pick_rows, preview_grid
+
+    plots = Path(run_dir) / "plots"
+    try:
+        sample_grid(dataset.images, dataset.labels, dataset.classes, plots / "samples.png", seed=config.seed)
+    except Exception as exc:
+        warn(f"sample images not drawn: {exc}")
+    try:
+        rows = pick_rows(dataset.labels, dataset.classes, 6, config.seed)
+        preview_grid(dataset.images.take(rows), [dataset.classes[dataset.labels[i]] for i in rows], config.augment,
+                     plots / "augment_preview.png", n=6, seed=config.seed)
+    except Exception as exc:
+        warn(f"augmentation preview not drawn: {exc}")
+
+
+def error_candidates(classifier, images, indices: np.ndarray, labels: np.ndarray, probs: np.ndarray, *,
+                     wrong: int = 8, right: int = 4, seed: int = 0) -> dict:
+    """The most confidently wrong and a few right images among `indices` (rows of `probs`), with
+    Grad-CAM overlays for the predicted class: arrays ready to keep and draw."""
+    from transferlab.interpret.cam import compute_cams, overlay
+
+    pred = probs.argmax(axis=1)
+    confidence = probs.max(axis=1)
+    truth = labels[indices]
+    wrong_rows = np.flatnonzero(pred != truth)
+    wrong_rows = wrong_rows[np.argsort(-confidence[wrong_rows])][:wrong]
+    right_rows = np.flatnonzero(pred == truth)
+    rng = np.random.default_rng(seed)
+    right_rows = rng.choice(right_rows, size=min(right, len(right_rows)), replace=False) if len(right_rows) else \
+        right_rows
+    rows = np.concatenate([wrong_rows, right_rows]).astype(np.int64)
+    if len(rows) == 0:
+        return {"overlays": np.zeros((0, 1, 1, 3), np.uint8)}
+    pictures = images.take(indices[rows])
+    cams = compute_cams(classifier, pictures, method="gradcam")["cams"]
+    overlays = np.stack([overlay(p, c) for p, c in zip(pictures, cams)])
+    return {"overlays": overlays, "pictures": pictures, "true": truth[rows], "pred": pred[rows],
+            "confidence": confidence[rows], "wrong": np.array([True] * len(wrong_rows) + [False] * len(right_rows)),
+            "index": indices[rows]}
+
+
+def merge_candidates(parts: list[dict], *, wrong: int = 8, right: int = 4) -> dict:
+    """The most confident mistakes (and the first right ones) across several candidate sets (folds)."""
+    parts = [p for p in parts if len(p.get("overlays", ())) and "wrong" in p]
+    if not parts:
+        return {"overlays": np.zeros((0, 1, 1, 3), np.uint8)}
+    shapes = {p["overlays"].shape[1:] for p in parts}
+    if len(shapes) > 1:
+        parts = [p for p in parts if p["overlays"].shape[1:] == parts[0]["overlays"].shape[1:]]
+    merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    wrong_rows = np.flatnonzero(merged["wrong"])
+    wrong_rows = wrong_rows[np.argsort(-merged["confidence"][wrong_rows])][:wrong]
+    right_rows = np.flatnonzero(~merged["wrong"])[:right]
+    keep = np.concatenate([wrong_rows, right_rows]).astype(np.int64)
+    return {k: v[keep] for k, v in merged.items()}
+
+
+def error_gallery(candidates: dict, classes: list[str], path: Path) -> Path | None:
+    """Rows of image + Grad-CAM pairs: the confident mistakes first, then correct examples."""
+    overlays = candidates.get("overlays")
+    if overlays is None or len(overlays) == 0:
+        return None
+    count = len(overlays)
+    columns = 4
+    rows = (count + columns - 1) // columns
+    fig, axes = plt.subplots(rows, 2 * columns, figsize=(2.0 * 2 * columns, 2.35 * rows), squeeze=False,
+                             layout="constrained")
+    for ax in axes.flat:
+        ax.axis("off")
+    for k in range(count):
+        r, c = divmod(k, columns)
+        truth, pred = classes[int(candidates["true"][k])], classes[int(candidates["pred"][k])]
+        verdict = "WRONG" if candidates["wrong"][k] else "right"
+        axes[r, 2 * c].imshow(candidates["pictures"][k], interpolation="nearest")
+        axes[r, 2 * c].set_title(f"{verdict}: true {truth}", fontsize=7, color="firebrick" if verdict == "WRONG"
+                                 else "darkgreen")
+        axes[r, 2 * c + 1].imshow(candidates["overlays"][k], interpolation="nearest")
+        axes[r, 2 * c + 1].set_title(f"pred {pred} ({candidates['confidence'][k]:.2f})", fontsize=7)
+    fig.suptitle("most confidently wrong validation images, then correct ones (Grad-CAM of the prediction)",
+                 fontsize=9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def save_candidates(candidates: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **candidates)
+
+
+def load_candidates(path: Path) -> dict:
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
