@@ -173,7 +173,8 @@ def test_predict_reports_bad_files_and_predicts_the_rest(color_folder, tmp_path,
 
 
 def test_find_lr_saves_its_plot(color_folder, tmp_path):
-    run = run_training(str(color_folder), tiny_config("train.epochs=2", "train.find_lr=true"),
+    run = run_training(str(color_folder), tiny_config("train.epochs=2", "train.find_lr=true",
+                                                      "strategy.name=feature-extraction"),
                        out=tmp_path / "run", progress=False)
     assert (run / "plots" / "lr_find_head.png").is_file()
 
@@ -216,3 +217,22 @@ def test_feature_extraction_with_augmented_views(color_folder, tmp_path):
     assert len(cached) == 3  # plain features of all images + 2 augmented views of the training images
     rows = sorted(len(np.load(f)) for f in cached)
     assert rows == [18, 18, 30]
+
+
+def test_a_winning_warmup_stage_keeps_the_backbone_it_was_trained_on(color_folder, tmp_path):
+    """When fine-tuning loses to its head warm-up on validation, the kept model is the warm-up's:
+    its head AND the untouched backbone, not the head on the fine-tuned backbone."""
+    from transferlab.models.backbone import create_backbone
+
+    config = tiny_config("strategy.name=fine-tune", "strategy.head_warmup_epochs=3", "train.epochs=2",
+                         "optim.lr=3.0", "train.monitor=val_loss", "augment.preset=none")
+    run = run_training(str(color_folder), config, out=tmp_path / "run", progress=False)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["strategy"]["stages"]["selected"]["stage"] == "warmup"
+    torch.manual_seed(config.seed)
+    original = create_backbone("test_efficientnet", pretrained=False, img_size=32).state_dict()
+    kept = final_weights(run)
+    for name, value in original.items():
+        assert torch.equal(kept[f"backbone.{name}"], value), name
+    val = metrics["val"]["log_loss"]
+    assert val == pytest.approx(metrics["strategy"]["stages"]["selected"]["scores"]["warmup"], rel=0.05)

@@ -43,6 +43,9 @@ EXAMPLES = {
   transferlab explain runs/pets cat.jpg --method featuremaps
   transferlab explain runs/vit cat.jpg --method attention
   transferlab explain runs/pets cat.jpg --method gradcam --layer backbone.blocks.4""",
+    "rank": """examples:
+  transferlab rank builtin:digits --models tf_efficientnet_lite0,resnet18,convnext_tiny
+  transferlab rank photos/ --models tf_efficientnet_lite0,resnet50=weights/resnet50.safetensors --out rank.json""",
     "predict": """examples:
   transferlab predict runs/pets photo1.jpg photo2.png
   transferlab predict runs/pets ~/new/*.jpg --top-k 3 --json > predictions.json""",
@@ -287,6 +290,21 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rank(args: argparse.Namespace) -> int:
+    check_spec(args.data)
+    from transferlab.rank import parse_models, print_ranking, rank_models
+    from transferlab.run import slug, write_json
+
+    models = parse_models(args.models)
+    config = config_from_args(args)
+    result = rank_models(args.data, models, config, progress=not args.quiet)
+    print_ranking(result)
+    out = Path(args.out) if args.out else unused_path(Path(f"rank-{slug(args.data)}.json"))
+    write_json(out, result)
+    print(f"ranking: {out}")
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from transferlab.predict import predict_files
 
@@ -381,6 +399,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = command("report", cmd_report, "rebuild a run's report.html from its saved artifacts")
     report.add_argument("run", metavar="RUN", help="a run directory of `transferlab train` or `transferlab cv`")
+
+    rank = command("rank", cmd_rank, "rank candidate backbones by transferability (LogME), without fine-tuning")
+    rank.add_argument("data", metavar="DATA", help="class-folder tree, CSV manifest or builtin:NAME")
+    rank.add_argument("--models", required=True, metavar="A,B,C",
+                      help="comma-separated timm names; NAME=FILE uses local weights")
+    rank.add_argument("--subset", type=int, metavar="N", help="score on at most N images per class (seeded)")
+    rank.add_argument("--size", type=int, metavar="PX", help="input side (default: each backbone's own)")
+    rank.add_argument("--no-pretrained", action="store_true", help="score randomly initialised backbones (a baseline)")
+    rank.add_argument("--out", metavar="JSON", help="where to write the ranking (default rank-<data>.json)")
+    rank.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_config_options(rank)
 
     predict = command("predict", cmd_predict, "top-k classes of image files with a trained run")
     predict.add_argument("run", metavar="RUN", help="a run directory written by `transferlab train`")

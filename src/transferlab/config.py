@@ -89,6 +89,17 @@ class GradualStep:
 
 
 @dataclass
+class AutoConfig:
+    """`strategy.name: auto`: the 2x2 rule on measured size and transferability (see strategies.py)."""
+
+    score: Literal["logme", "leep"] = "logme"  # leep needs the backbone's ImageNet classifier
+    small_per_class: int = 200  # median TRAINING images per class below this: a small data set
+    similar_logme: float = 0.8  # LogME at or above: features fit the task (similar domain)
+    similar_leep: float = 0.7  # LEEP normalised by chance, 1 - LEEP / log(1/K), at or above: similar
+    max_images: int = 10000  # the score uses at most this many training images (seeded choice)
+
+
+@dataclass
 class StrategyConfig:
     """How the pretrained network is adapted (see strategies.py)."""
 
@@ -100,6 +111,8 @@ class StrategyConfig:
     head_warmup_epochs: int = 5  # fine-tune: first train the head on cached features (LP-FT)
     feature_views: int = 0  # feature-extraction: K augmented views per training image, besides the plain one
     train_bn: bool = True  # unfrozen BatchNorm layers update their statistics
+    train_groups: list[str] = field(default_factory=lambda: ["early", "middle", "late", "head"])  # fine-tune
+    auto: AutoConfig = field(default_factory=AutoConfig)
     gradual: list[GradualStep] = field(default_factory=lambda: [
         GradualStep(1, ["head"]), GradualStep(6, ["late"]), GradualStep(11, ["middle", "early"])])
 

@@ -21,8 +21,8 @@ from transferlab.data.splits import check_folds
 from transferlab.errors import ConfigError, DataError
 from transferlab.evaluate import aggregate_folds
 from transferlab.metrics import compute_metrics, scalar_metrics, write_predictions
-from transferlab.pipeline import (dataset_record, evaluate_parts, prepare, report_dataset_problems, resolve_config,
-                                  train_stages)
+from transferlab.pipeline import (choose_strategy, dataset_record, evaluate_parts, finalize_strategy, prepare,
+                                  report_dataset_problems, resolve_config, train_stages)
 from transferlab.report import safe_build_report
 from transferlab.report.gallery import (dataset_pictures, error_candidates, error_gallery, load_candidates,
                                         merge_candidates, save_candidates)
@@ -54,7 +54,9 @@ def run_cv(data: str | None, config: Config, *, out: str | Path | None = None, r
         if config.cv.repeats < 1:
             raise ConfigError(f"--repeats {config.cv.repeats} must be at least 1")
         strategy = resolve_strategy(config)
-        config = resolve_config(config, data, strategy)
+        config = resolve_config(config, data)
+        if strategy != "auto":
+            config = finalize_strategy(config, strategy)
         dataset = load_dataset(data, config, progress=progress)
         dataset.require_classes()
         check_folds(dataset.labels, config.cv.folds, dataset.classes)
@@ -120,14 +122,23 @@ def run_fold(dataset: ImageDataset, config: Config, fold_dir: Path, train_part: 
         write_split_csv(fold_dir / "split.csv", [dataset.paths[i] for i in np.concatenate(list(indices.values()))],
                         [dataset.classes[dataset.labels[i]] for i in np.concatenate(list(indices.values()))],
                         {"part": [k for k, v in indices.items() for _ in v]})
-    p = prepare(dataset, config, fold_dir, indices, progress=progress, extra_callbacks=extra_callbacks)
-    state = read_json(fold_dir / "state.json") if resuming else {"stage": "start", "done_stages": []}
+    if resuming:  # the fold's own config holds what its strategy decision set
+        state = read_json(fold_dir / "state.json")
+        p = prepare(dataset, load_config(fold_dir / "config.yaml"), fold_dir, indices, progress=progress,
+                    extra_callbacks=extra_callbacks)
+        p.strategy = p.config.strategy.name
+    else:
+        state = {"stage": "start", "done_stages": []}
+        p = prepare(dataset, config, fold_dir, indices, progress=progress, extra_callbacks=extra_callbacks)
+        choose_strategy(p, config.strategy.name, state)  # auto decides from this fold's training part only
+        dump_config(p.config, fold_dir / "config.yaml")
     write_json(fold_dir / "state.json", state)
     train_stages(p, state, fold_dir / "state.json", resume=resuming)
     results, _, rows = evaluate_parts(p, parts=("test",))
     record = {"repeat": repeat + 1, "fold": fold + 1, "n_train": int(len(indices["train"])),
               "n_val": int(len(indices["val"])), "n_test": int(len(test_part)), "test": results["test"],
-              "normalization": p.normalize, "stages": p.stage_info}
+              "normalization": p.normalize, "stages": p.stage_info, "strategy": p.strategy,
+              "decision": state.get("decision")}
     write_json(fold_dir / "metrics.json", record)
     write_predictions(fold_dir / "predictions.csv", rows["paths"], np.array(rows["labels"]), rows["probs"],
                       dataset.classes, extra={"index": rows["index"]})
@@ -186,7 +197,7 @@ def summarize(run_dir: Path, dataset: ImageDataset, config: Config, splits, star
                                                              "StratifiedKFold"),
                "seed": config.seed, "inner_val_fraction": config.data.val_fraction,
                "note": "the 95% CI is a t interval over folds; folds share training data, so it is optimistic"},
-        "strategy": {"name": config.strategy.name},
+        "strategy": cv_strategy(config, records),
         "data": {"source": config.data.source, "n_images": len(dataset), "classes": dataset.classes},
         "seconds": round(time.time() - started, 1),
         "environment": environment(),
@@ -205,6 +216,21 @@ def summarize(run_dir: Path, dataset: ImageDataset, config: Config, splits, star
             warn(f"error gallery not drawn: {exc}")
         safe_build_report(run_dir)
     return result
+
+
+def cv_strategy(config: Config, records: list[dict]) -> dict:
+    """The strategy of the CV: the folds' (auto decides per fold, from that fold's training part)."""
+    chosen = [r.get("strategy") or config.strategy.name for r in records]
+    out = {"name": chosen[0] if len(set(chosen)) == 1 else "mixed", "requested": config.strategy.name,
+           "per_fold": chosen}
+    decisions = [r["decision"] for r in records if r.get("decision")]
+    if decisions:
+        out.update({k: decisions[0][k] for k in ("images", "per_class", "score", "method", "similar", "decision")})
+        agree = len({d["decision"] for d in decisions}) == 1
+        out["reason"] = (f"fold 1: {decisions[0]['reason']}" + ("; every fold decided the same"
+                                                                  if agree else "; the folds decided differently"))
+        out["folds"] = decisions
+    return out
 
 
 def print_cv_table(run_dir: Path) -> None:

@@ -10,6 +10,7 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import lightning as L
 import numpy as np
@@ -26,7 +27,9 @@ from transferlab.models.backbone import BUNDLED, Classifier, create_backbone
 from transferlab.preprocess import backbone_defaults, build_normalizer, channel_stats
 from transferlab.run import (RunError, environment, is_worker_process, new_run_dir, read_json, save_model,
                              write_json)
-from transferlab.strategies import GROUP_NAMES, epochs_for, freeze_all, resolve_strategy, set_trainable, weight_decay_for
+from transferlab.strategies import epochs_for, groups_at_epoch, freeze_all, resolve_strategy, set_trainable, weight_decay_for
+if TYPE_CHECKING:
+    from transferlab.strategies import Decision
 from transferlab.train import (TransferDataModule, TransferModule, build_trainer, find_lr, load_checkpoint_weights,
                                predict_proba)
 
@@ -52,18 +55,22 @@ class Prepared:
     features: dict[str, torch.Tensor] | None = None
     feature_labels: dict[str, np.ndarray] | None = None
     stage_info: dict = field(default_factory=dict)
+    initial_backbone: dict | None = None
 
 
-def resolve_config(config: Config, data: str, strategy: str) -> Config:
-    """The config with every default that depends on the data or backbone filled in."""
+def resolve_config(config: Config, data: str) -> Config:
+    """The config with every default that depends on the data or backbone filled in (the
+    strategy's own defaults come with `finalize_strategy`, once the strategy is known)."""
     defaults = backbone_defaults(config.model.name)
     pre = dataclasses.replace(config.preprocess, size=config.preprocess.size or defaults["size"],
                               interpolation=config.preprocess.interpolation or defaults["interpolation"])
-    train = dataclasses.replace(config.train, epochs=epochs_for(config, strategy))
     optim = dataclasses.replace(config.optim, weight_decay=weight_decay_for(config))
-    return dataclasses.replace(config, preprocess=pre, train=train, optim=optim,
-                               data=dataclasses.replace(config.data, source=data),
-                               strategy=dataclasses.replace(config.strategy, name=strategy))
+    return dataclasses.replace(config, preprocess=pre, optim=optim, data=dataclasses.replace(config.data, source=data))
+
+
+def finalize_strategy(config: Config, strategy: str) -> Config:
+    train = dataclasses.replace(config.train, epochs=epochs_for(config, strategy))
+    return dataclasses.replace(config, train=train, strategy=dataclasses.replace(config.strategy, name=strategy))
 
 
 def device_for(config: Config) -> torch.device:
@@ -276,26 +283,28 @@ def run_training(data: str | None, config: Config, *, out: str | Path | None = N
         if data is None:
             raise DataError("no DATA given: pass a folder, a CSV manifest or builtin:NAME")
         strategy = resolve_strategy(config)
-        config = resolve_config(config, data, strategy)
+        config = resolve_config(config, data)
         # the data is checked before a run directory exists, so a bad DATA leaves nothing behind
         dataset = load_dataset(data, config, progress=progress and not is_worker_process())
         dataset.require_classes()
         run_dir = new_run_dir(out, data, strategy)
-        state = {"stage": "start", "done_stages": [], "data": data, "strategy": strategy}
-        if not is_worker_process():
-            dump_config(config, run_dir / "config.yaml")
-            write_json(run_dir / "state.json", state)
+        state = {"stage": "start", "done_stages": [], "data": data, "requested": strategy}
     L.seed_everything(config.seed, workers=True, verbose=False)
     split = make_split(dataset, config, run_dir, resume is not None)
     indices = {name: np.flatnonzero(split == name) for name in SPLITS}
     p = prepare(dataset, config, run_dir, indices, progress=progress, extra_callbacks=extra_callbacks)
+    if resume is None:
+        choose_strategy(p, strategy, state)
+        if not is_worker_process():
+            dump_config(p.config, run_dir / "config.yaml")
+            write_json(run_dir / "state.json", state)
     if not is_worker_process():
         write_json(run_dir / "dataset.json", dataset_record(dataset, indices, p.normalize))
         report_dataset_problems(dataset, run_dir)
     if progress and not is_worker_process():
         info(f"{len(p.dataset):,} images, {len(p.dataset.classes)} classes; split "
              + ", ".join(f"{k} {len(v):,}" for k, v in p.indices.items())
-             + f"; strategy {strategy}; run directory {run_dir}")
+             + f"; strategy {p.strategy}; run directory {run_dir}")
     train_stages(p, state, run_dir / "state.json", resume=resume is not None)
     if is_worker_process():
         return run_dir
@@ -303,10 +312,65 @@ def run_training(data: str | None, config: Config, *, out: str | Path | None = N
     return run_dir
 
 
+def choose_strategy(p: Prepared, strategy: str, state: dict) -> None:
+    """Settle the strategy of a new run (or fold): `auto` decides from the data, others take their
+    defaults. The decision is recorded in `state`."""
+    if strategy == "auto":
+        decision = apply_auto(p)
+        state["decision"] = decision.record()
+    else:
+        p.config = finalize_strategy(p.config, strategy)
+        p.strategy = strategy
+    state["strategy"] = p.strategy
+
+
+def imagenet_head(config: Config) -> torch.nn.Module | None:
+    """The backbone's 1000-class ImageNet classifier when it is at hand offline (for LEEP)."""
+    if config.model.name.split(".")[0] != BUNDLED or not config.model.pretrained or config.model.weights:
+        return None
+    from transferlab.models.backbone import imagenet_model
+
+    return imagenet_model(config.model.name).get_classifier().eval()
+
+
+def apply_auto(p: Prepared) -> "Decision":
+    """Measure the training part's size and the backbone's transferability on it (LogME on the
+    pooled features, which feature extraction and fine-tuning's warm-up then reuse; LEEP too when
+    the ImageNet head is at hand), apply the 2x2 rule, and switch the config to its settings."""
+    from transferlab.config import merge
+    from transferlab.strategies import decide
+    from transferlab.transferability import leep, logme
+
+    auto = p.config.strategy.auto
+    train = all_features(p)["train"][: len(p.indices["train"])].numpy()
+    labels = p.dataset.labels[p.indices["train"]]
+    if len(labels) > auto.max_images:
+        keep = np.sort(np.random.default_rng(p.config.seed).choice(len(labels), auto.max_images, replace=False))
+        train, labels = train[keep], labels[keep]
+    head = imagenet_head(p.config)
+    source = None
+    if head is not None:
+        with torch.no_grad():
+            source = leep(head(torch.from_numpy(train)).softmax(dim=1).numpy(), labels)
+    decision = decide(p.config, labels, logme_score=logme(train, labels), leep_score=source)
+    nested: dict = {}
+    for key, value in decision.overrides.items():
+        section, name = key.split(".")
+        nested.setdefault(section, {})[name] = value
+    config = merge(p.config, nested, origin="strategy auto") if nested else p.config
+    p.config = finalize_strategy(config, decision.strategy)
+    p.strategy = decision.strategy
+    if not is_worker_process():
+        info(f"auto strategy: {decision.reason}")
+    return decision
+
+
 def train_stages(p: Prepared, state: dict, state_path: Path, *, resume: bool) -> None:
     """Run the strategy's stages in order, skipping finished ones and continuing an interrupted one
     from its last checkpoint; then keep the stage that did best on validation."""
     p.stage_info.update(state.get("stage_info", {}))
+    # a stage trained on features leaves the backbone as it came: keep it, in case that stage wins
+    p.initial_backbone = {k: v.detach().clone() for k, v in p.classifier.backbone.state_dict().items()}
     for stage, features_mode, epochs in stages_of(p.strategy, p.config):
         if stage in state["done_stages"]:
             load_stage_result(p, stage)
@@ -317,7 +381,7 @@ def train_stages(p: Prepared, state: dict, state_path: Path, *, resume: bool) ->
         if features_mode:
             set_trainable(p.classifier, ["head"])
         elif p.strategy == "fine-tune":
-            set_trainable(p.classifier, GROUP_NAMES, train_bn=p.config.strategy.train_bn)
+            set_trainable(p.classifier, groups_at_epoch(p.config, "fine-tune", 0), train_bn=p.config.strategy.train_bn)
         fit_stage(p, stage, epochs=epochs, features_mode=features_mode, resume_from=resume_from)
         state["done_stages"].append(stage)
         state["stage"] = stage
@@ -351,8 +415,12 @@ def load_stage_result(p: Prepared, stage: str) -> None:
     best = folder / "best.ckpt" if (folder / "best.ckpt").is_file() else folder / "last.ckpt"
     state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
     weights = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
-    target = p.classifier.head if p.stage_info.get(stage, {}).get("features_mode") else p.classifier
-    target.load_state_dict(weights)
+    if p.stage_info.get(stage, {}).get("features_mode"):
+        p.classifier.head.load_state_dict(weights)
+        if p.initial_backbone is not None:  # a later stage may have changed it since
+            p.classifier.backbone.load_state_dict(p.initial_backbone)
+    else:
+        p.classifier.load_state_dict(weights)
 
 
 def evaluate_parts(p: Prepared, parts=("val", "test")) -> tuple[dict, dict, dict]:
@@ -395,7 +463,7 @@ def finish(p: Prepared, state: dict, started: float) -> None:
     config, dataset = p.config, p.dataset
     results, curves, rows = evaluate_parts(p)
     results["strategy"] = {"name": p.strategy, "requested": state.get("requested", config.strategy.name),
-                           "stages": p.stage_info}
+                           **state.get("decision", {}), "stages": p.stage_info}
     results["data"] = {"source": config.data.source, "n_images": len(dataset),
                        "splits": {k: int(len(v)) for k, v in p.indices.items()}, "classes": dataset.classes}
     results["train_seconds"] = round(time.time() - started, 1)

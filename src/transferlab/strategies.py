@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn as nn
 from lightning.pytorch.callbacks import BaseFinetuning
@@ -31,9 +33,84 @@ DEFAULT_EPOCHS = {"feature-extraction": 30, "fine-tune": 10, "gradual": 20}
 
 
 def resolve_strategy(config: Config) -> str:
-    """The concrete strategy; `auto` means feature-extraction until the automatic choice lands."""
-    name = config.strategy.name
-    return "feature-extraction" if name == "auto" else name
+    """The requested strategy (`auto` is decided later, from the data: see `decide`)."""
+    return config.strategy.name
+
+
+@dataclass
+class Decision:
+    """What `auto` chose, the measured quantities it chose from, and the config changes it makes."""
+
+    images: int
+    per_class: float
+    score: float
+    method: str
+    threshold: float
+    small: bool
+    similar: bool
+    strategy: str
+    overrides: dict = field(default_factory=dict)
+    leep: float | None = None
+    logme: float | None = None
+
+    @property
+    def quadrant(self) -> str:
+        return f"{'small' if self.small else 'large'} + {'similar' if self.similar else 'different'}"
+
+    @property
+    def decision(self) -> str:
+        return QUADRANTS[(self.small, self.similar)][1]
+
+    @property
+    def reason(self) -> str:
+        size = "small" if self.small else "large"
+        domain = "similar" if self.similar else "different"
+        sign = ">=" if self.similar else "<"
+        label = {"logme": "LogME", "leep": "normalised LEEP"}[self.method]
+        return (f"{self.images:,} training images ({self.per_class:,.0f} per class) -> {size}; {label} "
+                f"{self.score:.2f} ({sign} {self.threshold:g}) -> {domain} domain: {self.decision}")
+
+    def record(self) -> dict:
+        return {"images": self.images, "per_class": self.per_class, "score": round(self.score, 6),
+                "method": self.method, "threshold": self.threshold, "similar": self.similar, "small": self.small,
+                "quadrant": self.quadrant, "decision": self.decision, "strategy": self.strategy,
+                "settings": self.overrides, "logme": self.logme, "leep": self.leep, "reason": self.reason}
+
+
+# (small, similar) -> (strategy, what it means, config overrides)
+QUADRANTS: dict[tuple[bool, bool], tuple[str, str, dict]] = {
+    (True, True): ("feature-extraction", "feature extraction, head only", {}),
+    (True, False): ("fine-tune", "feature extraction, then the last blocks (late group) train with the head",
+                    {"strategy.train_groups": ["late", "head"],
+                     "strategy.lr_mult": {"early": 0.0, "middle": 0.0, "late": 0.3, "head": 1.0}}),
+    (False, True): ("fine-tune", "fine-tune everything at a low learning rate (backbone 1-10% of the head's)",
+                    {"strategy.lr_mult": {"early": 0.01, "middle": 0.03, "late": 0.1, "head": 1.0}}),
+    (False, False): ("fine-tune", "fine-tune everything at a higher learning rate (backbone 10-100% of the head's)",
+                     {"strategy.lr_mult": {"early": 0.1, "middle": 0.3, "late": 1.0, "head": 1.0}}),
+}
+
+
+def decide(config: Config, train_labels: np.ndarray, *, logme_score: float | None,
+           leep_score: float | None = None) -> Decision:
+    """The 2x2 rule on the TRAINING part's size and the backbone's measured transferability."""
+    auto = config.strategy.auto
+    counts = np.bincount(train_labels)
+    counts = counts[counts > 0]
+    per_class = float(np.median(counts)) if len(counts) else 0.0
+    small = per_class < auto.small_per_class
+    if auto.score == "leep":
+        if leep_score is None:
+            raise ConfigError("strategy.auto.score=leep needs the backbone's ImageNet classifier (the bundled "
+                              "tf_efficientnet_lite0 has one); use strategy.auto.score=logme")
+        score = 1.0 - leep_score / math.log(1.0 / max(2, len(counts)))
+        threshold = auto.similar_leep
+    else:
+        score, threshold = float(logme_score), auto.similar_logme
+    similar = score >= threshold
+    strategy, _, overrides = QUADRANTS[(small, similar)]
+    return Decision(images=int(len(train_labels)), per_class=per_class, score=float(score), method=auto.score,
+                    threshold=threshold, small=small, similar=similar, strategy=strategy, overrides=dict(overrides),
+                    leep=leep_score, logme=logme_score)
 
 
 def epochs_for(config: Config, strategy: str) -> int:
@@ -137,7 +214,8 @@ def groups_at_epoch(config: Config, strategy: str, epoch: int) -> list[str]:
     if strategy == "feature-extraction":
         return ["head"]
     if strategy == "fine-tune":
-        return list(GROUP_NAMES)
+        check_groups(config.strategy.train_groups, "strategy.train_groups")
+        return [g for g in GROUP_NAMES if g in config.strategy.train_groups]
     active: list[str] = []
     for step in sorted(config.strategy.gradual, key=lambda s: s.epoch):
         if step.epoch - 1 <= epoch:

@@ -8,6 +8,8 @@ in training, evaluation, prediction and Grad-CAM.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import pickle
 from pathlib import Path
 
@@ -74,13 +76,49 @@ def create_backbone(name: str, *, pretrained: bool = True, weights: str | Path |
         return model
     if pretrained:
         try:
-            return timm.create_model(name, pretrained=True, num_classes=0, **kwargs)
-        except Exception as exc:  # no network, no such tag, hub down
+            with hub_offline_unless_reachable():
+                return timm.create_model(name, pretrained=True, num_classes=0, **kwargs)
+        except Exception as exc:  # no network and not cached, no such tag, hub down
+            why = ("the hub is not reachable and they are not in the local cache" if not hub_reachable()
+                   else f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
             raise WeightsError(
-                f"could not get pretrained weights for '{name}' ({type(exc).__name__}: {str(exc)[:120]}): "
+                f"could not get pretrained weights for '{name}' ({why}): "
                 f"pass --weights FILE, use --no-pretrained, or the bundled offline '{BUNDLED}'"
             ) from None
     return timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+
+
+@functools.lru_cache(maxsize=1)
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers at all (checked once per process)."""
+    import os
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
+        return False
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def hub_offline_unless_reachable():
+    """Without a network, weights come from the local hub cache only, at once, instead of after
+    minutes of retries."""
+    try:
+        import huggingface_hub.constants as hub
+    except ImportError:
+        yield
+        return
+    saved = hub.HF_HUB_OFFLINE
+    if not hub_reachable():
+        hub.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hub.HF_HUB_OFFLINE = saved
 
 
 def fixed_input_size(name: str) -> bool:
