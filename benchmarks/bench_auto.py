@@ -19,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _datasets  # noqa: E402
+from _report import report  # noqa: E402
 
 from transferlab.cli import quiet_lightning  # noqa: E402
 from transferlab.config import load_config  # noqa: E402
@@ -78,6 +79,11 @@ def main() -> None:
         print(f"| {data} | {strategy['images']:,} ({strategy['per_class']:.0f}) | LogME {strategy['score']:.2f} | "
               f"{strategy['quadrant']} | {accuracy:.3f} | {best_r[0]:.3f} ({best}) | {worst_r[0]:.3f} ({worst}) | "
               f"{seconds:.0f} s | {mean_time:.0f} s |")
+    auto_mean = sum(r[2] for r in rows) / len(rows)
+    best_mean = sum(r[5][0] for r in rows) / len(rows)
+    worst_mean = sum(r[7][0] for r in rows) / len(rows)
+    report("bench_auto", f"auto mean acc {auto_mean:.3f} (worst fixed {worst_mean:.3f})",
+           f"best fixed per set {best_mean:.3f}", auto_mean / best_mean)
 
 
 if __name__ == "__main__":

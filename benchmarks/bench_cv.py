@@ -17,19 +17,14 @@ from _report import report  # noqa: E402
 
 from transferlab.cli import quiet_lightning  # noqa: E402
 from transferlab.config import load_config  # noqa: E402
+from transferlab.data.sources import fashion_mnist_or_digits  # noqa: E402
 from transferlab.cv import run_cv  # noqa: E402
 from transferlab.pipeline import run_training  # noqa: E402
 
 
 def main() -> None:
     quiet_lightning()
-    try:
-        from transferlab.data.sources import load_fashion_mnist
-
-        load_fashion_mnist("train")
-        data = "builtin:fashion-mnist"
-    except Exception:
-        data = "builtin:digits"
+    data, _ = fashion_mnist_or_digits()
     common = ["data.subset=100", "strategy.name=feature-extraction", "cv.folds=5"]
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()

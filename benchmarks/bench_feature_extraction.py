@@ -18,6 +18,7 @@ from _report import report  # noqa: E402
 
 from transferlab.cli import quiet_lightning  # noqa: E402
 from transferlab.config import load_config  # noqa: E402
+from transferlab.data.sources import fashion_mnist_or_digits  # noqa: E402
 from transferlab.pipeline import run_training  # noqa: E402
 
 EPOCHS = 30  # the strategy's default
@@ -25,13 +26,7 @@ EPOCHS = 30  # the strategy's default
 
 def main() -> None:
     quiet_lightning()
-    try:
-        from transferlab.data.sources import load_fashion_mnist
-
-        load_fashion_mnist("train")
-        data = "builtin:fashion-mnist"
-    except Exception:
-        data = "builtin:digits"
+    data, _ = fashion_mnist_or_digits()
     common = ["data.subset=100", "preprocess.size=96", f"train.epochs={EPOCHS}", "augment.preset=none",
               "train.early_stopping=null", "train.monitor=val_accuracy", "optim.lr=0.003"]
     with tempfile.TemporaryDirectory() as tmp:

@@ -22,11 +22,10 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from transferlab.config import AugmentConfig, ConfigError, merge
+from transferlab.config import AugmentConfig, ConfigError, merge, read_yaml
 
 Fill = int | tuple[int, int, int]
 Interp = Literal["nearest", "bilinear", "bicubic"]
@@ -553,10 +552,7 @@ def augment_from_arg(value: str) -> dict[str, Any]:
     path = Path(value).expanduser()
     if not path.is_file():
         raise ConfigError(f"--aug {value}: neither a preset ({', '.join(PRESETS)}) nor an existing YAML file")
-    try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--aug {value} is not valid YAML: {exc}".splitlines()[0]) from None
+    loaded = read_yaml(path, f"--aug {value}")
     if isinstance(loaded, list):
         return {"preset": "none", "ops": loaded}
     if isinstance(loaded, dict):

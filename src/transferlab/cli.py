@@ -86,8 +86,10 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="seed of every random step (default 0)")
 
 
-def add_data_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("data", metavar="DATA", help="class-folder tree, CSV manifest (path,label) or builtin:NAME")
+def add_data_options(parser: argparse.ArgumentParser, *, optional: bool = False) -> None:
+    """DATA (optional where --resume or a config's data.source can stand in) and the data flags."""
+    parser.add_argument("data", metavar="DATA", nargs="?" if optional else None,
+                        help="class-folder tree, CSV manifest (path,label[,group]) or builtin:NAME")
     parser.add_argument("--subset", type=int, metavar="N", help="keep at most N images per class (seeded)")
     parser.add_argument("--size", type=int, metavar="PX", help="input side in pixels (default: the backbone's)")
     parser.add_argument("--model", metavar="NAME", help="timm backbone name (default tf_efficientnet_lite0)")
@@ -354,24 +356,16 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
 
     train = command("train", cmd_train, "train a classifier by transfer learning and write a run directory")
-    train.add_argument("data", metavar="DATA", nargs="?",
-                       help="class-folder tree, CSV manifest (path,label) or builtin:NAME")
-    train.add_argument("--subset", type=int, metavar="N", help="keep at most N images per class (seeded)")
-    train.add_argument("--size", type=int, metavar="PX", help="input side in pixels (default: the backbone's)")
-    train.add_argument("--model", metavar="NAME", help="timm backbone name (default tf_efficientnet_lite0)")
+    add_data_options(train, optional=True)
     add_train_options(train)
     add_aug_option(train)
     add_config_options(train)
     train.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint")
 
     cv = command("cv", cmd_cv, "stratified K-fold cross-validation: mean ± std and 95% CI of every metric")
-    cv.add_argument("data", metavar="DATA", nargs="?",
-                    help="class-folder tree, CSV manifest (path,label[,group]) or builtin:NAME")
+    add_data_options(cv, optional=True)
     cv.add_argument("--folds", type=int, help="number of folds K (default 5)")
     cv.add_argument("--repeats", type=int, help="repeat the K folds R times with different shuffles (default 1)")
-    cv.add_argument("--subset", type=int, metavar="N", help="keep at most N images per class (seeded)")
-    cv.add_argument("--size", type=int, metavar="PX", help="input side in pixels (default: the backbone's)")
-    cv.add_argument("--model", metavar="NAME", help="timm backbone name (default tf_efficientnet_lite0)")
     add_train_options(cv)
     add_aug_option(cv)
     add_config_options(cv)

@@ -195,16 +195,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist: give the path of a YAML file")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}".splitlines()[0]) from None
+        loaded = read_yaml(path, f"config file {path}")
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(loaded).__name__}")
         config = merge(config, loaded or {}, origin=str(path))
     for item in overrides or []:
         config = apply_override(config, item)
     return config
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    """The YAML document in `path`; a syntax error is a ConfigError naming `what`."""
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} is not valid YAML: {exc}".splitlines()[0]) from None
 
 
 def apply_override(config: Config, item: str) -> Config:

@@ -512,14 +512,11 @@ def summary_line(run_dir: Path) -> str:
 def run_demo(out: str | Path | None = None, progress: bool = True) -> Path:
     """The whole path on Fashion-MNIST (a stratified subset; digits if it is not installed):
     features once, the head on them, then a short fine-tune, at 128 px on a CPU in minutes."""
-    from transferlab.data.sources import load_fashion_mnist
+    from transferlab.data.sources import fashion_mnist_or_digits
 
-    try:
-        load_fashion_mnist("train")
-        data = "builtin:fashion-mnist"
-    except DataError as exc:
-        warn(f"{exc}; the demo uses builtin:digits instead")
-        data = "builtin:digits"
+    data, why = fashion_mnist_or_digits()
+    if why:
+        warn(why)
     config = load_config(overrides=[
         "data.subset=60", "preprocess.size=128", "strategy.name=fine-tune", "strategy.head_warmup_epochs=15",
         "train.epochs=3", "augment.preset=light", "optim.lr=0.001", "train.early_stopping=null",

@@ -239,6 +239,15 @@ def load_fashion_mnist(split: str) -> tuple[np.ndarray, np.ndarray]:
     return load_fashion_mnist(split)
 
 
+def fashion_mnist_or_digits() -> tuple[str, str | None]:
+    """builtin:fashion-mnist when its files can be had, else builtin:digits and a line saying why."""
+    try:
+        load_fashion_mnist("train")
+        return "builtin:fashion-mnist", None
+    except DataError as exc:
+        return "builtin:digits", f"{exc}; using builtin:digits instead"
+
+
 def find_idx(folder: Path, stem: str) -> Path | None:
     for candidate in (folder / stem, folder / f"{stem}.gz"):
         if candidate.is_file():
