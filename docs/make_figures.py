@@ -4,7 +4,8 @@
 
 CNN_RUN: a run on Fashion-MNIST (e.g. `transferlab demo --out runs/demo`); VIT_RUN: a ViT run
 (e.g. `transferlab train builtin:fashion-mnist --subset 60 --model vit_tiny_patch16_224
---no-pretrained --size 112 --strategy fine-tune --epochs 8 --out runs/vit`); IMAGE: a test image.
+--no-pretrained --size 112 --strategy fine-tune --epochs 8 --out runs/vit`), or `-` to keep the
+attention picture as it is; IMAGE: a test image.
 """
 
 from __future__ import annotations
@@ -52,8 +53,10 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     cam_strip(cnn_run, image)
     with tempfile.TemporaryDirectory() as tmp:
-        for run, method, name in ((cnn_run, "gradcam", "gradcam.png"), (cnn_run, "featuremaps", "featuremaps.png"),
-                                  (vit_run, "attention", "attention.png")):
+        jobs = [(cnn_run, "gradcam", "gradcam.png"), (cnn_run, "featuremaps", "featuremaps.png")]
+        if vit_run != "-":
+            jobs.append((vit_run, "attention", "attention.png"))
+        for run, method, name in jobs:
             written = explain(run, [image], method=method, out=Path(tmp) / method)
             shutil.copy(written[0], OUT / name)
 

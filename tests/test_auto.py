@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -162,3 +163,23 @@ def test_rank_is_stable_under_a_fixed_seed(color_folder, tmp_path, capsys):
     assert saved["ranking"][0]["model"] == "tf_efficientnet_lite0" and saved["ranking"][0]["leep"] is not None
     assert saved["unavailable"][0]["model"] == "no_such_model"
     assert main(["rank", str(color_folder), "--models", "no_such_model", "--quiet"]) == 2
+
+
+def test_demo_runs_the_default_auto_strategy_on_a_subset(monkeypatch, tmp_path):
+    """The demo is the first thing a newcomer sees: it must show the measured decision (auto), on
+    a stratified subset at a CPU-friendly size, and pass its output directory through."""
+    from transferlab import pipeline
+
+    seen = {}
+
+    def fake_run_training(data, config, out=None, progress=True):
+        seen.update(data=data, config=config, out=out)
+        return Path(out)
+
+    monkeypatch.setattr(pipeline, "run_training", fake_run_training)
+    assert pipeline.run_demo(out=tmp_path / "demo", progress=False) == tmp_path / "demo"
+    config = seen["config"]
+    assert seen["data"] in ("builtin:fashion-mnist", "builtin:digits")
+    assert config.strategy.name == "auto"
+    assert config.data.subset == 60 and config.preprocess.size == 128
+    assert config.augment.preset == "light"
