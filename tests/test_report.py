@@ -15,7 +15,7 @@ from transferlab.cli import main
 from transferlab.config import load_config
 from transferlab.cv import run_cv
 from transferlab.pipeline import run_training
-from transferlab.report import SECTIONS, build_report
+from transferlab.report import SECTIONS, build_report, strategy_label
 from transferlab.run import RUN_DIR_ENV
 
 TINY = ["model.name=test_efficientnet", "model.pretrained=false", "preprocess.size=32", "train.batch_size=8",
@@ -156,3 +156,10 @@ def test_report_renders_in_a_real_browser(runs, kind, tmp_path):
     assert picture.size == (1280, check["height"]) and check["height"] > 3000
     colours = picture.convert("RGB").resize((64, 64)).getcolors(64 * 64)
     assert len(colours) > 50  # figures rendered, not a blank page
+
+
+def test_strategy_label_says_when_auto_chose():
+    record = {"name": "fine-tune", "requested": "auto", "settings": {"strategy.train_groups": ["late", "head"]}}
+    assert strategy_label(record) == "auto -> fine-tune (late, head)"
+    assert strategy_label({"name": "gradual", "requested": "gradual"}) == "gradual"
+    assert strategy_label({}, "feature-extraction") == "feature-extraction"

@@ -178,6 +178,15 @@ def training_logs(run: Run) -> dict:
     return plots.stage_logs(run.dir)
 
 
+def strategy_label(record: dict, fallback: str = "") -> str:
+    """`fine-tune`, or `auto -> fine-tune (late, head)` when the automatic choice made it."""
+    name = record.get("name") or fallback
+    if record.get("requested") == "auto" and name:
+        groups = (record.get("settings") or {}).get("strategy.train_groups")
+        return f"auto -> {name}" + (f" ({', '.join(groups)})" if groups else "")
+    return name
+
+
 def section_strategy(run: Run) -> list[dict]:
     strategy = run.metrics.get("strategy", {})
     model = run.config.get("model", {})
@@ -189,7 +198,7 @@ def section_strategy(run: Run) -> list[dict]:
     blocks.append(table([], [
         ["backbone", model.get("name")], ["weights", model.get("weights") or
                                           ("pretrained" if model.get("pretrained", True) else "none (from scratch)")],
-        ["strategy", strategy.get("name") or strategy_config.get("name")],
+        ["strategy", strategy_label(strategy, strategy_config.get("name", ""))],
         ["optimizer", f"{optim.get('name')} (lr {optim.get('lr')}, weight decay {optim.get('weight_decay')})"],
         ["schedule", run.config.get("schedule", {}).get("name")],
         ["epochs", fmt(run.config.get("train", {}).get("epochs"))],
@@ -345,7 +354,7 @@ def build_report(run_dir: str | Path) -> Path:
     env = Environment(loader=PackageLoader("transferlab.report", "."), autoescape=select_autoescape(["html", "j2"]))
     data = run.metrics.get("data", {})
     kind = "cross-validation" if run.is_cv else "training run"
-    strategy = run.metrics.get("strategy", {}).get("name", "")
+    strategy = strategy_label(run.metrics.get("strategy", {}))
     html = env.get_template("template.html.j2").render(
         title=f"transferlab {kind}: {run.dir.name}",
         subtitle=f"{data.get('source', '')} · {fmt(data.get('n_images'))} images · "
