@@ -159,7 +159,14 @@ def test_report_renders_in_a_real_browser(runs, kind, tmp_path):
 
 
 def test_strategy_label_says_when_auto_chose():
-    record = {"name": "fine-tune", "requested": "auto", "settings": {"strategy.train_groups": ["late", "head"]}}
+    import numpy as np
+
+    from transferlab.strategies import decide
+
+    # the record as finish() writes it, from a real small + different decision (not a hand-made dict,
+    # so a renamed key in Decision.record() fails here)
+    decision = decide(load_config(), np.repeat(np.arange(3), 10), logme_score=0.1)
+    record = {"name": decision.strategy, "requested": "auto", **decision.record()}
     assert strategy_label(record) == "auto -> fine-tune (late, head)"
     assert strategy_label({"name": "gradual", "requested": "gradual"}) == "gradual"
     assert strategy_label({}, "feature-extraction") == "feature-extraction"
