@@ -67,7 +67,7 @@ def test_each_strategy_writes_the_run_directory(color_folder, tmp_path, strategy
 def test_feature_extraction_learns_a_colour_task_with_the_bundled_backbone(color_folder, tmp_path):
     config = load_config(overrides=["preprocess.size=32", "train.workers=0", "data.decode_workers=1",
                                     "train.report=false", "train.epochs=40", "optim.lr=0.01", "data.val_fraction=0.2",
-                                    "data.test_fraction=0.2"])
+                                    "data.test_fraction=0.2", "strategy.name=feature-extraction"])
     run = run_training(str(color_folder), config, out=tmp_path / "run", progress=False)
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["test"]["accuracy"] == 1.0
