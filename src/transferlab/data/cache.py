@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +21,6 @@ import numpy as np
 from transferlab.preprocess import ResizeSpec
 
 CACHE_VERSION = 1  # bump when decoding changes what pixels a file gives
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 class ImageStore:
@@ -67,10 +65,8 @@ class DiskStore(ImageStore):
 class DecodingStore(ImageStore):
     """Decodes the original file (or array) on every access: the no-cache baseline."""
 
-    def __init__(self, files: list[Path | None], arrays: list[np.ndarray | None], spec: ResizeSpec,
-                 max_pixels: int, min_side: int):
-        self.files, self.arrays, self.spec = files, arrays, spec
-        self.max_pixels, self.min_side = max_pixels, min_side
+    def __init__(self, files: list[Path | None], arrays: list[np.ndarray | None], spec: ResizeSpec, limits):
+        self.files, self.arrays, self.spec, self.limits = files, arrays, spec, limits
 
     def __len__(self) -> int:
         return len(self.files)
@@ -80,7 +76,7 @@ class DecodingStore(ImageStore):
 
         if self.files[index] is None:
             return decode_array(self.arrays[index], self.spec)[0]
-        return decode_file(self.files[index], self.spec, max_pixels=self.max_pixels, min_side=self.min_side)[0]
+        return decode_file(self.files[index], self.spec, self.limits)[0]
 
 
 class DiskCache:
@@ -136,14 +132,21 @@ class DiskCache:
         return freed
 
 
-def atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder and rename, so readers never see half a file."""
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
+def atomic_write(path: Path, write, *, durable: bool = False) -> None:
+    """Write through a temporary file in the same folder and rename, so readers never see half a
+    file (and a full disk leaves the previous version intact); `durable` also syncs it to disk
+    first (run state, checkpoints, models). The temporary file is created with mode 0o666 and the
+    process umask applies, like any file the user's tools write."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
-        with handle:
+        with open(fd, "wb") as handle:
             write(handle)
-        os.chmod(handle.name, 0o666 & ~_UMASK)  # temporary files are private; the result is not
-        os.replace(handle.name, path)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(temporary, path)
     except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise

@@ -18,7 +18,7 @@ import numpy as np
 
 from transferlab.config import Config
 from transferlab.data.cache import DecodingStore, DiskCache, DiskStore, ImageStore, MemoryStore
-from transferlab.data.decode import BadImage, content_hash, decode_array, decode_file, read_bytes
+from transferlab.data.decode import BadImage, Limits, content_hash, decode_array, decode_file, read_file
 from transferlab.data.sources import Item, Source, cache_root, open_source
 from transferlab.errors import DataError
 from transferlab.preprocess import ResizeSpec, channel_stats, resize_spec
@@ -135,7 +135,7 @@ def load_dataset(spec: str, config: Config, *, progress: bool = True) -> ImageDa
     else:
         store = DecodingStore([items[i].file for i in kept],
                               [source.arrays[items[i].index] if items[i].file is None else None for i in kept],
-                              resize, config.data.max_pixels, config.data.min_side)
+                              resize, Limits.of(config.data))
 
     warnings = list(source.warnings)
     lost = sorted({it.label for it in items} - present)
@@ -203,7 +203,7 @@ def _decode_one(item: Item) -> dict:
     config: Config = _WORK["config"]
     disk: DiskCache = _WORK["disk"]
     cache_mode: str = _WORK["cache_mode"]
-    limits = {"max_pixels": config.data.max_pixels, "min_side": config.data.min_side}
+    limits = Limits.of(config.data)
     digest = None
     try:
         if item.file is None:
@@ -211,17 +211,17 @@ def _decode_one(item: Item) -> dict:
             data = None
             digest = content_hash(array.tobytes() + str(array.shape).encode())
         else:
-            data = read_bytes(item.file)
+            data = read_file(item.file, limits.max_bytes)
             digest = content_hash(data)
         if cache_mode == "disk":
             meta = disk.get(digest)
-            if meta is not None and meta["width"] * meta["height"] <= limits["max_pixels"] \
-                    and min(meta["width"], meta["height"]) >= limits["min_side"]:
+            if meta is not None and meta["width"] * meta["height"] <= limits.max_pixels \
+                    and min(meta["width"], meta["height"]) >= limits.min_side:
                 return {"ok": True, "hash": digest, "meta": meta}
         if item.file is None:
             pixels, meta = decode_array(array, resize)
         else:
-            pixels, meta = decode_file(item.file, resize, data=data, **limits)
+            pixels, meta = decode_file(item.file, resize, limits, data=data)
     except BadImage as exc:
         return {"ok": False, "hash": digest, "reason": str(exc)}
     if cache_mode == "disk":

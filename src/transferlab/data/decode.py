@@ -1,14 +1,23 @@
-"""Decode and validate one image: open, check, orient, convert to RGB, resize.
+"""The one decode path: read a file safely, open and check it, orient, convert to RGB, resize.
 
-Every way a file can be unusable becomes a `BadImage` with a reason a person can act on;
-nothing here raises anything else for a bad file. The file is opened read-only.
+Every command (inspect, train, cv, evaluate, predict, explain, serve) reads images through
+`read_file` -> `open_image` -> `to_rgb`, so every one applies the same checks: regular files only
+(a FIFO, a device or a folder named like an image is refused without blocking), a size limit
+before reading, the decompression-bomb pixel limit before decoding, truncation, and a minimum
+side. Every way a file can be unusable becomes a `BadImage` with a reason a person can act on;
+nothing here raises anything else for a bad file. Files are opened read-only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import os
+import stat
+import threading
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,26 +25,68 @@ from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from transferlab.preprocess import ResizeSpec, resize_image
 
-# We check the pixel count ourselves, against a configurable limit, before decoding.
-Image.MAX_IMAGE_PIXELS = None
 _SRGB = None
+_PIL_LIMIT = threading.Lock()
 
 
 class BadImage(Exception):
     """A file that cannot be used as an image; the message is the reason."""
 
 
-def read_bytes(path: Path) -> bytes:
+@dataclass(frozen=True)
+class Limits:
+    """What a file may be before it is decoded (data.max_file_mb, data.max_pixels, data.min_side)."""
+
+    max_pixels: int = 89_478_485
+    min_side: int = 8
+    max_bytes: int = 512 * 2**20
+
+    @classmethod
+    def of(cls, data_config) -> Limits:
+        return cls(max_pixels=data_config.max_pixels, min_side=data_config.min_side,
+                   max_bytes=int(data_config.max_file_mb * 2**20))
+
+
+FILE_KINDS = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+              stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a folder"}
+
+
+def file_kind(mode: int) -> str:
+    return FILE_KINDS.get(stat.S_IFMT(mode), "not a regular file")
+
+
+def read_file(path: Path, max_bytes: int = Limits.max_bytes) -> bytes:
+    """The bytes of the regular file at `path` (symlinks followed), at most `max_bytes` of them.
+
+    The file is opened non-blocking and checked on the open descriptor, so a FIFO or device
+    (even one swapped in after the folder was listed) is refused at once instead of hanging or
+    filling memory.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
     try:
-        data = path.read_bytes()
+        fd = os.open(path, flags)
     except FileNotFoundError:
-        raise BadImage("file not found") from None
+        raise BadImage("file not found" if not os.path.islink(path) else "broken symlink (its target does not exist)") \
+            from None
     except PermissionError:
         raise BadImage("permission denied: make the file readable") from None
     except OSError as exc:
         raise BadImage(f"cannot read file: {exc.strerror or exc}") from None
+    with open(fd, "rb", closefd=True) as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise BadImage(f"not a regular file ({file_kind(info.st_mode)}): only image files are read")
+        if info.st_size > max_bytes:
+            raise BadImage(f"file too large: {info.st_size / 2**20:.0f} MB exceeds data.max_file_mb="
+                           f"{max_bytes / 2**20:g} (raise it if the file is genuine)")
+        try:
+            data = handle.read(max_bytes + 1)
+        except OSError as exc:
+            raise BadImage(f"cannot read file: {exc.strerror or exc}") from None
     if not data:
         raise BadImage("empty file (0 bytes)")
+    if len(data) > max_bytes:  # grew while being read
+        raise BadImage(f"file too large: more than data.max_file_mb={max_bytes / 2**20:g} MB")
     return data
 
 
@@ -43,27 +94,43 @@ def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def open_image(data: bytes, *, max_pixels: int, min_side: int) -> tuple[Image.Image, dict]:
-    """Fully decoded, EXIF-oriented RGB image from encoded `data`, and what it was."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+@contextlib.contextmanager
+def own_bomb_check():
+    """PIL's process-wide bomb guard off while one header is read (we check the size against our
+    own, configurable limit right after), then restored: the guard belongs to whoever else uses
+    PIL in this process."""
+    with _PIL_LIMIT, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # EXIF oddities and the like: we report our own reasons
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def too_large(width: int, height: int, max_pixels: int) -> BadImage:
+    return BadImage(f"too large: {width}x{height} = {width * height / 1e6:.0f} Mpx exceeds data.max_pixels="
+                    f"{max_pixels} (a possible decompression bomb; raise data.max_pixels if it is genuine)")
+
+
+def open_image(data: bytes, limits: Limits = Limits()) -> tuple[Image.Image, dict]:
+    """Fully decoded, EXIF-oriented image from encoded `data`, and what it was."""
+    with own_bomb_check():
+        try:
             image = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError:
-        raise BadImage("not an image (unknown format: a renamed or non-image file?)") from None
-    except Exception as exc:  # PIL raises many types for damaged headers
-        raise BadImage(f"cannot open image: {exc}") from None
-    width, height = image.size
-    if width * height > max_pixels:
-        raise BadImage(
-            f"too large: {width}x{height} = {width * height / 1e6:.0f} Mpx exceeds data.max_pixels="
-            f"{max_pixels} (a possible decompression bomb; raise data.max_pixels if it is genuine)"
-        )
-    meta = {"format": image.format or "", "mode": image.mode, "width": width, "height": height}
-    try:
-        image.load()
-    except Exception as exc:
-        raise BadImage(f"truncated or corrupt {image.format or 'image'} data: {exc}") from None
+        except UnidentifiedImageError:
+            raise BadImage("not an image (unknown format: a renamed or non-image file?)") from None
+        except Exception as exc:  # PIL raises many types for damaged headers
+            raise BadImage(f"cannot open image: {str(exc)[:200]}") from None
+        width, height = image.size
+        if width * height > limits.max_pixels:
+            raise too_large(width, height, limits.max_pixels)
+        meta = {"format": image.format or "", "mode": image.mode, "width": width, "height": height}
+        try:
+            image.load()
+        except Exception as exc:
+            raise BadImage(f"truncated or corrupt {image.format or 'image'} data: {str(exc)[:200]}") from None
     try:
         orientation = image.getexif().get(0x0112, 1)
     except Exception:
@@ -75,13 +142,15 @@ def open_image(data: bytes, *, max_pixels: int, min_side: int) -> tuple[Image.Im
             raise BadImage(f"cannot apply EXIF orientation {orientation}: {exc}") from None
         meta["orientation"] = int(orientation)
         meta["width"], meta["height"] = image.size
-    if min(image.size) < min_side:
-        raise BadImage(f"too small: {image.size[0]}x{image.size[1]} px (shorter side below data.min_side={min_side})")
+    if min(image.size) < limits.min_side:
+        raise BadImage(f"too small: {image.size[0]}x{image.size[1]} px (shorter side below "
+                       f"data.min_side={limits.min_side})")
     return image, meta
 
 
 def to_rgb(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
-    """RGB version of any PIL mode: alpha composited on `background`, 16-bit and float scaled."""
+    """RGB version of any PIL mode: alpha composited on `background`, 16-bit and float scaled,
+    embedded ICC profiles converted to sRGB."""
     global _SRGB
     mode = image.mode
     icc = image.info.get("icc_profile")
@@ -100,7 +169,7 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
         grey = np.clip(np.rint(values * (255.0 / scale)), 0, 255).astype(np.uint8)
         return Image.fromarray(grey, "L").convert("RGB")
     if mode == "F":
-        values = np.asarray(image, dtype=np.float64)
+        values = np.nan_to_num(np.asarray(image, dtype=np.float64))
         if values.size and values.max() <= 1.0 and values.min() >= 0.0:
             values = values * 255.0
         grey = np.clip(np.rint(values), 0, 255).astype(np.uint8)
@@ -115,21 +184,34 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     return image.convert("RGB")
 
 
-def decode_file(path: Path, spec: ResizeSpec, *, max_pixels: int, min_side: int,
-                data: bytes | None = None) -> tuple[np.ndarray, dict]:
-    """Cached-ready pixels (size, size, 3) uint8 and metadata of the image file at `path`."""
-    data = read_bytes(path) if data is None else data
-    image, meta = open_image(data, max_pixels=max_pixels, min_side=min_side)
+def load_rgb(data: bytes, limits: Limits, background: tuple[int, int, int]) -> tuple[Image.Image, dict]:
+    """Checked, oriented RGB picture of encoded `data` (what explain and serve show), and its metadata."""
+    image, meta = open_image(data, limits)
     try:
-        rgb = to_rgb(image, spec.alpha_background)
+        rgb = to_rgb(image, background)
     except Exception as exc:
-        raise BadImage(f"cannot convert mode {meta['mode']} to RGB: {exc}") from None
+        raise BadImage(f"cannot convert mode {meta['mode']} to RGB: {str(exc)[:200]}") from None
     meta["bytes"] = len(data)
-    return resize_image(rgb, spec), meta
+    return rgb, meta
+
+
+def decode_bytes(data: bytes, spec: ResizeSpec, limits: Limits) -> tuple[np.ndarray, dict]:
+    """Model-ready pixels (size, size, 3) uint8 and metadata of encoded image `data`."""
+    rgb, meta = load_rgb(data, limits, spec.alpha_background)
+    try:
+        return resize_image(rgb, spec), meta
+    except Exception as exc:
+        raise BadImage(f"cannot resize: {str(exc)[:200]}") from None
+
+
+def decode_file(path: Path, spec: ResizeSpec, limits: Limits, *, data: bytes | None = None
+                ) -> tuple[np.ndarray, dict]:
+    """Model-ready pixels and metadata of the image file at `path` (the same checks everywhere)."""
+    return decode_bytes(read_file(Path(path), limits.max_bytes) if data is None else data, spec, limits)
 
 
 def decode_array(array: np.ndarray, spec: ResizeSpec) -> tuple[np.ndarray, dict]:
-    """Cached-ready pixels of an in-memory uint8 (H, W) or (H, W, 3) image of a built-in set."""
+    """Model-ready pixels of an in-memory uint8 (H, W) or (H, W, 3) image of a built-in set."""
     image = Image.fromarray(array, "L" if array.ndim == 2 else "RGB").convert("RGB")
     meta = {"format": "array", "mode": "L" if array.ndim == 2 else "RGB",
             "width": int(array.shape[1]), "height": int(array.shape[0]), "bytes": int(array.nbytes)}

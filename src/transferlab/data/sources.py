@@ -95,45 +95,125 @@ def ignore_reason(name: str) -> str | None:
     return None
 
 
+def display_name(text: str) -> str:
+    """`text` as it can be written anywhere (CSV, JSON, a terminal): the undecodable bytes of a
+    non-UTF-8 file name become \\xNN escapes; valid names are unchanged."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def inside(path: str, root: str) -> bool:
+    return os.path.commonpath([path, root]) == root
+
+
+class FolderWalk:
+    """The walk of a class-folder tree, by the symlink policy users expect:
+
+    - DATA itself may be a link (the user named it); inside it, symlinked files and folders are
+      followed when their target lies inside DATA, and each real file and folder is read once:
+      a loop (`red/up -> ..`) or an alias of something already read is listed as ignored;
+    - a link whose target is outside DATA (a class folder linked to `/`) is never followed;
+    - broken links are skipped, with the reason.
+    """
+
+    def __init__(self, root: Path):
+        self.listed = str(Path(root).absolute())  # paths are named relative to DATA as the user gave it
+        self.root = os.path.realpath(root)
+        self.seen_dirs: dict[str, str] = {self.root: "."}
+        self.seen_files: dict[str, str] = {}
+        self.ignored: list[dict[str, str]] = []
+        self.skipped: list[dict[str, str]] = []
+
+    def rel(self, path: str) -> str:
+        return display_name(os.path.relpath(path, self.listed))
+
+    def admit_dir(self, path: str) -> bool:
+        """Whether to descend into the folder at `path` (a link to outside DATA or to a folder
+        already read is listed as ignored)."""
+        real = os.path.realpath(path)
+        if not inside(real, self.root):
+            self.ignored.append({"path": self.rel(path), "reason": f"symlink to a folder outside DATA ({display_name(real)}): "
+                                 "not followed; pass that folder as DATA or copy its images in"})
+            return False
+        if real in self.seen_dirs:
+            self.ignored.append({"path": self.rel(path), "reason": "symlink to a folder already read "
+                                 f"({self.seen_dirs[real]}): not followed (a loop or an alias)"})
+            return False
+        self.seen_dirs[real] = self.rel(path)
+        return True
+
+    def admit_file(self, path: str) -> bool:
+        """Whether the file at `path` is read (once per real file, never outside DATA)."""
+        real = os.path.realpath(path)
+        if os.path.islink(path):
+            if not os.path.exists(path):
+                self.skipped.append({"path": self.rel(path), "reason": "broken symlink (its target does not exist)"})
+                return False
+            if not inside(real, self.root):
+                self.ignored.append({"path": self.rel(path), "reason": f"symlink to a file outside DATA "
+                                     f"({display_name(real)}): not followed; copy the file in or use a CSV manifest"})
+                return False
+        if real in self.seen_files:
+            self.ignored.append({"path": self.rel(path), "reason": f"same file as {self.seen_files[real]} "
+                                 "(a symlink): read once"})
+            return False
+        self.seen_files[real] = self.rel(path)
+        return True
+
+    def files(self, folder: str) -> list[str]:
+        """Image candidates under `folder`, sorted, by the policy above."""
+        found = []
+        for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+            kept = []
+            for name in sorted(dirnames):
+                if name.startswith(".") or name == "__MACOSX":
+                    continue
+                if self.admit_dir(os.path.join(dirpath, name)):
+                    kept.append(name)
+            dirnames[:] = kept
+            for name in sorted(filenames):
+                full = os.path.join(dirpath, name)
+                reason = ignore_reason(name)
+                if reason:
+                    self.ignored.append({"path": self.rel(full), "reason": reason})
+                elif self.admit_file(full):
+                    found.append(full)
+        return found
+
+
 def folder_source(root: Path) -> Source:
-    """`root/<class>/<image>`; images may sit in subfolders of a class folder."""
-    root = root.resolve()
+    """`root/<class>/<image>`; images may sit in subfolders of a class folder (see `FolderWalk`)."""
+    walk = FolderWalk(root)
     items: list[Item] = []
-    ignored: list[dict[str, str]] = []
     empty: list[str] = []
+    warnings: list[str] = []
     try:
-        entries = sorted(os.scandir(root), key=lambda e: e.name)
+        entries = sorted(os.scandir(walk.listed), key=lambda e: e.name)
     except PermissionError:
         raise DataError(f"data folder {root} cannot be read (permission denied): check its permissions") from None
     for entry in entries:
+        name = display_name(entry.name)
         if entry.name.startswith("."):
             if entry.is_file():
-                ignored.append({"path": entry.name, "reason": "hidden file"})
-            continue
-        if entry.is_file():
-            ignored.append({"path": entry.name, "reason": "not inside a class folder"})
+                walk.ignored.append({"path": name, "reason": "hidden file"})
             continue
         if not entry.is_dir():
+            if entry.is_symlink() and not os.path.exists(entry.path):
+                walk.skipped.append({"path": name, "reason": "broken symlink (its target does not exist)"})
+            else:
+                walk.ignored.append({"path": name, "reason": "not inside a class folder"})
             continue
-        label = entry.name
-        found = 0
-        for dirpath, dirnames, filenames in os.walk(entry.path, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__MACOSX")
-            for name in sorted(filenames):
-                full = Path(dirpath) / name
-                rel = full.relative_to(root).as_posix()
-                reason = ignore_reason(name)
-                if reason:
-                    ignored.append({"path": rel, "reason": reason})
-                    continue
-                items.append(Item(path=rel, label=label, file=full))
-                found += 1
+        if not walk.admit_dir(entry.path):
+            warnings.append(f"class folder '{name}' is not read: {walk.ignored[-1]['reason']}")
+            continue
+        found = walk.files(entry.path)
+        items += [Item(path=walk.rel(full), label=name, file=Path(full)) for full in found]
         if not found:
-            empty.append(label)
-    warnings = [f"class folder '{c}' has no images: it is left out" for c in empty]
+            empty.append(name)
+    warnings += [f"class folder '{c}' has no images: it is left out" for c in empty]
     if not items and not empty:
         warnings.append(f"{root} has no class subfolders: expected {root}/<class>/<image>")
-    return Source(spec=str(root), kind="folder", items=items, ignored=ignored, warnings=warnings, empty_classes=empty)
+    return Source(spec=display_name(walk.listed), kind="folder", items=items, ignored=walk.ignored,
+                  skipped=walk.skipped, warnings=warnings, empty_classes=empty)
 
 
 def manifest_source(csv_path: Path, *, group_column: str | None = None) -> Source:
@@ -172,7 +252,7 @@ def manifest_source(csv_path: Path, *, group_column: str | None = None) -> Sourc
             continue
         file = Path(raw_path).expanduser()
         file = file if file.is_absolute() else base / file
-        if not file.is_file():
+        if not os.path.lexists(file):
             skipped.append({"path": raw_path, "reason": f"row {row_number}: file not found ({file})"})
             continue
         group = (row.get(group_key) or "").strip() or None if group_key else None
