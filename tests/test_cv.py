@@ -138,7 +138,7 @@ def test_cv_errors_name_the_problem(color_folder, tmp_path, capsys):
     assert main(["cv", str(tmp_path / "few"), "--folds", "3", "--size", "32"]) == 2
     assert "class 'b' has 2 image(s), fewer than --folds 3" in capsys.readouterr().err
     assert main(["cv", str(color_folder), "--folds", "1", "--size", "32"]) == 2
-    assert "at least 2 folds" in capsys.readouterr().err
+    assert "argument --folds: must be between 2 and 1000, got 1" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
 
 

@@ -34,6 +34,7 @@ class DataConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     max_pixels: int = 89_478_485  # larger images are skipped as possible decompression bombs
+    max_file_mb: float = 512.0  # larger files are skipped without being read
     min_side: int = 8  # images with a shorter side are skipped as unusable
     alpha_background: tuple[int, int, int] = (255, 255, 255)  # transparent pixels become this
     cache: CacheMode = "auto"  # auto: memory when it fits memory_limit_mb, else disk
@@ -188,11 +189,103 @@ class Config:
     cv: CVConfig = field(default_factory=CVConfig)
 
 
+# Allowed values of numeric keys: (low, high, low inclusive, high inclusive); None = unbounded.
+# Checked wherever a value enters (YAML, --set, flags), so the error names where it came from.
+RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
+    "seed": (0, 2**32 - 1, True, True),
+    "data.subset": (1, None, True, True),
+    "data.val_fraction": (0, 1, True, False),
+    "data.test_fraction": (0, 1, True, False),
+    "data.max_pixels": (1, None, True, True),
+    "data.max_file_mb": (0, None, False, True),
+    "data.min_side": (1, None, True, True),
+    "data.memory_limit_mb": (0, None, True, True),
+    "data.disk_limit_gb": (0, None, False, True),
+    "data.decode_workers": (0, 256, True, True),
+    "preprocess.size": (8, 4096, True, True),
+    "preprocess.crop_pct": (0.05, 1, False, True),
+    "model.dropout": (0, 1, True, False),
+    "model.drop_path": (0, 1, True, False),
+    "strategy.layer_decay": (0, 1, False, True),
+    "strategy.head_warmup_epochs": (0, 10_000, True, True),
+    "strategy.feature_views": (0, 100, True, True),
+    "strategy.lr_mult.*": (0, None, True, True),
+    "strategy.gradual[].epoch": (1, 10_000, True, True),
+    "strategy.gradual[].lr": (0, None, False, True),
+    "strategy.auto.small_per_class": (1, None, True, True),
+    "strategy.auto.max_images": (2, None, True, True),
+    "optim.lr": (0, None, False, True),
+    "optim.weight_decay": (0, None, True, True),
+    "optim.momentum": (0, 1, True, False),
+    "optim.betas[]": (0, 1, True, False),
+    "optim.label_smoothing": (0, 1, True, False),
+    "schedule.warmup_epochs": (0, None, True, True),
+    "schedule.min_lr_ratio": (0, 1, True, True),
+    "schedule.step_epochs": (0, None, False, True),
+    "schedule.gamma": (0, 1, False, True),
+    "schedule.cycle_epochs": (0, None, False, True),
+    "schedule.cycle_min_ratio": (0, 1, True, True),
+    "schedule.pct_start": (0, 1, False, False),
+    "schedule.div_factor": (1, None, True, True),
+    "schedule.final_div_factor": (1, None, True, True),
+    "train.epochs": (1, 100_000, True, True),
+    "train.batch_size": (1, 65_536, True, True),
+    "train.eval_batch_size": (1, 65_536, True, True),
+    "train.workers": (0, 256, True, True),
+    "train.early_stopping": (1, None, True, True),
+    "train.grad_clip": (0, None, False, True),
+    "train.num_nodes": (1, None, True, True),
+    "cv.folds": (2, 1000, True, True),
+    "cv.repeats": (1, 1000, True, True),
+}
+
+
+def range_key(key: str) -> str:
+    """`strategy.gradual[2].epoch` -> `strategy.gradual[].epoch`, `strategy.lr_mult.late` -> `...lr_mult.*`."""
+    import re
+
+    generic = re.sub(r"\[\d+\]", "[]", key)
+    if generic.startswith("strategy.lr_mult."):
+        return "strategy.lr_mult.*"
+    return generic
+
+
+class RangeError(ConfigError):
+    """A value of the right type outside its allowed range."""
+
+
+def number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def check_range(value: Any, key: str, origin: str) -> None:
+    """A numeric `value` of config `key` inside its allowed range (finite, never NaN)."""
+    import math
+
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    bounds = RANGES.get(range_key(key))
+    if not math.isfinite(value):
+        raise RangeError(f"{origin}: config key '{key}' must be a finite number, got {value}")
+    if bounds is None:
+        return
+    low, high, low_in, high_in = bounds
+    below = low is not None and (value < low or (value == low and not low_in))
+    above = high is not None and (value > high or (value == high and not high_in))
+    if below or above:
+        left = "[" if low_in else "("
+        right = "]" if high_in else ")"
+        span = f"{left}{'-inf' if low is None else number(low)}, {'inf' if high is None else number(high)}{right}"
+        raise RangeError(f"{origin}: config key '{key}' must be in {span}, got {value}")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults, then the YAML file at `path`, then `key.sub=value` overrides, all checked."""
     config = Config()
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"config file {path} is a folder: give the path of a YAML file (e.g. RUN/config.yaml)")
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist: give the path of a YAML file")
         loaded = read_yaml(path, f"config file {path}")
@@ -208,11 +301,15 @@ def read_yaml(path: Path, what: str) -> Any:
     """The YAML document in `path`; a syntax error is a ConfigError naming `what`."""
     try:
         return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} is not UTF-8 text: save it as UTF-8") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{what} is not valid YAML: {exc}".splitlines()[0]) from None
+    except OSError as exc:
+        raise ConfigError(f"{what} cannot be read: {exc.strerror or exc}") from None
 
 
-def apply_override(config: Config, item: str) -> Config:
+def apply_override(config: Config, item: str, origin: str = "--set") -> Config:
     """Apply one `a.b=c` override; the value is read as YAML (`3`, `0.1`, `true`, `[1, 2]`)."""
     key, sep, raw = item.partition("=")
     key = key.strip()
@@ -225,7 +322,7 @@ def apply_override(config: Config, item: str) -> Config:
     nested: Any = value
     for part in reversed(key.split(".")):
         nested = {part: nested}
-    return merge(config, nested, origin="--set")
+    return merge(config, nested, origin=origin)
 
 
 def merge(obj: Any, updates: dict[str, Any], origin: str, prefix: str = "") -> Any:
@@ -262,6 +359,8 @@ def coerce(value: Any, annotation: Any, key: str, origin: str = "config") -> Any
         for option in (a for a in args if a is not type(None)):
             try:
                 return coerce(value, option, key, origin)
+            except RangeError:
+                raise
             except ConfigError as exc:
                 errors.append(exc)
         fail(" or ".join(describe(a) for a in args))
@@ -277,10 +376,12 @@ def coerce(value: Any, annotation: Any, key: str, origin: str = "config") -> Any
         fail("true or false")
     if annotation is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            check_range(value, key, origin)
             return value
         fail("an integer")
     if annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            check_range(float(value), key, origin)
             return float(value)
         fail("a number")
     if annotation is str:

@@ -1,7 +1,7 @@
 """Predictions of a trained run for image files: top-k classes with probabilities.
 
-Each file is decoded exactly as in training (the run's resize settings); a file that cannot be
-read is reported with its reason and the others are still predicted.
+Each file goes through the one decode path with the run's own resize settings and limits; a file
+that cannot be read is reported with its reason and the others are still predicted.
 """
 
 from __future__ import annotations
@@ -12,36 +12,44 @@ import numpy as np
 import torch
 
 from transferlab.data.decode import BadImage, decode_file
-from transferlab.preprocess import ResizeSpec
-from transferlab.run import load_model
+from transferlab.data.sources import display_name
+from transferlab.errors import ConfigError
+from transferlab.run import TrainedModel, load_model
 
 
-def predict_files(run: str | Path, files: list[str | Path], *, top_k: int = 5, batch_size: int = 32,
-                  max_pixels: int = 89_478_485, device: str | None = None) -> list[dict]:
+def top_classes(probs: np.ndarray, classes: list[str], k: int) -> list[dict]:
+    order = np.argsort(-probs, kind="stable")[:k]
+    return [{"class": classes[int(c)], "probability": round(float(probs[c]), 6)} for c in order]
+
+
+@torch.no_grad()
+def predict_pixels(model: TrainedModel, pixels: np.ndarray) -> np.ndarray:
+    """Class probabilities (N, K) of model-ready uint8 images (N, size, size, 3)."""
+    batch = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).to(model.device)
+    return model.classifier(batch).float().softmax(dim=1).cpu().numpy()
+
+
+def predict_files(run: str | Path | TrainedModel, files: list[str | Path], *, top_k: int = 5,
+                  batch_size: int = 32, device: str | None = None) -> list[dict]:
     """One dict per file: {"path", "top": [{"class", "probability"}...]} or {"path", "error"}."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    classifier, meta = load_model(run, device=device)
-    spec = ResizeSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["resize"].items()})
-    classes = meta["classes"]
-    k = max(1, min(top_k, len(classes)))
+    if top_k < 1:
+        raise ConfigError(f"--top-k {top_k} must be at least 1")
+    model = run if isinstance(run, TrainedModel) else load_model(run, device=device)
+    k = min(top_k, len(model.classes))
     results: list[dict] = []
     pending: list[tuple[int, np.ndarray]] = []
 
     def flush() -> None:
-        if not pending:
-            return
-        batch = torch.from_numpy(np.stack([pixels for _, pixels in pending])).permute(0, 3, 1, 2).to(device)
-        with torch.no_grad():
-            probs = classifier(batch).softmax(dim=1).cpu()
-        values, order = probs.topk(k, dim=1)
-        for (slot, _), v, o in zip(pending, values, order):
-            results[slot]["top"] = [{"class": classes[int(c)], "probability": round(float(p), 6)} for p, c in zip(v, o)]
-        pending.clear()
+        if pending:
+            probs = predict_pixels(model, np.stack([pixels for _, pixels in pending]))
+            for (slot, _), row in zip(pending, probs):
+                results[slot]["top"] = top_classes(row, model.classes, k)
+            pending.clear()
 
     for file in files:
-        results.append({"path": str(file)})
+        results.append({"path": display_name(str(file))})
         try:
-            pixels, _ = decode_file(Path(file), spec, max_pixels=max_pixels, min_side=1)
+            pixels, _ = decode_file(Path(file), model.spec, model.limits)
         except BadImage as exc:
             results[-1]["error"] = str(exc)
             continue

@@ -34,26 +34,29 @@ class ResizeSpec:
     pad_fill: tuple[int, int, int] = (0, 0, 0)
     alpha_background: tuple[int, int, int] = (255, 255, 255)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> ResizeSpec:
+        """The spec saved in a run's model.json (lists back to tuples); unknown keys are an error."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
     def key(self) -> str:
         return (f"{self.size}-{self.mode}-{self.interpolation}-{self.crop_pct:g}-"
                 f"{'.'.join(map(str, self.pad_fill))}-{'.'.join(map(str, self.alpha_background))}")
 
 
 def backbone_defaults(model_name: str) -> dict:
-    """Input size, interpolation, mean and std from timm's pretrained_cfg of `model_name`."""
-    import timm
-    from timm.models import get_pretrained_cfg
+    """Input size, interpolation, mean and std of `model_name`, from timm's `resolve_data_config`
+    over the model's pretrained_cfg (timm's defaults where the model has none)."""
+    from timm.data import resolve_data_config
 
-    base = model_name.split(".")[0]
-    if not timm.is_model(base):
-        raise ConfigError(f"unknown timm model '{model_name}' (model.name): see `timm.list_models()` for names")
-    cfg = get_pretrained_cfg(model_name) or get_pretrained_cfg(base)
-    cfg = cfg.to_dict() if cfg is not None else {}
+    from transferlab.models.backbone import pretrained_cfg
+
+    data = resolve_data_config(args={}, pretrained_cfg=pretrained_cfg(model_name) or {"architecture": model_name})
     return {
-        "size": int(cfg.get("input_size", (3, 224, 224))[-1]),
-        "interpolation": cfg.get("interpolation") if cfg.get("interpolation") in RESAMPLE else "bilinear",
-        "mean": tuple(float(v) for v in cfg.get("mean", IMAGENET_MEAN)),
-        "std": tuple(float(v) for v in cfg.get("std", IMAGENET_STD)),
+        "size": int(data["input_size"][-1]),
+        "interpolation": data["interpolation"] if data["interpolation"] in RESAMPLE else "bilinear",
+        "mean": tuple(float(v) for v in data["mean"]),
+        "std": tuple(float(v) for v in data["std"]),
     }
 
 
@@ -61,15 +64,13 @@ def resize_spec(config: Config) -> ResizeSpec:
     """The resize settings of `config`, with backbone defaults filled in."""
     pre = config.preprocess
     defaults = backbone_defaults(config.model.name) if pre.size is None or pre.interpolation is None else {}
-    size = pre.size or defaults["size"]
-    if size < 8:
-        raise ConfigError(f"preprocess.size={size} is too small: use at least 8 pixels")
+    size = defaults["size"] if pre.size is None else pre.size
     if not 0.05 < pre.crop_pct <= 1.0:
         raise ConfigError(f"preprocess.crop_pct={pre.crop_pct} must be in (0.05, 1]")
     return ResizeSpec(
         size=size,
         mode=pre.resize_mode,
-        interpolation=pre.interpolation or defaults["interpolation"],
+        interpolation=defaults["interpolation"] if pre.interpolation is None else pre.interpolation,
         crop_pct=pre.crop_pct,
         pad_fill=tuple(pre.pad_fill),
         alpha_background=tuple(config.data.alpha_background),

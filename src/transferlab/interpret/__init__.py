@@ -9,6 +9,8 @@ attention from timm's AttentionExtract with fused attention turned off while it 
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -20,46 +22,77 @@ ALL_METHODS = (*METHODS, "featuremaps", "attention")
 MAX_SIDE = 768  # overlays of huge photos are drawn at most this large
 
 
-def load_pictures(files: list[str | Path], spec) -> tuple[list[np.ndarray], np.ndarray, list[str]]:
-    """Originals (oriented RGB) and model inputs of image files; a bad file is an error naming it."""
-    from transferlab.data.decode import BadImage, open_image, read_bytes, to_rgb
+def load_pictures(files: list[str | Path], spec, limits) -> tuple[list[np.ndarray], np.ndarray]:
+    """Originals (oriented RGB, at most MAX_SIDE) and model inputs of image files, through the one
+    decode path with the run's limits; a bad file is an error naming it."""
+    from transferlab.data.decode import BadImage, load_rgb, read_file
+    from transferlab.data.sources import display_name
     from transferlab.preprocess import resize_image
 
-    originals, inputs, names = [], [], []
+    originals, inputs = [], []
     for file in files:
         try:
-            image, _ = open_image(read_bytes(Path(file)), max_pixels=1 << 62, min_side=1)
-            rgb = to_rgb(image, spec.alpha_background)
+            rgb, _ = load_rgb(read_file(Path(file), limits.max_bytes), limits, spec.alpha_background)
         except BadImage as exc:
-            raise ExplainError(f"{file}: {exc}") from None
+            raise ExplainError(f"{display_name(str(file))}: {exc}") from None
         scale = min(1.0, MAX_SIDE / max(rgb.size))
         shown = rgb if scale == 1.0 else rgb.resize((round(rgb.size[0] * scale), round(rgb.size[1] * scale)))
         originals.append(np.asarray(shown))
         inputs.append(resize_image(rgb, spec))
-        names.append(Path(file).stem)
-    return originals, np.stack(inputs), names
+    return originals, np.stack(inputs)
+
+
+def output_names(files: list[str | Path]) -> list[str]:
+    """A distinct name per input file: its stem, with as many parent folders as it takes to tell
+    files of the same name apart (`a/000.png`, `b/000.png` -> `a_000`, `b_000`), numbered last."""
+    from transferlab.data.sources import display_name
+
+    parts = [Path(os.path.abspath(f)).parts for f in files]
+    names = []
+    for k, p in enumerate(parts):
+        depth = 1
+        while depth < len(p) and any(q[-depth:] == p[-depth:] for j, q in enumerate(parts) if j != k):
+            depth += 1
+        name = "_".join([*p[-depth:-1], Path(p[-1]).stem])
+        names.append(re.sub(r"[^\w.-]+", "-", display_name(name)).strip("-") or "image")
+    seen: dict[str, int] = {}
+    unique = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        unique.append(name if seen[name] == 1 else f"{name}-{seen[name]}")
+    return unique
+
+
+def check_options(method: str, colormap: str, alpha: float, top: int) -> None:
+    import matplotlib
+
+    if method not in ALL_METHODS:
+        raise ExplainError(f"unknown method '{method}': choose one of {', '.join(ALL_METHODS)}")
+    if colormap not in matplotlib.colormaps:
+        raise ExplainError(f"--colormap {colormap} is not a matplotlib colormap (e.g. jet, viridis, inferno, magma)")
+    if not 0 <= alpha <= 1:
+        raise ExplainError(f"--alpha {alpha} must be in [0, 1]")
+    if not 1 <= top <= 4096:
+        raise ExplainError(f"--top {top} must be between 1 and 4096 channels")
 
 
 def explain(run: str | Path, files: list[str | Path], *, method: str = "gradcam", layer: str | None = None,
             class_name: str | None = None, out: str | Path | None = None, colormap: str = "jet",
             alpha: float = 0.45, top: int = 8) -> list[Path]:
     """Explain the predictions of a trained run for image files; returns the PNGs written."""
-    from transferlab.preprocess import ResizeSpec
-    from transferlab.run import load_model, new_run_dir
+    from transferlab.run import check_out_dir, load_model, new_run_dir
 
-    if method not in ALL_METHODS:
-        raise ExplainError(f"unknown method '{method}': choose one of {', '.join(ALL_METHODS)}")
-    classifier, meta = load_model(run)
-    classes = meta["classes"]
+    check_options(method, colormap, alpha, top)
+    check_out_dir(out)
+    model = load_model(run)
+    classifier, classes, spec = model.classifier, model.classes, model.spec
     target = None
     if class_name is not None:
         if class_name not in classes:
             raise ExplainError(f"class '{class_name}' is not one of the model's classes: {', '.join(classes)}")
         target = classes.index(class_name)
-    spec = ResizeSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["resize"].items()})
-    originals, inputs, names = load_pictures(files, spec)
-    if not 0 <= alpha <= 1:
-        raise ExplainError(f"--alpha {alpha} must be in [0, 1]")
+    originals, inputs = load_pictures(files, spec, model.limits)
+    names = output_names(files)
     from transferlab.interpret import render
 
     jobs = []  # (file name, draw function): everything is computed before anything is written

@@ -48,6 +48,29 @@ class Classifier(nn.Module):
         return self.head(self.features(images))
 
 
+def pretrained_cfg(name: str) -> dict:
+    """timm's pretrained_cfg of `name` (`architecture` or `architecture.tag`) as a dict; an unknown
+    architecture or tag is a ConfigError that names the close matches."""
+    import difflib
+
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    base, _, tag = name.partition(".")
+    if not timm.is_model(base):
+        close = difflib.get_close_matches(base, timm.list_models(), n=3, cutoff=0.7)
+        raise ConfigError(f"unknown timm model '{name}' (--model / model.name)"
+                          + (f": did you mean {', '.join(close)}?" if close else ": see timm.list_models() for names"))
+    try:
+        cfg = get_pretrained_cfg(name)
+    except RuntimeError:
+        tags = [t.partition(".")[2] for t in timm.list_pretrained(f"{base}.*")]
+        raise ConfigError(f"unknown pretrained tag '{tag}' for {base} (--model / model.name): "
+                          + (f"known tags: {', '.join(tags[:12])}" if tags else f"{base} has no tagged weights; "
+                             f"use --model {base}")) from None
+    return cfg.to_dict() if cfg is not None else {}
+
+
 def create_backbone(name: str, *, pretrained: bool = True, weights: str | Path | None = None,
                     drop_path: float | None = None, img_size: int | None = None, **timm_kwargs) -> nn.Module:
     """A timm model `name` without classifier (forward gives pooled features), with weights loaded.
@@ -57,8 +80,7 @@ def create_backbone(name: str, *, pretrained: bool = True, weights: str | Path |
     """
     import timm
 
-    if not timm.is_model(name.split(".")[0]):
-        raise ConfigError(f"unknown timm model '{name}' (--model): see timm.list_models() for names")
+    pretrained_cfg(name)  # an unknown name or tag fails here, with the close matches
     kwargs = dict(timm_kwargs)
     if drop_path:
         kwargs["drop_path_rate"] = drop_path
@@ -123,10 +145,7 @@ def hub_offline_unless_reachable():
 
 def fixed_input_size(name: str) -> bool:
     """True for models (ViT and kin) built for one input size, which take `img_size`."""
-    from timm.models import get_pretrained_cfg
-
-    cfg = get_pretrained_cfg(name) or get_pretrained_cfg(name.split(".")[0])
-    return bool(cfg and cfg.to_dict().get("fixed_input_size"))
+    return bool(pretrained_cfg(name).get("fixed_input_size"))
 
 
 def imagenet_model(name: str = BUNDLED) -> nn.Module:
