@@ -30,7 +30,8 @@ OUT = Path(__file__).parent / "images"
 
 
 def cam_strip(run: str, image: str) -> None:
-    classifier, meta = load_model(run)
+    model = load_model(run)
+    classifier, meta = model.classifier, model.meta
     spec = ResizeSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["resize"].items()})
     _, inputs, _ = load_pictures([image], spec)
     fig, axes = plt.subplots(1, len(METHODS) + 1, figsize=(2.2 * (len(METHODS) + 1), 2.6), layout="constrained")

@@ -103,8 +103,7 @@ class StopAt(L.Callback):
 
 
 def final_weights(run: Path) -> dict[str, torch.Tensor]:
-    model, _ = load_model(run)
-    return model.state_dict()
+    return load_model(run).classifier.state_dict()
 
 
 @pytest.mark.parametrize("strategy", ["fine-tune", "gradual"])

@@ -8,17 +8,18 @@ the whole CV: every fold reads the same feature cache.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 
-from transferlab.config import Config, dump_config, load_config
+from transferlab.config import Config
 from transferlab.console import info, warn
 from transferlab.data import ImageDataset, holdout_split, load_dataset, stratified_folds, write_split_csv
 from transferlab.data.splits import check_folds
-from transferlab.errors import ConfigError, DataError
+from transferlab.errors import DataError
 from transferlab.evaluate import aggregate_folds
 from transferlab.metrics import compute_metrics, scalar_metrics, write_predictions
 from transferlab.pipeline import (choose_strategy, dataset_record, evaluate_parts, finalize_strategy, prepare,
@@ -26,7 +27,8 @@ from transferlab.pipeline import (choose_strategy, dataset_record, evaluate_part
 from transferlab.report import safe_build_report
 from transferlab.report.gallery import (dataset_pictures, error_candidates, error_gallery, load_candidates,
                                         merge_candidates, save_candidates)
-from transferlab.run import RunError, environment, new_run_dir, read_json, write_json
+from transferlab.run import (RunError, RunLock, check_out_dir, environment, new_run_dir, read_json, resume_config,
+                             save_run_config, write_json)
 from transferlab.strategies import resolve_strategy
 
 
@@ -35,63 +37,63 @@ def fold_name(repeat: int, fold: int, repeats: int) -> str:
 
 
 def run_cv(data: str | None, config: Config, *, out: str | Path | None = None, resume: str | Path | None = None,
-           progress: bool = True, extra_callbacks: list | None = None) -> Path:
+           progress: bool = True, extra_callbacks: list | None = None,
+           resume_overrides: list[str] | tuple = ()) -> Path:
     """Cross-validate on DATA; returns the run directory with cv_metrics.json and predictions.csv."""
     started = time.time()
-    if resume is not None:
-        run_dir = Path(resume)
-        if not (run_dir / "cv_state.json").is_file():
-            raise RunError(f"{run_dir} is not a cross-validation run that can be resumed (no cv_state.json)")
-        state = read_json(run_dir / "cv_state.json")
-        if state.get("finished"):
-            raise RunError(f"{run_dir} already finished: its results are in {run_dir / 'cv_metrics.json'}")
-        config = load_config(run_dir / "config.yaml")
-        data = config.data.source
-        dataset = load_dataset(data, config, progress=progress)
-    else:
-        if data is None:
-            raise DataError("no DATA given: pass a folder, a CSV manifest or builtin:NAME")
-        if config.cv.repeats < 1:
-            raise ConfigError(f"--repeats {config.cv.repeats} must be at least 1")
-        strategy = resolve_strategy(config)
-        config = resolve_config(config, data)
-        if strategy != "auto":
-            config = finalize_strategy(config, strategy)
-        dataset = load_dataset(data, config, progress=progress)
-        dataset.require_classes()
-        check_folds(dataset.labels, config.cv.folds, dataset.classes)
-        run_dir = new_run_dir(out, data, f"cv{config.cv.folds}-{strategy}")
-        state = {"done": [], "data": data, "strategy": strategy}
-        dump_config(config, run_dir / "config.yaml")
-        write_json(run_dir / "cv_state.json", state)
-    L.seed_everything(config.seed, workers=True, verbose=False)
-    folds, repeats = config.cv.folds, config.cv.repeats
-    splits = stratified_folds(dataset.labels, dataset.groups, folds=folds, repeats=repeats, seed=config.seed,
-                              classes=dataset.classes)
-    if resume is None:
-        write_cv_split(run_dir, dataset, splits, folds, repeats)
-        first = {f"fold{k + 1}": test for r, k, _, test in splits if r == 0}
-        write_json(run_dir / "dataset.json", dataset_record(dataset, first, None))
-        report_dataset_problems(dataset, run_dir)
-    if progress:
-        info(f"{len(dataset):,} images, {len(dataset.classes)} classes; {folds}-fold CV"
-             + (f" x {repeats} repeats" if repeats > 1 else "") + f"; strategy {config.strategy.name}; "
-             f"run directory {run_dir}")
-
-    for number, (repeat, fold, train_part, test_part) in enumerate(splits, start=1):
-        name = fold_name(repeat, fold, repeats)
-        if name in state["done"]:
-            continue
+    with contextlib.ExitStack() as stack:
+        if resume is not None:
+            run_dir = Path(resume)
+            stack.enter_context(RunLock(run_dir))
+            state = read_json(run_dir / "cv_state.json")
+            if state.get("finished"):
+                raise RunError(f"{run_dir} already finished: its results are in {run_dir / 'cv_metrics.json'}")
+            config = resume_config(run_dir, state, resume_overrides)
+            data = config.data.source
+            dataset = load_dataset(data, config, progress=progress)
+        else:
+            if data is None:
+                raise DataError("no DATA given: pass a folder, a CSV manifest or builtin:NAME")
+            strategy = resolve_strategy(config)
+            config = resolve_config(config, data)
+            if strategy != "auto":
+                config = finalize_strategy(config, strategy)
+            check_out_dir(out)
+            dataset = load_dataset(data, config, progress=progress)
+            dataset.require_classes()
+            check_folds(dataset.labels, config.cv.folds, dataset.classes)
+            run_dir = new_run_dir(out, data, f"cv{config.cv.folds}-{strategy}")
+            stack.enter_context(RunLock(run_dir))
+            state = {"done": [], "data": data, "strategy": strategy}
+            save_run_config(run_dir, config, state, "cv_state.json")
+        L.seed_everything(config.seed, workers=True, verbose=False)
+        folds, repeats = config.cv.folds, config.cv.repeats
+        splits = stratified_folds(dataset.labels, dataset.groups, folds=folds, repeats=repeats, seed=config.seed,
+                                  classes=dataset.classes)
+        if resume is None:
+            write_cv_split(run_dir, dataset, splits, folds, repeats)
+            first = {f"fold{k + 1}": test for r, k, _, test in splits if r == 0}
+            write_json(run_dir / "dataset.json", dataset_record(dataset, first, None))
+            report_dataset_problems(dataset, run_dir)
         if progress:
-            info(f"[{number}/{len(splits)}] {name}: train {len(train_part):,}, test {len(test_part):,}")
-        run_fold(dataset, config, run_dir / "folds" / name, train_part, test_part, repeat=repeat, fold=fold,
-                 progress=progress, extra_callbacks=extra_callbacks)
-        state["done"].append(name)
-        write_json(run_dir / "cv_state.json", state)
+            info(f"{len(dataset):,} images, {len(dataset.classes)} classes; {folds}-fold CV"
+                 + (f" x {repeats} repeats" if repeats > 1 else "") + f"; strategy {config.strategy.name}; "
+                 f"run directory {run_dir}")
 
-    summarize(run_dir, dataset, config, splits, started)
-    state["finished"] = True
-    write_json(run_dir / "cv_state.json", state)
+        for number, (repeat, fold, train_part, test_part) in enumerate(splits, start=1):
+            name = fold_name(repeat, fold, repeats)
+            if name in state["done"]:
+                continue
+            if progress:
+                info(f"[{number}/{len(splits)}] {name}: train {len(train_part):,}, test {len(test_part):,}")
+            run_fold(dataset, config, run_dir / "folds" / name, train_part, test_part, repeat=repeat, fold=fold,
+                     progress=progress, extra_callbacks=extra_callbacks)
+            state["done"].append(name)
+            write_json(run_dir / "cv_state.json", state)
+
+        summarize(run_dir, dataset, config, splits, started)
+        state["finished"] = True
+        write_json(run_dir / "cv_state.json", state)
     return run_dir
 
 
@@ -122,17 +124,15 @@ def run_fold(dataset: ImageDataset, config: Config, fold_dir: Path, train_part: 
         write_split_csv(fold_dir / "split.csv", [dataset.paths[i] for i in np.concatenate(list(indices.values()))],
                         [dataset.classes[dataset.labels[i]] for i in np.concatenate(list(indices.values()))],
                         {"part": [k for k, v in indices.items() for _ in v]})
-    if resuming:  # the fold's own config holds what its strategy decision set
-        state = read_json(fold_dir / "state.json")
-        p = prepare(dataset, load_config(fold_dir / "config.yaml"), fold_dir, indices, progress=progress,
+    state = read_json(fold_dir / "state.json") if resuming else {"stage": "start", "done_stages": []}
+    if "strategy" in state:  # the fold's own config holds what its strategy decision set
+        p = prepare(dataset, resume_config(fold_dir, state), fold_dir, indices, progress=progress,
                     extra_callbacks=extra_callbacks)
         p.strategy = p.config.strategy.name
     else:
-        state = {"stage": "start", "done_stages": []}
         p = prepare(dataset, config, fold_dir, indices, progress=progress, extra_callbacks=extra_callbacks)
         choose_strategy(p, config.strategy.name, state)  # auto decides from this fold's training part only
-        dump_config(p.config, fold_dir / "config.yaml")
-    write_json(fold_dir / "state.json", state)
+        save_run_config(fold_dir, p.config, state)
     train_stages(p, state, fold_dir / "state.json", resume=resuming)
     results, _, rows = evaluate_parts(p, parts=("test",))
     record = {"repeat": repeat + 1, "fold": fold + 1, "n_train": int(len(indices["train"])),

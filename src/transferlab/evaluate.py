@@ -9,14 +9,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from transferlab.config import load_config
 from transferlab.data import load_dataset
 from transferlab.data.sources import check_spec
 from transferlab.errors import DataError
 from transferlab.metrics import compute_metrics, scalar_metrics, write_predictions
-from transferlab.run import load_model, new_run_dir, write_json
+from transferlab.run import check_out_dir, load_model, new_run_dir, write_json
 from transferlab.train import predict_proba
 
 
@@ -70,8 +69,11 @@ def evaluate_run(run: str | Path, data: str, *, out: str | Path | None = None, s
     """
     run = Path(run)
     check_spec(data)
-    classifier, meta = load_model(run)
+    model = load_model(run)
+    meta = model.meta
     config = load_config(run / "config.yaml") if (run / "config.yaml").is_file() else load_config()
+    out_dir = run / "evaluations" if out is None else Path(out)
+    check_out_dir(None if out is None else out_dir)
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, subset=subset, source=data))
     dataset = load_dataset(data, config, progress=progress)
     if len(dataset) == 0:
@@ -83,17 +85,12 @@ def evaluate_run(run: str | Path, data: str, *, out: str | Path | None = None, s
                         f"(it knows: {', '.join(meta['classes'])}); evaluate on a set with the same class names")
     missing = [c for c in meta["classes"] if c not in set(dataset.classes)]
     labels = np.array([known[dataset.classes[i]] for i in dataset.labels], dtype=np.int64)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     started = time.time()
-    probs = predict_proba(classifier.to(device), dataset.images, np.arange(len(dataset)),
-                          batch_size=config.train.eval_batch_size, device=device)
+    probs = predict_proba(model.classifier, dataset.images, np.arange(len(dataset)),
+                          batch_size=config.train.eval_batch_size, device=model.device)
     metrics = compute_metrics(labels, probs, meta["classes"])
     curves = {"roc": metrics.pop("roc_curves"), "calibration": metrics.pop("calibration")}
-    if out is None:
-        base = run / "evaluations"
-        out_dir = new_run_dir(None, data, "eval", base=base)
-    else:
-        out_dir = new_run_dir(out, data, "eval")
+    out_dir = new_run_dir(None, data, "eval", base=out_dir) if out is None else new_run_dir(out_dir, data, "eval")
     write_json(out_dir / "metrics.json", {
         "test": metrics, "run": str(run), "data": data, "n_images": len(dataset),
         "classes_missing_from_data": missing, "skipped": len(dataset.skipped),

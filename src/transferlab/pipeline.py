@@ -6,6 +6,7 @@ config, split and stage, and Lightning continues from the last checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from transferlab.config import Config, dump_config, load_config
+from transferlab.config import Config, load_config
 from transferlab.console import info, warn
 from transferlab.data import ImageDataset, holdout_split, load_dataset, write_split_csv
 from transferlab.data.splits import read_split_csv
@@ -25,13 +26,13 @@ from transferlab.features import FeatureCache, cached_features, extract_features
 from transferlab.metrics import compute_metrics, headline, write_predictions
 from transferlab.models.backbone import BUNDLED, Classifier, create_backbone
 from transferlab.preprocess import backbone_defaults, build_normalizer, channel_stats
-from transferlab.run import (RunError, environment, is_worker_process, new_run_dir, read_json, save_model,
-                             write_json)
+from transferlab.run import (RunError, RunLock, check_out_dir, environment, is_worker_process, new_run_dir, read_json,
+                             resume_config, save_model, save_run_config, write_json)
 from transferlab.strategies import epochs_for, groups_at_epoch, freeze_all, resolve_strategy, set_trainable, weight_decay_for
 if TYPE_CHECKING:
     from transferlab.strategies import Decision
 from transferlab.train import (TransferDataModule, TransferModule, build_trainer, find_lr, load_checkpoint_weights,
-                               predict_proba)
+                               fit, predict_proba, quiet_fit, read_checkpoint)
 
 SPLITS = ("train", "val", "test")
 
@@ -78,22 +79,21 @@ def device_for(config: Config) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() and not wants_cpu else "cpu")
 
 
-def make_split(dataset: ImageDataset, config: Config, run_dir: Path, resume: bool) -> np.ndarray:
-    """The hold-out split: read back from split.csv on resume, else stratified, seeded and written."""
-    if resume:
-        rows = read_split_csv(run_dir / "split.csv")
+def read_split(dataset: ImageDataset, run_dir: Path) -> np.ndarray:
+    """The hold-out split of a run being resumed, from its split.csv."""
+    path = run_dir / "split.csv"
+    if not path.is_file():
+        raise RunError(f"{path} is missing: a resumed run must keep its split; restore the file, or start a new run")
+    try:
+        rows = read_split_csv(path)
         by_path = {row["path"]: row["split"] for row in rows}
-        missing = [p for p in dataset.paths if p not in by_path]
-        if missing or len(rows) != len(dataset):
-            raise RunError(f"the data changed since {run_dir} started ({len(missing)} images not in its split.csv): "
-                           "resume with the same data, or start a new run")
-        return np.array([by_path[p] for p in dataset.paths])
-    split = holdout_split(dataset.labels, dataset.groups, val_fraction=config.data.val_fraction,
-                          test_fraction=config.data.test_fraction, seed=config.seed, classes=dataset.classes)
-    if not is_worker_process():
-        write_split_csv(run_dir / "split.csv", dataset.paths, [dataset.classes[i] for i in dataset.labels],
-                        {"split": list(split)})
-    return split
+    except (KeyError, ValueError, UnicodeDecodeError):
+        raise RunError(f"{path} is damaged (not a path,label,split table): restore it, or start a new run") from None
+    missing = [p for p in dataset.paths if p not in by_path]
+    if missing or len(rows) != len(dataset):
+        raise RunError(f"the data changed since {run_dir} started ({len(missing)} images not in its split.csv): "
+                       "resume with the same data, or start a new run")
+    return np.array([by_path[p] for p in dataset.paths])
 
 
 def imbalance_weights(config: Config, labels: np.ndarray, num_classes: int) -> tuple[torch.Tensor | None,
@@ -235,16 +235,14 @@ def fit_stage(p: Prepared, stage: str, *, epochs: int, features_mode: bool, resu
                                         progress=p.progress, gradual=p.strategy == "gradual" and not features_mode,
                                         extra_callbacks=p.extra_callbacks, steps_per_epoch=steps)
     if config.train.find_lr and resume_from is None and stage != "warmup":
-        suggestion = find_lr(trainer, module, datamodule, p.run_dir / "plots" / f"lr_find_{stage}.png")
+        with quiet_fit():
+            suggestion = find_lr(trainer, module, datamodule, p.run_dir / "plots" / f"lr_find_{stage}.png")
         if suggestion and trainer.is_global_zero:
             info(f"LR finder suggests lr={suggestion:.2e} (plot: {p.run_dir / 'plots' / f'lr_find_{stage}.png'})")
         trainer, checkpoint = build_trainer(config, p.run_dir, stage, epochs=epochs, has_val=has_val,
                                             progress=p.progress, gradual=p.strategy == "gradual" and not features_mode,
                                             extra_callbacks=p.extra_callbacks, steps_per_epoch=steps)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None,
-                weights_only=True)
-    if trainer.interrupted:
-        raise KeyboardInterrupt
+    fit(trainer, module, datamodule, resume_from)
     best = checkpoint.best_model_path or checkpoint.last_model_path
     if best:
         load_checkpoint_weights(module, best)
@@ -265,50 +263,70 @@ def stages_of(strategy: str, config: Config) -> list[tuple[str, bool, int]]:
 
 
 def run_training(data: str | None, config: Config, *, out: str | Path | None = None, resume: str | Path | None = None,
-                 progress: bool = True, extra_callbacks: list | None = None) -> Path:
-    """Train a classifier on DATA and write its run directory; returns the directory."""
+                 progress: bool = True, extra_callbacks: list | None = None,
+                 resume_overrides: list[str] | tuple = ()) -> Path:
+    """Train a classifier on DATA and write its run directory; returns the directory.
+
+    Everything that can be checked is checked before the directory exists (config, --out, the
+    data, the weights); from the moment it exists it holds config.yaml and state.json, so a run
+    stopped at any point can be resumed. The directory is locked while this process works in it.
+    """
     started = time.time()
-    if resume is not None:
-        run_dir = Path(resume)
-        if not (run_dir / "state.json").is_file():
-            raise RunError(f"{run_dir} is not a run directory that can be resumed (no state.json)")
-        state = read_json(run_dir / "state.json")
-        if state.get("stage") == "done":
-            raise RunError(f"{run_dir} already finished: its results are in {run_dir / 'metrics.json'}")
-        config = load_config(run_dir / "config.yaml")
-        data = config.data.source
-        strategy = config.strategy.name
-        dataset = load_dataset(data, config, progress=progress and not is_worker_process())
-    else:
-        if data is None:
-            raise DataError("no DATA given: pass a folder, a CSV manifest or builtin:NAME")
-        strategy = resolve_strategy(config)
-        config = resolve_config(config, data)
-        # the data is checked before a run directory exists, so a bad DATA leaves nothing behind
-        dataset = load_dataset(data, config, progress=progress and not is_worker_process())
-        dataset.require_classes()
-        run_dir = new_run_dir(out, data, strategy)
-        state = {"stage": "start", "done_stages": [], "data": data, "requested": strategy}
-    L.seed_everything(config.seed, workers=True, verbose=False)
-    split = make_split(dataset, config, run_dir, resume is not None)
-    indices = {name: np.flatnonzero(split == name) for name in SPLITS}
-    p = prepare(dataset, config, run_dir, indices, progress=progress, extra_callbacks=extra_callbacks)
-    if resume is None:
-        choose_strategy(p, strategy, state)
+    show = progress and not is_worker_process()
+    with contextlib.ExitStack() as stack:
+        if resume is None:
+            if data is None:
+                raise DataError("no DATA given: pass a folder, a CSV manifest or builtin:NAME")
+            strategy = resolve_strategy(config)
+            config = resolve_config(config, data)
+            check_out_dir(out)
+            dataset = load_dataset(data, config, progress=show)
+            dataset.require_classes()
+            split = holdout_split(dataset.labels, dataset.groups, val_fraction=config.data.val_fraction,
+                                  test_fraction=config.data.test_fraction, seed=config.seed, classes=dataset.classes)
+            indices = {name: np.flatnonzero(split == name) for name in SPLITS}
+            # the backbone (and any --weights file) loads before a run directory exists
+            p = prepare(dataset, config, None, indices, progress=progress, extra_callbacks=extra_callbacks)
+            run_dir = p.run_dir = new_run_dir(out, data, strategy)
+            stack.enter_context(RunLock(run_dir))
+            state = {"stage": "start", "done_stages": [], "data": data, "requested": strategy}
+            if not is_worker_process():
+                write_split_csv(run_dir / "split.csv", dataset.paths, [dataset.classes[i] for i in dataset.labels],
+                                {"split": list(split)})
+                save_run_config(run_dir, config, state)
+        else:
+            run_dir = Path(resume)
+            stack.enter_context(RunLock(run_dir))
+            state = read_json(run_dir / "state.json")
+            if state.get("stage") == "done":
+                raise RunError(f"{run_dir} already finished: its results are in {run_dir / 'metrics.json'}")
+            config = resume_config(run_dir, state, resume_overrides)
+            dataset = load_dataset(config.data.source, config, progress=show)
+            split = read_split(dataset, run_dir)
+            indices = {name: np.flatnonzero(split == name) for name in SPLITS}
+            p = prepare(dataset, config, run_dir, indices, progress=progress, extra_callbacks=extra_callbacks)
+        L.seed_everything(config.seed, workers=True, verbose=False)
+        if "strategy" in state:
+            p.strategy = config.strategy.name
+        else:  # a new run, or one stopped before its strategy was settled: settle it now
+            choose_strategy(p, state["requested"], state)
+            if not is_worker_process():
+                save_run_config(run_dir, p.config, state)
         if not is_worker_process():
-            dump_config(p.config, run_dir / "config.yaml")
-            write_json(run_dir / "state.json", state)
-    if not is_worker_process():
-        write_json(run_dir / "dataset.json", dataset_record(dataset, indices, p.normalize))
-        report_dataset_problems(dataset, run_dir)
-    if progress and not is_worker_process():
-        info(f"{len(p.dataset):,} images, {len(p.dataset.classes)} classes; split "
-             + ", ".join(f"{k} {len(v):,}" for k, v in p.indices.items())
-             + f"; strategy {p.strategy}; run directory {run_dir}")
-    train_stages(p, state, run_dir / "state.json", resume=resume is not None)
-    if is_worker_process():
-        return run_dir
-    finish(p, state, started)
+            write_json(run_dir / "dataset.json", dataset_record(dataset, indices, p.normalize))
+            report_dataset_problems(dataset, run_dir)
+        if show:
+            info(f"{len(p.dataset):,} images, {len(p.dataset.classes)} classes; split "
+                 + ", ".join(f"{k} {len(v):,}" for k, v in p.indices.items())
+                 + f"; strategy {p.strategy}; run directory {run_dir}")
+        try:
+            train_stages(p, state, run_dir / "state.json", resume=resume is not None)
+        except KeyboardInterrupt:
+            if not is_worker_process():
+                warn(f"interrupted: continue with `transferlab train --resume {run_dir}`")
+            raise
+        if not is_worker_process():
+            finish(p, state, started)
     return run_dir
 
 
@@ -413,7 +431,7 @@ def load_stage_result(p: Prepared, stage: str) -> None:
     """Weights of a finished stage (its best checkpoint) for a resumed run to start the next from."""
     folder = p.run_dir / "checkpoints" / stage
     best = folder / "best.ckpt" if (folder / "best.ckpt").is_file() else folder / "last.ckpt"
-    state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+    state = read_checkpoint(best)["state_dict"]
     weights = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
     if p.stage_info.get(stage, {}).get("features_mode"):
         p.classifier.head.load_state_dict(weights)

@@ -1,12 +1,13 @@
-"""The run directory: created fresh (never over an earlier run), written atomically, read back by
-predict / evaluate / explain / report.
+"""The run directory: created fresh (never over an earlier run), locked while a process works in
+it, written atomically, read back by predict / evaluate / explain / report / serve.
 
     runs/<name>/config.yaml split.csv dataset.json model/ metrics.json predictions.csv
-                checkpoints/ logs/ plots/ report.html state.json
+                checkpoints/ logs/ plots/ report.html state.json .lock
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -20,7 +21,13 @@ import torch
 from transferlab.data.cache import atomic_write
 from transferlab.errors import TransferlabError
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; runs are not protected against a second process there
+    fcntl = None
+
 RUN_DIR_ENV = "TRANSFERLAB_RUN_DIR"  # lets DDP worker processes find the directory rank 0 made
+LOCK_FILE = ".lock"
 
 
 class RunError(TransferlabError):
@@ -38,6 +45,34 @@ def is_worker_process() -> bool:
     return any(os.environ.get(k, "0") not in ("", "0") for k in ("LOCAL_RANK", "RANK", "NODE_RANK"))
 
 
+def used_dir_advice(path: Path) -> str:
+    """What to do about an existing, non-empty `path` that a new run was asked to use."""
+    for state_name, command, results in (("state.json", "train", "metrics.json"),
+                                         ("cv_state.json", "cv", "cv_metrics.json")):
+        state = path / state_name
+        if state.is_file():
+            try:
+                data = json.loads(state.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                data = {}
+            if data.get("stage") == "done" or data.get("finished"):
+                return f"{path} holds a finished run (results in {path / results}): choose another --out"
+            return (f"{path} holds an unfinished run: continue it with `transferlab {command} --resume {path}`, "
+                    "or choose another --out")
+    return f"{path} already exists and is not empty: choose another --out (a new run never writes into a used folder)"
+
+
+def check_out_dir(out: str | Path | None) -> None:
+    """Refuse an unusable --out at once, before any data is loaded."""
+    if out is None or is_worker_process():
+        return
+    path = Path(out).expanduser()
+    if path.exists() and not path.is_dir():
+        raise RunError(f"--out {path} is an existing file: give a folder for the run directory")
+    if path.is_dir() and any(path.iterdir()):
+        raise RunError(used_dir_advice(path))
+
+
 def new_run_dir(out: str | Path | None, data: str, strategy: str, base: str | Path = "runs") -> Path:
     """A new, empty run directory: `out`, or runs/<time>-<data>-<strategy>. Never reuses a used one."""
     if is_worker_process() and os.environ.get(RUN_DIR_ENV):
@@ -47,9 +82,7 @@ def new_run_dir(out: str | Path | None, data: str, strategy: str, base: str | Pa
         if is_worker_process():
             path.mkdir(parents=True, exist_ok=True)
             return path
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
-            raise RunError(f"run directory {path} already exists and is not empty: choose another --out, "
-                           f"or continue it with --resume {path}")
+        check_out_dir(path)
     else:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         path = Path(base) / f"{stamp}-{slug(data)}-{strategy}"
@@ -57,20 +90,78 @@ def new_run_dir(out: str | Path | None, data: str, strategy: str, base: str | Pa
         while path.exists():
             k += 1
             path = Path(base) / f"{stamp}-{slug(data)}-{strategy}-{k}"
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise RunError(f"cannot create {path}: a file is in the way; choose another --out") from None
     os.environ[RUN_DIR_ENV] = str(path.resolve())
     return path
+
+
+class RunLock:
+    """An exclusive lock on a run directory while a train or cv process works in it.
+
+    The lock is an advisory `flock` on RUN/.lock, which also records the owner (pid, command,
+    start time) so a second process can say who holds it. The kernel drops the lock when its
+    process ends, however it ends, so a stale lock file never blocks anyone.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        if fcntl is None or is_worker_process():
+            return self
+        path = self.run_dir / LOCK_FILE
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except PermissionError:
+            raise RunError(f"cannot write to {self.run_dir} (permission denied or read-only): copy the run "
+                           "somewhere writable, or start a new run with --out") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            owner = os.read(fd, 4096).decode("utf-8", "replace")
+            os.close(fd)
+            try:
+                who = json.loads(owner)
+                detail = f"process {who['pid']} (`{who['command']}`, since {who['since']})"
+            except (ValueError, KeyError, TypeError):
+                detail = "another process"
+            raise RunError(f"{self.run_dir} is in use by {detail}: wait for it to finish or stop it; two "
+                           "processes must never write one run") from None
+        owner = json.dumps({"pid": os.getpid(), "command": " ".join(sys.argv) or "python",
+                            "since": time.strftime("%Y-%m-%d %H:%M:%S")})
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, owner.encode(), 0)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
 
 
 def write_json(path: str | Path, data) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False, default=str)
-    atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
+    atomic_write(path, lambda handle: handle.write(text.encode("utf-8")), durable=True)
 
 
 def read_json(path: str | Path) -> dict:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    """A JSON file of a run; a damaged one is a RunError naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunError(f"{path} is missing: the run is incomplete or was edited") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RunError(f"{path} is damaged (not valid JSON: {str(exc)[:80]}): restore it from a backup, "
+                       "or train again") from None
 
 
 def environment() -> dict:
@@ -92,6 +183,17 @@ def environment() -> dict:
     }
 
 
+def device_for(accelerator: str = "auto") -> torch.device:
+    """The torch device for a Lightning-style accelerator name (cpu, gpu/cuda, mps, auto)."""
+    if accelerator == "cpu":
+        return torch.device("cpu")
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda")
+    if accelerator in ("auto", "mps") and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
 def save_model(directory: Path, classifier: torch.nn.Module, meta: dict) -> None:
     """model/weights.safetensors (no pickled code) and model/model.json (what rebuilds it)."""
     from safetensors.torch import save
@@ -99,27 +201,136 @@ def save_model(directory: Path, classifier: torch.nn.Module, meta: dict) -> None
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in classifier.state_dict().items()}
     blob = save(state)
-    atomic_write(directory / "weights.safetensors", lambda handle: handle.write(blob))
+    atomic_write(directory / "weights.safetensors", lambda handle: handle.write(blob), durable=True)
     write_json(directory / "model.json", meta)
 
 
-def load_model(run: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
-    """The trained classifier of a run (eval mode) and its model.json."""
+def missing_model_advice(run: Path) -> str:
+    if not run.exists():
+        return f"run directory {run} does not exist: give the folder `transferlab train` printed"
+    if not run.is_dir():
+        return f"{run} is a file, not a run directory: give the folder `transferlab train` printed"
+    if (run / "state.json").is_file():
+        return (f"{run} has no trained model yet (model/model.json): the run did not finish; continue it with "
+                f"`transferlab train --resume {run}`")
+    if (run / "cv_state.json").is_file():
+        return (f"{run} is a cross-validation run: it scores a way of training and keeps no single model; "
+                "train one with `transferlab train` to predict")
+    return f"{run} is not a transferlab run directory (no model/model.json): give the folder `transferlab train` printed"
+
+
+@dataclasses.dataclass
+class TrainedModel:
+    """A run's trained classifier with everything needed to feed it: what predict, evaluate,
+    explain, export and serve share."""
+
+    run: Path
+    classifier: torch.nn.Module
+    meta: dict
+    spec: object  # preprocess.ResizeSpec
+    limits: object  # data.decode.Limits
+    device: torch.device
+
+    @property
+    def classes(self) -> list[str]:
+        return self.meta["classes"]
+
+
+REQUIRED_META = ("model", "classes", "normalize", "resize")
+
+
+def load_model(run: str | Path, device: str | torch.device | None = None) -> TrainedModel:
+    """The trained classifier of a run (eval mode), its preprocessing and decode limits."""
     from safetensors.torch import load_file
 
+    from transferlab.config import load_config
+    from transferlab.data.decode import Limits
     from transferlab.models.backbone import Classifier, create_backbone
+    from transferlab.preprocess import ResizeSpec
 
     run = Path(run)
     model_dir = run / "model"
     if not (model_dir / "model.json").is_file():
-        if not run.exists():
-            raise RunError(f"run directory {run} does not exist: give the folder `transferlab train` printed")
-        raise RunError(f"{run} has no trained model (model/model.json): the run did not finish; "
-                       f"continue it with `transferlab train --resume {run}`")
+        raise RunError(missing_model_advice(run))
     meta = read_json(model_dir / "model.json")
-    backbone = create_backbone(meta["model"], pretrained=False, img_size=meta["resize"]["size"])
+    missing = [k for k in REQUIRED_META if k not in meta] + [
+        f"normalize.{k}" for k in ("mean", "std") if k not in meta.get("normalize", {})]
+    if missing or not isinstance(meta.get("classes"), list):
+        raise RunError(f"{model_dir / 'model.json'} lacks {', '.join(missing) or 'a list of classes'}: the file is "
+                       "damaged or not from transferlab; restore it or train again")
+    config = load_config(run / "config.yaml") if (run / "config.yaml").is_file() else load_config()
+    try:
+        spec = ResizeSpec.from_dict(meta["resize"])
+    except (TypeError, ValueError) as exc:
+        raise RunError(f"{model_dir / 'model.json'} has a damaged 'resize' entry ({exc})") from None
+    backbone = create_backbone(meta["model"], pretrained=False, img_size=spec.size)
     classifier = Classifier(backbone, len(meta["classes"]), meta["normalize"]["mean"], meta["normalize"]["std"],
                             dropout=meta.get("dropout", 0.0))
-    classifier.load_state_dict(load_file(str(model_dir / "weights.safetensors")))
+    weights = model_dir / "weights.safetensors"
+    try:
+        state = load_file(str(weights))
+    except FileNotFoundError:
+        raise RunError(f"{weights} is missing: restore it, or train again") from None
+    except Exception as exc:  # safetensors raises its own error types for truncated or foreign files
+        raise RunError(f"{weights} is damaged ({str(exc)[:100]}): restore it, or train again") from None
+    try:
+        classifier.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)[:120]
+        raise RunError(f"{weights} does not fit {model_dir / 'model.json'} ({meta['model']}, {len(meta['classes'])} "
+                       f"classes): {first[:160]}; the two files come from different runs") from None
+    device = torch.device(device) if device is not None else device_for(config.train.accelerator)
     classifier.to(device).eval()
-    return classifier, meta
+    return TrainedModel(run=run, classifier=classifier, meta=meta, spec=spec, limits=Limits.of(config.data),
+                        device=device)
+
+
+# settings that never change what a run computes: a resumed run may differ in these
+SAFE_ON_RESUME = frozenset({"train.workers", "train.report", "train.eval_batch_size", "data.decode_workers",
+                            "data.cache", "data.cache_dir", "data.memory_limit_mb", "data.disk_limit_gb"})
+
+
+def save_run_config(run_dir: Path, config, state: dict, state_name: str = "state.json") -> None:
+    """config.yaml (for people and reruns) and the same settings in the run's state (what a resume
+    checks config.yaml against), written together."""
+    from transferlab.config import dump_config, to_dict
+
+    dump_config(config, run_dir / "config.yaml")
+    state["config"] = to_dict(config)
+    write_json(run_dir / state_name, state)
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and key != "lr_mult":
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def resume_config(run_dir: Path, state: dict, overrides: list[str] | tuple = ()):
+    """The config of a run to resume: its config.yaml, refused when edited since the run started
+    (beyond settings that do not change results), plus the honoured `overrides`."""
+    from transferlab.config import apply_override, load_config, to_dict
+    from transferlab.console import info
+
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise RunError(f"{path} is missing: --resume needs the settings the run started with; restore the file, or "
+                       "start a new run")
+    config = load_config(path)
+    recorded = state.get("config")
+    if recorded is not None:
+        before, now = flatten(recorded), flatten(to_dict(config))
+        changed = [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k) and k not in SAFE_ON_RESUME]
+        if changed:
+            shown = "; ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:4])
+            raise RunError(f"{path} was edited since the run started ({shown}{' ...' if len(changed) > 4 else ''}): "
+                           "--resume continues with the settings it started with; undo the edit, or start a new run "
+                           f"with `transferlab train --config {path} --out NEW`")
+    for item in overrides:
+        config = apply_override(config, item, origin="--resume")
+        info(f"resume: {item} honoured (it does not change results)")
+    return config

@@ -7,7 +7,11 @@ This module only says what a step is and which parameters train at what rate.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
+import pickle
+import signal
 import warnings
 from pathlib import Path
 
@@ -17,20 +21,78 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from transferlab.augment import build_batch_mix, build_train_transform
 from transferlab.config import Config
-from transferlab.data.cache import ImageStore
+from transferlab.data.cache import ImageStore, atomic_write
 from transferlab.data.loader import CachedImageDataset, EpochSampler, FeatureDataset, default_workers, item_seed
 from transferlab.strategies import (GradualUnfreezing, ScaledLR, build_optimizer, freeze_all, groups_at_epoch,
                                     param_groups, set_frozen_bn_eval, set_trainable)
 
 MONITOR_MODE = {"val_loss": "min", "val_accuracy": "max", "val_balanced_accuracy": "max", "val_f1_macro": "max"}
 
-warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
-warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+# Lightning advice that does not apply to how we train (small cached sets, our own folders)
+QUIET_WARNINGS = (".*does not have many workers.*", ".*LeafSpec.*", ".*smaller than the logging interval.*",
+                  ".*exists and is not empty.*", ".*weights_only.*pickle protocol.*")
+
+
+@contextlib.contextmanager
+def quiet_fit():
+    """Lightning's irrelevant warnings off while a fit runs, the caller's warning filters kept."""
+    with warnings.catch_warnings():
+        for pattern in QUIET_WARNINGS:
+            warnings.filterwarnings("ignore", message=pattern)
+        yield
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written through a temporary file and renamed, so a crash or a full disk never
+    leaves half a checkpoint behind; read with weights_only=True and one clear line if damaged."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(Path(path), lambda handle: handle.write(buffer.getbuffer()), durable=True)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=True) -> dict:
+        return read_checkpoint(path)
+
+
+def fit(trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule,
+        ckpt_path: str | Path | None = None) -> None:
+    """trainer.fit, quietly; Ctrl-C stays a KeyboardInterrupt (Lightning turns it into sys.exit(1)
+    after its own clean shutdown, which would end the process without a word)."""
+    try:
+        with quiet_fit():
+            trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None,
+                        weights_only=True)
+    except SystemExit:
+        if not trainer.interrupted:
+            raise
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning left Ctrl-C ignored
+        raise KeyboardInterrupt from None
+    if trainer.interrupted:
+        raise KeyboardInterrupt
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """A Lightning checkpoint's contents, loaded with weights_only=True: a file holding code or a
+    damaged file is a RunError saying what to do (never "try weights_only=False")."""
+    from transferlab.run import RunError
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise RunError(f"checkpoint {path} holds pickled objects that could run code: refused (transferlab loads "
+                       "tensors only); delete it to restart that stage from its beginning, or start a new run") from None
+    except FileNotFoundError:
+        raise RunError(f"checkpoint {path} is missing: start a new run") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+        raise RunError(f"checkpoint {path} is damaged ({first}): delete it to restart that stage from its beginning, "
+                       "or start a new run") from None
 
 
 class TransferModule(L.LightningModule):
@@ -211,7 +273,7 @@ def build_trainer(config: Config, run_dir: Path, stage: str, *, epochs: int, has
         gradient_clip_val=config.train.grad_clip, log_every_n_steps=max(1, min(10, steps_per_epoch or 10)),
         enable_model_summary=False,
         enable_progress_bar=progress, use_distributed_sampler=False, num_sanity_val_steps=0,
-        limit_val_batches=1.0 if has_val else 0, **kwargs,
+        limit_val_batches=1.0 if has_val else 0, plugins=[AtomicCheckpointIO()], **kwargs,
     )
     return trainer, checkpoint
 
@@ -231,15 +293,12 @@ def find_lr(trainer: L.Trainer, module: TransferModule, datamodule: TransferData
                                     num_training=min(100, max(20, len(datamodule.train_dataloader()) * 3)))
     if finder is None:
         return None
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    figure = finder.plot(suggest=True)
+    figure = Figure(figsize=(6, 4), layout="constrained")
+    finder.plot(suggest=True, ax=figure.subplots())
     plot.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(plot, dpi=100)
-    import matplotlib.pyplot as plt
-
-    plt.close(figure)
     suggestion = finder.suggestion()
     if suggestion:
         module.lr = float(suggestion)
@@ -248,8 +307,7 @@ def find_lr(trainer: L.Trainer, module: TransferModule, datamodule: TransferData
 
 def load_checkpoint_weights(module: TransferModule, path: str | Path) -> None:
     """Model weights of a Lightning checkpoint, loaded with weights_only=True."""
-    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-    module.load_state_dict(state, strict=False)
+    module.load_state_dict(read_checkpoint(path)["state_dict"], strict=False)
 
 
 @torch.no_grad()

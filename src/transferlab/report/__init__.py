@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from transferlab.report import plots
-from transferlab.run import read_json
+from transferlab.run import RunError, read_json
 
 SECTIONS = (("data", "1. Data"), ("preprocessing", "2. Preprocessing and augmentation"), ("strategy", "3. Strategy"),
             ("training", "4. Training"), ("results", "5. Results"), ("errors", "6. Errors"),
@@ -80,7 +80,7 @@ class Run:
             return {}
         try:
             return read_json(path)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RunError) as exc:
             self.problems.append(f"{name} could not be read ({exc})")
             return {}
 
