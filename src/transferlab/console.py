@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable, Iterator
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 console = Console(stderr=True, highlight=False)
@@ -27,8 +28,9 @@ def progress_bar(label: str, total: int, *, enabled: bool = True) -> Iterator[Ca
 
 
 def warn(message: str) -> None:
-    console.print(f"[yellow]warning:[/yellow] {message}", markup=True)
+    """One line on stderr (never wrapped: a path or a command in it stays copyable)."""
+    console.print(f"[yellow]warning:[/yellow] {escape(message)}", markup=True, soft_wrap=True)
 
 
 def info(message: str) -> None:
-    console.print(message, markup=False)
+    console.print(message, markup=False, soft_wrap=True)

@@ -10,6 +10,7 @@ import torch
 
 from transferlab.augment import BatchMix, ResolvedAugment, build_train_transform, resolve_augment
 from transferlab.config import AugmentConfig
+from transferlab.figures import save, subplots
 
 
 def augmented_samples(images: np.ndarray, augment: AugmentConfig | ResolvedAugment, *, n: int,
@@ -75,17 +76,13 @@ def pick_rows(labels: np.ndarray, classes: list[str], rows: int, seed: int) -> l
 def preview_grid(images: np.ndarray, labels: list[str], augment: AugmentConfig | ResolvedAugment, out: str | Path,
                  *, n: int = 8, seed: int = 0, title: str | None = None) -> Path:
     """Write the preview PNG for source `images` (rows, H, W, 3) named by `labels`; returns its path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     resolved = augment if isinstance(augment, ResolvedAugment) else resolve_augment(augment)
     samples = augmented_samples(images, resolved, n=n, seed=seed)
     mixing = resolved.mixup_alpha > 0 or resolved.cutmix_alpha > 0
     pairs = mixed_pairs(images, labels, resolved, n=n + 1, seed=seed) if mixing and len(images) > 1 else []
     rows = len(images) + (1 if pairs else 0)
-    fig, axes = plt.subplots(rows, n + 1, figsize=(1.35 * (n + 1), 1.45 * rows + (0.35 if pairs else 0) + 0.6),
+    fig, axes = subplots(rows, n + 1, figsize=(1.35 * (n + 1), 1.45 * rows + (0.35 if pairs else 0) + 0.6),
                              squeeze=False)
     for r in range(len(images)):
         for k in range(n + 1):
@@ -111,8 +108,5 @@ def preview_grid(images: np.ndarray, labels: list[str], augment: AugmentConfig |
     ops = ", ".join(d["op"] for d in resolved.describe()) or "no augmentation"
     fig.suptitle(title or f"augmentation preview: {ops}", fontsize=10)
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    save(fig, Path(out), dpi=110)
     return out

@@ -1,4 +1,4 @@
-"""Pictures of explanations (matplotlib, Agg): CAM overlays, feature-map grids, attention grids."""
+"""Pictures of explanations (matplotlib's object API): CAM overlays, feature-map grids, attention grids."""
 
 from __future__ import annotations
 
@@ -6,37 +6,33 @@ from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+import matplotlib.cm
+import matplotlib.colors
+import numpy as np
+from PIL import Image
 
-
-def _save(fig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+from transferlab.figures import save, subplots
 
 
 def cam_figure(original: np.ndarray, blended: np.ndarray, path: Path, *, title: str, colormap: str) -> None:
     """Original and overlay side by side, a colour bar for the heatmap, the prediction as title."""
     height, width = original.shape[:2]
     panel = 3.6
-    fig, axes = plt.subplots(1, 2, figsize=(2 * panel * max(0.6, width / height) + 0.8, panel + 0.6))
+    fig, axes = subplots(1, 2, figsize=(2 * panel * max(0.6, width / height) + 0.8, panel + 0.6))
     for ax, picture, label in zip(axes, (original, blended), ("image", "heatmap overlay")):
         ax.imshow(picture)
         ax.set_title(label, fontsize=9)
         ax.axis("off")
-    mappable = plt.cm.ScalarMappable(cmap=colormap, norm=plt.Normalize(0, 1))
+    mappable = matplotlib.cm.ScalarMappable(cmap=colormap, norm=matplotlib.colors.Normalize(0, 1))
     fig.colorbar(mappable, ax=axes, fraction=0.025, pad=0.02, label="importance")
     fig.suptitle(title, fontsize=9)
-    _save(fig, path)
+    save(fig, path, dpi=110, bbox_inches="tight")
 
 
 def feature_grid(image: np.ndarray, stages: list[dict], path: Path) -> None:
     """One row per stage: the input, then its most active channels (edges early, parts late)."""
     columns = 1 + max(len(s["maps"]) for s in stages)
-    fig, axes = plt.subplots(len(stages), columns, figsize=(1.3 * columns, 1.45 * len(stages) + 0.4), squeeze=False,
+    fig, axes = subplots(len(stages), columns, figsize=(1.3 * columns, 1.45 * len(stages) + 0.4), squeeze=False,
                              layout="constrained")
     for r, stage in enumerate(stages):
         axes[r, 0].imshow(image)
@@ -51,7 +47,7 @@ def feature_grid(image: np.ndarray, stages: list[dict], path: Path) -> None:
             ax.set_xticks([])
             ax.set_yticks([])
     fig.suptitle("feature maps: most active channels per stage", fontsize=9)
-    _save(fig, path)
+    save(fig, path, dpi=110, bbox_inches="tight")
 
 
 def upsample(grid: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -69,7 +65,7 @@ def attention_grid(image: np.ndarray, heads: np.ndarray, rollout: np.ndarray, la
     layers, count = heads.shape[:2]
     size = (image.shape[1], image.shape[0])
     rows = max(count, 2)
-    fig, axes = plt.subplots(rows, layers + 1, figsize=(1.25 * (layers + 1), 1.3 * rows + 0.5), squeeze=False,
+    fig, axes = subplots(rows, layers + 1, figsize=(1.25 * (layers + 1), 1.3 * rows + 0.5), squeeze=False,
                              layout="constrained")
     for layer in range(layers):
         axes[0, layer].set_title(layer_names[layer], fontsize=7)
@@ -88,4 +84,4 @@ def attention_grid(image: np.ndarray, heads: np.ndarray, rollout: np.ndarray, la
         if not ax.images:
             ax.axis("off")
     fig.suptitle("where the class token looks: every layer and head, and the rollout across layers", fontsize=9)
-    _save(fig, path)
+    save(fig, path, dpi=110, bbox_inches="tight")

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from transferlab.figures import save, subplots
 
 
 def sample_grid(images, labels: np.ndarray, classes: list[str], path: Path, *, per_class: int = 6,
@@ -18,7 +16,7 @@ def sample_grid(images, labels: np.ndarray, classes: list[str], path: Path, *, p
     """A row of random images per class (the first `max_classes` classes)."""
     rng = np.random.default_rng(seed)
     shown = classes[:max_classes]
-    fig, axes = plt.subplots(len(shown), per_class, figsize=(1.2 * per_class + 1.2, 1.25 * len(shown) + 0.3),
+    fig, axes = subplots(len(shown), per_class, figsize=(1.2 * per_class + 1.2, 1.25 * len(shown) + 0.3),
                              squeeze=False, layout="constrained")
     for r, name in enumerate(shown):
         members = np.flatnonzero(labels == r)
@@ -35,9 +33,7 @@ def sample_grid(images, labels: np.ndarray, classes: list[str], path: Path, *, p
     title = "sample images per class" + (f" (first {max_classes} of {len(classes)} classes)"
                                          if len(classes) > max_classes else "")
     fig.suptitle(title, fontsize=10)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save(fig, path, dpi=90)
     return path
 
 
@@ -109,7 +105,7 @@ def error_gallery(candidates: dict, classes: list[str], path: Path) -> Path | No
     count = len(overlays)
     columns = 4
     rows = (count + columns - 1) // columns
-    fig, axes = plt.subplots(rows, 2 * columns, figsize=(2.0 * 2 * columns, 2.35 * rows), squeeze=False,
+    fig, axes = subplots(rows, 2 * columns, figsize=(2.0 * 2 * columns, 2.35 * rows), squeeze=False,
                              layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
@@ -124,9 +120,7 @@ def error_gallery(candidates: dict, classes: list[str], path: Path) -> Path | No
         axes[r, 2 * c + 1].set_title(f"pred {pred} ({candidates['confidence'][k]:.2f})", fontsize=7)
     fig.suptitle("most confidently wrong validation images, then correct ones (Grad-CAM of the prediction)",
                  fontsize=9)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save(fig, path, dpi=90)
     return path
 
 

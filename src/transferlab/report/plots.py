@@ -8,26 +8,18 @@ from pathlib import Path
 
 import matplotlib
 import matplotlib.ticker
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from transferlab.figures import save, subplots
 
-COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-
-
-def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+COLORS = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
 
 
 def class_counts(counts: dict[str, int], path: Path, split_counts: dict | None = None) -> Path:
     """Images per class (stacked by split when known)."""
     names = list(counts)
     height = max(2.6, 0.28 * len(names) + 1.2)
-    fig, ax = plt.subplots(figsize=(7, min(height, 14)), layout="constrained")
+    fig, ax = subplots(figsize=(7, min(height, 14)), layout="constrained")
     y = np.arange(len(names))
     if split_counts:
         left = np.zeros(len(names))
@@ -42,12 +34,12 @@ def class_counts(counts: dict[str, int], path: Path, split_counts: dict | None =
     ax.invert_yaxis()
     ax.set_xlabel("images")
     ax.set_title("images per class")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def image_sizes(sizes: list[list[int]], path: Path) -> Path:
     """Width x height of the original images, marker area by count."""
-    fig, ax = plt.subplots(figsize=(5, 4), layout="constrained")
+    fig, ax = subplots(figsize=(5, 4), layout="constrained")
     array = np.array(sizes, dtype=float)
     area = 20 + 400 * array[:, 2] / array[:, 2].max()
     ax.scatter(array[:, 0], array[:, 1], s=area, alpha=0.6, color=COLORS[0], edgecolor="k", linewidth=0.3)
@@ -56,7 +48,7 @@ def image_sizes(sizes: list[list[int]], path: Path) -> Path:
     ax.set_xlabel("width (px)")
     ax.set_ylabel("height (px)")
     ax.set_title("original image sizes")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def read_log(csv_path: Path) -> list[dict]:
@@ -93,7 +85,7 @@ def epoch_series(rows: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
 def learning_curves(logs: dict[str, list[dict]], path: Path, monitor: str, best: dict[str, int]) -> Path:
     """Loss and accuracy per epoch for train and validation, one column per stage, best epoch marked."""
     stages = list(logs)
-    fig, axes = plt.subplots(2, len(stages), figsize=(5.2 * len(stages), 6), squeeze=False, layout="constrained")
+    fig, axes = subplots(2, len(stages), figsize=(5.2 * len(stages), 6), squeeze=False, layout="constrained")
     for col, stage in enumerate(stages):
         rows = logs[stage]
         for row, (metric, label) in enumerate((("loss", "loss"), ("accuracy", "accuracy"))):
@@ -111,7 +103,7 @@ def learning_curves(logs: dict[str, list[dict]], path: Path, monitor: str, best:
             ax.set_title(f"{stage}: {label}", fontsize=10)
             ax.legend(fontsize=8)
             ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def learning_rates(logs: dict[str, list[dict]], path: Path) -> Path | None:
@@ -119,7 +111,7 @@ def learning_rates(logs: dict[str, list[dict]], path: Path) -> Path | None:
     stages = [s for s in logs if any(k.startswith("lr-") for k in logs[s][0])]
     if not stages:
         return None
-    fig, axes = plt.subplots(1, len(stages), figsize=(5.2 * len(stages), 3.4), squeeze=False, layout="constrained")
+    fig, axes = subplots(1, len(stages), figsize=(5.2 * len(stages), 3.4), squeeze=False, layout="constrained")
     for ax, stage in zip(axes[0], stages):
         rows = logs[stage]
         keys = [k for k in rows[0] if k.startswith("lr-") and not k.endswith("/no_decay")]
@@ -134,13 +126,13 @@ def learning_rates(logs: dict[str, list[dict]], path: Path) -> Path | None:
         ax.set_title(f"{stage}: learning rate per layer group", fontsize=10)
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3, which="both")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def confusion(matrix: list[list[float]], classes: list[str], path: Path, *, normalized: bool, title: str) -> Path:
     data = np.array(matrix, dtype=float)
     size = min(12, 2.5 + 0.45 * len(classes))
-    fig, ax = plt.subplots(figsize=(size + 1, size), layout="constrained")
+    fig, ax = subplots(figsize=(size + 1, size), layout="constrained")
     image = ax.imshow(data, cmap="Blues", vmin=0, vmax=1 if normalized else None)
     fig.colorbar(image, ax=ax, fraction=0.046)
     ticks = np.arange(len(classes))
@@ -156,12 +148,12 @@ def confusion(matrix: list[list[float]], classes: list[str], path: Path, *, norm
                 text = f"{data[i, j]:.2f}" if normalized else f"{int(data[i, j])}"
                 ax.text(j, i, text, ha="center", va="center", fontsize=7,
                         color="white" if data[i, j] > threshold else "black")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def roc_curves(curves: dict, path: Path, title: str) -> Path:
     """ROC per class (one-vs-rest), AUC in the legend; the binary case shows the positive class."""
-    fig, ax = plt.subplots(figsize=(5.5, 5), layout="constrained")
+    fig, ax = subplots(figsize=(5.5, 5), layout="constrained")
     items = list(curves.items())
     if len(items) == 2:
         items = items[1:]
@@ -174,14 +166,14 @@ def roc_curves(curves: dict, path: Path, title: str) -> Path:
     ax.set_title(title)
     ax.legend(fontsize=7 if len(items) < 12 else 5, loc="lower right")
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def per_class_bars(per_class: dict[str, dict], path: Path, title: str) -> Path:
     names = list(per_class)
     x = np.arange(len(names))
     width = 0.27
-    fig, ax = plt.subplots(figsize=(max(6, 0.55 * len(names) + 2), 3.8), layout="constrained")
+    fig, ax = subplots(figsize=(max(6, 0.55 * len(names) + 2), 3.8), layout="constrained")
     for k, key in enumerate(("precision", "recall", "f1")):
         values = [np.nan if per_class[c].get(key) is None else per_class[c][key] for c in names]
         ax.bar(x + (k - 1) * width, values, width, label=key, color=COLORS[k])
@@ -190,12 +182,12 @@ def per_class_bars(per_class: dict[str, dict], path: Path, title: str) -> Path:
     ax.set_title(title)
     ax.legend(fontsize=8, ncols=3, loc="lower right")
     ax.grid(alpha=0.3, axis="y")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def calibration(curve: dict, path: Path, title: str, ece: float | None) -> Path:
     """Reliability diagram: accuracy against confidence per bin, bin sizes below."""
-    fig, (ax, counts) = plt.subplots(2, 1, figsize=(5, 5.4), height_ratios=(3, 1), sharex=True,
+    fig, (ax, counts) = subplots(2, 1, figsize=(5, 5.4), height_ratios=(3, 1), sharex=True,
                                      layout="constrained")
     ax.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
     ax.plot(curve["confidence"], curve["accuracy"], marker="o", color=COLORS[0], label="model")
@@ -207,12 +199,12 @@ def calibration(curve: dict, path: Path, title: str, ece: float | None) -> Path:
     counts.set_xlabel("confidence (top probability)")
     counts.set_ylabel("images")
     counts.set_xlim(0, 1)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def fold_metrics(folds: list[dict], path: Path, names: list[str]) -> Path:
     """Each fold's value of the headline metrics, with their mean."""
-    fig, ax = plt.subplots(figsize=(6.5, 3.6), layout="constrained")
+    fig, ax = subplots(figsize=(6.5, 3.6), layout="constrained")
     for k, name in enumerate(names):
         values = [f["metrics"].get(name) for f in folds]
         xs = [i + 1 for i, v in enumerate(values) if v is not None]
@@ -224,4 +216,4 @@ def fold_metrics(folds: list[dict], path: Path, names: list[str]) -> Path:
     ax.set_title("metrics per fold (dotted: mean)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save(fig, path)
