@@ -9,14 +9,19 @@ import pytest
 import torch
 from PIL import Image
 
-from transferlab.augment import (OPS, PRESETS, BatchMix, augment_from_arg, build_batch_mix, build_train_transform,
-                                 parse_op, resolve_augment)
+from transferlab.augment import (OPS, PRESETS, augment_from_arg, build_batch_mix, build_op, build_train_transform,
+                                 check_op, resolve_augment)
 from transferlab.config import AugmentConfig, load_config
 from transferlab.errors import ConfigError
 
 
 def make(spec: dict, size: int = 32):
-    return parse_op(spec, "test").build(size)
+    return build_op(*check_op(spec, "test"), size)
+
+
+def mixer(num_classes: int, **settings):
+    """The batch mixer training uses, for these augment settings."""
+    return build_batch_mix(AugmentConfig(preset="none", **settings), num_classes)
 
 
 def mid_image(size: int = 32, seed: int = 0) -> torch.Tensor:
@@ -91,10 +96,10 @@ def test_rotation_by_90_without_crop_equals_rot90():
 def test_mixup_targets_sum_to_one_and_equal_lambda():
     images = torch.stack([torch.zeros(3, 8, 8), torch.full((3, 8, 8), 100.0)])
     labels = torch.tensor([0, 1])
-    mixer = BatchMix(num_classes=3, mixup_alpha=0.4)
+    mix = mixer(3, mixup_alpha=0.4)
     for seed in range(5):
         torch.manual_seed(seed)
-        mixed, targets = mixer(images, labels)
+        mixed, targets = mix(images, labels)
         assert torch.allclose(targets.sum(dim=1), torch.ones(2))
         lam = 1 - mixed[0].mean().item() / 100  # row 0 = lam * zeros + (1 - lam) * hundreds
         assert targets[0].tolist() == pytest.approx([lam, 1 - lam, 0.0], abs=1e-5)
@@ -103,26 +108,38 @@ def test_mixup_targets_sum_to_one_and_equal_lambda():
 
 def test_cutmix_targets_equal_the_pasted_area():
     images = torch.stack([torch.zeros(3, 16, 16), torch.ones(3, 16, 16)])
-    mixer = BatchMix(num_classes=2, cutmix_alpha=1.0)
+    mix = mixer(2, cutmix_alpha=1.0)
     for seed in range(5):
         torch.manual_seed(seed)
-        mixed, targets = mixer(images, torch.tensor([0, 1]))
+        mixed, targets = mix(images, torch.tensor([0, 1]))
         own = (mixed[0, 0] == 0).float().mean().item()
         assert targets[0].tolist() == pytest.approx([own, 1 - own], abs=1e-5)
 
 
-def test_batch_mix_probability_zero_gives_one_hot():
-    mixer = BatchMix(num_classes=3, mixup_alpha=1.0, prob=0.0)
-    images, targets = mixer(torch.zeros(4, 3, 2, 2, dtype=torch.uint8), torch.tensor([0, 1, 2, 0]))
-    assert targets.tolist() == [[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0]] and images.dtype == torch.float32
+def test_batch_mix_probability_and_switch():
+    images = torch.stack([torch.zeros(3, 16, 16), torch.ones(3, 16, 16)])
+    labels = torch.tensor([0, 1])
+    never = mixer(3, mixup_alpha=1.0, mix_prob=0.0)
+    assert torch.equal(never(images, labels)[1], labels)  # unmixed: the labels as they were
     assert build_batch_mix(AugmentConfig(preset="standard"), 3) is None
-    assert build_batch_mix(AugmentConfig(preset="heavy"), 3).mixup is not None
+    heavy = build_batch_mix(AugmentConfig(preset="heavy"), 3)
+    torch.manual_seed(0)
+    assert heavy(images, labels)[1].shape == (2, 3)  # heavy mixes (mixup 0.2): soft targets
+    # with both on, switch_prob picks CutMix (a hard-edged box) or MixUp (a uniform blend)
+    both = mixer(2, mixup_alpha=1.0, cutmix_alpha=1.0, switch_prob=0.5)
+    kinds = set()
+    for seed in range(40):
+        torch.manual_seed(seed)
+        mixed, _ = both(images, labels)
+        values = mixed[0, 0].unique()
+        kinds.add("cutmix" if set(values.tolist()) <= {0.0, 1.0} else "mixup")
+    assert kinds == {"cutmix", "mixup"}
 
 
 @pytest.mark.parametrize("name", sorted(OPS))
 def test_every_op_pickles_keeps_uint8_and_is_seeded(name):
     x = mid_image(32, seed=1)
-    transform = make({"op": name, **({"p": 1.0} if "p" in OPS[name][0].__dataclass_fields__ else {})})
+    transform = make({"op": name, "p": 1.0})
     clone = pickle.loads(pickle.dumps(transform))
     torch.manual_seed(123)
     a = transform(x)
@@ -149,7 +166,7 @@ def test_presets_are_seeded_uint8_and_never_flip_vertically(preset):
 def test_augment_config_errors_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match="unknown augmentation 'spin'"):
         resolve_augment(AugmentConfig(ops=[{"op": "spin"}]))
-    with pytest.raises(ConfigError, match=r"augment.ops\[0\].degree'"):
+    with pytest.raises(ConfigError, match=r"augment.ops\[0\].degree' for rotate \(valid: degrees, "):
         resolve_augment(AugmentConfig(ops=[{"op": "rotate", "degree": 5}]))
     with pytest.raises(ConfigError, match=r"augment.ops\[1\].p=1.5 must be a probability"):
         resolve_augment(AugmentConfig(ops=[{"op": "hflip"}, {"op": "vflip", "p": 1.5}]))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ from transferlab.config import load_config
 from transferlab.pipeline import run_training
 from transferlab.rank import parse_models, rank_models
 from transferlab.run import RUN_DIR_ENV
-from transferlab.strategies import QUADRANTS, decide
+from transferlab.strategies.auto import decide
 from transferlab.transferability import leep, logme, logme_single
 
 
@@ -92,6 +91,16 @@ def test_logme_ranks_informative_features_above_noise():
         np.hstack([noise, rng.normal(size=(120, 5))]), labels)
 
 
+# what each quadrant of the rule must do, written out (not read from the table under test)
+EXPECTED = {
+    (True, True): ("feature-extraction", {}),
+    (True, False): ("fine-tune", {"strategy.train_groups": ["late", "head"],
+                                  "strategy.lr_mult": {"early": 0.0, "middle": 0.0, "late": 0.3, "head": 1.0}}),
+    (False, True): ("fine-tune", {"strategy.lr_mult": {"early": 0.01, "middle": 0.03, "late": 0.1, "head": 1.0}}),
+    (False, False): ("fine-tune", {"strategy.lr_mult": {"early": 0.1, "middle": 0.3, "late": 1.0, "head": 1.0}}),
+}
+
+
 @pytest.mark.parametrize("per_class,score,expected", [
     (50, 1.2, (True, True)), (50, 0.3, (True, False)), (500, 1.2, (False, True)), (500, 0.3, (False, False)),
     (200, 0.8, (False, True)),  # thresholds are inclusive: 200 per class is not small, 0.8 is similar
@@ -101,20 +110,11 @@ def test_decision_table_covers_each_quadrant(per_class, score, expected):
     labels = np.repeat(np.arange(4), per_class)
     decision = decide(config, labels, logme_score=score)
     assert (decision.small, decision.similar) == expected
-    strategy, meaning, overrides = QUADRANTS[expected]
-    assert decision.strategy == strategy and decision.decision == meaning and decision.overrides == overrides
+    assert (decision.strategy, decision.overrides) == EXPECTED[expected]
     assert decision.per_class == per_class and decision.images == 4 * per_class
     assert f"{4 * per_class:,} training images" in decision.reason and "LogME" in decision.reason
-    if expected == (True, True):
-        assert decision.strategy == "feature-extraction"
-    if expected == (True, False):
-        assert overrides["strategy.train_groups"] == ["late", "head"]
-    if not expected[0]:
-        backbone = overrides["strategy.lr_mult"]
-        assert backbone["early"] < backbone["head"]
-    low = QUADRANTS[(False, True)][2]["strategy.lr_mult"]
-    high = QUADRANTS[(False, False)][2]["strategy.lr_mult"]
-    assert all(low[g] < high[g] for g in ("early", "middle", "late"))
+    assert ("small" if expected[0] else "large") in decision.reason
+    assert ("similar" if expected[1] else "different") in decision.reason
 
 
 def test_decision_thresholds_are_configurable_and_leep_is_normalised():
@@ -136,26 +136,48 @@ def test_auto_records_its_choice_in_metrics_json(color_folder, tmp_path):
                                     "train.report=false", "train.epochs=2", "train.early_stopping=null"])
     run = run_training(str(color_folder), config, out=tmp_path / "auto", progress=False)
     strategy = json.loads((run / "metrics.json").read_text())["strategy"]
+    decision = strategy["decision"]
     for key in ("images", "per_class", "score", "method", "similar", "decision", "reason"):
-        assert key in strategy, key
-    assert strategy["requested"] == "auto" and strategy["method"] == "logme"
-    assert strategy["images"] == 18 and strategy["per_class"] == 6.0  # the training split only
-    assert strategy["leep"] is not None  # the bundled backbone has its ImageNet head
-    expected = QUADRANTS[(True, strategy["similar"])][0]
+        assert key in decision, key
+    assert strategy["requested"] == "auto" and decision["method"] == "logme"
+    assert decision["images"] == 18 and decision["per_class"] == 6.0  # the training split only
+    assert decision["leep"] is not None  # the bundled backbone has its ImageNet head
+    expected = "feature-extraction" if decision["similar"] else "fine-tune"
     assert strategy["name"] == expected
+    assert strategy["label"] == ("feature-extraction" if expected == "feature-extraction" else "fine-tune (late, head)")
     saved = load_config(run / "config.yaml")
     assert saved.strategy.name == expected  # config.yaml holds the concrete choice: a rerun repeats it
+    assert saved.train.epochs is not None  # with the strategy's epochs filled in
 
 
-def test_rank_is_stable_under_a_fixed_seed(color_folder, tmp_path, capsys):
+def test_rank_orders_backbones_by_the_logme_of_their_own_features(color_folder, tmp_path, capsys):
+    """The ranking equals LogME recomputed here from each backbone's pooled features, taken by
+    running the timm model directly on the decoded images (not through transferlab's feature path)."""
+    import timm
+    import torch
+
+    from transferlab.data import load_dataset
+    from transferlab.preprocess import backbone_defaults
+
     config = load_config(overrides=["preprocess.size=32", "data.decode_workers=1", "model.pretrained=false"])
-    models = parse_models("test_efficientnet,test_vit,test_convnext")
-    first = rank_models(str(color_folder), models, config, progress=False)
-    second = rank_models(str(color_folder), models, config, progress=False)
-    assert [r["model"] for r in first["ranking"]] == [r["model"] for r in second["ranking"]]
-    assert [r["logme"] for r in first["ranking"]] == [r["logme"] for r in second["ranking"]]
-    scores = [r["logme"] for r in first["ranking"]]
-    assert scores == sorted(scores, reverse=True) and [r["rank"] for r in first["ranking"]] == [1, 2, 3]
+    names = ["test_efficientnet", "test_vit", "test_convnext"]
+    result = rank_models(str(color_folder), parse_models(",".join(names)), config, progress=False)
+    dataset = load_dataset(str(color_folder), config, progress=False)
+    pixels = torch.from_numpy(dataset.images.take(np.arange(len(dataset)))).permute(0, 3, 1, 2).float() / 255
+    expected = {}
+    for name in names:
+        torch.manual_seed(config.seed)
+        extra = {"img_size": 32} if "vit" in name else {}
+        model = timm.create_model(name, pretrained=False, num_classes=0, **extra).eval()
+        defaults = backbone_defaults(name)
+        mean, std = (torch.tensor(defaults[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
+        with torch.no_grad():
+            features = model((pixels - mean) / std).numpy()
+        expected[name] = logme(features, dataset.labels)
+    assert [r["model"] for r in result["ranking"]] == sorted(names, key=lambda n: -expected[n])
+    for entry in result["ranking"]:
+        assert entry["logme"] == pytest.approx(expected[entry["model"]], abs=1e-3)
+    assert [r["rank"] for r in result["ranking"]] == [1, 2, 3]
     out = tmp_path / "rank.json"
     assert main(["rank", str(color_folder), "--models", "tf_efficientnet_lite0,no_such_model", "--size", "32",
                  "--out", str(out), "--quiet", "--set", "data.decode_workers=1"]) == 0
@@ -163,23 +185,20 @@ def test_rank_is_stable_under_a_fixed_seed(color_folder, tmp_path, capsys):
     assert saved["ranking"][0]["model"] == "tf_efficientnet_lite0" and saved["ranking"][0]["leep"] is not None
     assert saved["unavailable"][0]["model"] == "no_such_model"
     assert main(["rank", str(color_folder), "--models", "no_such_model", "--quiet"]) == 2
+    assert main(["rank", str(tmp_path / "missing"), "--models", "tf_efficientnet_lite0", "--quiet"]) == 2
 
 
-def test_demo_runs_the_default_auto_strategy_on_a_subset(monkeypatch, tmp_path):
-    """The demo is the first thing a newcomer sees: it must show the measured decision (auto), on
-    a stratified subset at a CPU-friendly size, and pass its output directory through."""
-    from transferlab import pipeline
-
-    seen = {}
-
-    def fake_run_training(data, config, out=None, progress=True):
-        seen.update(data=data, config=config, out=out)
-        return Path(out)
-
-    monkeypatch.setattr(pipeline, "run_training", fake_run_training)
-    assert pipeline.run_demo(out=tmp_path / "demo", progress=False) == tmp_path / "demo"
-    config = seen["config"]
-    assert seen["data"] in ("builtin:fashion-mnist", "builtin:digits")
-    assert config.strategy.name == "auto"
-    assert config.data.subset == 60 and config.preprocess.size == 128
-    assert config.augment.preset == "light"
+@pytest.mark.slow
+def test_the_demo_runs_the_default_auto_strategy_end_to_end(tmp_path, monkeypatch):
+    """The demo is the first thing a newcomer sees: the real command, on its real data (Fashion-
+    MNIST, or digits when it is not installed), must show the measured decision and finish with a
+    report. Slow (about two minutes): `make test-slow`."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--quiet"]) == 0
+    run = tmp_path / "demo"
+    metrics = json.loads((run / "metrics.json").read_text())
+    config = load_config(run / "config.yaml")
+    assert metrics["strategy"]["requested"] == "auto" and metrics["strategy"]["decision"]["reason"]
+    assert config.data.subset == 60 and config.preprocess.size == 128 and config.augment.preset == "light"
+    assert metrics["data"]["source"] in ("builtin:fashion-mnist", "builtin:digits")
+    assert metrics["test"]["accuracy"] > 0.6 and (run / "report.html").is_file()

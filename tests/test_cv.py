@@ -92,16 +92,16 @@ def test_no_fold_statistics_use_its_test_part(tmp_path):
 
 
 def test_feature_extraction_runs_the_backbone_once_for_the_whole_cv(color_folder, tmp_path, monkeypatch):
-    import transferlab.pipeline as pipeline
+    import transferlab.fit as fit_module
 
     calls = []
-    original = pipeline.extract_features
+    original = fit_module.extract_features
 
     def counting(*args, **kwargs):
         calls.append(len(args[2]))
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "extract_features", counting)
+    monkeypatch.setattr(fit_module, "extract_features", counting)
     config = load_config(overrides=TINY + ["strategy.name=feature-extraction", "train.epochs=3"])
     run_cv(str(color_folder), config, out=tmp_path / "cv", progress=False)
     assert calls == [30]

@@ -15,7 +15,8 @@ from transferlab.config import load_config
 from transferlab.data import load_dataset
 from transferlab.data.cache import DiskStore, MemoryStore
 from transferlab.data.decode import to_rgb
-from transferlab.data.sources import open_source, read_idx
+from transferlab.data.builtins import read_idx
+from transferlab.data.sources import open_source
 from transferlab.errors import DataError
 
 

@@ -331,20 +331,20 @@ def test_10_nothing_is_created_for_refused_weights_and_out_is_checked_before_dat
 
 
 def test_10_a_run_killed_before_its_strategy_was_settled_resumes_from_its_start(tmp_path, monkeypatch, capsys):
-    import transferlab.pipeline as pipeline
+    import transferlab.strategies.auto as auto
 
     data = colour_images(tmp_path / "data")
-    real = pipeline.choose_strategy
+    real = auto.choose
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt  # stands for kill -9 during the automatic decision
 
-    monkeypatch.setattr(pipeline, "choose_strategy", killed)
+    monkeypatch.setattr(auto, "choose", killed)
     with pytest.raises(KeyboardInterrupt):
         run_training(str(data), load_config(overrides=[*TINY, "train.epochs=1"]), out=tmp_path / "run",
                      progress=False)
     assert {"config.yaml", "state.json", "split.csv"} <= {p.name for p in (tmp_path / "run").iterdir()}
-    monkeypatch.setattr(pipeline, "choose_strategy", real)
+    monkeypatch.setattr(auto, "choose", real)
     assert main(["train", "--out", str(tmp_path / "run"), str(data)]) == 2
     one_error_line(capsys, f"continue it with `transferlab train --resume {tmp_path / 'run'}`")
     assert main(["train", "--resume", str(tmp_path / "run"), "--quiet"]) == 0

@@ -13,7 +13,7 @@ from transferlab.cli import main
 from transferlab.config import load_config
 from transferlab.interpret import (ExplainError, attention_maps, attention_rollout, compute_cams, feature_maps,
                                    find_target_layer, token_attention)
-from transferlab.interpret.cam import cam_to_original
+from transferlab.preprocess import to_original as cam_to_original
 from transferlab.models.backbone import Classifier, create_backbone
 from transferlab.preprocess import ResizeSpec
 from transferlab.run import RUN_DIR_ENV

@@ -11,7 +11,7 @@ from conftest import pattern
 from transferlab.config import load_config
 from transferlab.data import holdout_split, load_dataset
 from transferlab.preprocess import (IMAGENET_MEAN, IMAGENET_STD, ResizeSpec, backbone_defaults, build_normalizer,
-                                    channel_stats, resize_image, resize_spec)
+                                    resize_image, resize_spec)
 
 RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
             "bicubic": Image.Resampling.BICUBIC}
@@ -70,34 +70,60 @@ def test_backbone_defaults_come_from_pretrained_cfg():
         == ResizeSpec(size=96, mode="crop", interpolation="nearest")
 
 
-def test_normalizers():
-    image = torch.full((3, 2, 2), 255, dtype=torch.uint8)
-    minmax = build_normalizer(load_config(overrides=["preprocess.normalize=minmax"]))
-    assert torch.equal(minmax(image), torch.ones(3, 2, 2))
-    imagenet = build_normalizer(load_config(overrides=["preprocess.normalize=imagenet"]))
-    expected = (1 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
-    assert torch.allclose(imagenet(image)[:, 0, 0], expected)
-    model = build_normalizer(load_config())
-    assert torch.equal(model(torch.zeros(3, 1, 1, dtype=torch.uint8)), -torch.ones(3, 1, 1))
-    z = build_normalizer(load_config(overrides=["preprocess.normalize=zscore"]), ((0.5, 0.5, 0.5), (0.25, 0.5, 1.0)))
-    assert torch.allclose(z(image)[:, 0, 0], torch.tensor([2.0, 1.0, 0.5]))
+def normalized_by_the_model(color_folder, tmp_path, normalize: str) -> torch.Tensor:
+    """What a trained run's classifier feeds its backbone for an all-255 image (the real path:
+    the statistics a fit computes, saved with the model, applied by Classifier.normalize)."""
+    import json
+
+    from transferlab.pipeline import run_training
+    from transferlab.run import load_model
+
+    config = load_config(overrides=["preprocess.size=16", "data.decode_workers=1", "train.workers=0",
+                                    "train.report=false", "strategy.name=linear-probe",
+                                    f"preprocess.normalize={normalize}", "model.name=test_efficientnet",
+                                    "model.pretrained=false"])
+    run = run_training(str(color_folder), config, out=tmp_path / normalize, progress=False)
+    recorded = json.loads((run / "dataset.json").read_text())["normalization"]
+    assert recorded == json.loads((run / "model" / "model.json").read_text())["normalize"]
+    model = load_model(run).classifier
+    return model.normalize(torch.full((1, 3, 2, 2), 255, dtype=torch.uint8))[0, :, 0, 0]
+
+
+@pytest.mark.parametrize("normalize,expected", [
+    ("minmax", [1.0, 1.0, 1.0]),
+    ("imagenet", [(1 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)]),
+    ("model", [(1 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)]),  # test_efficientnet's pretrained_cfg
+])
+def test_the_model_sees_its_input_normalized_as_configured(normalize, expected, color_folder, tmp_path,
+                                                           monkeypatch):
+    monkeypatch.setenv("TRANSFERLAB_CACHE", str(tmp_path / "cache"))
+    assert normalized_by_the_model(color_folder, tmp_path, normalize).tolist() == pytest.approx(expected, abs=1e-6)
     with pytest.raises(ValueError, match="training split"):
         build_normalizer(load_config(overrides=["preprocess.normalize=zscore"]))
-    batch = torch.zeros(4, 3, 2, 2, dtype=torch.uint8)  # works on batches too
-    assert model(batch).shape == (4, 3, 2, 2)
 
 
-def test_zscore_statistics_come_from_the_training_split_only(color_folder):
-    config = load_config(overrides=["preprocess.size=16", "data.cache=memory", "data.decode_workers=1"])
+def test_zscore_statistics_come_from_the_training_split_only(color_folder, tmp_path, monkeypatch):
+    """Held-out images are planted white: a run's z-score statistics (what its model applies) equal
+    the numpy statistics of exactly the training rows of its split.csv."""
+    import csv
+
+    monkeypatch.setenv("TRANSFERLAB_CACHE", str(tmp_path / "cache"))
+    config = load_config(overrides=["preprocess.size=16", "data.decode_workers=1"])
     ds = load_dataset(str(color_folder), config, progress=False)
-    split = holdout_split(ds.labels, ds.groups, val_fraction=0.2, test_fraction=0.2, seed=0)
-    train = np.flatnonzero(split == "train")
-    # plant a value in the held-out images: if they leaked in, the statistics would move
-    planted = ds.images.array.copy()
-    planted[split != "train"] = 255
-    mean, std = channel_stats(planted, train)
-    pixels = ds.images.array[train].reshape(-1, 3).astype(np.float64) / 255
-    np.testing.assert_allclose(mean, pixels.mean(axis=0), rtol=0, atol=1e-12)
-    np.testing.assert_allclose(std, pixels.std(axis=0), rtol=0, atol=1e-12)
-    everything = channel_stats(planted)
-    assert not np.allclose(everything[0], mean)
+    split = holdout_split(ds.labels, ds.groups, val_fraction=0.15, test_fraction=0.15, seed=0)
+    planted = tmp_path / "planted"
+    for k, (path, part) in enumerate(zip(ds.paths, split)):
+        picture = Image.open(color_folder / path)
+        (planted / path).parent.mkdir(parents=True, exist_ok=True)
+        if part != "train":  # bright and distinct (identical files would be grouped into one split)
+            picture = Image.new("RGB", picture.size, (255, 255, 255 - k))
+        picture.save(planted / path)
+    seen = normalized_by_the_model(planted, tmp_path, "zscore")
+    with open(tmp_path / "zscore" / "split.csv", newline="") as handle:
+        train = [row["path"] for row in csv.DictReader(handle) if row["split"] == "train"]
+    again = load_dataset(str(planted), config, progress=False)
+    rows = [again.paths.index(p) for p in train]
+    pixels = again.images.take(rows).reshape(-1, 3).astype(np.float64) / 255
+    assert seen.tolist() == pytest.approx(((1 - pixels.mean(axis=0)) / pixels.std(axis=0)).tolist(), rel=1e-5)
+    bright = again.images.take(range(len(again)))[..., 0].min(axis=(1, 2)) == 255
+    assert 0 < len(rows) < len(again) and not bright[rows].any() and bright.sum() == len(again) - len(rows)

@@ -7,7 +7,6 @@ import json
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -15,7 +14,7 @@ from transferlab.cli import main
 from transferlab.config import load_config
 from transferlab.cv import run_cv
 from transferlab.pipeline import run_training
-from transferlab.report import SECTIONS, build_report, strategy_label
+from transferlab.report import SECTIONS, build_report
 from transferlab.run import RUN_DIR_ENV
 
 TINY = ["model.name=test_efficientnet", "model.pretrained=false", "preprocess.size=32", "train.batch_size=8",
@@ -38,12 +37,18 @@ def runs(tmp_path_factory, color_folder_module):
         train = run_training(str(color_folder_module), load_config(overrides=TINY), out=tmp / "train", progress=False)
         os.environ.pop(RUN_DIR_ENV, None)
         cv = run_cv(str(color_folder_module), load_config(overrides=TINY), out=tmp / "cv", progress=False)
+        os.environ.pop(RUN_DIR_ENV, None)
+        auto = [s for s in TINY if not s.startswith(("strategy.", "cv.folds"))] + ["cv.folds=2"]
+        cv_auto = run_cv(str(color_folder_module), load_config(overrides=auto), out=tmp / "cv-auto", progress=False)
+        os.environ.pop(RUN_DIR_ENV, None)
+        decay = run_training(str(color_folder_module), load_config(overrides=[*TINY, "strategy.layer_decay=0.5"]),
+                             out=tmp / "decay", progress=False)
     finally:
         if old is None:
             os.environ.pop("TRANSFERLAB_CACHE", None)
         else:
             os.environ["TRANSFERLAB_CACHE"] = old
-    return {"train": train, "cv": cv}
+    return {"train": train, "cv": cv, "cv_auto": cv_auto, "decay": decay}
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +100,7 @@ def test_missing_inputs_are_said_not_fatal(runs, tmp_path):
     shutil.rmtree(copy / "logs")
     (copy / "curves.json").unlink()
     (copy / "plots" / "errors.png").unlink()
+    (copy / "errors.npz").unlink()  # what the gallery is drawn from
     (copy / "dataset.json").write_text("{not json")
     page = build_report(copy).read_text(encoding="utf-8")
     assert "no training logs" in section_text(page, "training")
@@ -158,15 +164,20 @@ def test_report_renders_in_a_real_browser(runs, kind, tmp_path):
     assert len(colours) > 50  # figures rendered, not a blank page
 
 
-def test_strategy_label_says_when_auto_chose():
-    import numpy as np
-
-    from transferlab.strategies import decide
-
-    # the record as finish() writes it, from a real small + different decision (not a hand-made dict,
-    # so a renamed key in Decision.record() fails here)
-    decision = decide(load_config(), np.repeat(np.arange(3), 10), logme_score=0.1)
-    record = {"name": decision.strategy, "requested": "auto", **decision.record()}
-    assert strategy_label(record) == "auto -> fine-tune (late, head)"
-    assert strategy_label({"name": "gradual", "requested": "gradual"}) == "gradual"
-    assert strategy_label({}, "feature-extraction") == "feature-extraction"
+def test_the_strategy_section_reads_what_the_record_says_happened(runs):
+    """A CV with auto names what the folds chose ("auto -> fine-tune (late, head)"), fold by fold;
+    a layer-decay run shows each layer's logged peak rate; galleries say which images they show."""
+    cv_auto = (runs["cv_auto"] / "report.html").read_text(encoding="utf-8")
+    folds = json.loads((runs["cv_auto"] / "cv_metrics.json").read_text())["folds"]
+    assert "auto -&gt; fine-tune (late, head)" in cv_auto and all(f["strategy"] == "fine-tune (late, head)"
+                                                                  for f in folds)
+    strategy = section_text(cv_auto, "strategy")
+    assert "fold1" in strategy and "fold2" in strategy and "what each fold trained" in strategy
+    assert "out-of-fold" in section_text(cv_auto, "errors")
+    assert "validation" in section_text((runs["train"] / "report.html").read_text(encoding="utf-8"), "errors")
+    decay = section_text((runs["decay"] / "report.html").read_text(encoding="utf-8"), "strategy")
+    record = json.loads((runs["decay"] / "metrics.json").read_text())["strategy"]["stages"]["main"]["groups"]
+    peaks = {k: v for k, v in record["layer_decay"]["peak_lr"].items() if not k.endswith("/no_decay")}
+    assert len(peaks) > 4
+    for name, rate in peaks.items():  # every layer's own rate, as trained
+        assert f"layer group {name}" in decay and f"{rate:.2e}" in decay

@@ -1,8 +1,11 @@
-"""Strategies: exact per-group learning rates, schedules, freezing, gradual unfreezing, cached features."""
+"""Strategies and optimisation: exact per-group rates, weight-decay exclusions, the shape of every
+schedule as the optimizer sees it, what trains in each epoch through the real training path
+(train_groups, train_bn, layer decay, gradual unfreezing, the balanced sampler), the registry."""
 
 from __future__ import annotations
 
-import math
+import csv
+import json
 
 import lightning as L
 import numpy as np
@@ -11,187 +14,268 @@ import torch
 
 from transferlab.config import load_config
 from transferlab.data.cache import MemoryStore
+from transferlab.errors import ConfigError
 from transferlab.features import extract_features
 from transferlab.models.backbone import Classifier, create_backbone
 from transferlab.models.groups import named_groups
-from transferlab.strategies import (ScaledLR, build_optimizer, freeze_all, groups_at_epoch, lr_factor, param_groups,
-                                    set_frozen_bn_eval, set_trainable)
-from transferlab.train import TransferDataModule, TransferModule, build_trainer
+from transferlab.optim import build_optimizer, build_scheduler, param_groups, scheduler_step
+from transferlab.pipeline import run_training
+from transferlab.run import RUN_DIR_ENV
+from transferlab.strategies import get_strategy, strategy_names
+from transferlab.train import ClassifierModule, TrainableGroups, TransferDataModule, build_trainer
+
+TINY = ["train.report=false", "model.name=test_efficientnet", "model.pretrained=false", "preprocess.size=32",
+        "train.batch_size=8", "train.workers=0", "data.decode_workers=1", "train.early_stopping=null",
+        "data.val_fraction=0.2", "data.test_fraction=0.2", "augment.preset=none", "train.channels_last=false"]
 
 
-def tiny(num_classes: int = 3) -> Classifier:
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRANSFERLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(RUN_DIR_ENV, raising=False)
+
+
+def tiny(name: str = "test_efficientnet", num_classes: int = 3) -> Classifier:
     torch.manual_seed(0)
-    return Classifier(create_backbone("test_efficientnet", pretrained=False), num_classes, (0.5,) * 3, (0.5,) * 3)
+    return Classifier(create_backbone(name, pretrained=False), num_classes, (0.5,) * 3, (0.5,) * 3)
+
+
+def rates_over(config, steps_per_epoch: int, total: int) -> dict[str, list[float]]:
+    """Each group's learning rate at every optimizer step of the configured schedule."""
+    optimizer = build_optimizer(param_groups(tiny(), config, config.optim.lr), config)
+    scheduler = build_scheduler(optimizer, config, steps_per_epoch, total)
+    seen = {g["name"]: [] for g in optimizer.param_groups}
+    for step in range(total):
+        for group in optimizer.param_groups:
+            seen[group["name"]].append(group["lr"])
+        optimizer.step()
+        scheduler_step(scheduler, step + 1)
+    return seen
 
 
 def test_fine_tune_group_rates_are_exactly_the_configured_ones():
-    config = load_config()
-    groups = param_groups(tiny(), config, ["early", "middle", "late", "head"])
-    optimizer = build_optimizer(groups, config)
-    rates = {g["name"]: g["lr"] for g in optimizer.param_groups}
-    assert rates["early"] == 1e-5 and rates["early/no_decay"] == 1e-5
-    assert rates["middle"] == pytest.approx(1e-4, rel=0, abs=1e-18)
+    config = load_config(overrides=["schedule.name=constant", "schedule.warmup_epochs=0"])
+    rates = {name: values[0] for name, values in rates_over(config, 5, 10).items()}
+    assert rates["early"] == pytest.approx(1e-5, rel=1e-12) and rates["early/no_decay"] == pytest.approx(1e-5)
+    assert rates["middle"] == pytest.approx(1e-4, rel=1e-12)
     assert rates["late"] == 1e-3 and rates["head"] == 1e-3
-    custom = load_config(overrides=["optim.lr=0.01", "strategy.lr_mult={early: 0.5, middle: 0.25, late: 1, head: 2}"])
-    rates = {g["name"]: g["lr"] for g in param_groups(tiny(), custom, ["early", "middle", "late", "head"])}
+    custom = load_config(overrides=["optim.lr=0.01", "strategy.lr_mult={early: 0.5, middle: 0.25, late: 1, head: 2}",
+                                    "schedule.name=constant", "schedule.warmup_epochs=0"])
+    rates = {name: values[-1] for name, values in rates_over(custom, 5, 10).items()}
     assert rates["early"] == 0.005 and rates["middle"] == 0.0025 and rates["late"] == 0.01 and rates["head"] == 0.02
 
 
-def test_no_weight_decay_on_biases_and_norm_layers():
-    config = load_config(overrides=["optim.weight_decay=0.1"])
-    model = tiny()
-    groups = param_groups(model, config, ["early", "middle", "late", "head"])
-    names = {id(p): n for n, p in model.named_parameters()}
-    for group in groups:
-        for param in group["params"]:
-            if param.ndim <= 1:
-                assert group["weight_decay"] == 0.0, names[id(param)]
-            else:
-                assert group["weight_decay"] == 0.1, names[id(param)]
-    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+def test_every_parameter_is_in_the_optimizer_and_no_decay_follows_timms_rule():
+    for name in ("test_efficientnet", "test_vit"):
+        model = tiny(name)
+        groups = param_groups(model, load_config(overrides=["optim.weight_decay=0.1"]), 1e-3)
+        names = {id(p): n for n, p in model.named_parameters()}
+        assert sorted(id(p) for g in groups for p in g["params"]) == sorted(names)  # every one, once
+        for group in groups:
+            for param in group["params"]:
+                exempt = param.ndim <= 1 or names[id(param)] in {"backbone.pos_embed", "backbone.cls_token",
+                                                                  "backbone.reg_token"}
+                assert group["weight_decay"] == (0.0 if exempt else 0.1), names[id(param)]
+    vit_groups = param_groups(tiny("test_vit"), load_config(), 1e-3)
+    pos = [g for g in vit_groups if any(p.ndim == 3 for p in g["params"])]
+    assert pos and all(g["weight_decay"] == 0.0 for g in pos)  # position embedding: 3-d, yet exempt
 
 
 def test_layer_decay_is_geometric_from_the_head():
-    config = load_config(overrides=["strategy.layer_decay=0.5", "optim.lr=0.1"])
-    groups = param_groups(tiny(), config, ["early", "middle", "late", "head"])
-    by_depth = {}
-    for g in groups:
-        depth = int(g["name"].split(".d")[1].split("/")[0])
-        by_depth[depth] = g["lr"]
-    assert by_depth[0] == 0.1
-    for depth, rate in by_depth.items():
-        assert rate == pytest.approx(0.1 * 0.5**depth, rel=1e-12)
-
-
-def test_cosine_schedule_matches_torch_after_warmup():
-    config = load_config(overrides=["schedule.warmup_epochs=0", "schedule.min_lr_ratio=0.1"])
-    param = torch.nn.Parameter(torch.zeros(1))
-    reference = torch.optim.SGD([param], lr=1.0)
-    torch_cosine = torch.optim.lr_scheduler.CosineAnnealingLR(reference, T_max=50, eta_min=0.1)
-    for step in range(51):
-        assert lr_factor(config.schedule, step, 10, 50) == pytest.approx(reference.param_groups[0]["lr"], abs=1e-12)
-        reference.step()
-        torch_cosine.step()
-
-
-def test_other_schedules_have_their_shape():
-    warm = load_config(overrides=["schedule.warmup_epochs=1"]).schedule
-    assert [lr_factor(warm, s, 4, 40) for s in range(4)] == [0.2, 0.4, 0.6, 0.8]
-    step = load_config(overrides=["schedule.name=step", "schedule.warmup_epochs=0", "schedule.step_epochs=2",
-                                  "schedule.gamma=0.5"]).schedule
-    assert [lr_factor(step, s, 10, 100) for s in (0, 19, 20, 39, 40)] == [1, 1, 0.5, 0.5, 0.25]
-    cyclic = load_config(overrides=["schedule.name=cyclic", "schedule.cycle_epochs=1",
-                                    "schedule.cycle_min_ratio=0.2"]).schedule
-    values = [lr_factor(cyclic, s, 10, 100) for s in range(11)]
-    assert values[0] == pytest.approx(0.2) and values[5] == pytest.approx(1.0) and values[10] == pytest.approx(0.2)
-    one = load_config(overrides=["schedule.name=onecycle", "schedule.pct_start=0.25"]).schedule
-    assert lr_factor(one, 0, 10, 100) == pytest.approx(1 / 25)
-    assert lr_factor(one, 25, 10, 100) == pytest.approx(1.0)
-    assert lr_factor(one, 100, 10, 100) == pytest.approx(1 / 25 / 1e4)
-    constant = load_config(overrides=["schedule.name=constant", "schedule.warmup_epochs=0"]).schedule
-    assert {lr_factor(constant, s, 10, 100) for s in range(100)} == {1.0}
-
-
-def test_scaled_lr_scales_groups_added_later():
-    config = load_config(overrides=["schedule.warmup_epochs=0", "schedule.min_lr_ratio=0"])
-    a, b = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
-    optimizer = torch.optim.SGD([{"params": [a], "lr": 0.1}], lr=0.1)
-    scheduler = ScaledLR(optimizer, config.schedule, steps_per_epoch=5, total_steps=10)
-    for _ in range(5):
-        optimizer.step()
-        scheduler.step()
-    optimizer.add_param_group({"params": [b], "lr": 0.0, "initial_lr": 0.01})
-    optimizer.step()
-    scheduler.step()
-    factor = lr_factor(config.schedule, 6, 5, 10)
-    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * factor)
-    assert optimizer.param_groups[1]["lr"] == pytest.approx(0.01 * factor)
-    assert "schedule" not in scheduler.state_dict()
-
-
-def test_frozen_parameters_and_batchnorm_statistics_do_not_change():
     model = tiny()
-    freeze_all(model)
-    set_trainable(model, ["head"])
-    model.train()
-    set_frozen_bn_eval(model)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
-    for _ in range(3):
-        x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
-        loss = torch.nn.functional.cross_entropy(model(x), torch.tensor([0, 1, 2, 0]))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    for name, param in model.named_parameters():
-        if name.startswith("backbone."):
-            assert param.grad is None, name
-    after = model.state_dict()
-    for name, value in before.items():
-        if name.startswith("backbone."):  # weights and BN running statistics alike
-            assert torch.equal(value, after[name]), name
-    assert not torch.equal(before["head.1.weight"], after["head.1.weight"])
+    groups = param_groups(model, load_config(overrides=["strategy.layer_decay=0.5"]), 0.1)
+    scales = sorted({g["lr_scale"] for g in groups}, reverse=True)
+    assert scales[0] == 1.0 and all(b == pytest.approx(a * 0.5) for a, b in zip(scales, scales[1:]))
+    head = [g for g in groups if g["name"].startswith("head")]
+    assert head and all(g["lr_scale"] == 1.0 for g in head)
+    early = [g for g in groups if g["name"].startswith("early")]
+    assert max(g["lr_scale"] for g in early) < min(g["lr_scale"] for g in groups if g["name"].startswith("late"))
 
 
-def test_groups_at_epoch_follow_the_gradual_schedule():
-    config = load_config()
-    assert groups_at_epoch(config, "gradual", 0) == ["head"]
-    assert groups_at_epoch(config, "gradual", 4) == ["head"]
-    assert groups_at_epoch(config, "gradual", 5) == ["head", "late"]
-    assert groups_at_epoch(config, "gradual", 10) == ["head", "late", "middle", "early"]
+def test_warmup_then_cosine_to_the_minimum_keeping_every_groups_ratio():
+    config = load_config(overrides=["schedule.warmup_epochs=1", "schedule.min_lr_ratio=0.1"])
+    seen = rates_over(config, steps_per_epoch=4, total=40)
+    late, early = np.array(seen["late"]), np.array(seen["early"])
+    assert np.all(np.diff(late[:5]) > 0) and late[4] == pytest.approx(1e-3)  # linear warm-up to the peak
+    assert np.all(np.diff(late[4:]) <= 1e-15)  # then never rises
+    assert late[-1] == pytest.approx(1e-4, rel=0.02)  # ends near min_lr_ratio x peak
+    np.testing.assert_allclose(early / late, 0.01, rtol=1e-9)  # each group keeps its ratio at every step
+
+
+def test_step_onecycle_cyclic_and_constant_have_their_shape():
+    step = rates_over(load_config(overrides=["schedule.name=step", "schedule.warmup_epochs=0",
+                                             "schedule.step_epochs=2", "schedule.gamma=0.5"]), 10, 60)["late"]
+    assert step[0] == step[19] == 1e-3 and step[20] == pytest.approx(5e-4) and step[40] == pytest.approx(2.5e-4)
+    one = rates_over(load_config(overrides=["schedule.name=onecycle", "schedule.pct_start=0.25"]), 10, 100)
+    late = np.array(one["late"])
+    assert late[0] == pytest.approx(1e-3 / 25) and late.argmax() in (24, 25) and late.max() == pytest.approx(1e-3)
+    assert late[-1] < late[0] / 1000
+    np.testing.assert_allclose(np.array(one["middle"]) / late, 0.1, rtol=1e-9)
+    cyclic = np.array(rates_over(load_config(overrides=["schedule.name=cyclic", "schedule.cycle_epochs=1",
+                                                        "schedule.cycle_min_ratio=0.2"]), 10, 40)["late"])
+    assert cyclic[0] == pytest.approx(2e-4) and cyclic[5] == pytest.approx(1e-3) and cyclic[10] == pytest.approx(2e-4)
+    constant = rates_over(load_config(overrides=["schedule.name=constant", "schedule.warmup_epochs=0"]), 10, 50)
+    assert set(constant["late"]) == {1e-3}
+
+
+def test_the_registry_finds_every_strategy_module_and_refuses_unknown_names():
+    assert {"feature-extraction", "fine-tune", "gradual", "linear-probe"} <= set(strategy_names())
+    with pytest.raises(ConfigError, match="unknown strategy 'spin'"):
+        get_strategy("spin", load_config())
+    with pytest.raises(ConfigError, match=r"strategy.train_groups: unknown layer group 'top'"):
+        get_strategy("fine-tune", load_config(overrides=["strategy.train_groups=[top]"]))
+    gradual = get_strategy("gradual", load_config())
+    assert [gradual.trainable(e) for e in (0, 4, 5, 10)] == [["head"], ["head"], ["head", "late"],
+                                                               ["head", "late", "middle", "early"]]
+    assert gradual.config.train.epochs == 20 and gradual.config.strategy.name == "gradual"
+
+
+def colour_data(tmp_path, per_class: int = 10):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "colors"
+    for k, name in enumerate(("red", "green", "blue")):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            img = rng.integers(0, 60, (24, 24, 3), dtype=np.uint8)
+            img[..., k] = rng.integers(160, 256, (24, 24), dtype=np.uint8)
+            Image.fromarray(img).save(root / name / f"{i}.png")
+    return root
+
+
+def run_weights(run) -> dict[str, torch.Tensor]:
+    from transferlab.run import load_model
+
+    return load_model(run).classifier.state_dict()
+
+
+def initial_state(config) -> dict[str, torch.Tensor]:
+    torch.manual_seed(config.seed)
+    return create_backbone(config.model.name, pretrained=False, img_size=32).state_dict()
+
+
+def test_train_groups_limit_what_fine_tuning_changes(tmp_path):
+    """strategy.train_groups [late, head] (what auto's small+different choice uses): through the
+    real training path, early and middle weights and BatchNorm statistics stay exactly as they
+    came, the late group moves."""
+    config = load_config(overrides=[*TINY, "strategy.name=fine-tune", "strategy.head_warmup_epochs=0",
+                                    "train.epochs=2", "strategy.train_groups=[late, head]", "optim.lr=0.01"])
+    run = run_training(str(colour_data(tmp_path)), config, out=tmp_path / "run", progress=False)
+    before, after = initial_state(config), run_weights(run)
+    groups = named_groups(tiny())
+    modules = lambda g: {n.rsplit(".", 1)[0] for n in groups[g]}  # noqa: E731
+    for group, should_move in (("early", False), ("middle", False), ("late", True)):
+        keys = [k for k in before if f"backbone.{k}".rsplit(".", 1)[0] in modules(group)]
+        moved = [k for k in keys if not torch.equal(before[k], after[f"backbone.{k}"])]
+        assert bool(moved) == should_move, (group, moved[:3])
+    record = json.loads((run / "metrics.json").read_text())["strategy"]
+    assert record["label"] == "fine-tune (late, head)"
+    assert record["stages"]["main"]["groups"]["early"]["trains_from_epoch"] is None
+    assert record["stages"]["main"]["groups"]["late"]["trains_from_epoch"] == 1
+
+
+def test_train_bn_false_keeps_batchnorm_of_trained_groups_as_it_came(tmp_path):
+    config = load_config(overrides=[*TINY, "strategy.name=fine-tune", "strategy.head_warmup_epochs=0",
+                                    "train.epochs=2", "strategy.train_bn=false", "optim.lr=0.01"])
+    run = run_training(str(colour_data(tmp_path)), config, out=tmp_path / "run", progress=False)
+    before, after = initial_state(config), run_weights(run)
+    bn = [k for k in before if k.endswith(("running_mean", "running_var")) or ".bn" in k and k.endswith(("weight",
+                                                                                                       "bias"))]
+    assert bn and all(torch.equal(before[k], after[f"backbone.{k}"]) for k in bn)
+    convs = [k for k in before if "conv" in k and k.endswith("weight")]
+    assert any(not torch.equal(before[k], after[f"backbone.{k}"]) for k in convs)  # the rest did train
+
+
+def logged_rates(run, stage: str = "main") -> dict[str, float]:
+    with open(next((run / "logs" / stage).glob("v*/metrics.csv")), newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if any(k.startswith("lr-") and r[k] for k in r)]
+    return {k.split("/", 1)[1]: float(v) for k, v in rows[-1].items() if k.startswith("lr-") and v}
+
+
+def test_layer_decay_through_training_gives_each_layer_its_logged_rate(tmp_path):
+    config = load_config(overrides=[*TINY, "strategy.name=fine-tune", "strategy.head_warmup_epochs=0",
+                                    "train.epochs=1", "strategy.layer_decay=0.5", "schedule.name=constant",
+                                    "schedule.warmup_epochs=0"])
+    run = run_training(str(colour_data(tmp_path)), config, out=tmp_path / "run", progress=False)
+    rates = logged_rates(run)
+    assert rates["head.depth0"] == pytest.approx(1e-3) and len({n.split("/")[0] for n in rates}) > 4
+    peaks = json.loads((run / "metrics.json").read_text())["strategy"]["stages"]["main"]["groups"]["layer_decay"]
+    for name, rate in rates.items():
+        depth = int(name.split(".depth")[1].split("/")[0])
+        assert rate == pytest.approx(1e-3 * 0.5**depth)  # geometric from the head, as the optimizer ran it
+        assert rate == pytest.approx(peaks["peak_lr"][name])  # and as the record says
+
+
+def test_the_balanced_sampler_balances_what_training_sees(tmp_path):
+    from transferlab.data import load_dataset
+    from transferlab.fit import FitJob
+
+    root = colour_data(tmp_path, per_class=4)
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for i in range(4, 40):  # red gets 10x the images of the others
+        Image.fromarray(rng.integers(150, 256, (24, 24, 3), dtype=np.uint8)).save(root / "red" / f"{i}.png")
+    config = load_config(overrides=[*TINY, "train.imbalance=sampler", "data.val_fraction=0", "data.test_fraction=0"])
+    dataset = load_dataset(str(root), config, progress=False)
+    every = np.arange(len(dataset))
+    job = FitJob(dataset, {"train": every, "val": every[:0], "test": every[:0]}, config, tmp_path / "fit",
+                 progress=False)
+    assert job.imbalance == "sampler"
+    loader = TransferDataModule(config, dataset.labels, job.indices, store=dataset.images,
+                                sample_weights=job.sample_weights).train_dataloader()
+    seen = np.concatenate([y.numpy() for epoch in range(20) for _, y in (loader.sampler.set_epoch(epoch) or loader)])
+    shares = np.bincount(seen, minlength=3) / len(seen)
+    assert np.bincount(dataset.labels)[dataset.classes.index("red")] == 40
+    np.testing.assert_allclose(shares, 1 / 3, atol=0.04)
 
 
 class RecordGroups(L.Callback):
-    """Optimizer group names, trainable parameters and BN modes seen in each epoch."""
+    """What trains in each epoch: optimizer groups with gradients, and weights before each epoch."""
 
     def __init__(self):
-        self.names: dict[int, list[str]] = {}
         self.snapshots: dict[int, dict[str, torch.Tensor]] = {}
+        self.trainable: dict[int, list[str]] = {}
 
     def on_train_epoch_start(self, trainer, module):
         self.snapshots[trainer.current_epoch] = {k: v.detach().clone() for k, v in module.model.state_dict().items()}
 
     def on_train_epoch_end(self, trainer, module):
-        self.names[trainer.current_epoch] = sorted({g["name"].split("/")[0] for g in trainer.optimizers[0].param_groups})
-
-
-def image_setup(tmp_path, overrides, n=24):
-    config = load_config(overrides=["train.workers=0", "train.batch_size=8", "augment.preset=none", "seed=3",
-                                    "train.early_stopping=null", "train.channels_last=false", *overrides])
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-    labels = np.arange(n) % 3
-    indices = {"train": np.arange(0, n - 6), "val": np.arange(n - 6, n), "test": np.arange(0)}
-    datamodule = TransferDataModule(config, labels, indices, store=MemoryStore(images))
-    return config, datamodule
+        groups = named_groups(module.model)
+        params = dict(module.model.named_parameters())
+        self.trainable[trainer.current_epoch] = [g for g, names in groups.items()
+                                                 if any(params[n].requires_grad for n in names)]
 
 
 def test_gradual_unfreezing_switches_at_the_configured_epochs(tmp_path):
-    config, datamodule = image_setup(tmp_path, [
-        "strategy.name=gradual", "strategy.gradual=[{epoch: 1, groups: [head]}, {epoch: 2, groups: [late]},"
-        " {epoch: 3, groups: [middle, early], lr: 0.0001}]"])
+    config = load_config(overrides=[*TINY, "seed=3", "strategy.name=gradual", "strategy.gradual=[{epoch: 1, groups: "
+                                    "[head]}, {epoch: 2, groups: [late]}, {epoch: 3, groups: [middle, early], "
+                                    "lr: 0.0001}]"])
+    strategy = get_strategy("gradual", config)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (24, 32, 32, 3), dtype=np.uint8)
+    indices = {"train": np.arange(18), "val": np.arange(18, 24), "test": np.arange(0)}
+    datamodule = TransferDataModule(config, np.arange(24) % 3, indices, store=MemoryStore(images))
     model = tiny()
-    module = TransferModule(model, config, "gradual", num_classes=3)
+    module = ClassifierModule(model, strategy.config, num_classes=3, lr_scales=strategy.lr_scales())
     recorder = RecordGroups()
-    trainer, _ = build_trainer(config, tmp_path, "main", epochs=4, has_val=True, progress=False, gradual=True,
-                               extra_callbacks=[recorder])
+    trainer, _ = build_trainer(strategy.config, tmp_path, "main", epochs=4, has_val=True, progress=False,
+                               callbacks=[TrainableGroups(strategy.trainable), recorder])
     trainer.fit(module, datamodule=datamodule)
-    assert recorder.names[0] == ["head"]
-    assert recorder.names[1] == ["head", "late"]
-    assert recorder.names[2] == recorder.names[3] == ["early", "head", "late", "middle"]
-    rates = {g["name"]: g["initial_lr"] for g in trainer.optimizers[0].param_groups}
-    assert rates["early"] == 1e-4 and rates["middle"] == 1e-4 and rates["late"] == 1e-3 and rates["head"] == 1e-3
+    assert recorder.trainable[0] == ["head"] and recorder.trainable[1] == ["late", "head"]
+    assert recorder.trainable[2] == recorder.trainable[3] == ["early", "middle", "late", "head"]
+    scales = {g["name"]: g["lr_scale"] for g in trainer.optimizers[0].param_groups}
+    assert scales["early"] == scales["middle"] == pytest.approx(0.1) and scales["late"] == scales["head"] == 1.0
     groups = named_groups(model)
     snap = recorder.snapshots
     changed = lambda a, b, names: any(not torch.equal(snap[a][n], snap[b][n]) for n in names)  # noqa: E731
-    # epoch 1 (index 0) trains the head only: the backbone, BN statistics included, does not move
     backbone_state = [k for k in snap[0] if k.startswith("backbone.")]
-    assert changed(0, 1, groups["head"]) and not changed(0, 1, backbone_state)
-    # epoch 2: late joins, early and middle stay
+    assert changed(0, 1, groups["head"]) and not changed(0, 1, backbone_state)  # BN statistics included
     late_modules = {n.rsplit(".", 1)[0] for n in groups["late"]}
-    late_state = [k for k in snap[1] if k.rsplit(".", 1)[0] in late_modules]
-    early_state = [k for k in snap[1] if k.rsplit(".", 1)[0] in {n.rsplit(".", 1)[0] for n in groups["early"]}]
-    assert changed(1, 2, late_state) and not changed(1, 2, early_state)
+    early_modules = {n.rsplit(".", 1)[0] for n in groups["early"]}
+    assert changed(1, 2, [k for k in snap[1] if k.rsplit(".", 1)[0] in late_modules])
+    assert not changed(1, 2, [k for k in snap[1] if k.rsplit(".", 1)[0] in early_modules])
     assert changed(2, 3, groups["early"])
 
 
@@ -201,15 +285,6 @@ def test_cached_features_equal_live_features():
     cached = extract_features(model, images, np.arange(10), batch_size=4, progress=False)
     with torch.no_grad():
         live = model.features(torch.from_numpy(images.array).permute(0, 3, 1, 2))
-    assert torch.allclose(cached, live, atol=1e-5)
-    logits = model.head(cached)
-    with torch.no_grad():
-        assert torch.allclose(logits, model(torch.from_numpy(images.array).permute(0, 3, 1, 2)), atol=1e-5)
-
-
-def test_learning_rate_factor_is_continuous_through_warmup():
-    schedule = load_config().schedule
-    values = [lr_factor(schedule, s, 10, 100) for s in range(100)]
-    assert max(abs(b - a) for a, b in zip(values, values[1:])) < 0.1
-    assert values[10] == pytest.approx(1.0) and values[-1] > schedule.min_lr_ratio
-    assert math.isclose(min(values[10:]), values[-1])
+        assert torch.allclose(cached, live, atol=1e-5)
+        assert torch.allclose(model.head(cached), model(torch.from_numpy(images.array).permute(0, 3, 1, 2)),
+                              atol=1e-5)

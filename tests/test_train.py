@@ -125,7 +125,7 @@ def test_resume_after_a_crash_reaches_the_same_weights(color_folder, tmp_path, s
 
 
 def test_imbalanced_data_gets_class_weights_from_the_training_split(tmp_path):
-    from transferlab.pipeline import imbalance_weights
+    from transferlab.fit import imbalance_weights
 
     config = load_config()
     labels = np.array([0] * 30 + [1] * 5 + [2] * 10)
@@ -227,11 +227,11 @@ def test_a_winning_warmup_stage_keeps_the_backbone_it_was_trained_on(color_folde
                          "optim.lr=3.0", "train.monitor=val_loss", "augment.preset=none")
     run = run_training(str(color_folder), config, out=tmp_path / "run", progress=False)
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["strategy"]["stages"]["selected"]["stage"] == "warmup"
+    assert metrics["strategy"]["selected"]["stage"] == "warmup"
     torch.manual_seed(config.seed)
     original = create_backbone("test_efficientnet", pretrained=False, img_size=32).state_dict()
     kept = final_weights(run)
     for name, value in original.items():
         assert torch.equal(kept[f"backbone.{name}"], value), name
     val = metrics["val"]["log_loss"]
-    assert val == pytest.approx(metrics["strategy"]["stages"]["selected"]["scores"]["warmup"], rel=0.05)
+    assert val == pytest.approx(metrics["strategy"]["selected"]["scores"]["warmup"], rel=0.05)

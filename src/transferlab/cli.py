@@ -20,6 +20,7 @@ from transferlab import __version__
 from transferlab.config import Config, load_config, merge
 from transferlab.data.sources import check_spec
 from transferlab.errors import TransferlabError
+from transferlab.strategies import strategy_names
 
 EXAMPLES = {
     "inspect": """examples:
@@ -241,7 +242,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
 def add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", metavar="FILE", help="local .pth / .safetensors backbone weights")
     parser.add_argument("--no-pretrained", action="store_true", help="train from scratch (a baseline)")
-    parser.add_argument("--strategy", choices=["auto", "feature-extraction", "fine-tune", "gradual"],
+    parser.add_argument("--strategy", choices=["auto", *strategy_names()],
                         help="how to adapt the backbone (default auto)")
     parser.add_argument("--epochs", type=POSITIVE_INT,
                         help="epochs (default: 30 feature-extraction, 10 fine-tune, 20 gradual)")

@@ -104,7 +104,7 @@ class AutoConfig:
 class StrategyConfig:
     """How the pretrained network is adapted (see strategies.py)."""
 
-    name: Literal["auto", "feature-extraction", "fine-tune", "gradual"] = "auto"
+    name: str = "auto"  # auto, or a strategy of strategies/ (feature-extraction, fine-tune, gradual, linear-probe, ...)
     # learning rate of each layer group = optim.lr x its multiplier (fine-tune and gradual)
     lr_mult: dict[str, float] = field(
         default_factory=lambda: {"early": 0.01, "middle": 0.1, "late": 1.0, "head": 1.0})

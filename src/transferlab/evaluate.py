@@ -1,11 +1,12 @@
-"""Honest evaluation: aggregate metrics over folds (mean, std, 95% CI), and score a trained run
-on another labelled set (`transferlab evaluate`)."""
+"""Honest evaluation: score a fitted model on its held-out parts, aggregate metrics over folds
+(mean, std, 95% CI), and score a trained run on another labelled set (`transferlab evaluate`)."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,51 @@ from transferlab.errors import DataError
 from transferlab.metrics import compute_metrics, scalar_metrics, write_predictions
 from transferlab.run import check_out_dir, load_model, new_run_dir, write_json
 from transferlab.train import predict_proba
+
+
+@dataclass
+class Predictions:
+    """Per image of the scored parts: its path, true label, class probabilities, part, index."""
+
+    paths: list[str] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    probs: list[np.ndarray] = field(default_factory=list)
+    part: list[str] = field(default_factory=list)
+    index: list[int] = field(default_factory=list)
+
+    def of(self, part: str) -> tuple[np.ndarray, np.ndarray]:
+        """(dataset indices, probabilities) of one part."""
+        rows = np.array([k for k, name in enumerate(self.part) if name == part], dtype=np.int64)
+        return np.array(self.index, dtype=np.int64)[rows], self.matrix()[rows]
+
+    def matrix(self) -> np.ndarray:
+        return np.concatenate(self.probs) if self.probs else np.zeros((0, 0))
+
+    def write(self, path: Path, classes: list[str], column: str = "split") -> None:
+        write_predictions(path, self.paths, np.array(self.labels), self.matrix(), classes,
+                          extra={column: self.part} if column != "index" else {"index": self.index})
+
+
+def evaluate_parts(result, parts=("val", "test")) -> tuple[dict, dict, Predictions]:
+    """Every metric, the ROC / calibration curves and the predictions of each non-empty part of a
+    fit (`FitResult`), by the model it kept."""
+    job = result.job
+    dataset = job.dataset
+    metrics, curves, rows = {}, {}, Predictions()
+    for part in parts:
+        idx = job.indices.get(part, np.zeros(0, dtype=np.int64))
+        if len(idx) == 0:
+            continue
+        probs = result.probabilities(part)
+        scored = compute_metrics(dataset.labels[idx], probs, dataset.classes)
+        curves[part] = {"roc": scored.pop("roc_curves"), "calibration": scored.pop("calibration")}
+        metrics[part] = scored
+        rows.paths += [dataset.paths[i] for i in idx]
+        rows.labels += [int(v) for v in dataset.labels[idx]]
+        rows.probs.append(probs)
+        rows.part += [part] * len(idx)
+        rows.index += [int(i) for i in idx]
+    return metrics, curves, rows
 
 
 def t_quantile(df: int, q: float = 0.975) -> float:

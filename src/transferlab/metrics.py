@@ -25,22 +25,8 @@ def clean(value) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, bins: int = ECE_BINS) -> float:
-    """ECE (Guo et al., 2017): |accuracy - confidence| per equal-width confidence bin, weighted by bin size."""
-    confidence = probs.max(axis=1)
-    correct = (probs.argmax(axis=1) == y_true).astype(float)
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
-    ece = 0.0
-    for b in range(bins):
-        members = which == b
-        if members.any():
-            ece += members.mean() * abs(correct[members].mean() - confidence[members].mean())
-    return float(ece)
-
-
 def calibration_curve(y_true: np.ndarray, probs: np.ndarray, bins: int = ECE_BINS) -> dict:
-    """Per confidence bin: mean confidence, accuracy and count (for the reliability plot)."""
+    """Per equal-width confidence bin: mean confidence, accuracy and count (the reliability plot)."""
     confidence = probs.max(axis=1)
     correct = (probs.argmax(axis=1) == y_true).astype(float)
     edges = np.linspace(0.0, 1.0, bins + 1)
@@ -53,6 +39,36 @@ def calibration_curve(y_true: np.ndarray, probs: np.ndarray, bins: int = ECE_BIN
             out["accuracy"].append(float(correct[members].mean()))
             out["count"].append(int(members.sum()))
     return out
+
+
+def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, bins: int = ECE_BINS) -> float:
+    """ECE (Guo et al., 2017): |accuracy - confidence| per confidence bin, weighted by bin size."""
+    curve = calibration_curve(y_true, probs, bins)
+    total = max(1, sum(curve["count"]))
+    return float(sum(n / total * abs(a - c) for c, a, n in zip(curve["confidence"], curve["accuracy"],
+                                                                curve["count"])))
+
+
+# The monitored validation metrics (checkpoint choice, early stopping, stage selection) and
+# which way is better for each.
+MONITOR_MODE = {"val_loss": "min", "val_accuracy": "max", "val_balanced_accuracy": "max", "val_f1_macro": "max"}
+
+
+def monitored_values(y_true: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    """The MONITOR_MODE metrics of validation probabilities (N, K)."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    pred = probs.argmax(axis=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return {"val_loss": float(-np.log(np.clip(probs[np.arange(len(y_true)), y_true], 1e-12, 1.0)).mean()),
+                "val_accuracy": float((pred == y_true).mean()),
+                "val_balanced_accuracy": float(skm.balanced_accuracy_score(y_true, pred)),
+                "val_f1_macro": float(skm.f1_score(y_true, pred, average="macro", zero_division=0))}
+
+
+def better(monitor: str, a: float, b: float) -> bool:
+    """Whether score `a` beats `b` on `monitor`."""
+    return a < b if MONITOR_MODE[monitor] == "min" else a > b
 
 
 def compute_metrics(y_true, probs, classes: list[str], *, curves: bool = True) -> dict:
@@ -147,6 +163,13 @@ def compute_metrics(y_true, probs, classes: list[str], *, curves: bool = True) -
     return out
 
 
+# Every scalar metric people read, in the order they are shown, with its label (CLI summaries,
+# the CV table and the report all take theirs from here).
+LABELS = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "top3_accuracy": "top-3 accuracy",
+          "top5_accuracy": "top-5 accuracy", "precision_macro": "macro precision", "recall_macro": "macro recall",
+          "f1_macro": "macro F1", "f1_weighted": "weighted F1", "roc_auc": "AUC-ROC",
+          "roc_auc_ovr_macro": "AUC-ROC (OvR)", "roc_auc_ovr_weighted": "AUC-ROC (OvR, weighted)",
+          "log_loss": "log loss", "ece": "calibration error"}
 HEADLINE = ("accuracy", "balanced_accuracy", "f1_macro", "roc_auc", "roc_auc_ovr_macro", "log_loss", "ece")
 
 

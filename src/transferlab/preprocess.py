@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from PIL import Image
 
 from transferlab.config import Config
@@ -77,12 +76,25 @@ def resize_spec(config: Config) -> ResizeSpec:
     )
 
 
+def crop_box(width: int, height: int, spec: ResizeSpec) -> tuple[int, int, int]:
+    """(left, top, side) of the centred square `crop` keeps of a width x height picture."""
+    side = max(1, round(min(width, height) * spec.crop_pct))
+    return (width - side) // 2, (height - side) // 2, side
+
+
+def pad_box(width: int, height: int, size: int) -> tuple[int, int, int, int]:
+    """(left, top, width, height) of a width x height picture letterboxed into a size x size square."""
+    scale = size / max(width, height)
+    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+    return (size - new_w) // 2, (size - new_h) // 2, new_w, new_h
+
+
 def resize_image(image: Image.Image, spec: ResizeSpec) -> np.ndarray:
     """An RGB PIL image resized to `spec.size` square as uint8 (H, W, 3).
 
     stretch: both sides to size (aspect ratio changes). crop: the centred square of side
-    `crop_pct * shorter side`, resized to size. pad: the longer side
-    to size, the rest filled with `pad_fill` (letterbox).
+    `crop_pct * shorter side`, resized to size. pad: the longer side to size, the rest filled
+    with `pad_fill` (letterbox).
     """
     resample = RESAMPLE[spec.interpolation]
     size = spec.size
@@ -90,17 +102,34 @@ def resize_image(image: Image.Image, spec: ResizeSpec) -> np.ndarray:
     if spec.mode == "stretch":
         out = image.resize((size, size), resample)
     elif spec.mode == "crop":
-        side = max(1, round(min(width, height) * spec.crop_pct))
-        left, top = (width - side) // 2, (height - side) // 2
+        left, top, side = crop_box(width, height, spec)
         out = image.crop((left, top, left + side, top + side)).resize((size, size), resample)
     elif spec.mode == "pad":
-        scale = size / max(width, height)
-        new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+        left, top, new_w, new_h = pad_box(width, height, size)
         out = Image.new("RGB", (size, size), spec.pad_fill)
-        out.paste(image.resize((new_w, new_h), resample), ((size - new_w) // 2, (size - new_h) // 2))
+        out.paste(image.resize((new_w, new_h), resample), (left, top))
     else:  # the config type check keeps other values out
         raise AssertionError(spec.mode)
     return np.asarray(out, dtype=np.uint8)
+
+
+def to_original(values: np.ndarray, original_size: tuple[int, int], spec: ResizeSpec) -> np.ndarray:
+    """The inverse of `resize_image` for a map over the model's input (a CAM): laid back onto the
+    original picture (width, height). stretch resizes back; crop places it on the square it came
+    from (outside it the model saw nothing: 0); pad drops the bars."""
+    width, height = original_size
+    picture = Image.fromarray(values.astype(np.float32), mode="F")
+    if spec.mode == "stretch":
+        return np.asarray(picture.resize((width, height), Image.Resampling.BILINEAR))
+    if spec.mode == "crop":
+        left, top, side = crop_box(width, height, spec)
+        out = np.zeros((height, width), np.float32)
+        out[top : top + side, left : left + side] = np.asarray(picture.resize((side, side),
+                                                                              Image.Resampling.BILINEAR))
+        return out
+    left, top, new_w, new_h = pad_box(width, height, values.shape[0])
+    inner = picture.crop((left, top, left + new_w, top + new_h))
+    return np.asarray(inner.resize((width, height), Image.Resampling.BILINEAR))
 
 
 def channel_stats(images, indices: np.ndarray | None = None, chunk: int = 256) -> tuple[tuple, tuple]:
@@ -127,17 +156,12 @@ def channel_stats(images, indices: np.ndarray | None = None, chunk: int = 256) -
 
 @dataclass(frozen=True)
 class Normalizer:
-    """uint8 (…, 3, H, W) tensor -> float32 normalized tensor. Picklable for DataLoader workers."""
+    """The mean and std (in [0, 1] units) the classifier normalizes its uint8 input with, and how
+    they were chosen; `Classifier.normalize` applies them."""
 
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     method: str
-
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        x = image.float().div_(255.0) if image.dtype == torch.uint8 else image.float()
-        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(3, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(3, 1, 1)
-        return (x - mean) / std
 
     def to_dict(self) -> dict:
         return {"method": self.method, "mean": list(self.mean), "std": list(self.std)}

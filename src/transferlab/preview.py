@@ -3,12 +3,13 @@ and a row of MixUp / CutMix pairs with the label weights written under each."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from transferlab.augment import BatchMix, ResolvedAugment, build_train_transform, resolve_augment
+from transferlab.augment import ResolvedAugment, build_batch_mix, build_train_transform, resolve_augment
 from transferlab.config import AugmentConfig
 from transferlab.figures import save, subplots
 
@@ -36,9 +37,8 @@ def mixed_pairs(images: np.ndarray, labels: list[str], augment: ResolvedAugment,
     """`n` MixUp / CutMix results of pairs of `images`, each with its caption of label weights."""
     classes = sorted(set(labels))
     index = torch.tensor([classes.index(label) for label in labels])
-    mixer = BatchMix(len(classes), augment.mixup_alpha, augment.cutmix_alpha, prob=1.0,
-                     switch_prob=augment.switch_prob)
-    batch = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+    mixer = build_batch_mix(dataclasses.replace(augment, mix_prob=1.0), len(classes))
+    batch = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     out = []

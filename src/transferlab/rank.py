@@ -8,16 +8,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from transferlab.config import Config
 from transferlab.console import info, warn
 from transferlab.data import load_dataset
 from transferlab.errors import ConfigError, TransferlabError
-from transferlab.features import extract_features
-from transferlab.models.backbone import Classifier, create_backbone
-from transferlab.preprocess import backbone_defaults, build_normalizer
-from transferlab.transferability import leep, logme
+from transferlab.models.backbone import ModelError, WeightsError
+from transferlab.preprocess import backbone_defaults
 
 
 def parse_models(text: str) -> list[tuple[str, str | None]]:
@@ -34,8 +31,10 @@ def parse_models(text: str) -> list[tuple[str, str | None]]:
 
 
 def score_model(data: str, config: Config, name: str, weights: str | None, *, progress: bool) -> dict:
-    """LogME (and LEEP) of one backbone on DATA, with the time it took."""
-    from transferlab.pipeline import imagenet_head
+    """LogME (and LEEP) of one backbone on DATA, with the time it took: the same measurement
+    `auto` makes, on the same feature cache as training."""
+    from transferlab.fit import FitJob
+    from transferlab.strategies.auto import measure
 
     started = time.perf_counter()
     model = dataclasses.replace(config.model, name=name, weights=weights)
@@ -43,42 +42,27 @@ def score_model(data: str, config: Config, name: str, weights: str | None, *, pr
     cfg = dataclasses.replace(config, model=model, preprocess=dataclasses.replace(config.preprocess, size=size))
     dataset = load_dataset(data, cfg, progress=progress)
     dataset.require_classes()
-    if cfg.preprocess.normalize == "zscore":
-        from transferlab.preprocess import channel_stats
-
-        normalizer = build_normalizer(cfg, channel_stats(dataset.images))
-    else:
-        normalizer = build_normalizer(cfg)
-    torch.manual_seed(cfg.seed)  # without pretrained weights the random init is the seed's
-    backbone = create_backbone(name, pretrained=cfg.model.pretrained, weights=weights, img_size=size)
-    classifier = Classifier(backbone, len(dataset.classes), normalizer.mean, normalizer.std).eval()
-    features = extract_features(classifier, dataset.images, np.arange(len(dataset)),
-                                batch_size=cfg.train.eval_batch_size, progress=progress,
-                                label=f"Features of {name}").numpy()
-    result = {"model": name, "weights": weights or ("pretrained" if cfg.model.pretrained else "random"),
-              "size": size, "images": len(dataset), "features": int(features.shape[1]),
-              "logme": logme(features, dataset.labels), "leep": None}
-    head = imagenet_head(cfg)
-    if head is not None:
-        with torch.no_grad():
-            result["leep"] = leep(head(torch.from_numpy(features)).softmax(dim=1).numpy(), dataset.labels)
-    result["seconds"] = round(time.perf_counter() - started, 2)
-    return result
+    every = np.arange(len(dataset))
+    job = FitJob(dataset, {"train": every, "val": every[:0], "test": every[:0]}, cfg, None, progress=progress)
+    features, labels, logme_score, leep_score = measure(job)
+    return {"model": name, "weights": weights or ("pretrained" if cfg.model.pretrained else "random"),
+            "size": size, "images": int(len(labels)), "features": int(features.shape[1]), "logme": logme_score,
+            "leep": leep_score, "seconds": round(time.perf_counter() - started, 2)}
 
 
 def rank_models(data: str, models: list[tuple[str, str | None]], config: Config, *, progress: bool = True) -> dict:
-    """Every model's scores, best LogME first; a model that cannot be loaded is listed with why."""
+    """Every model's scores, best LogME first; a model that cannot be had (unknown name, weights
+    out of reach or unfit) is listed as unavailable with why; a problem with the data stops all."""
     scored, failed = [], []
     for name, weights in models:
         try:
             scored.append(score_model(data, config, name, weights, progress=progress))
-            if progress:
-                info(f"{name}: LogME {scored[-1]['logme']:.3f} in {scored[-1]['seconds']:.1f} s")
-        except TransferlabError as exc:
-            if "data source" in str(exc) or "class" in str(exc):
-                raise
+        except (ModelError, WeightsError) as exc:
             warn(f"{name}: {exc}")
             failed.append({"model": name, "weights": weights, "error": str(exc)})
+            continue
+        if progress:
+            info(f"{name}: LogME {scored[-1]['logme']:.3f} in {scored[-1]['seconds']:.1f} s")
     if not scored:
         raise TransferlabError("no model could be scored: " + "; ".join(f"{f['model']}: {f['error']}" for f in failed))
     scored.sort(key=lambda r: (-r["logme"], r["model"]))

@@ -334,3 +334,23 @@ def resume_config(run_dir: Path, state: dict, overrides: list[str] | tuple = ())
         config = apply_override(config, item, origin="--resume")
         info(f"resume: {item} honoured (it does not change results)")
     return config
+
+
+def start_run(stack, out, data: str, label: str, config, state: dict, state_name: str = "state.json") -> Path:
+    """A new run directory, locked, holding config.yaml and its state from the first moment (so a
+    run stopped at any point resumes)."""
+    run_dir = new_run_dir(out, data, label)
+    stack.enter_context(RunLock(run_dir))
+    save_run_config(run_dir, config, state, state_name)
+    return run_dir
+
+
+def reopen_run(stack, resume, overrides=(), state_name: str = "state.json"):
+    """(run directory, state, config) of a run to resume, locked; a finished run is refused."""
+    run_dir = Path(resume)
+    stack.enter_context(RunLock(run_dir))
+    state = read_json(run_dir / state_name)
+    if state.get("stage") == "done" or state.get("finished"):
+        results = "cv_metrics.json" if state_name == "cv_state.json" else "metrics.json"
+        raise RunError(f"{run_dir} already finished: its results are in {run_dir / results}")
+    return run_dir, state, resume_config(run_dir, state, overrides)

@@ -62,8 +62,10 @@ class ImageDataset:
                 f"at least {minimum}; add a folder per class"
             )
 
-    def summary(self) -> dict:
-        """Health and statistics of the set, as written to dataset.json and shown by inspect."""
+    def summary(self, parts: dict[str, np.ndarray] | None = None, normalization: dict | None = None) -> dict:
+        """Health and statistics of the set (what inspect shows); with the `parts` of a run (splits
+        or folds), what dataset.json records: counts per part, the normalization, and a check that
+        no duplicate group straddles two parts."""
         counts = self.counts
         present = [n for n in counts.values() if n]
         widths = np.array([r["width"] for r in self.records]) if self.records else np.zeros(0)
@@ -95,6 +97,15 @@ class ImageDataset:
         if len(self):
             mean, std = channel_stats(self.images)
             summary["channel_mean"], summary["channel_std"] = mean, std
+        if normalization is not None:
+            summary["normalization"] = normalization
+        if parts is not None:
+            summary["split_counts"] = {name: dict(zip(self.classes, map(int, np.bincount(
+                self.labels[idx], minlength=len(self.classes))))) for name, idx in parts.items()}
+            home: dict[int, str] = {}
+            straddling = {g for name, idx in parts.items() for g in self.groups[idx].tolist()
+                          if home.setdefault(g, name) != name}
+            summary["duplicates_across_splits"] = len(straddling)
         return summary
 
 
@@ -170,13 +181,9 @@ def subset_items(items: list[Item], per_class: int, seed: int) -> list[Item]:
 
 
 def class_order(source: Source, present: set[str]) -> list[str]:
-    if source.kind == "builtin":
-        from transferlab.data.sources import FASHION_MNIST_CLASSES
-
-        known = [c for c in FASHION_MNIST_CLASSES if c in present]
-        if known:
-            return known
-        return sorted(present, key=lambda c: (len(c), c))
+    """The set's own class order when it has one (built-in sets), else alphabetical."""
+    if source.classes:
+        return [c for c in source.classes if c in present]
     return sorted(present)
 
 

@@ -8,9 +8,7 @@ with the reason, so nothing disappears silently. The user's files are only ever 
 from __future__ import annotations
 
 import csv
-import gzip
 import os
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,11 +19,7 @@ from transferlab.errors import DataError
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}
 )
-BUILTINS = ("digits", "fashion-mnist", "fashion-mnist:test")
-FASHION_MNIST_CLASSES = (
-    "T-shirt or top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)
-DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+BUILTINS = ("digits", "fashion-mnist", "fashion-mnist:test")  # data/builtins.py makes them
 DATA_HELP = "give a folder of class subfolders, a CSV manifest (path,label) or builtin:NAME (" + ", ".join(
     f"builtin:{b}" for b in BUILTINS
 ) + ")"
@@ -50,6 +44,7 @@ class Source:
     kind: str  # folder | csv | builtin
     items: list[Item]
     arrays: np.ndarray | None = None  # built-in sets: uint8 (N, H, W) aligned with items
+    classes: list[str] | None = None  # the set's own class order (built-in sets); else sorted by name
     ignored: list[dict[str, str]] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)  # listed but unusable (missing file, bad row)
     warnings: list[str] = field(default_factory=list)
@@ -78,6 +73,8 @@ def open_source(spec: str, *, group_column: str | None = None) -> Source:
     """Resolve DATA (folder, CSV manifest or `builtin:NAME`) into a `Source`."""
     kind = check_spec(spec)
     if kind == "builtin":
+        from transferlab.data.builtins import builtin_source
+
         return builtin_source(spec.removeprefix("builtin:"))
     path = Path(spec).expanduser()
     if kind == "folder":
@@ -260,88 +257,6 @@ def manifest_source(csv_path: Path, *, group_column: str | None = None) -> Sourc
     return Source(spec=str(csv_path), kind="csv", items=items, skipped=skipped)
 
 
-def builtin_source(name: str) -> Source:
-    """`digits` (scikit-learn, 8x8) or `fashion-mnist[:test]` (IDX files, 28x28)."""
-    if name == "digits":
-        from sklearn.datasets import load_digits
-
-        digits = load_digits()
-        # 0..16 ink levels -> 0..255 grey levels
-        arrays = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
-        labels = [str(int(t)) for t in digits.target]
-        items = [Item(path=f"digits/{i:04d}", label=labels[i], index=i) for i in range(len(labels))]
-        return Source(spec="builtin:digits", kind="builtin", items=items, arrays=arrays)
-    if name in ("fashion-mnist", "fashion-mnist:train", "fashion-mnist:test"):
-        split = "test" if name.endswith(":test") else "train"
-        images, targets = load_fashion_mnist(split)
-        items = [
-            Item(path=f"fashion-mnist/{split}/{i:05d}", label=FASHION_MNIST_CLASSES[int(t)], index=i)
-            for i, t in enumerate(targets)
-        ]
-        return Source(spec=f"builtin:fashion-mnist{':test' if split == 'test' else ''}", kind="builtin",
-                      items=items, arrays=images)
-    raise DataError(f"unknown built-in data set '{name}': choose one of {', '.join('builtin:' + b for b in BUILTINS)}")
-
-
-def fashion_mnist_dirs() -> list[Path]:
-    """Folders searched for Fashion-MNIST IDX files, in order."""
-    dirs = []
-    if os.environ.get("TRANSFERLAB_DATA"):
-        env = Path(os.environ["TRANSFERLAB_DATA"]).expanduser()
-        dirs += [env, env / "fashion-mnist", env / "FashionMNIST" / "raw"]
-    dirs += [DEBIAN_FASHION_MNIST, cache_root() / "datasets" / "FashionMNIST" / "raw"]
-    return dirs
-
-
 def cache_root() -> Path:
     """Where transferlab keeps caches and downloads: $TRANSFERLAB_CACHE or ~/.cache/transferlab."""
     return Path(os.environ.get("TRANSFERLAB_CACHE") or Path.home() / ".cache" / "transferlab").expanduser()
-
-
-def load_fashion_mnist(split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Images (N, 28, 28) uint8 and labels of the official train or test split."""
-    prefix = "train" if split == "train" else "t10k"
-    for folder in fashion_mnist_dirs():
-        image_file = find_idx(folder, f"{prefix}-images-idx3-ubyte")
-        label_file = find_idx(folder, f"{prefix}-labels-idx1-ubyte")
-        if image_file and label_file:
-            return read_idx(image_file), read_idx(label_file)
-    try:
-        from torchvision.datasets import FashionMNIST
-
-        FashionMNIST(str(cache_root() / "datasets"), train=split == "train", download=True)
-    except Exception as exc:  # offline, or the mirror is down
-        searched = ", ".join(str(d) for d in fashion_mnist_dirs())
-        raise DataError(
-            f"Fashion-MNIST not found (searched {searched}) and the download failed ({type(exc).__name__}): "
-            "run `apt-get install dataset-fashion-mnist`, or set TRANSFERLAB_DATA to a folder with the IDX files"
-        ) from None
-    return load_fashion_mnist(split)
-
-
-def fashion_mnist_or_digits() -> tuple[str, str | None]:
-    """builtin:fashion-mnist when its files can be had, else builtin:digits and a line saying why."""
-    try:
-        load_fashion_mnist("train")
-        return "builtin:fashion-mnist", None
-    except DataError as exc:
-        return "builtin:digits", f"{exc}; using builtin:digits instead"
-
-
-def find_idx(folder: Path, stem: str) -> Path | None:
-    for candidate in (folder / stem, folder / f"{stem}.gz"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file (optionally gzipped) of unsigned bytes, as in the MNIST family."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        data = handle.read()
-    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
-    if zero != 0 or dtype_code != 0x08:
-        raise DataError(f"{path} is not an IDX file of unsigned bytes: replace it with the original download")
-    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape).copy()

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from transferlab.interpret.cam import METHODS, ExplainError, cam_to_original, compute_cams, find_target_layer, overlay
+from transferlab.interpret.cam import METHODS, ExplainError, compute_cams, find_target_layer, overlay
 from transferlab.interpret.maps import attention_maps, attention_rollout, feature_maps, token_attention
+from transferlab.preprocess import to_original
 
 ALL_METHODS = (*METHODS, "featuremaps", "attention")
 MAX_SIDE = 768  # overlays of huge photos are drawn at most this large
@@ -101,7 +102,7 @@ def explain(run: str | Path, files: list[str | Path], *, method: str = "gradcam"
                               target_classes=None if target is None else [target] * len(inputs))
         for i, name in enumerate(names):
             height, width = originals[i].shape[:2]
-            blended = overlay(originals[i], cam_to_original(result["cams"][i], (width, height), spec),
+            blended = overlay(originals[i], to_original(result["cams"][i], (width, height), spec),
                               colormap=colormap, alpha=alpha)
             title = cam_title(method, result, i, classes)
             jobs.append((f"{name}-{method.replace('+', 'p')}.png",

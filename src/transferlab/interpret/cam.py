@@ -139,27 +139,3 @@ def overlay(image: np.ndarray, cam: np.ndarray, *, colormap: str = "jet", alpha:
     heat = matplotlib.colormaps[colormap](np.clip(cam, 0, 1))[..., :3] * 255.0
     blended = (1 - alpha) * image.astype(np.float32) + alpha * heat
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
-
-
-def cam_to_original(cam: np.ndarray, original_size: tuple[int, int], spec) -> np.ndarray:
-    """Map a CAM over the model's input back onto the original picture (width, height), inverting
-    the resize mode: stretch resizes back, crop places the map on the centre square it came from
-    (outside it the model saw nothing: 0), pad drops the bars."""
-    from PIL import Image
-
-    width, height = original_size
-    size = cam.shape[0]
-    picture = Image.fromarray(cam.astype(np.float32), mode="F")
-    if spec.mode == "stretch":
-        return np.asarray(picture.resize((width, height), Image.Resampling.BILINEAR))
-    if spec.mode == "crop":
-        side = max(1, round(min(width, height) * spec.crop_pct))
-        left, top = (width - side) // 2, (height - side) // 2
-        out = np.zeros((height, width), np.float32)
-        out[top : top + side, left : left + side] = np.asarray(picture.resize((side, side), Image.Resampling.BILINEAR))
-        return out
-    scale = size / max(width, height)
-    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
-    left, top = (size - new_w) // 2, (size - new_h) // 2
-    inner = picture.crop((left, top, left + new_w, top + new_h))
-    return np.asarray(inner.resize((width, height), Image.Resampling.BILINEAR))

@@ -25,6 +25,10 @@ class WeightsError(TransferlabError):
     """Weights that cannot be loaded: missing, unsafe, or not for this architecture."""
 
 
+class ModelError(ConfigError):
+    """A model name timm does not know, or a pretrained tag it does not have."""
+
+
 class Classifier(nn.Module):
     """Normalize -> backbone (pooled features) -> dropout -> linear."""
 
@@ -47,6 +51,20 @@ class Classifier(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(images))
 
+    def group_matcher(self, coarse: bool = False):
+        """Layer index of each parameter, input to output, the head last: what timm's layer-decay
+        helper scales by (the backbone's own order from its group_matcher)."""
+        from transferlab.models.groups import ordinal_groups
+
+        layers = {f"backbone.{name}": k for k, group in enumerate(ordinal_groups(self.backbone)) for name in group}
+        top = len(set(layers.values()))
+        return lambda name: layers.get(name, top)
+
+    def no_weight_decay(self) -> set[str]:
+        """The backbone's own no-weight-decay parameters (timm: tokens, position embeddings)."""
+        method = getattr(self.backbone, "no_weight_decay", None)
+        return {f"backbone.{name}" for name in (method() if callable(method) else ())}
+
 
 def pretrained_cfg(name: str) -> dict:
     """timm's pretrained_cfg of `name` (`architecture` or `architecture.tag`) as a dict; an unknown
@@ -59,13 +77,13 @@ def pretrained_cfg(name: str) -> dict:
     base, _, tag = name.partition(".")
     if not timm.is_model(base):
         close = difflib.get_close_matches(base, timm.list_models(), n=3, cutoff=0.7)
-        raise ConfigError(f"unknown timm model '{name}' (--model / model.name)"
+        raise ModelError(f"unknown timm model '{name}' (--model / model.name)"
                           + (f": did you mean {', '.join(close)}?" if close else ": see timm.list_models() for names"))
     try:
         cfg = get_pretrained_cfg(name)
     except RuntimeError:
         tags = [t.partition(".")[2] for t in timm.list_pretrained(f"{base}.*")]
-        raise ConfigError(f"unknown pretrained tag '{tag}' for {base} (--model / model.name): "
+        raise ModelError(f"unknown pretrained tag '{tag}' for {base} (--model / model.name): "
                           + (f"known tags: {', '.join(tags[:12])}" if tags else f"{base} has no tagged weights; "
                              f"use --model {base}")) from None
     return cfg.to_dict() if cfg is not None else {}
@@ -157,6 +175,13 @@ def imagenet_model(name: str = BUNDLED) -> nn.Module:
         model.load_state_dict(bundled_lite0_state_dict(model))
         return model
     return timm.create_model(name, pretrained=True)
+
+
+def imagenet_head(model_config) -> nn.Module | None:
+    """The backbone's 1000-class ImageNet classifier when it is at hand offline (for LEEP), else None."""
+    if model_config.name.split(".")[0] != BUNDLED or not model_config.pretrained or model_config.weights:
+        return None
+    return imagenet_model(model_config.name).get_classifier().eval()
 
 
 def bundled_lite0_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

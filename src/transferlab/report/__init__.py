@@ -15,14 +15,14 @@ from pathlib import Path
 
 import yaml
 
+from transferlab.metrics import HEADLINE, LABELS, MONITOR_MODE
+from transferlab.record import CVRecord, RunRecord
 from transferlab.report import plots
 from transferlab.run import RunError, read_json
 
 SECTIONS = (("data", "1. Data"), ("preprocessing", "2. Preprocessing and augmentation"), ("strategy", "3. Strategy"),
             ("training", "4. Training"), ("results", "5. Results"), ("errors", "6. Errors"),
             ("reproducibility", "7. Reproducibility"))
-HEADLINE = (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"), ("f1_macro", "macro F1"),
-            ("roc_auc", "AUC-ROC"), ("roc_auc_ovr_macro", "AUC-ROC (OvR)"), ("ece", "calibration error"))
 
 
 def data_uri(path: Path) -> str:
@@ -64,6 +64,9 @@ class Run:
         self.plots = self.dir / "plots"
         self.is_cv = (self.dir / "cv_metrics.json").is_file()
         self.metrics = self._json("cv_metrics.json" if self.is_cv else "metrics.json")
+        self.record: RunRecord | CVRecord | None = None
+        if self.metrics:
+            self.record = CVRecord.from_json(self.metrics) if self.is_cv else RunRecord.from_json(self.metrics)
         self.dataset = self._json("dataset.json")
         self.curves = self._json("curves.json")
         config_path = self.dir / "config.yaml"
@@ -167,7 +170,7 @@ def best_epochs(run: Run, logs: dict) -> dict[str, int]:
     for stage, rows in logs.items():
         epochs, values = plots.epoch_series(rows, monitor)
         if len(values):
-            best[stage] = int(epochs[values.argmin() if monitor == "val_loss" else values.argmax()])
+            best[stage] = int(epochs[values.argmin() if MONITOR_MODE.get(monitor) == "min" else values.argmax()])
     return best
 
 
@@ -178,53 +181,77 @@ def training_logs(run: Run) -> dict:
     return plots.stage_logs(run.dir)
 
 
-def strategy_label(record: dict, fallback: str = "") -> str:
-    """`fine-tune`, or `auto -> fine-tune (late, head)` when the automatic choice made it."""
-    name = record.get("name") or fallback
-    if record.get("requested") == "auto" and name:
-        groups = (record.get("settings") or {}).get("strategy.train_groups")
-        return f"auto -> {name}" + (f" ({', '.join(groups)})" if groups else "")
-    return name
-
-
 def section_strategy(run: Run) -> list[dict]:
-    strategy = run.metrics.get("strategy", {})
+    record = run.record
+    if record is None:
+        return [text("missing", "no run record (metrics.json) to read the strategy from.")]
     model = run.config.get("model", {})
     optim = run.config.get("optim", {})
-    strategy_config = run.config.get("strategy", {})
     blocks = []
-    if strategy.get("reason"):
-        blocks.append(text("reason", strategy["reason"]))
-    blocks.append(table([], [
-        ["backbone", model.get("name")], ["weights", model.get("weights") or
-                                          ("pretrained" if model.get("pretrained", True) else "none (from scratch)")],
-        ["strategy", strategy_label(strategy, strategy_config.get("name", ""))],
-        ["optimizer", f"{optim.get('name')} (lr {optim.get('lr')}, weight decay {optim.get('weight_decay')})"],
-        ["schedule", run.config.get("schedule", {}).get("name")],
-        ["epochs", fmt(run.config.get("train", {}).get("epochs"))],
-    ]))
-    lr = optim.get("lr", 0) or 0
-    mult = strategy_config.get("lr_mult", {})
-    if mult and strategy_config.get("name") != "feature-extraction":
-        blocks += [text("heading", "layer groups and their peak learning rates"),
-                   table(["group", "multiplier", "peak lr"], [[g, m, f"{lr * m:.2e}"] for g, m in mult.items()], (1, 2))]
-        if strategy_config.get("name") == "gradual":
-            blocks.append(table(["from epoch", "groups join", "lr"],
-                                [[s["epoch"], ", ".join(s["groups"]), s.get("lr") or "group's own"]
-                                 for s in strategy_config.get("gradual", [])]))
-    stages = strategy.get("stages", {})
-    if stages:
-        rows = [[name, info.get("epochs_run"), fmt(info.get("best_score"), 4), "features" if info.get("features_mode")
-                 else "images"] for name, info in stages.items() if name != "selected"]
-        blocks += [text("heading", "stages"), table(["stage", "epochs run", "best monitored score", "trained on"], rows)]
-        if "selected" in stages:
-            blocks.append(text("note", f"kept: the {stages['selected']['stage']} stage, best on validation by "
-                                       f"{stages['selected']['by']}"))
+    if isinstance(record, CVRecord):
+        if record.strategy.get("reason"):
+            blocks.append(text("reason", record.strategy["reason"]))
+        blocks.append(table([], [["backbone", model.get("name")], ["strategy", record.display],
+                                 ["optimizer", f"{optim.get('name')} (weight decay {optim.get('weight_decay')})"],
+                                 ["schedule", run.config.get("schedule", {}).get("name")]]))
+        blocks += [text("heading", "what each fold trained (auto decides per fold, from its own training part)"),
+                   table(["fold", "strategy", "stages (epochs run, best validation score)"],
+                         [[f["name"], f.get("strategy", ""), stage_summary(stages)]
+                          for f, stages in zip(record.folds, record.strategy.get("settings", []))])]
+        rates = record.strategy.get("settings", [{}])[0] if record.strategy.get("settings") else {}
+        blocks += rate_blocks(rates, "fold 1")
+    else:
+        strategy = record.strategy
+        if strategy.reason:
+            blocks.append(text("reason", strategy.reason))
+        blocks.append(table([], [
+            ["backbone", model.get("name")], ["weights", model.get("weights") or
+                                              ("pretrained" if model.get("pretrained", True) else "none (from scratch)")],
+            ["strategy", strategy.display], ["what trains", strategy.summary],
+            ["optimizer", f"{optim.get('name')} (weight decay {optim.get('weight_decay')})"],
+            ["schedule", run.config.get("schedule", {}).get("name")],
+            ["class imbalance", strategy.imbalance]]))
+        blocks += rate_blocks(strategy.stages)
+        if strategy.stages:
+            blocks += [text("heading", "stages"),
+                       table(["stage", "trained", "epochs run", "base lr", "best monitored score"],
+                             [[name, "head on cached features" if info.get("kind") == "head" else "whole classifier",
+                               info.get("epochs_run"), f"{info.get('lr', 0):.2e}", fmt(info.get("score"), 4)]
+                              for name, info in strategy.stages.items()])]
+        if strategy.selected.get("stage"):
+            blocks.append(text("note", f"kept: the {strategy.selected['stage']} stage, best on validation by "
+                                       f"{strategy.selected['by']}"))
     logs = training_logs(run)
-    rates = plots.learning_rates(logs, run.plots / "learning_rates.png") if logs else None
-    blocks.append(figures(figure(rates, "learning rate of each layer group over the steps"))
-                  if rates else text("missing", "no learning-rate log was found."))
+    rates_plot = plots.learning_rates(logs, run.plots / "learning_rates.png") if logs else None
+    blocks.append(figures(figure(rates_plot, "learning rate of each layer group over the steps, as logged"))
+                  if rates_plot else text("missing", "no learning-rate log was found."))
     return blocks
+
+
+def stage_summary(stages: dict) -> str:
+    return "; ".join(f"{name} ({info.get('epochs_run')}, {fmt(info.get('score'), 4)})" for name, info in stages.items())
+
+
+def rate_blocks(stages: dict, where: str = "") -> list[dict]:
+    """The peak learning rate each layer group trained at and from which epoch, as recorded."""
+    rows = []
+    for name, info in stages.items():
+        groups = info.get("groups", {})
+        decay = groups.get("layer_decay")
+        for group, entry in groups.items():
+            if group == "layer_decay":
+                continue
+            start = entry.get("trains_from_epoch")
+            rows.append([name, group, fmt(entry.get("lr_scale")), "layer decay" if decay else
+                         f"{entry['peak_lr']:.2e}" if entry.get("peak_lr") is not None else "n/a",
+                         "never (frozen)" if start is None else f"from epoch {start}"])
+        if decay:
+            rows += [[name, f"layer group {label}", "", f"{lr:.2e}", f"layer decay {decay['factor']}"]
+                     for label, lr in decay["peak_lr"].items() if not label.endswith("/no_decay")]
+    if not rows:
+        return []
+    title = "layer groups: peak learning rates as trained" + (f" ({where})" if where else "")
+    return [text("heading", title), table(["stage", "group", "lr multiplier", "peak lr", "trains"], rows, (2, 3))]
 
 
 def section_training(run: Run) -> list[dict]:
@@ -238,10 +265,6 @@ def section_training(run: Run) -> list[dict]:
     return [figures(figure(curves, "loss and accuracy per epoch; dotted line: the best epoch")), text("note", note)]
 
 
-METRIC_ROWS = ("accuracy", "balanced_accuracy", "top3_accuracy", "top5_accuracy", "precision_macro", "recall_macro",
-               "f1_macro", "f1_weighted", "roc_auc", "roc_auc_ovr_macro", "roc_auc_ovr_weighted", "log_loss", "ece")
-
-
 def section_results(run: Run) -> list[dict]:
     what, metrics, curves = run.evaluation()
     if not metrics:
@@ -250,7 +273,7 @@ def section_results(run: Run) -> list[dict]:
     if run.is_cv:
         agg = run.metrics["aggregate"]
         rows = [[name, fmt(a["mean"]), fmt(a["std"]), f"[{fmt(a['ci95'][0])}, {fmt(a['ci95'][1])}]"
-                 if a.get("ci95") else "n/a"] for name in METRIC_ROWS if (a := agg.get(name)) and a["mean"] is not None]
+                 if a.get("ci95") else "n/a"] for name in LABELS if (a := agg.get(name)) and a["mean"] is not None]
         blocks += [text("heading", f"{run.metrics['cv']['folds']}-fold cross-validation"
                         + (f" x {run.metrics['cv']['repeats']}" if run.metrics["cv"]["repeats"] > 1 else "")),
                    table(["metric", "mean", "std", "95% CI"], rows, (1, 2, 3)),
@@ -265,7 +288,7 @@ def section_results(run: Run) -> list[dict]:
                                   "metrics per fold"))]
     else:
         splits = [s for s in ("val", "test") if s in run.metrics]
-        rows = [[name, *(fmt(run.metrics[s].get(name)) for s in splits)] for name in METRIC_ROWS
+        rows = [[name, *(fmt(run.metrics[s].get(name)) for s in splits)] for name in LABELS
                 if any(run.metrics[s].get(name) is not None for s in splits)]
         blocks.append(table(["metric", *splits], rows, tuple(range(1, 1 + len(splits)))))
     classes = list(metrics.get("per_class", {}))
@@ -294,8 +317,17 @@ def section_results(run: Run) -> list[dict]:
 
 
 def section_errors(run: Run) -> list[dict]:
-    gallery = figure(run.plots / "errors.png", "wrong predictions with the highest confidence first, then correct "
-                                               "ones; heatmap: Grad-CAM of the predicted class")
+    from transferlab.report.gallery import error_gallery, load_candidates, merge_candidates
+
+    saved = sorted(run.dir.glob("errors.npz")) + sorted(run.dir.glob("folds/*/errors.npz"))
+    part = run.record.gallery if run.record else "held-out"
+    path = None
+    if saved:
+        classes = (run.metrics.get("data") or {}).get("classes") or list(run.dataset.get("counts", {}))
+        path = error_gallery(merge_candidates([load_candidates(p) for p in saved]), classes,
+                             run.plots / "errors.png", part=part)
+    gallery = figure(path, f"wrong {part} predictions with the highest confidence first, then correct ones; "
+                           "heatmap: Grad-CAM of the predicted class")
     if gallery is None:
         return [text("missing", "no error gallery was saved with this run (it needs the model and the images "
                                 "when the run ends).")]
@@ -331,11 +363,11 @@ BUILDERS: dict[str, Callable[[Run], list[dict]]] = {
 def headline(run: Run) -> list[dict]:
     if run.is_cv:
         agg = run.metrics.get("aggregate", {})
-        return [{"value": f"{agg[k]['mean']:.3f} ± {agg[k]['std'] or 0:.3f}", "label": label + " (CV)"}
-                for k, label in HEADLINE if k in agg and agg[k]["mean"] is not None]
+        return [{"value": f"{agg[k]['mean']:.3f} ± {agg[k]['std'] or 0:.3f}", "label": LABELS[k] + " (CV)"}
+                for k in HEADLINE if k in agg and agg[k]["mean"] is not None]
     what, metrics, _ = run.evaluation()
-    return [{"value": f"{metrics[k]:.3f}", "label": f"{label} ({what})"}
-            for k, label in HEADLINE if metrics.get(k) is not None]
+    return [{"value": f"{metrics[k]:.3f}", "label": f"{LABELS[k]} ({what})"}
+            for k in HEADLINE if metrics.get(k) is not None]
 
 
 def build_report(run_dir: str | Path) -> Path:
@@ -354,7 +386,7 @@ def build_report(run_dir: str | Path) -> Path:
     env = Environment(loader=PackageLoader("transferlab.report", "."), autoescape=select_autoescape(["html", "j2"]))
     data = run.metrics.get("data", {})
     kind = "cross-validation" if run.is_cv else "training run"
-    strategy = strategy_label(run.metrics.get("strategy", {}))
+    strategy = run.record.display if run.record else ""
     html = env.get_template("template.html.j2").render(
         title=f"transferlab {kind}: {run.dir.name}",
         subtitle=f"{data.get('source', '')} · {fmt(data.get('n_images'))} images · "

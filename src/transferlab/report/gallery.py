@@ -1,6 +1,6 @@
 """Pictures that need the images or the model, drawn once when a run ends (the report reuses them):
 sample images per class, the augmentation preview, and the most confidently wrong (and some right)
-validation images with Grad-CAM overlays."""
+held-out images with Grad-CAM overlays (kept in errors.npz; the report draws them)."""
 
 from __future__ import annotations
 
@@ -97,8 +97,8 @@ def merge_candidates(parts: list[dict], *, wrong: int = 8, right: int = 4) -> di
     return {k: v[keep] for k, v in merged.items()}
 
 
-def error_gallery(candidates: dict, classes: list[str], path: Path) -> Path | None:
-    """Rows of image + Grad-CAM pairs: the confident mistakes first, then correct examples."""
+def error_gallery(candidates: dict, classes: list[str], path: Path, part: str = "validation") -> Path | None:
+    """Rows of image + Grad-CAM pairs: the confident mistakes of `part` first, then correct ones."""
     overlays = candidates.get("overlays")
     if overlays is None or len(overlays) == 0:
         return None
@@ -118,15 +118,26 @@ def error_gallery(candidates: dict, classes: list[str], path: Path) -> Path | No
                                  else "darkgreen")
         axes[r, 2 * c + 1].imshow(candidates["overlays"][k], interpolation="nearest")
         axes[r, 2 * c + 1].set_title(f"pred {pred} ({candidates['confidence'][k]:.2f})", fontsize=7)
-    fig.suptitle("most confidently wrong validation images, then correct ones (Grad-CAM of the prediction)",
+    fig.suptitle(f"most confidently wrong {part} images, then correct ones (Grad-CAM of the prediction)",
                  fontsize=9)
     save(fig, path, dpi=90)
     return path
 
 
-def save_candidates(candidates: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, **candidates)
+def save_error_examples(classifier, dataset, indices: np.ndarray, probs: np.ndarray, path: Path, *,
+                        seed: int = 0) -> None:
+    """errors.npz: the most confident mistakes (and some right answers) among `indices`, with
+    their Grad-CAM overlays, for the report's error gallery. Never fails the run."""
+    from transferlab.console import warn
+
+    if len(indices) == 0:
+        return
+    try:
+        candidates = error_candidates(classifier, dataset.images, indices, dataset.labels, probs, seed=seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(path, **candidates)
+    except Exception as exc:
+        warn(f"error examples not kept: {exc}")
 
 
 def load_candidates(path: Path) -> dict:

@@ -1,0 +1,73 @@
+"""The strategy base class: stages, the layer groups that train in each epoch, their rates."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from transferlab.config import Config
+from transferlab.errors import ConfigError
+from transferlab.models.groups import GROUP_NAMES
+
+if TYPE_CHECKING:
+    from transferlab.fit import FitJob, StageResult
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One fit of a strategy: `features` trains the head on cached features, `images` trains the
+    classifier on images (the groups of `Strategy.trainable`); any other kind is run by the
+    strategy's own `run`."""
+
+    name: str  # its checkpoints/ and logs/ folder
+    kind: str
+    epochs: int
+    find_lr: bool = True  # with train.find_lr, Lightning's LR finder picks this stage's rate
+
+
+class Strategy:
+    """Subclass, set the class attributes, say the stages; override what differs."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""  # one line: what trains (the README table and the report)
+    default_epochs: ClassVar[int] = 10
+
+    def __init__(self, config: Config):
+        epochs = config.train.epochs if config.train.epochs is not None else self.epochs_default(config)
+        #: the concrete config of this strategy (what config.yaml records and a rerun repeats)
+        self.config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=epochs),
+                                          strategy=dataclasses.replace(config.strategy, name=self.name))
+
+    def epochs_default(self, config: Config) -> int:
+        return self.default_epochs
+
+    def stages(self) -> list[Stage]:
+        raise NotImplementedError
+
+    def trainable(self, epoch: int) -> list[str]:
+        """The layer groups that train in 0-based `epoch` of an `images` stage."""
+        return list(GROUP_NAMES)
+
+    def lr_scales(self) -> dict[str, float]:
+        """Each layer group's rate as a multiple of optim.lr."""
+        return dict(self.config.strategy.lr_mult)
+
+    def label(self) -> str:
+        """The name with what makes this instance particular, e.g. `fine-tune (late, head)`."""
+        return self.name
+
+    def run(self, stage: Stage, job: FitJob) -> StageResult:
+        if stage.kind == "features":
+            return job.train_head(stage)
+        if stage.kind == "images":
+            return job.train_classifier(stage, schedule=self.trainable, scales=self.lr_scales(),
+                                        train_bn=self.config.strategy.train_bn)
+        raise NotImplementedError(f"strategy {self.name} has a stage of kind {stage.kind!r} and no run() for it")
+
+
+def check_groups(groups: Iterable[str], where: str) -> None:
+    for group in groups:
+        if group not in GROUP_NAMES:
+            raise ConfigError(f"{where}: unknown layer group '{group}' (groups: {', '.join(GROUP_NAMES)})")

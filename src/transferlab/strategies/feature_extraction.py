@@ -1,0 +1,21 @@
+"""Feature extraction: the backbone stays as it came; the new head trains on pooled features
+computed once per image (BatchNorm in eval mode) and cached on disk."""
+
+from __future__ import annotations
+
+from transferlab.strategies import register
+from transferlab.strategies.base import Stage, Strategy
+
+
+@register
+class FeatureExtraction(Strategy):
+    name = "feature-extraction"
+    summary = ("the head only, on pooled features computed once per image and cached; strategy.feature_views: K "
+               "adds K augmented views per training image")
+    default_epochs = 30
+
+    def stages(self) -> list[Stage]:
+        return [Stage("head", "features", self.config.train.epochs)]
+
+    def trainable(self, epoch: int) -> list[str]:
+        return ["head"]
