@@ -21,3 +21,29 @@ def timer():
     start = time.perf_counter()
     yield box
     box["seconds"] = time.perf_counter() - start
+
+
+def interleaved(contenders: dict, repeats: int = 3) -> dict[str, float]:
+    """Median of `repeats` runs of each contender (a function returning its measurement), run in
+    turns whose order alternates (A B, B A, A B, ...) so drift on a noisy machine hits all alike."""
+    import statistics
+
+    names = list(contenders)
+    seen: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(repeats):
+        for name in names if round_ % 2 == 0 else reversed(names):
+            seen[name].append(contenders[name]())
+    return {name: statistics.median(values) for name, values in seen.items()}
+
+
+def evict(paths) -> None:
+    """Drop files from the page cache (POSIX_FADV_DONTNEED), so a read is a read from the disk."""
+    import os
+
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)

@@ -15,16 +15,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from transferlab.interpret import explain  # noqa: E402
-from transferlab.interpret.cam import METHODS, compute_cams, overlay  # noqa: E402
-from transferlab.interpret import load_pictures  # noqa: E402
-from transferlab.preprocess import ResizeSpec  # noqa: E402
-from transferlab.run import load_model  # noqa: E402
+from transferlab.interpret import explain
+from transferlab.interpret.cam import METHODS, compute_cams, overlay
+from transferlab.interpret.explanation import load_pictures
+from transferlab.figures import subplots
+from transferlab.run import load_model
 
 OUT = Path(__file__).parent / "images"
 
@@ -32,9 +27,8 @@ OUT = Path(__file__).parent / "images"
 def cam_strip(run: str, image: str) -> None:
     model = load_model(run)
     classifier, meta = model.classifier, model.meta
-    spec = ResizeSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["resize"].items()})
-    _, inputs, _ = load_pictures([image], spec)
-    fig, axes = plt.subplots(1, len(METHODS) + 1, figsize=(2.2 * (len(METHODS) + 1), 2.6), layout="constrained")
+    _, inputs = load_pictures([image], model.spec, model.limits)
+    fig, axes = subplots(1, len(METHODS) + 1, figsize=(2.2 * (len(METHODS) + 1), 2.6), layout="constrained")
     axes[0].imshow(inputs[0])
     axes[0].set_title("image", fontsize=9)
     for ax, method in zip(axes[1:], METHODS):
@@ -46,7 +40,6 @@ def cam_strip(run: str, image: str) -> None:
     pred = meta["classes"][int(result["pred"][0])]
     fig.suptitle(f"the CAM family on the same image (predicted {pred})", fontsize=10)
     fig.savefig(OUT / "cam-methods.png", dpi=90)
-    plt.close(fig)
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from conftest import BAD_FILES
 from transferlab.cli import main
@@ -38,13 +39,16 @@ def test_user_mistakes_are_one_line_and_exit_2(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "unknown config key 'data.nope'" in err
 
 
-def test_console_script_is_installed():
-    result = subprocess.run([sys.executable, "-m", "transferlab.cli", "inspect", "/no/such/dir"],
-                            capture_output=True, text=True)
-    assert result.returncode == 2 and result.stderr.count("\n") == 1
-    help_text = subprocess.run([sys.executable, "-m", "transferlab.cli", "inspect", "--help"],
-                               capture_output=True, text=True).stdout
-    assert "examples:" in help_text and "--json" in help_text
+def test_the_installed_console_script_answers_like_the_module():
+    """What a newcomer types: the `transferlab` script pip installed (and `python -m transferlab.cli`)."""
+    script = Path(sys.executable).with_name("transferlab")
+    for command in ([str(script)], [sys.executable, "-m", "transferlab.cli"]):
+        result = subprocess.run([*command, "inspect", "/no/such/dir"], capture_output=True, text=True)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1 and "does not exist" in result.stderr
+        help_text = subprocess.run([*command, "inspect", "--help"], capture_output=True, text=True).stdout
+        assert "examples:" in help_text and "--json" in help_text
+        version = subprocess.run([*command, "--version"], capture_output=True, text=True).stdout
+        assert version.startswith("transferlab ")
 
 
 def test_preview_writes_a_grid_without_overwriting(color_folder, tmp_path, monkeypatch, capsys):

@@ -8,10 +8,23 @@ from transferlab.config import Config, dump_config, load_config
 from transferlab.errors import ConfigError
 
 
-def test_defaults_are_in_code():
+def test_a_run_without_any_file_gets_the_documented_defaults_and_records_them(tmp_path, monkeypatch):
+    """No YAML anywhere (an empty working folder): the defaults the README documents apply, and the
+    resolved config.yaml of a run spells every one of them out, so the run can be repeated."""
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
     config = load_config()
-    assert config == Config()
-    assert config.preprocess.normalize == "model" and config.data.val_fraction == 0.15
+    documented = {("data", "val_fraction"): 0.15, ("data", "test_fraction"): 0.15, ("preprocess", "normalize"): "model",
+                  ("preprocess", "resize_mode"): "crop", ("strategy", "name"): "auto", ("optim", "lr"): 1e-3,
+                  ("optim", "name"): "adamw", ("schedule", "name"): "cosine", ("train", "batch_size"): 32,
+                  ("train", "monitor"): "val_loss", ("model", "name"): "tf_efficientnet_lite0", ("cv", "folds"): 5}
+    for (section, key), value in documented.items():
+        assert getattr(getattr(config, section), key) == value, (section, key)
+    dump_config(config, tmp_path / "config.yaml")
+    written = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert all(written[section][key] == value for (section, key), value in documented.items())
+    assert set(written) == {f.name for f in __import__("dataclasses").fields(Config)}
 
 
 def test_yaml_then_set_overrides(tmp_path):

@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from sklearn import metrics as skm
 
 ECE_BINS = 15
@@ -183,6 +184,7 @@ def scalar_metrics(metrics: dict) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "n"}
 
 
+@rank_zero_only
 def write_predictions(path: str | Path, paths: list[str], y_true, probs, classes: list[str],
                       extra: dict[str, list] | None = None) -> None:
     """predictions.csv: path, label, pred, p_<class> for every class, and any extra columns."""

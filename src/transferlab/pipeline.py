@@ -45,7 +45,8 @@ def resolve_config(config: Config, data: str) -> Config:
                               size=defaults["size"] if config.preprocess.size is None else config.preprocess.size,
                               interpolation=config.preprocess.interpolation or defaults["interpolation"])
     optim = dataclasses.replace(config.optim, weight_decay=weight_decay_for(config))
-    config = dataclasses.replace(config, preprocess=pre, optim=optim, data=dataclasses.replace(config.data, source=data))
+    data_config = dataclasses.replace(config.data, source=data)
+    config = dataclasses.replace(config, preprocess=pre, optim=optim, data=data_config)
     if config.strategy.name != "auto":
         from transferlab.strategies import get_strategy
 

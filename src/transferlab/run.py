@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 
 from transferlab.data.cache import atomic_write
 from transferlab.errors import TransferlabError
@@ -41,8 +42,9 @@ def slug(text: str) -> str:
 
 
 def is_worker_process() -> bool:
-    """True in DDP processes other than rank 0 (they share rank 0's run directory)."""
-    return any(os.environ.get(k, "0") not in ("", "0") for k in ("LOCAL_RANK", "RANK", "NODE_RANK"))
+    """True in distributed processes other than the first (they share its run directory and
+    leave every write to it: the writers here are `rank_zero_only`)."""
+    return rank_zero_only.rank > 0 or os.environ.get("NODE_RANK", "0") not in ("", "0")
 
 
 def used_dir_advice(path: Path) -> str:
@@ -145,6 +147,7 @@ class RunLock:
             self.fd = None
 
 
+@rank_zero_only
 def write_json(path: str | Path, data) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -194,6 +197,7 @@ def device_for(accelerator: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+@rank_zero_only
 def save_model(directory: Path, classifier: torch.nn.Module, meta: dict) -> None:
     """model/weights.safetensors (no pickled code) and model/model.json (what rebuilds it)."""
     from safetensors.torch import save
@@ -216,7 +220,8 @@ def missing_model_advice(run: Path) -> str:
     if (run / "cv_state.json").is_file():
         return (f"{run} is a cross-validation run: it scores a way of training and keeps no single model; "
                 "train one with `transferlab train` to predict")
-    return f"{run} is not a transferlab run directory (no model/model.json): give the folder `transferlab train` printed"
+    return (f"{run} is not a transferlab run directory (no model/model.json): give the folder `transferlab train` "
+            "printed")
 
 
 @dataclasses.dataclass
@@ -290,6 +295,7 @@ SAFE_ON_RESUME = frozenset({"train.workers", "train.report", "train.eval_batch_s
                             "data.cache", "data.cache_dir", "data.memory_limit_mb", "data.disk_limit_gb"})
 
 
+@rank_zero_only
 def save_run_config(run_dir: Path, config, state: dict, state_name: str = "state.json") -> None:
     """config.yaml (for people and reruns) and the same settings in the run's state (what a resume
     checks config.yaml against), written together."""

@@ -264,7 +264,8 @@ def read_checkpoint(path: str | Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise RunError(f"checkpoint {path} holds pickled objects that could run code: refused (transferlab loads "
-                       "tensors only); delete it to restart that stage from its beginning, or start a new run") from None
+                       "tensors only); delete it to restart that stage from its beginning, or start a new run"
+                       ) from None
     except FileNotFoundError:
         raise RunError(f"checkpoint {path} is missing: start a new run") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError) as exc:

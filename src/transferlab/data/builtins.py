@@ -6,11 +6,12 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from transferlab.data.sources import BUILTINS, Item, Source, cache_root
+from transferlab.data.sources import Item, Source, cache_root
 from transferlab.errors import DataError
 
 FASHION_MNIST_CLASSES = (
@@ -19,28 +20,46 @@ FASHION_MNIST_CLASSES = (
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
-def builtin_source(name: str) -> Source:
-    """`digits` (scikit-learn, 8x8) or `fashion-mnist[:test]` (IDX files, 28x28)."""
-    if name == "digits":
-        from sklearn.datasets import load_digits
+# name -> a function making its Source; `@builtin(name)` adds one (DATA `builtin:name`)
+REGISTRY: dict[str, Callable[[], Source]] = {}
 
-        digits = load_digits()
-        # 0..16 ink levels -> 0..255 grey levels
-        arrays = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
-        labels = [str(int(t)) for t in digits.target]
-        items = [Item(path=f"digits/{i:04d}", label=labels[i], index=i) for i in range(len(labels))]
-        return Source(spec="builtin:digits", kind="builtin", items=items, arrays=arrays,
-                      classes=[str(d) for d in range(10)])
-    if name in ("fashion-mnist", "fashion-mnist:train", "fashion-mnist:test"):
-        split = "test" if name.endswith(":test") else "train"
-        images, targets = load_fashion_mnist(split)
-        items = [
-            Item(path=f"fashion-mnist/{split}/{i:05d}", label=FASHION_MNIST_CLASSES[int(t)], index=i)
-            for i, t in enumerate(targets)
-        ]
-        return Source(spec=f"builtin:fashion-mnist{':test' if split == 'test' else ''}", kind="builtin",
-                      items=items, arrays=images, classes=list(FASHION_MNIST_CLASSES))
-    raise DataError(f"unknown built-in data set '{name}': choose one of {', '.join('builtin:' + b for b in BUILTINS)}")
+
+def builtin(*names: str):
+    def add(make: Callable[[], Source]) -> Callable[[], Source]:
+        REGISTRY.update({name: make for name in names})
+        return make
+
+    return add
+
+
+def builtin_source(name: str) -> Source:
+    if name not in REGISTRY:
+        raise DataError(f"unknown built-in data set '{name}': choose one of "
+                        f"{', '.join('builtin:' + b for b in REGISTRY)}")
+    return REGISTRY[name]() if name != "fashion-mnist:test" else fashion_mnist("test")
+
+
+@builtin("digits")
+def digits() -> Source:
+    """scikit-learn's 1,797 8x8 digits, always offline."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    arrays = np.rint(data.images * (255.0 / 16.0)).astype(np.uint8)  # 0..16 ink levels -> 0..255 grey levels
+    labels = [str(int(t)) for t in data.target]
+    items = [Item(path=f"digits/{i:04d}", label=labels[i], index=i) for i in range(len(labels))]
+    return Source(spec="builtin:digits", kind="builtin", items=items, arrays=arrays,
+                  classes=[str(d) for d in range(10)])
+
+
+@builtin("fashion-mnist", "fashion-mnist:train", "fashion-mnist:test")
+def fashion_mnist(split: str = "train") -> Source:
+    """The official Fashion-MNIST train (60,000) or test (10,000) split, 28x28 grey."""
+    images, targets = load_fashion_mnist(split)
+    items = [Item(path=f"fashion-mnist/{split}/{i:05d}", label=FASHION_MNIST_CLASSES[int(t)], index=i)
+             for i, t in enumerate(targets)]
+    return Source(spec=f"builtin:fashion-mnist{':test' if split == 'test' else ''}", kind="builtin",
+                  items=items, arrays=images, classes=list(FASHION_MNIST_CLASSES))
 
 
 def fashion_mnist_dirs() -> list[Path]:

@@ -19,10 +19,18 @@ from transferlab.errors import DataError
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}
 )
-BUILTINS = ("digits", "fashion-mnist", "fashion-mnist:test")  # data/builtins.py makes them
-DATA_HELP = "give a folder of class subfolders, a CSV manifest (path,label) or builtin:NAME (" + ", ".join(
-    f"builtin:{b}" for b in BUILTINS
-) + ")"
+
+
+def builtin_names() -> list[str]:
+    """The built-in sets (data/builtins.py registers them)."""
+    from transferlab.data.builtins import REGISTRY
+
+    return [name for name in REGISTRY if not name.endswith(":train")]
+
+
+def data_help() -> str:
+    return ("give a folder of class subfolders, a CSV manifest (path,label) or builtin:NAME ("
+            + ", ".join(f"builtin:{b}" for b in builtin_names()) + ")")
 
 
 @dataclass(frozen=True)
@@ -55,9 +63,11 @@ def check_spec(spec: str) -> str:
     """The kind of DATA `spec` (folder, csv, builtin), or a clear error; lists nothing."""
     if spec.startswith("builtin:"):
         name = spec.removeprefix("builtin:")
-        if name not in BUILTINS and name != "fashion-mnist:train":
+        from transferlab.data.builtins import REGISTRY
+
+        if name not in REGISTRY:
             raise DataError(f"unknown built-in data set '{name}': choose one of "
-                            f"{', '.join('builtin:' + b for b in BUILTINS)}")
+                            f"{', '.join('builtin:' + b for b in builtin_names())}")
         return "builtin"
     path = Path(spec).expanduser()
     if path.is_dir():
@@ -65,8 +75,8 @@ def check_spec(spec: str) -> str:
     if path.is_file() and path.suffix.lower() in {".csv", ".tsv"}:
         return "csv"
     if path.exists():
-        raise DataError(f"data source {spec} is a file but not a CSV manifest: {DATA_HELP}")
-    raise DataError(f"data source {spec} does not exist: {DATA_HELP}")
+        raise DataError(f"data source {spec} is a file but not a CSV manifest: {data_help()}")
+    raise DataError(f"data source {spec} does not exist: {data_help()}")
 
 
 def open_source(spec: str, *, group_column: str | None = None) -> Source:
@@ -128,7 +138,8 @@ class FolderWalk:
         already read is listed as ignored)."""
         real = os.path.realpath(path)
         if not inside(real, self.root):
-            self.ignored.append({"path": self.rel(path), "reason": f"symlink to a folder outside DATA ({display_name(real)}): "
+            self.ignored.append({"path": self.rel(path), "reason": "symlink to a folder outside DATA "
+                                 f"({display_name(real)}): "
                                  "not followed; pass that folder as DATA or copy its images in"})
             return False
         if real in self.seen_dirs:
@@ -245,7 +256,8 @@ def manifest_source(csv_path: Path, *, group_column: str | None = None) -> Sourc
         if not raw_path and not label:
             continue
         if not raw_path or not label:
-            skipped.append({"path": raw_path or f"row {row_number}", "reason": f"row {row_number}: empty path or label"})
+            skipped.append({"path": raw_path or f"row {row_number}",
+                            "reason": f"row {row_number}: empty path or label"})
             continue
         file = Path(raw_path).expanduser()
         file = file if file.is_absolute() else base / file

@@ -11,6 +11,7 @@ import csv
 from pathlib import Path
 
 import numpy as np
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from sklearn.model_selection import RepeatedStratifiedKFold, StratifiedGroupKFold, StratifiedKFold
 
 from transferlab.errors import DataError
@@ -95,6 +96,7 @@ def stratified_folds(labels: np.ndarray, groups: np.ndarray | None = None, *, fo
     return out
 
 
+@rank_zero_only
 def write_split_csv(path: str | Path, paths: list[str], labels: list[str], columns: dict[str, list]) -> None:
     """split.csv: path, label and one column per entry of `columns` (split, or repeat and fold)."""
     with open(path, "w", newline="", encoding="utf-8") as handle:

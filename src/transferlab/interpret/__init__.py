@@ -3,142 +3,23 @@
     explain(run, images, method="gradcam")  -> PNG files (CAM overlays, feature-map grids,
                                                attention grids), one per image
 
-CAM methods come from pytorch-grad-cam; feature maps from timm's forward_intermediates;
-attention from timm's AttentionExtract with fused attention turned off while it runs.
+CAM methods come from pytorch-grad-cam (the table in methods.py); feature maps from timm's
+forward_intermediates; attention from timm's AttentionExtract with fused attention turned off
+while it runs. Names are imported on first use, so the command line can list the methods
+without loading torch.
 """
 
-from __future__ import annotations
+from importlib import import_module
 
-import os
-import re
-from pathlib import Path
-
-import numpy as np
-
-from transferlab.interpret.cam import METHODS, ExplainError, compute_cams, find_target_layer, overlay
-from transferlab.interpret.maps import attention_maps, attention_rollout, feature_maps, token_attention
-from transferlab.preprocess import to_original
-
-ALL_METHODS = (*METHODS, "featuremaps", "attention")
-MAX_SIDE = 768  # overlays of huge photos are drawn at most this large
+_EXPORTS = {
+    "explain": "explanation", "output_names": "explanation", "ExplainError": "cam", "compute_cams": "cam",
+    "find_target_layer": "cam", "overlay": "cam", "feature_maps": "maps", "attention_maps": "maps",
+    "attention_rollout": "maps", "token_attention": "maps", "ALL_METHODS": "methods",
+}
+__all__ = list(_EXPORTS)
 
 
-def load_pictures(files: list[str | Path], spec, limits) -> tuple[list[np.ndarray], np.ndarray]:
-    """Originals (oriented RGB, at most MAX_SIDE) and model inputs of image files, through the one
-    decode path with the run's limits; a bad file is an error naming it."""
-    from transferlab.data.decode import BadImage, load_rgb, read_file
-    from transferlab.data.sources import display_name
-    from transferlab.preprocess import resize_image
-
-    originals, inputs = [], []
-    for file in files:
-        try:
-            rgb, _ = load_rgb(read_file(Path(file), limits.max_bytes), limits, spec.alpha_background)
-        except BadImage as exc:
-            raise ExplainError(f"{display_name(str(file))}: {exc}") from None
-        scale = min(1.0, MAX_SIDE / max(rgb.size))
-        shown = rgb if scale == 1.0 else rgb.resize((round(rgb.size[0] * scale), round(rgb.size[1] * scale)))
-        originals.append(np.asarray(shown))
-        inputs.append(resize_image(rgb, spec))
-    return originals, np.stack(inputs)
-
-
-def output_names(files: list[str | Path]) -> list[str]:
-    """A distinct name per input file: its stem, with as many parent folders as it takes to tell
-    files of the same name apart (`a/000.png`, `b/000.png` -> `a_000`, `b_000`), numbered last."""
-    from transferlab.data.sources import display_name
-
-    parts = [Path(os.path.abspath(f)).parts for f in files]
-    names = []
-    for k, p in enumerate(parts):
-        depth = 1
-        while depth < len(p) and any(q[-depth:] == p[-depth:] for j, q in enumerate(parts) if j != k):
-            depth += 1
-        name = "_".join([*p[-depth:-1], Path(p[-1]).stem])
-        names.append(re.sub(r"[^\w.-]+", "-", display_name(name)).strip("-") or "image")
-    seen: dict[str, int] = {}
-    unique = []
-    for name in names:
-        seen[name] = seen.get(name, 0) + 1
-        unique.append(name if seen[name] == 1 else f"{name}-{seen[name]}")
-    return unique
-
-
-def check_options(method: str, colormap: str, alpha: float, top: int) -> None:
-    import matplotlib
-
-    if method not in ALL_METHODS:
-        raise ExplainError(f"unknown method '{method}': choose one of {', '.join(ALL_METHODS)}")
-    if colormap not in matplotlib.colormaps:
-        raise ExplainError(f"--colormap {colormap} is not a matplotlib colormap (e.g. jet, viridis, inferno, magma)")
-    if not 0 <= alpha <= 1:
-        raise ExplainError(f"--alpha {alpha} must be in [0, 1]")
-    if not 1 <= top <= 4096:
-        raise ExplainError(f"--top {top} must be between 1 and 4096 channels")
-
-
-def explain(run: str | Path, files: list[str | Path], *, method: str = "gradcam", layer: str | None = None,
-            class_name: str | None = None, out: str | Path | None = None, colormap: str = "jet",
-            alpha: float = 0.45, top: int = 8) -> list[Path]:
-    """Explain the predictions of a trained run for image files; returns the PNGs written."""
-    from transferlab.run import check_out_dir, load_model, new_run_dir
-
-    check_options(method, colormap, alpha, top)
-    check_out_dir(out)
-    model = load_model(run)
-    classifier, classes, spec = model.classifier, model.classes, model.spec
-    target = None
-    if class_name is not None:
-        if class_name not in classes:
-            raise ExplainError(f"class '{class_name}' is not one of the model's classes: {', '.join(classes)}")
-        target = classes.index(class_name)
-    originals, inputs = load_pictures(files, spec, model.limits)
-    names = output_names(files)
-    from transferlab.interpret import render
-
-    jobs = []  # (file name, draw function): everything is computed before anything is written
-    if method in METHODS:
-        result = compute_cams(classifier, inputs, method=method, layer=layer,
-                              target_classes=None if target is None else [target] * len(inputs))
-        for i, name in enumerate(names):
-            height, width = originals[i].shape[:2]
-            blended = overlay(originals[i], to_original(result["cams"][i], (width, height), spec),
-                              colormap=colormap, alpha=alpha)
-            title = cam_title(method, result, i, classes)
-            jobs.append((f"{name}-{method.replace('+', 'p')}.png",
-                         lambda path, i=i, blended=blended, title=title: render.cam_figure(
-                             originals[i], blended, path, title=title, colormap=colormap)))
-    elif method == "featuremaps":
-        if layer is not None:
-            raise ExplainError("featuremaps shows every stage; --layer applies to the CAM methods")
-        for i, name in enumerate(names):
-            stages = feature_maps(classifier, inputs[i], top=top)
-            jobs.append((f"{name}-featuremaps.png",
-                         lambda path, i=i, stages=stages: render.feature_grid(inputs[i], stages, path)))
-    else:
-        for i, name in enumerate(names):
-            maps = attention_maps(classifier, inputs[i])
-            heads = token_attention(maps["attention"], maps["prefix_tokens"], maps["grid"])
-            rollout = attention_rollout(maps["attention"], maps["prefix_tokens"], maps["grid"])
-            jobs.append((f"{name}-attention.png",
-                         lambda path, i=i, heads=heads, rollout=rollout, layers=maps["layer_names"]:
-                         render.attention_grid(inputs[i], heads, rollout, layers, path, colormap=colormap,
-                                               alpha=alpha)))
-    directory = new_run_dir(out, method.replace("+", "p"), "explain", base=Path(run) / "explanations")
-    written = []
-    for file_name, draw in jobs:
-        draw(directory / file_name)
-        written.append(directory / file_name)
-    return written
-
-
-def cam_title(method: str, result: dict, i: int, classes: list[str]) -> str:
-    pred, target = int(result["pred"][i]), int(result["target"][i])
-    label = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "eigencam": "EigenCAM", "scorecam": "Score-CAM",
-             "layercam": "LayerCAM"}[method]
-    return (f"predicted {classes[pred]} ({result['probs'][i, pred]:.2f}) · {label} for {classes[target]} "
-            f"· layer {result['layer'].removeprefix('backbone.')}")
-
-
-__all__ = ["explain", "compute_cams", "feature_maps", "attention_maps", "attention_rollout", "token_attention",
-           "overlay", "find_target_layer", "ExplainError", "ALL_METHODS"]
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(f"transferlab.interpret.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'transferlab.interpret' has no attribute {name!r}")

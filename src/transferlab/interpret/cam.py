@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from transferlab.errors import TransferlabError
 
-METHODS = ("gradcam", "gradcam++", "eigencam", "scorecam", "layercam")
+from transferlab.interpret.methods import CAM_METHODS as METHODS
 
 
 class ExplainError(TransferlabError):
@@ -24,13 +24,12 @@ class ExplainError(TransferlabError):
 
 
 def cam_class(method: str):
-    from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM
+    """pytorch-grad-cam's class for `method` (the table in methods.py)."""
+    import pytorch_grad_cam
 
-    classes = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "eigencam": EigenCAM, "scorecam": ScoreCAM,
-               "layercam": LayerCAM}
-    if method not in classes:
+    if method not in METHODS:
         raise ExplainError(f"unknown CAM method '{method}': choose one of {', '.join(METHODS)}")
-    return classes[method]
+    return getattr(pytorch_grad_cam, METHODS[method][1])
 
 
 def is_vit(backbone: nn.Module) -> bool:

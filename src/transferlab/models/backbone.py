@@ -201,7 +201,8 @@ def bundled_lite0_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     mapped = {}
     for (their, value), (ours, expected) in zip(source.items(), target.items()):
         if value.shape != expected.shape:
-            raise WeightsError(f"bundled weight {their} {tuple(value.shape)} does not fit {ours} {tuple(expected.shape)}")
+            raise WeightsError(f"bundled weight {their} {tuple(value.shape)} does not fit {ours} "
+                               f"{tuple(expected.shape)}")
         mapped[ours] = value
     return mapped
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 
 from transferlab.figures import save, subplots
 
@@ -37,6 +38,7 @@ def sample_grid(images, labels: np.ndarray, classes: list[str], path: Path, *, p
     return path
 
 
+@rank_zero_only
 def dataset_pictures(run_dir: Path, dataset, config) -> None:
     """samples.png and augment_preview.png of a run (each skipped with a warning if it fails)."""
     from transferlab.console import warn
@@ -124,6 +126,7 @@ def error_gallery(candidates: dict, classes: list[str], path: Path, part: str = 
     return path
 
 
+@rank_zero_only
 def save_error_examples(classifier, dataset, indices: np.ndarray, probs: np.ndarray, path: Path, *,
                         seed: int = 0) -> None:
     """errors.npz: the most confident mistakes (and some right answers) among `indices`, with

@@ -1,0 +1,203 @@
+"""The commands: each parses nothing, checks what is cheap to check, then calls one library
+function and prints its result. Heavy modules are imported inside, after the cheap checks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from transferlab.cli.options import config_from_args, resume_overrides, writable_output
+from transferlab.config import load_config, merge
+from transferlab.data.sources import check_spec
+from transferlab.errors import TransferlabError
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    check_spec(args.data)
+    from transferlab.data import load_dataset
+    from transferlab.data.health import print_summary
+
+    config = config_from_args(args)
+    dataset = load_dataset(args.data, config, progress=not args.json)
+    summary = dataset.summary()
+    if args.json:
+        print(json.dumps(summary, indent=2, ensure_ascii=False))
+    else:
+        print_summary(summary)
+    return 0
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    check_spec(args.data)
+    from transferlab.data import load_dataset
+    from transferlab.preview import pick_rows, preview_grid
+
+    config = config_from_args(args)
+    if config.data.subset is None:  # a couple per class is all the grid shows: decode only those
+        config = merge(config, {"data": {"subset": 2}}, origin="preview")
+    dataset = load_dataset(args.data, config, progress=False)
+    dataset.require_classes(minimum=1)
+    rows = pick_rows(dataset.labels, dataset.classes, args.rows, config.seed)
+    images = dataset.images.take(rows)
+    names = [dataset.classes[dataset.labels[i]] for i in rows]
+    out = writable_output(args.out, "augment-preview.png", force=args.force)
+    path = preview_grid(images, names, config.augment, out, n=args.n, seed=config.seed)
+    print(path)
+    return 0
+
+
+def quiet_lightning() -> None:
+    """Lightning's chatter off for the command line (a library import leaves logging alone)."""
+    import logging
+    import warnings
+
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", ".*(does not have many workers|LeafSpec|TensorBoard|litlogger).*")
+
+
+FITS = {"train": ("state.json", "metrics.json"), "cv": ("cv_state.json", "cv_metrics.json")}
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    """`train` and `cv`: a new run from DATA, or --resume RUN."""
+    from transferlab.run import check_out_dir, is_worker_process
+
+    command = args.command
+    if args.resume:
+        overrides = resume_overrides(args, command)
+        check_resumable(args.resume, command)
+    else:
+        config = config_from_args(args)
+        data = args.data or config.data.source
+        if not data:
+            raise TransferlabError("give DATA (a folder, a CSV manifest or builtin:NAME), or --resume RUN")
+        check_spec(data)  # a missing folder is reported before the heavy imports
+        check_out_dir(args.out)
+    if command == "train":
+        from transferlab.pipeline import run_training as runner
+    else:
+        from transferlab.cv import run_cv as runner
+    quiet_lightning()
+    if args.resume:
+        run_dir = runner(None, load_config(), resume=args.resume, progress=not args.quiet, resume_overrides=overrides)
+    else:
+        run_dir = runner(data, config, out=args.out, progress=not args.quiet)
+    if not is_worker_process():
+        print_results(run_dir, command)
+    return 0
+
+
+def print_results(run_dir: Path, command: str) -> None:
+    if command == "cv":
+        from transferlab.cv import print_cv_table
+
+        print_cv_table(run_dir)
+        print(f"run directory: {run_dir}")
+    else:
+        from transferlab.pipeline import summary_line
+
+        print(f"run directory: {run_dir}")
+        print(summary_line(run_dir))
+    report = Path(run_dir) / "report.html"
+    if report.is_file():
+        print(f"report: {report}")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    run = Path(args.run)
+    if not ((run / "metrics.json").is_file() or (run / "cv_metrics.json").is_file()):
+        raise TransferlabError(f"{run} has no results to report (no metrics.json or cv_metrics.json): give a finished "
+                               "run directory")
+    from transferlab.report import build_report
+
+    print(build_report(run))
+    return 0
+
+
+def check_resumable(run: str, command: str = "train") -> None:
+    from transferlab.run import read_json
+
+    path = Path(run)
+    state_name, results = FITS[command]
+    if not path.is_dir():
+        raise TransferlabError(f"--resume {run}: no such run directory")
+    if not (path / state_name).is_file():
+        other = "cv" if command == "train" else "train"
+        if (path / FITS[other][0]).is_file():
+            raise TransferlabError(f"{run} is a {'cross-validation' if other == 'cv' else 'training'} run: resume it "
+                                   f"with `transferlab {other} --resume {run}`")
+        raise TransferlabError(f"{run} is not a {command} run that can be resumed (no {state_name})")
+    state = read_json(path / state_name)
+    if state.get("stage") == "done" or state.get("finished"):
+        raise TransferlabError(f"{run} already finished: its results are in {path / results}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    check_spec(args.data)
+    from transferlab.evaluate import evaluate_run
+    from transferlab.metrics import headline
+    from transferlab.run import read_json
+
+    out = evaluate_run(args.run, args.data, out=args.out, subset=args.subset, progress=not args.quiet)
+    metrics = read_json(out / "metrics.json")
+    values = headline(metrics["test"])
+    print(f"{metrics['n_images']:,} images: " + ", ".join(f"{k} {v:.3f}" for k, v in values.items() if v is not None))
+    if metrics["classes_missing_from_data"]:
+        print("classes of the model absent from this data: " + ", ".join(metrics["classes_missing_from_data"]))
+    print(f"evaluation directory: {out}")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from transferlab.interpret import explain
+
+    written = explain(args.run, args.images, method=args.method, layer=args.layer, class_name=args.class_name,
+                      out=args.out, colormap=args.colormap, alpha=args.alpha, top=args.top)
+    for path in written:
+        print(path)
+    return 0
+
+
+def cmd_rank(args: argparse.Namespace) -> int:
+    check_spec(args.data)
+    from transferlab.rank import parse_models, print_ranking, rank_models
+    from transferlab.run import slug, write_json
+
+    models = parse_models(args.models)
+    config = config_from_args(args)
+    out = writable_output(args.out, f"rank-{slug(args.data)}.json", force=args.force)
+    result = rank_models(args.data, models, config, progress=not args.quiet)
+    print_ranking(result)
+    write_json(out, result)
+    print(f"ranking: {out}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from transferlab.predict import predict_files
+
+    results = predict_files(args.run, args.images, top_k=args.top_k)
+    failed = [r for r in results if "error" in r]
+    if args.json:
+        print(json.dumps(results, indent=2, ensure_ascii=False))
+    else:
+        for r in results:
+            if "error" in r:
+                continue
+            best = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r["top"])
+            print(f"{r['path']}: {best}")
+    for r in failed:
+        print(f"transferlab predict: error: {r['path']}: {r['error']}", file=sys.stderr)
+    return 2 if failed else 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from transferlab.pipeline import run_demo
+    from transferlab.run import check_out_dir
+
+    check_out_dir(args.out)
+    quiet_lightning()
+    print_results(run_demo(out=args.out, progress=not args.quiet), "train")
+    return 0

@@ -1,0 +1,243 @@
+"""The command line's vocabulary: one-line argparse errors, checked number types, the options
+several commands share, and how flags become config overrides (with their own name as origin)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import typing
+from collections.abc import Callable
+from pathlib import Path
+
+from transferlab.config import Config, load_config, merge
+from transferlab.errors import TransferlabError
+from transferlab.strategies import strategy_names
+
+EXAMPLES = {
+    "inspect": """examples:
+  transferlab inspect builtin:digits
+  transferlab inspect ~/photos/pets --json > health.json
+  transferlab inspect labels.csv --set data.max_pixels=200000000""",
+    "train": """examples:
+  transferlab train builtin:digits
+  transferlab train ~/photos/pets --strategy fine-tune --epochs 10 --aug standard
+  transferlab train labels.csv --model resnet50 --weights resnet50.safetensors --lr 3e-4
+  transferlab train ~/photos/pets --strategy gradual --find-lr --out runs/pets-gradual
+  transferlab train --resume runs/pets-gradual            # continue an interrupted run
+  transferlab train data/ --devices 2 --strategy-ddp ddp  # two GPUs (or CPU processes)""",
+    "cv": """examples:
+  transferlab cv builtin:digits --folds 5
+  transferlab cv ~/photos/pets --folds 10 --repeats 3 --strategy feature-extraction
+  transferlab cv subjects.csv --folds 5            # a 'group' column keeps each subject in one fold
+  transferlab cv --resume runs/20261125-101500-pets-cv5-feature-extraction""",
+    "evaluate": """examples:
+  transferlab evaluate runs/fashion builtin:fashion-mnist:test
+  transferlab evaluate runs/pets ~/photos/pets-test --out runs/pets/eval-october""",
+    "explain": """examples:
+  transferlab explain runs/pets cat.jpg --method gradcam
+  transferlab explain runs/pets *.jpg --method gradcam++ --class dog --colormap inferno --alpha 0.5
+  transferlab explain runs/pets cat.jpg --method featuremaps
+  transferlab explain runs/vit cat.jpg --method attention
+  transferlab explain runs/pets cat.jpg --method gradcam --layer backbone.blocks.4""",
+    "rank": """examples:
+  transferlab rank builtin:digits --models tf_efficientnet_lite0,resnet18,convnext_tiny
+  transferlab rank photos/ --models tf_efficientnet_lite0,resnet50=weights/resnet50.safetensors --out rank.json""",
+    "predict": """examples:
+  transferlab predict runs/pets photo1.jpg photo2.png
+  transferlab predict runs/pets ~/new/*.jpg --top-k 3 --json > predictions.json""",
+    "demo": """examples:
+  transferlab demo
+  transferlab demo --out runs/my-demo""",
+    "preview": """examples:
+  transferlab preview builtin:digits --aug heavy --out grid.png
+  transferlab preview ~/photos/pets --aug my_augment.yaml --n 6 --rows 4
+  transferlab preview labels.csv --set augment.cutmix_alpha=1.0""",
+}
+
+# flag -> config key it overrides
+FLAG_KEYS = {
+    "seed": "seed",
+    "subset": "data.subset",
+    "size": "preprocess.size",
+    "model": "model.name",
+    "weights": "model.weights",
+    "strategy": "strategy.name",
+    "epochs": "train.epochs",
+    "batch_size": "train.batch_size",
+    "lr": "optim.lr",
+    "precision": "train.precision",
+    "accelerator": "train.accelerator",
+    "devices": "train.devices",
+    "strategy_ddp": "train.ddp",
+    "workers": "train.workers",
+    "folds": "cv.folds",
+    "repeats": "cv.repeats",
+}
+
+
+# flags that never change what a run computes: honoured by --resume (everything else is refused there)
+RESUME_SAFE_FLAGS = {"workers": "train.workers", "no_report": "train.report"}
+PRECISIONS = ("64", "32", "16", "bf16", "64-true", "32-true", "16-true", "bf16-true", "16-mixed", "bf16-mixed",
+              "transformer-engine")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `transferlab train: error: argument --lr: ... (see --help)`."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def number_type(kind: type, low: float | None = None, high: float | None = None, *, low_open: bool = False,
+                what: str = "") -> Callable[[str], float]:
+    """An argparse type: a finite `kind` number in [low, high] (low excluded with `low_open`)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expects {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        if (low is not None and (value < low or (low_open and value == low))) or (high is not None and value > high):
+            span = (f"> {low:g}" if low_open else f">= {low:g}") if high is None else \
+                f"between {low:g} and {high:g}"
+            raise argparse.ArgumentTypeError(f"must be {what or span}, got {text}")
+        return value
+
+    parse.__name__ = "integer" if kind is int else "number"
+    return parse
+
+
+POSITIVE_INT = number_type(int, 1)
+NONNEGATIVE_INT = number_type(int, 0)
+POSITIVE_FLOAT = number_type(float, 0, low_open=True)
+SIZE = number_type(int, 8, 4096, what="between 8 and 4096 pixels")
+SEED = number_type(int, 0, 2**32 - 1)
+
+
+def devices_type(text: str) -> str:
+    """auto, a number of devices, or a comma-separated list of device indices."""
+    if text == "auto" or text == "-1" or re.fullmatch(r"[1-9]\d*|\d+(,\d+)+,?", text):
+        return text
+    raise argparse.ArgumentTypeError(f"expects auto, a number of devices (e.g. 2) or indices (e.g. 0,1), got {text!r}")
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="YAML file overriding the defaults")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config key, e.g. --set data.val_fraction=0.2 (repeatable)")
+    parser.add_argument("--seed", type=SEED, help="seed of every random step (default 0)")
+
+
+def add_data_options(parser: argparse.ArgumentParser, *, optional: bool = False) -> None:
+    """DATA (optional where --resume or a config's data.source can stand in) and the data flags."""
+    parser.add_argument("data", metavar="DATA", nargs="?" if optional else None,
+                        help="class-folder tree, CSV manifest (path,label[,group]) or builtin:NAME")
+    parser.add_argument("--subset", type=POSITIVE_INT, metavar="N", help="keep at most N images per class (seeded)")
+    parser.add_argument("--size", type=SIZE, metavar="PX",
+                        help="input side in pixels, 8-4096 (default: the backbone's)")
+    parser.add_argument("--model", metavar="NAME", help="timm backbone name (default tf_efficientnet_lite0)")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Defaults < --config file < --set overrides < explicit flags (--aug last of all)."""
+    config = load_config(getattr(args, "config", None), list(getattr(args, "overrides", []) or []))
+    for flag, key, value in flag_values(args):
+        config = merge(config, nest(key, value), origin=f"--{flag.replace('_', '-')}")
+    if getattr(args, "aug", None):
+        from transferlab.augment import augment_from_arg
+
+        config = merge(config, {"augment": augment_from_arg(args.aug)}, origin=f"--aug {args.aug}")
+    return config
+
+
+def flag_values(args: argparse.Namespace) -> list[tuple[str, str, object]]:
+    """(flag, config key, value) of every config-changing flag given on the command line."""
+    found = [(flag, key, getattr(args, flag)) for flag, key in FLAG_KEYS.items()
+             if getattr(args, flag, None) is not None]
+    for flag, key, value in (("no_pretrained", "model.pretrained", False), ("find_lr", "train.find_lr", True),
+                             ("no_report", "train.report", False)):
+        if getattr(args, flag, False):
+            found.append((flag, key, value))
+    return found
+
+
+def nest(key: str, value) -> dict:
+    nested = value
+    for part in reversed(key.split(".")):
+        nested = {part: nested}
+    return nested
+
+
+def add_aug_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--aug", metavar="PRESET|FILE",
+                        help="augmentation preset (none, light, standard, heavy) or a YAML file of ops")
+
+
+def writable_output(out: str | None, default: str, *, force: bool) -> Path:
+    """--out, refused when it exists (unless --force), or `default` numbered so nothing is replaced."""
+    if out is None:
+        return unused_path(Path(default))
+    path = Path(out).expanduser()
+    if path.is_dir():
+        raise TransferlabError(f"--out {path} is a folder: give a file name, e.g. {path / default}")
+    if path.exists() and not force:
+        raise TransferlabError(f"--out {path} already exists: choose another name, or pass --force to replace it")
+    return path
+
+
+def unused_path(path: Path) -> Path:
+    """`path`, or `stem-1.suffix`, `stem-2.suffix`, ... whichever does not exist yet."""
+    candidate, k = path, 0
+    while candidate.exists():
+        k += 1
+        candidate = path.with_name(f"{path.stem}-{k}{path.suffix}")
+    return candidate
+
+
+def add_train_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--weights", metavar="FILE", help="local .pth / .safetensors backbone weights")
+    parser.add_argument("--no-pretrained", action="store_true", help="train from scratch (a baseline)")
+    parser.add_argument("--strategy", choices=["auto", *strategy_names()],
+                        help="how to adapt the backbone (default auto)")
+    parser.add_argument("--epochs", type=POSITIVE_INT,
+                        help="epochs (default: 30 feature-extraction, 10 fine-tune, 20 gradual)")
+    parser.add_argument("--batch-size", type=POSITIVE_INT, help="batch size (default 32)")
+    parser.add_argument("--lr", type=POSITIVE_FLOAT, help="peak learning rate of the head (default 1e-3)")
+    parser.add_argument("--out", metavar="RUN", help="run directory (default runs/<time>-<data>-<strategy>)")
+    parser.add_argument("--find-lr", action="store_true", help="run Lightning's LR finder first and use its pick")
+    parser.add_argument("--precision", choices=PRECISIONS, metavar="P",
+                        help="Lightning precision: 32-true (default), 16-mixed, bf16-mixed, ...")
+    parser.add_argument("--accelerator", choices=ACCELERATORS, help="cpu, gpu, mps or auto (default)")
+    parser.add_argument("--devices", type=devices_type, help="number of devices, indices (0,1) or auto (default)")
+    parser.add_argument("--strategy-ddp", metavar="NAME", help="Lightning distributed strategy, e.g. ddp")
+    parser.add_argument("--workers", type=NONNEGATIVE_INT, help="DataLoader workers (default: cores - 1)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--no-report", action="store_true", help="skip the figures and report.html at the end")
+
+
+def colormap_type(name: str) -> str:
+    import matplotlib
+
+    if name not in matplotlib.colormaps:
+        raise argparse.ArgumentTypeError(f"{name!r} is not a matplotlib colormap (e.g. jet, viridis, inferno, magma)")
+    return name
+
+
+def resume_overrides(args: argparse.Namespace, command: str) -> list[str]:
+    """The flags a --resume honours (they do not change results); any other setting is refused
+    with one line, since the run continues with the settings it started with."""
+    refused = [f"--{flag.replace('_', '-')}" for flag, _, _ in flag_values(args) if flag not in RESUME_SAFE_FLAGS]
+    refused += [name for name, given in (("--config", args.config), ("--set", args.overrides),
+                                         ("--aug", getattr(args, "aug", None)), ("DATA", args.data)) if given]
+    if refused:
+        raise TransferlabError(
+            f"--resume continues {args.resume} with the settings in its config.yaml; {', '.join(refused)} would change "
+            f"them: drop {'it' if len(refused) == 1 else 'them'}, or start a new run with those settings: "
+            f"`transferlab {command} --config {Path(args.resume) / 'config.yaml'} ... --out NEW`")
+    return [f"{key}={json.dumps(value)}" for flag, key, value in flag_values(args) if flag in RESUME_SAFE_FLAGS]

@@ -1,0 +1,275 @@
+"""The sections of the run report, in page order. Each reads the run record and the saved
+artifacts only (never the config to rebuild what happened) and returns blocks; an error in one
+is shown in that section, never fatal. Add one with `@section(id, title)`."""
+
+from __future__ import annotations
+
+import yaml
+
+from transferlab.metrics import LABELS, MONITOR_MODE
+from transferlab.record import CVRecord
+from transferlab.report import plots
+from transferlab.report.blocks import Run, figure, figures, fmt, section, table, text
+
+
+@section("data", "Data")
+def section_data(run: Run) -> list[dict]:
+    ds = run.dataset
+    if not ds:
+        why = next((p for p in run.problems if p.startswith("dataset.json")), "dataset.json is missing")
+        return [text("missing", f"{why}: no data summary to show.")]
+    blocks = [table([], [
+        ["source", ds.get("source")], ["images", fmt(ds.get("n_images"))], ["classes", fmt(ds.get("n_classes"))],
+        ["imbalance (largest / smallest class)", fmt(ds.get("imbalance_ratio"), 2)],
+        ["modes", ", ".join(f"{m} ({n:,})" for m, n in ds.get("modes", {}).items())],
+        ["formats", ", ".join(f"{m} ({n:,})" for m, n in ds.get("formats", {}).items())],
+        ["rotated by EXIF orientation", fmt(ds.get("oriented_by_exif", 0))],
+        ["skipped / ignored files", f"{len(ds.get('skipped', []))} / {len(ds.get('ignored', []))}"],
+        ["duplicate groups (label conflicts)", f"{len(ds.get('duplicates', []))} "
+                                               f"({sum(1 for d in ds.get('duplicates', []) if d['conflict'])})"],
+        ["duplicate groups across splits", fmt(ds.get("duplicates_across_splits", 0))],
+    ])]
+    counts = plots.class_counts(ds["counts"], run.plots / "class_counts.png", ds.get("split_counts"))
+    sizes = ds.get("image_size", {}).get("all")
+    size_plot = plots.image_sizes(sizes, run.plots / "image_sizes.png") if sizes else None
+    blocks.append(figures(figure(counts, "images per class (by split or fold)"),
+                          figure(size_plot, "original image sizes")))
+    samples = figure(run.plots / "samples.png", "random images of each class, as the model sees them")
+    blocks.append(figures(samples) if samples else text("missing", "sample images were not saved with this run."))
+    for title, rows in (("skipped files", ds.get("skipped", [])), ("ignored files", ds.get("ignored", []))):
+        if rows:
+            blocks += [text("heading", f"{title} ({len(rows):,})"),
+                       table(["file", "reason"], [[r["path"], r["reason"]] for r in rows[:200]])]
+    if ds.get("duplicates"):
+        blocks += [text("heading", "byte-identical duplicates"),
+                   table(["files", "labels"], [[", ".join(d["paths"]), ("CONFLICT: " if d["conflict"] else "")
+                                                + ", ".join(d["labels"])] for d in ds["duplicates"][:200]])]
+    for warning in ds.get("warnings", []):
+        blocks.append(text("note", f"warning: {warning}"))
+    return blocks
+
+
+def settings_rows(section: dict, prefix: str) -> list[list]:
+    return [[f"{prefix}.{k}", yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()]
+            for k, v in section.items()]
+
+
+@section("preprocessing", "Preprocessing and augmentation")
+def section_preprocessing(run: Run) -> list[dict]:
+    if not run.config:
+        return [text("missing", "config.yaml is missing.")]
+    blocks = [table(["setting", "value"], settings_rows(run.config.get("preprocess", {}), "preprocess")
+                    + settings_rows(run.config.get("augment", {}), "augment"))]
+    normalization = run.dataset.get("normalization")
+    if normalization:
+        where = f" ({normalization['computed_on']})" if normalization.get("computed_on") else ""
+        blocks.append(text("note", f"normalization: {normalization['method']}, mean "
+                                   f"{', '.join(f'{v:.4f}' for v in normalization['mean'])}, std "
+                                   f"{', '.join(f'{v:.4f}' for v in normalization['std'])}{where}"))
+    try:
+        from transferlab.augment import resolve_augment
+        from transferlab.config import load_config
+
+        resolved = resolve_augment(load_config(run.dir / "config.yaml").augment).describe()
+        blocks += [text("heading", "augmentation ops (training split only)"),
+                   table(["op", "settings"], [[d["op"], ", ".join(f"{k}={v}" for k, v in d.items() if k != "op")]
+                                              for d in resolved]) if resolved else text("note", "no augmentation")]
+    except Exception as exc:  # an old or hand-edited config
+        blocks.append(text("missing", f"could not resolve the augmentation ops: {exc}"))
+    preview = figure(run.plots / "augment_preview.png", "each row: an image and augmented versions of it")
+    blocks.append(figures(preview) if preview else text("missing", "no augmentation preview was saved."))
+    return blocks
+
+
+def best_epochs(run: Run, logs: dict) -> dict[str, int]:
+    monitor = run.config.get("train", {}).get("monitor", "val_loss")
+    best = {}
+    for stage, rows in logs.items():
+        epochs, values = plots.epoch_series(rows, monitor)
+        if len(values):
+            best[stage] = int(epochs[values.argmin() if MONITOR_MODE.get(monitor) == "min" else values.argmax()])
+    return best
+
+
+def training_logs(run: Run) -> dict:
+    if run.is_cv:
+        folds = sorted((run.dir / "folds").glob("*/logs"))
+        return plots.stage_logs(folds[0].parent) if folds else {}
+    return plots.stage_logs(run.dir)
+
+
+@section("strategy", "Strategy")
+def section_strategy(run: Run) -> list[dict]:
+    record = run.record
+    if record is None:
+        return [text("missing", "no run record (metrics.json) to read the strategy from.")]
+    model = run.config.get("model", {})
+    optim = run.config.get("optim", {})
+    blocks = []
+    if isinstance(record, CVRecord):
+        if record.strategy.get("reason"):
+            blocks.append(text("reason", record.strategy["reason"]))
+        blocks.append(table([], [["backbone", model.get("name")], ["strategy", record.display],
+                                 ["optimizer", f"{optim.get('name')} (weight decay {optim.get('weight_decay')})"],
+                                 ["schedule", run.config.get("schedule", {}).get("name")]]))
+        blocks += [text("heading", "what each fold trained (auto decides per fold, from its own training part)"),
+                   table(["fold", "strategy", "stages (epochs run, best validation score)"],
+                         [[f["name"], f.get("strategy", ""), stage_summary(stages)]
+                          for f, stages in zip(record.folds, record.strategy.get("settings", []))])]
+        rates = record.strategy.get("settings", [{}])[0] if record.strategy.get("settings") else {}
+        blocks += rate_blocks(rates, "fold 1")
+    else:
+        strategy = record.strategy
+        if strategy.reason:
+            blocks.append(text("reason", strategy.reason))
+        weights = model.get("weights") or ("pretrained" if model.get("pretrained", True) else "none (from scratch)")
+        blocks.append(table([], [
+            ["backbone", model.get("name")], ["weights", weights],
+            ["strategy", strategy.display], ["what trains", strategy.summary],
+            ["optimizer", f"{optim.get('name')} (weight decay {optim.get('weight_decay')})"],
+            ["schedule", run.config.get("schedule", {}).get("name")],
+            ["class imbalance", strategy.imbalance]]))
+        blocks += rate_blocks(strategy.stages)
+        if strategy.stages:
+            blocks += [text("heading", "stages"),
+                       table(["stage", "trained", "epochs run", "base lr", "best monitored score"],
+                             [[name, "head on cached features" if info.get("kind") == "head" else "whole classifier",
+                               info.get("epochs_run"), f"{info.get('lr', 0):.2e}", fmt(info.get("score"), 4)]
+                              for name, info in strategy.stages.items()])]
+        if strategy.selected.get("stage"):
+            blocks.append(text("note", f"kept: the {strategy.selected['stage']} stage, best on validation by "
+                                       f"{strategy.selected['by']}"))
+    logs = training_logs(run)
+    rates_plot = plots.learning_rates(logs, run.plots / "learning_rates.png") if logs else None
+    blocks.append(figures(figure(rates_plot, "learning rate of each layer group over the steps, as logged"))
+                  if rates_plot else text("missing", "no learning-rate log was found."))
+    return blocks
+
+
+def stage_summary(stages: dict) -> str:
+    return "; ".join(f"{name} ({info.get('epochs_run')}, {fmt(info.get('score'), 4)})" for name, info in stages.items())
+
+
+def rate_blocks(stages: dict, where: str = "") -> list[dict]:
+    """The peak learning rate each layer group trained at and from which epoch, as recorded."""
+    rows = []
+    for name, info in stages.items():
+        groups = info.get("groups", {})
+        decay = groups.get("layer_decay")
+        for group, entry in groups.items():
+            if group == "layer_decay":
+                continue
+            start = entry.get("trains_from_epoch")
+            rows.append([name, group, fmt(entry.get("lr_scale")), "layer decay" if decay else
+                         f"{entry['peak_lr']:.2e}" if entry.get("peak_lr") is not None else "n/a",
+                         "never (frozen)" if start is None else f"from epoch {start}"])
+        if decay:
+            rows += [[name, f"layer group {label}", "", f"{lr:.2e}", f"layer decay {decay['factor']}"]
+                     for label, lr in decay["peak_lr"].items() if not label.endswith("/no_decay")]
+    if not rows:
+        return []
+    title = "layer groups: peak learning rates as trained" + (f" ({where})" if where else "")
+    return [text("heading", title), table(["stage", "group", "lr multiplier", "peak lr", "trains"], rows, (2, 3))]
+
+
+@section("training", "Training")
+def section_training(run: Run) -> list[dict]:
+    logs = training_logs(run)
+    if not logs:
+        return [text("missing", "no training logs (logs/<stage>/v*/metrics.csv) were found.")]
+    monitor = run.config.get("train", {}).get("monitor", "val_loss")
+    curves = plots.learning_curves(logs, run.plots / "learning_curves.png", monitor, best_epochs(run, logs))
+    note = "first fold shown; every fold's logs are under folds/<fold>/logs." if run.is_cv else \
+        "TensorBoard: tensorboard --logdir " + str(run.dir / "logs")
+    return [figures(figure(curves, "loss and accuracy per epoch; dotted line: the best epoch")), text("note", note)]
+
+
+@section("results", "Results")
+def section_results(run: Run) -> list[dict]:
+    what, metrics, curves = run.evaluation()
+    if not metrics:
+        return [text("missing", "no evaluation was saved (metrics.json has no val or test split).")]
+    blocks = []
+    if run.is_cv:
+        agg = run.metrics["aggregate"]
+        rows = [[name, fmt(a["mean"]), fmt(a["std"]), f"[{fmt(a['ci95'][0])}, {fmt(a['ci95'][1])}]"
+                 if a.get("ci95") else "n/a"] for name in LABELS if (a := agg.get(name)) and a["mean"] is not None]
+        blocks += [text("heading", f"{run.metrics['cv']['folds']}-fold cross-validation"
+                        + (f" x {run.metrics['cv']['repeats']}" if run.metrics["cv"]["repeats"] > 1 else "")),
+                   table(["metric", "mean", "std", "95% CI"], rows, (1, 2, 3)),
+                   text("note", run.metrics["cv"].get("note", ""))]
+        folds = run.metrics["folds"]
+        shown = [m for m in ("accuracy", "f1_macro", "balanced_accuracy") if m in agg]
+        blocks += [text("heading", "per fold"),
+                   table(["fold", "train", "val", "test", *shown],
+                         [[f["name"], f["n_train"], f["n_val"], f["n_test"], *(fmt(f["metrics"].get(m)) for m in shown)]
+                          for f in folds], tuple(range(1, 4 + len(shown)))),
+                   figures(figure(plots.fold_metrics(folds, run.plots / "fold_metrics.png", shown),
+                                  "metrics per fold"))]
+    else:
+        splits = [s for s in ("val", "test") if s in run.metrics]
+        rows = [[name, *(fmt(run.metrics[s].get(name)) for s in splits)] for name in LABELS
+                if any(run.metrics[s].get(name) is not None for s in splits)]
+        blocks.append(table(["metric", *splits], rows, tuple(range(1, 1 + len(splits)))))
+    classes = list(metrics.get("per_class", {}))
+    figs = [figure(plots.confusion(metrics["confusion_matrix"], classes, run.plots / "confusion.png",
+                                   normalized=False, title=f"confusion matrix ({what}, counts)"),
+                   f"confusion matrix, {what}, counts"),
+            figure(plots.confusion(metrics["confusion_matrix_normalized"], classes,
+                                   run.plots / "confusion_normalized.png", normalized=True,
+                                   title=f"confusion matrix ({what}, row-normalised)"),
+                   f"confusion matrix, {what}, each row sums to 1 (recall on the diagonal)")]
+    if curves.get("roc"):
+        figs.append(figure(plots.roc_curves(curves["roc"], run.plots / "roc.png", f"ROC curves ({what})"),
+                           "ROC curve per class, one-vs-rest, AUC in the legend"))
+    figs.append(figure(plots.per_class_bars(metrics["per_class"], run.plots / "per_class.png",
+                                            f"per-class precision, recall, F1 ({what})"), "per-class scores"))
+    if curves.get("calibration"):
+        figs.append(figure(plots.calibration(curves["calibration"], run.plots / "calibration.png",
+                                             f"calibration ({what})", metrics.get("ece")),
+                           "reliability: accuracy against confidence; on the diagonal is calibrated"))
+    blocks.append(figures(*figs))
+    undefined = metrics.get("undefined", {})
+    if undefined:
+        blocks += [text("heading", "metrics left undefined"),
+                   table(["metric", "why"], [[k, v] for k, v in undefined.items()])]
+    return blocks
+
+
+@section("errors", "Errors")
+def section_errors(run: Run) -> list[dict]:
+    from transferlab.report.gallery import error_gallery, load_candidates, merge_candidates
+
+    saved = sorted(run.dir.glob("errors.npz")) + sorted(run.dir.glob("folds/*/errors.npz"))
+    part = run.record.gallery if run.record else "held-out"
+    path = None
+    if saved:
+        classes = (run.metrics.get("data") or {}).get("classes") or list(run.dataset.get("counts", {}))
+        path = error_gallery(merge_candidates([load_candidates(p) for p in saved]), classes,
+                             run.plots / "errors.png", part=part)
+    gallery = figure(path, f"wrong {part} predictions with the highest confidence first, then correct ones; "
+                           "heatmap: Grad-CAM of the predicted class")
+    if gallery is None:
+        return [text("missing", "no error gallery was saved with this run (it needs the model and the images "
+                                "when the run ends).")]
+    return [figures(gallery)]
+
+
+@section("reproducibility", "Reproducibility")
+def section_reproducibility(run: Run) -> list[dict]:
+    env = run.metrics.get("environment", {})
+    blocks = [table([], [
+        ["run directory", str(run.dir.resolve())], ["seed", fmt(run.config.get("seed"))],
+        ["command", env.get("command", "n/a")], ["python", env.get("python", "n/a")],
+        ["platform", env.get("platform", "n/a")], ["device", env.get("device", "n/a")],
+        ["split file", str(run.dir / "split.csv") + (" (path, label, fold)" if run.is_cv
+                                                      else " (path, label, split)")],
+    ])]
+    if env.get("packages"):
+        blocks.append(table(["package", "version"], [[k, v] for k, v in env["packages"].items()]))
+    split_counts = run.dataset.get("split_counts")
+    if split_counts:
+        blocks.append(table(["part", "images"], [[k, sum(v.values())] for k, v in split_counts.items()], (1,)))
+    blocks += [text("heading", "resolved config (config.yaml)"),
+               text("pre", run.config_text or "config.yaml is missing")]
+    return blocks
