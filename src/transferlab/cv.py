@@ -22,12 +22,11 @@ from transferlab.config import Config
 from transferlab.console import info
 from transferlab.data import ImageDataset, holdout_split, load_dataset, stratified_folds, write_split_csv
 from transferlab.data.splits import check_folds
-from transferlab.errors import DataError
 from transferlab.evaluate import aggregate_folds, evaluate_parts
 from transferlab.fit import FitJob, fit
 from transferlab.metrics import LABELS, compute_metrics, scalar_metrics, write_predictions
 from transferlab.models.backbone import create_backbone
-from transferlab.pipeline import report_dataset_problems, resolve_config
+from transferlab.pipeline import load_new, report_dataset_problems
 from transferlab.record import CVRecord, FoldRecord, StrategyRecord, save_record
 from transferlab.run import read_json, reopen_run, start_run, write_json
 
@@ -45,15 +44,8 @@ def run_cv(data: str | None, config: Config, *, out: str | Path | None = None, r
     started = time.time()
     with contextlib.ExitStack() as stack:
         if resume is None:
-            if data is None:
-                raise DataError("no DATA given: pass a folder, a CSV manifest or builtin:NAME")
             requested = config.strategy.name
-            config = resolve_config(config, data)
-            from transferlab.run import check_out_dir
-
-            check_out_dir(out)
-            dataset = load_dataset(data, config, progress=progress)
-            dataset.require_classes()
+            config, dataset = load_new(data, config, out, progress)
             check_folds(dataset.labels, config.cv.folds, dataset.classes)
             create_backbone(config.model.name, pretrained=config.model.pretrained, weights=config.model.weights,
                             img_size=dataset.spec.size)  # unusable weights fail before a run directory exists

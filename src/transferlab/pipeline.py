@@ -70,6 +70,18 @@ def read_split(dataset: ImageDataset, run_dir: Path) -> np.ndarray:
     return np.array([by_path[p] for p in dataset.paths])
 
 
+def load_new(data: str | None, config: Config, out, progress: bool) -> tuple[Config, ImageDataset]:
+    """What every new run checks before its directory exists: DATA given, the config resolved
+    (an unknown strategy or model refused), --out usable, the data loaded with two classes or more."""
+    if data is None:
+        raise DataError("no DATA given: pass a folder, a CSV manifest or builtin:NAME")
+    config = resolve_config(config, data)
+    check_out_dir(out)
+    dataset = load_dataset(data, config, progress=progress)
+    dataset.require_classes()
+    return config, dataset
+
+
 def report_dataset_problems(dataset: ImageDataset, run_dir: Path) -> None:
     for message in dataset.warnings:
         warn(message)
@@ -85,13 +97,8 @@ def run_training(data: str | None, config: Config, *, out: str | Path | None = N
     show = progress and not is_worker_process()
     with contextlib.ExitStack() as stack:
         if resume is None:
-            if data is None:
-                raise DataError("no DATA given: pass a folder, a CSV manifest or builtin:NAME")
             requested = config.strategy.name
-            config = resolve_config(config, data)
-            check_out_dir(out)
-            dataset = load_dataset(data, config, progress=show)
-            dataset.require_classes()
+            config, dataset = load_new(data, config, out, show)
             split = holdout_split(dataset.labels, dataset.groups, val_fraction=config.data.val_fraction,
                                   test_fraction=config.data.test_fraction, seed=config.seed, classes=dataset.classes)
             indices = {name: np.flatnonzero(split == name) for name in SPLITS}

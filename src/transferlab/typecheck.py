@@ -13,55 +13,33 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 from transferlab.errors import ConfigError
 
-# Allowed values of numeric keys: (low, high, low inclusive, high inclusive); None = unbounded.
-# Checked wherever a value enters (YAML, --set, flags), so the error names where it came from.
-RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
-    "seed": (0, 2**32 - 1, True, True),
-    "data.subset": (1, None, True, True),
-    "data.val_fraction": (0, 1, True, False),
-    "data.test_fraction": (0, 1, True, False),
-    "data.max_pixels": (1, None, True, True),
-    "data.max_file_mb": (0, None, False, True),
-    "data.min_side": (1, None, True, True),
-    "data.memory_limit_mb": (0, None, True, True),
-    "data.disk_limit_gb": (0, None, False, True),
-    "data.decode_workers": (0, 256, True, True),
-    "preprocess.size": (8, 4096, True, True),
-    "preprocess.crop_pct": (0.05, 1, False, True),
-    "model.dropout": (0, 1, True, False),
-    "model.drop_path": (0, 1, True, False),
-    "strategy.layer_decay": (0, 1, False, True),
-    "strategy.head_warmup_epochs": (0, 10_000, True, True),
-    "strategy.feature_views": (0, 100, True, True),
-    "strategy.lr_mult.*": (0, None, True, True),
-    "strategy.gradual[].epoch": (1, 10_000, True, True),
-    "strategy.gradual[].lr": (0, None, False, True),
-    "strategy.auto.small_per_class": (1, None, True, True),
-    "strategy.auto.max_images": (2, None, True, True),
-    "optim.lr": (0, None, False, True),
-    "optim.weight_decay": (0, None, True, True),
-    "optim.momentum": (0, 1, True, False),
-    "optim.betas[]": (0, 1, True, False),
-    "optim.label_smoothing": (0, 1, True, False),
-    "schedule.warmup_epochs": (0, None, True, True),
-    "schedule.min_lr_ratio": (0, 1, True, True),
-    "schedule.step_epochs": (0, None, False, True),
-    "schedule.gamma": (0, 1, False, True),
-    "schedule.cycle_epochs": (0, None, False, True),
-    "schedule.cycle_min_ratio": (0, 1, True, True),
-    "schedule.pct_start": (0, 1, False, False),
-    "schedule.div_factor": (1, None, True, True),
-    "schedule.final_div_factor": (1, None, True, True),
-    "train.epochs": (1, 100_000, True, True),
-    "train.batch_size": (1, 65_536, True, True),
-    "train.eval_batch_size": (1, 65_536, True, True),
-    "train.workers": (0, 256, True, True),
-    "train.early_stopping": (1, None, True, True),
-    "train.grad_clip": (0, None, False, True),
-    "train.num_nodes": (1, None, True, True),
-    "cv.folds": (2, 1000, True, True),
-    "cv.repeats": (1, 1000, True, True),
+# Allowed values of numeric keys, by interval ("[" / "]" inclusive, "(" / ")" not); checked
+# wherever a value enters (YAML, --set, flags), so the error names where it came from.
+INTERVALS: dict[str, tuple[str, ...]] = {
+    "[0, 1)": ("data.val_fraction", "data.test_fraction", "model.dropout", "model.drop_path", "optim.momentum",
+               "optim.betas[]", "optim.label_smoothing"),
+    "[0, 1]": ("schedule.min_lr_ratio", "schedule.cycle_min_ratio"),
+    "(0, 1]": ("strategy.layer_decay", "schedule.gamma"),
+    "(0, 1)": ("schedule.pct_start",),
+    "[0, inf]": ("data.memory_limit_mb", "strategy.lr_mult.*", "optim.weight_decay", "schedule.warmup_epochs"),
+    "(0, inf]": ("data.max_file_mb", "data.disk_limit_gb", "strategy.gradual[].lr", "optim.lr", "schedule.step_epochs",
+                 "schedule.cycle_epochs", "train.grad_clip"),
+    "[1, inf]": ("data.subset", "data.max_pixels", "data.min_side", "strategy.auto.small_per_class",
+                 "schedule.div_factor", "schedule.final_div_factor", "train.early_stopping", "train.num_nodes"),
+    "[0, 256]": ("data.decode_workers", "train.workers"),
+    "[0, 100]": ("strategy.feature_views",),
+    "[0, 10000]": ("strategy.head_warmup_epochs",),
+    "[1, 10000]": ("strategy.gradual[].epoch",),
+    "[1, 100000]": ("train.epochs",),
+    "[1, 65536]": ("train.batch_size", "train.eval_batch_size"),
+    "[2, 1000]": ("cv.folds",),
+    "[1, 1000]": ("cv.repeats",),
+    "[2, inf]": ("strategy.auto.max_images",),
+    "[8, 4096]": ("preprocess.size",),
+    "(0.05, 1]": ("preprocess.crop_pct",),
+    "[0, 4294967295]": ("seed",),
 }
+RANGES = {key: interval for interval, keys in INTERVALS.items() for key in keys}
 
 
 def range_key(key: str) -> str:
@@ -76,27 +54,20 @@ class RangeError(ConfigError):
     """A value of the right type outside its allowed range."""
 
 
-def number(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else f"{x:g}"
-
-
 def check_range(value: Any, key: str, origin: str) -> None:
-    """A numeric `value` of config `key` inside its allowed range (finite, never NaN)."""
+    """A numeric `value` of config `key` inside its allowed interval (finite, never NaN)."""
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return
-    bounds = RANGES.get(range_key(key))
     if not math.isfinite(value):
         raise RangeError(f"{origin}: config key '{key}' must be a finite number, got {value}")
-    if bounds is None:
+    interval = RANGES.get(range_key(key))
+    if interval is None:
         return
-    low, high, low_in, high_in = bounds
-    below = low is not None and (value < low or (value == low and not low_in))
-    above = high is not None and (value > high or (value == high and not high_in))
+    low, high = (float(v) for v in interval[1:-1].split(","))
+    below = value < low or (value == low and interval[0] == "(")
+    above = value > high or (value == high and interval[-1] == ")")
     if below or above:
-        left = "[" if low_in else "("
-        right = "]" if high_in else ")"
-        span = f"{left}{'-inf' if low is None else number(low)}, {'inf' if high is None else number(high)}{right}"
-        raise RangeError(f"{origin}: config key '{key}' must be in {span}, got {value}")
+        raise RangeError(f"{origin}: config key '{key}' must be in {interval}, got {value}")
 
 
 def merge(obj: Any, updates: dict[str, Any], origin: str, prefix: str = "") -> Any:

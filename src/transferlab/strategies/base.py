@@ -31,8 +31,12 @@ class Strategy:
     """Subclass, set the class attributes, say the stages; override what differs."""
 
     name: ClassVar[str] = ""
-    summary: ClassVar[str] = ""  # one line: what trains (the README table and the report)
     default_epochs: ClassVar[int] = 10
+
+    @property
+    def summary(self) -> str:
+        """What trains, in a sentence: the class docstring (the report shows it)."""
+        return " ".join((type(self).__doc__ or self.name).split())
 
     def __init__(self, config: Config):
         epochs = config.train.epochs if config.train.epochs is not None else self.epochs_default(config)

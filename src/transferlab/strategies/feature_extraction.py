@@ -9,9 +9,10 @@ from transferlab.strategies.base import Stage, Strategy
 
 @register
 class FeatureExtraction(Strategy):
+    """The head only, on pooled features computed once per image and cached; strategy.feature_views: K
+    adds K augmented views per training image."""
+
     name = "feature-extraction"
-    summary = ("the head only, on pooled features computed once per image and cached; strategy.feature_views: K "
-               "adds K augmented views per training image")
     default_epochs = 30
 
     def stages(self) -> list[Stage]:

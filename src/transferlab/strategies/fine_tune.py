@@ -11,9 +11,10 @@ from transferlab.strategies.base import Stage, Strategy, check_groups
 
 @register
 class FineTune(Strategy):
+    """Every group of strategy.train_groups at its own rate (optim.lr x strategy.lr_mult, or
+    strategy.layer_decay), after strategy.head_warmup_epochs of the head on cached features."""
+
     name = "fine-tune"
-    summary = ("every group of strategy.train_groups at its own rate (optim.lr x strategy.lr_mult, or "
-               "strategy.layer_decay), after strategy.head_warmup_epochs of the head on cached features")
     default_epochs = 10
 
     def __init__(self, config):

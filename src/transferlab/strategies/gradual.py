@@ -10,9 +10,10 @@ from transferlab.strategies.base import Stage, Strategy, check_groups
 
 @register
 class Gradual(Strategy):
+    """Groups join on a schedule: head for epochs 1-5, late from 6, middle and early from 11
+    (strategy.gradual), each at its own rate."""
+
     name = "gradual"
-    summary = ("groups join on a schedule: head for epochs 1-5, late from 6, middle and early from 11 "
-               "(strategy.gradual), each at its own rate")
     default_epochs = 20
 
     def __init__(self, config):

@@ -21,9 +21,10 @@ C_GRID = np.logspace(-3, 2, 6)  # inverse regularisation strengths tried by the 
 
 @register
 class LinearProbe(Strategy):
+    """Scikit-learn LogisticRegression on cached pooled features, C chosen by inner cross-validation of
+    the training features; its weights become the head."""
+
     name = "linear-probe"
-    summary = ("scikit-learn LogisticRegression on cached pooled features, C chosen by inner cross-validation "
-               "of the training features; its weights become the head")
     default_epochs = 1  # no epochs: the fit is one convex solve
 
     def stages(self) -> list[Stage]:
