@@ -131,23 +131,62 @@ def test_decision_thresholds_are_configurable_and_leep_is_normalised():
         decide(leep_config, np.repeat(np.arange(4), 30), logme_score=0.1)
 
 
-def test_auto_records_its_choice_in_metrics_json(color_folder, tmp_path):
+def test_auto_searches_on_validation_and_records_every_candidate(color_folder, tmp_path):
     config = load_config(overrides=["preprocess.size=32", "train.workers=0", "data.decode_workers=1",
-                                    "train.report=false", "train.epochs=2", "train.early_stopping=null"])
+                                    "train.report=false", "train.early_stopping=null"])
     run = run_training(str(color_folder), config, out=tmp_path / "auto", progress=False)
     strategy = json.loads((run / "metrics.json").read_text())["strategy"]
     decision = strategy["decision"]
-    for key in ("images", "per_class", "score", "method", "similar", "decision", "reason"):
-        assert key in decision, key
-    assert strategy["requested"] == "auto" and decision["method"] == "logme"
-    assert decision["images"] == 18 and decision["per_class"] == 6.0  # the training split only
-    assert decision["leep"] is not None  # the bundled backbone has its ImageNet head
-    expected = "feature-extraction" if decision["similar"] else "fine-tune"
-    assert strategy["name"] == expected
-    assert strategy["label"] == ("feature-extraction" if expected == "feature-extraction" else "fine-tune (late, head)")
-    saved = load_config(run / "config.yaml")
-    assert saved.strategy.name == expected  # config.yaml holds the concrete choice: a rerun repeats it
-    assert saved.train.epochs is not None  # with the strategy's epochs filled in
+    prior = decision["prior"]
+    for key in ("images", "per_class", "score", "method", "similar", "decision", "reason", "candidate"):
+        assert key in prior, key
+    assert strategy["requested"] == "auto" and prior["method"] == "logme"
+    assert prior["images"] == 18 and prior["per_class"] == 6.0  # the training split only
+    assert prior["leep"] is not None  # the bundled backbone has its ImageNet head
+    assert decision["validation_images"] == 6 and decision["budget"]["seconds"] == 600
+    scored = [c for c in decision["candidates"] if c["accuracy"] is not None]
+    assert {c["name"] for c in scored} >= {"linear-probe", "feature-extraction"}
+    assert {c["size"] for c in decision["candidates"]} == {32}  # --size given: no size search
+    for c in scored:  # every score with its uncertainty and its cost
+        assert 0 <= c["accuracy"] <= 1 and c["se"] >= 0 and c["seconds"] >= 0
+    winner = next(c for c in scored if (c["name"], c["size"]) == (decision["chosen"], decision["size"])
+                  and not c["status"].startswith("superseded"))
+    best = max(c["accuracy"] for c in scored if not c["status"].startswith("superseded"))
+    assert winner["accuracy"] >= best - 1.0 * max(winner["behind_best_se"], 1e-12) - 1e-9
+    assert decision["agreed_with_rule"] == (decision["chosen"] == prior["candidate"])
+    saved = load_config(run / "config.yaml")  # the concrete choice: a rerun repeats the final training
+    assert saved.strategy.name == strategy["name"] and saved.train.epochs is not None
+    assert saved.preprocess.size == decision["size"]
+
+
+def test_the_noise_aware_choice_prefers_the_cheaper_within_a_standard_error():
+    from transferlab.strategies.auto import Candidate, Search, paired_difference
+
+    # paired difference by hand: best right on 8 of 10, other on 7; they disagree on 3 images (2 vs 1)
+    best = np.array([1, 1, 1, 1, 1, 1, 1, 1, 0, 0], dtype=bool)
+    other = np.array([1, 1, 1, 1, 1, 1, 0, 0, 1, 0], dtype=bool)
+    diff, se = paired_difference(best, other)
+    assert diff == pytest.approx(0.1) and se == pytest.approx(math.sqrt(3 - 1 / 10) / 10)
+    search = Search.__new__(Search)
+    search.auto = load_config().strategy.auto
+    expensive = Candidate("fine-tune", 224, accuracy=0.8, correct=best, final_seconds=300)
+    cheap = Candidate("linear-probe", 224, accuracy=0.7, correct=other, final_seconds=10)
+    search.tried = [expensive, cheap]
+    assert search.choose() is cheap  # 0.1 behind, within one standard error (0.17) of the best
+    clear = np.array([1, 0, 0, 0, 0, 0, 0, 0, 0, 0], dtype=bool)  # 7 behind on 10 images: beyond noise
+    search.tried = [expensive, Candidate("linear-probe", 224, accuracy=0.1, correct=clear, final_seconds=10)]
+    assert search.choose() is expensive
+
+
+def test_a_tight_budget_skips_expensive_candidates_and_says_so(color_folder, tmp_path):
+    config = load_config(overrides=["preprocess.size=32", "train.workers=0", "data.decode_workers=1",
+                                    "train.report=false", "train.budget=2s"])
+    run = run_training(str(color_folder), config, out=tmp_path / "auto", progress=False)
+    decision = json.loads((run / "metrics.json").read_text())["strategy"]["decision"]
+    statuses = {c["name"]: c["status"] for c in decision["candidates"]}
+    assert statuses["linear-probe"] == "scored"  # always one measured candidate
+    assert decision["budget"]["seconds"] == 2
+    assert all(statuses[n].startswith("skipped") for n in ("fine-tune-late", "fine-tune", "gradual") if n in statuses)
 
 
 def test_rank_orders_backbones_by_the_logme_of_their_own_features(color_folder, tmp_path, capsys):

@@ -45,6 +45,10 @@ def test_cv_writes_folds_aggregates_and_out_of_fold_predictions(color_folder, tm
     values = [f["metrics"]["accuracy"] for f in result["folds"]]
     assert accuracy["values"] == values and accuracy["mean"] == pytest.approx(np.mean(values))
     assert accuracy["std"] == pytest.approx(np.std(values, ddof=1)) and len(accuracy["ci95"]) == 2
+    assert "bootstrap" in result["cv"]["interval"]
+    for name, entry in result["aggregate"].items():  # every interval inside the metric's range
+        if entry["ci95"] and name != "log_loss":
+            assert 0 <= entry["ci95"][0] <= entry["ci95"][1] <= 1, name
     assert result["cv"]["splitter"] == "StratifiedKFold"
     split = rows(run / "split.csv")
     assert sorted({r["fold"] for r in split}) == ["1", "2", "3"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest
@@ -97,8 +96,9 @@ def test_aggregate_is_exact_on_known_inputs():
     result = aggregate([0.8, 0.9, 1.0])
     assert result["mean"] == pytest.approx(0.9)
     assert result["std"] == pytest.approx(0.1)
-    half = 4.302652729749464 * 0.1 / math.sqrt(3)  # t(0.975, df=2)
-    assert result["ci95"] == pytest.approx([0.9 - half, 0.9 + half])
+    # the t interval over these folds would be [0.652, 1.148]: past the range of an accuracy. The
+    # interval comes from the bootstrap of the out-of-fold predictions instead (test below).
+    assert result["ci95"] is None
     with_gap = aggregate([0.5, None, 0.7])
     assert with_gap["n"] == 2 and with_gap["undefined_folds"] == 1 and with_gap["mean"] == pytest.approx(0.6)
     assert aggregate([None])["mean"] is None and aggregate([0.4])["std"] is None
@@ -110,3 +110,35 @@ def test_aggregate_folds_covers_scalars_and_per_class():
     assert out["metrics"]["accuracy"]["mean"] == pytest.approx(np.mean([f["accuracy"] for f in folds]))
     assert out["metrics"]["accuracy"]["std"] == pytest.approx(np.std([f["accuracy"] for f in folds], ddof=1))
     assert out["per_class"]["b"]["f1"]["values"] == [f["per_class"]["b"]["f1"] for f in folds]
+
+
+@pytest.mark.parametrize("k", [2, 3, 6])
+def test_the_bootstrap_metrics_equal_scikit_learns(k):
+    """The fast metrics the bootstrap resamples are the same numbers compute_metrics (scikit-learn) gives."""
+    from transferlab.metrics import resampled_metrics
+
+    rng = np.random.default_rng(k)
+    y = rng.integers(0, k, 200)
+    probs = rng.dirichlet(np.ones(k), 200)
+    probs[np.arange(200), y] += rng.uniform(0, 1, 200)
+    probs /= probs.sum(axis=1, keepdims=True)
+    fast, per_class = resampled_metrics(y, probs)
+    full = compute_metrics(y, probs, [str(c) for c in range(k)])
+    for key, value in fast.items():
+        assert value == pytest.approx(full[key], abs=1e-12), key
+    for c in range(k):
+        for key in ("precision", "recall", "f1", "roc_auc"):
+            assert per_class[key][c] == pytest.approx(full["per_class"][str(c)][key], abs=1e-12)
+
+
+def test_bootstrap_intervals_stay_inside_the_metric_range_and_cover_the_estimate():
+    from transferlab.metrics import bootstrap_intervals
+
+    y = np.array([0] * 30 + [1] * 30)
+    probs = np.eye(2)[y] * 0.9 + 0.05
+    probs[0] = [0.3, 0.7]  # one mistake: accuracy 59/60, near the edge of its range
+    intervals, per_class = bootstrap_intervals(y, probs, ["a", "b"], resamples=500)
+    low, high = intervals["accuracy"]
+    assert 0.9 < low <= 59 / 60 <= high <= 1.0
+    assert all(0 <= v <= 1 for key in ("f1_macro", "balanced_accuracy", "roc_auc") for v in intervals[key])
+    assert all(0 <= v <= 1 for c in per_class.values() for pair in c.values() if pair for v in pair)

@@ -9,6 +9,7 @@ config, which `load_config` reads back to reproduce a run.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -92,8 +93,15 @@ class GradualStep:
 
 @dataclass
 class AutoConfig:
-    """`strategy.name: auto`: the 2x2 rule on measured size and transferability (strategies/auto.py)."""
+    """`strategy.name: auto`: a measured search under train.budget, ordered by the 2x2 rule on
+    measured size and transferability (strategies/auto.py)."""
 
+    # what the search tries (each on the validation split): any of linear-probe, feature-extraction,
+    # fine-tune-late (the last blocks with the head), fine-tune (every group, differential rates), gradual
+    candidates: list[str] = field(default_factory=lambda: ["linear-probe", "feature-extraction", "fine-tune-late",
+                                                           "fine-tune", "gradual"])
+    sizes: list[int] | None = None  # input sizes tried; None: 96, 128, 160, 224 up to the backbone's, unless --size
+    noise: float = 1.0  # a candidate within this many standard errors of the best counts as as good
     score: Literal["logme", "leep"] = "logme"  # leep needs the backbone's ImageNet classifier
     small_per_class: int = 200  # median TRAINING images per class below this: a small data set
     similar_logme: float = 0.8  # LogME at or above: features fit the task (similar domain)
@@ -149,6 +157,7 @@ class ScheduleConfig:
 @dataclass
 class TrainConfig:
     epochs: int | None = None  # None: feature-extraction 30, fine-tune 10, gradual 20
+    budget: str | float = "auto"  # wall time of a fit (search + training): 90s, 10m, 1h, seconds, or none; auto: 10m for auto, none else
     batch_size: int = 32
     workers: int | None = None  # DataLoader workers; None = cores - 1 (at most 8)
     imbalance: Literal["auto", "none", "weights", "sampler"] = "auto"  # auto: weights if largest/smallest >= 3
@@ -188,6 +197,19 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     cv: CVConfig = field(default_factory=CVConfig)
+
+
+def budget_seconds(config: Config) -> float | None:
+    """train.budget in seconds (None: no limit); `auto` is 10 minutes for strategy auto, no limit otherwise."""
+    text = str(config.train.budget).strip().lower()
+    if text == "auto":
+        return 600.0 if config.strategy.name == "auto" else None
+    if text in ("none", "0", "off"):
+        return None
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(s|sec|m|min|h)?", text)
+    if not match or float(match.group(1)) <= 0:
+        raise ConfigError(f"train.budget={config.train.budget!r} is not a duration: give e.g. 90s, 10m, 1h, or none")
+    return float(match.group(1)) * {"s": 1, "sec": 1, None: 1, "m": 60, "min": 60, "h": 3600}[match.group(2)]
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -252,5 +274,9 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 
 def dump_config(config: Config, path: str | Path) -> None:
-    """Write the resolved config as YAML; `load_config(path)` gives the same config back."""
-    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False, allow_unicode=True), encoding="utf-8")
+    """Write the resolved config as YAML (atomically); `load_config(path)` gives the same config back."""
+    from transferlab.data.cache import atomic_write
+
+    text = yaml.safe_dump(to_dict(config), sort_keys=False, allow_unicode=True).encode("utf-8")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(Path(path), lambda handle: handle.write(text), durable=True)

@@ -18,19 +18,20 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 
-from transferlab.config import Config
+from transferlab.config import Config, budget_seconds, merge
 from transferlab.console import info
 from transferlab.data import ImageDataset, holdout_split, load_dataset, stratified_folds, write_split_csv
 from transferlab.data.splits import check_folds
 from transferlab.evaluate import aggregate_folds, evaluate_parts
 from transferlab.fit import FitJob, fit
-from transferlab.metrics import LABELS, compute_metrics, scalar_metrics, write_predictions
+from transferlab.metrics import LABELS, bootstrap_intervals, compute_metrics, scalar_metrics, write_predictions
 from transferlab.models.backbone import create_backbone
 from transferlab.pipeline import load_new, report_dataset_problems
 from transferlab.record import CVRecord, FoldRecord, StrategyRecord, save_record
 from transferlab.run import read_json, reopen_run, start_run, write_json
 
 STATE = "cv_state.json"
+BOOTSTRAP = 1000  # resamples of the out-of-fold predictions behind every interval
 
 
 def fold_name(repeat: int, fold: int, repeats: int) -> str:
@@ -56,6 +57,7 @@ def run_cv(data: str | None, config: Config, *, out: str | Path | None = None, r
             dataset = load_dataset(config.data.source, config, progress=progress)
         L.seed_everything(config.seed, workers=True, verbose=False)
         folds, repeats = config.cv.folds, config.cv.repeats
+        budget = budget_seconds(merge(config, {"strategy": {"name": state["requested"]}}, origin="cv"))
         splits = stratified_folds(dataset.labels, dataset.groups, folds=folds, repeats=repeats, seed=config.seed,
                                   classes=dataset.classes)
         if resume is None:
@@ -74,7 +76,8 @@ def run_cv(data: str | None, config: Config, *, out: str | Path | None = None, r
             if progress:
                 info(f"[{number}/{len(splits)}] {name}: train {len(train_part):,}, test {len(test_part):,}")
             run_fold(dataset, config, run_dir / "folds" / name, train_part, test_part, name=name, repeat=repeat,
-                     fold=fold, requested=state["requested"], progress=progress, callbacks=extra_callbacks)
+                     fold=fold, requested=state["requested"], progress=progress, callbacks=extra_callbacks,
+                     share=None if budget is None else budget / len(splits))
             state["done"].append(name)
             write_json(run_dir / STATE, state)
         summarize(run_dir, dataset, config, splits, started, state["requested"])
@@ -94,9 +97,11 @@ def write_cv_split(run_dir: Path, dataset: ImageDataset, splits, folds: int, rep
 
 
 def run_fold(dataset: ImageDataset, config: Config, fold_dir: Path, train_part: np.ndarray, test_part: np.ndarray,
-             *, name: str, repeat: int, fold: int, requested: str, progress: bool, callbacks: list | None) -> None:
+             *, name: str, repeat: int, fold: int, requested: str, progress: bool, callbacks: list | None,
+             share: float | None = None) -> None:
     """Fit on the fold's training part (an inner validation split picks the checkpoint) and score
-    its held-out part: folds/<name>/ holds its split, state, checkpoints, record and predictions."""
+    its held-out part: folds/<name>/ holds its split, state, checkpoints, record and predictions.
+    `share`: the seconds of train.budget this fold may spend."""
     fold_dir.mkdir(parents=True, exist_ok=True)
     inner = (holdout_split(dataset.labels[train_part], dataset.groups[train_part],
                            val_fraction=config.data.val_fraction, test_fraction=0.0,
@@ -116,7 +121,8 @@ def run_fold(dataset: ImageDataset, config: Config, fold_dir: Path, train_part: 
         write_split_csv(fold_dir / "split.csv", [dataset.paths[i] for i in order],
                         [dataset.classes[dataset.labels[i]] for i in order],
                         {"part": [k for k, v in indices.items() for _ in v]})
-    job = FitJob(dataset, indices, config, fold_dir, progress=progress, callbacks=callbacks)
+    deadline = None if share is None else time.monotonic() + share - state.get("seconds", 0.0)
+    job = FitJob(dataset, indices, config, fold_dir, progress=progress, callbacks=callbacks, deadline=deadline)
     result = fit(job, state=state, requested=requested)
     metrics, _, rows = evaluate_parts(result, parts=("test",))
     save_record(FoldRecord(name=name, repeat=repeat + 1, fold=fold + 1, n_train=int(len(indices["train"])),
@@ -157,6 +163,13 @@ def summarize(run_dir: Path, dataset: ImageDataset, config: Config, splits, star
         oof["fold"] += [fold + 1] * len(index)
     summary = aggregate_folds([r.test for r in records])
     out_of_fold = compute_metrics(dataset.labels, pooled[0], dataset.classes, curves=True)
+    intervals, class_intervals = bootstrap_intervals(dataset.labels, pooled[0], dataset.classes, seed=config.seed,
+                                                     resamples=BOOTSTRAP if len(dataset) <= 20_000 else 200)
+    for name, entry in summary["metrics"].items():
+        entry["ci95"] = intervals.get(name)
+    for name, entries in summary["per_class"].items():
+        for key, entry in entries.items():
+            entry["ci95"] = class_intervals[name].get(key)
     curves = {"roc": out_of_fold.pop("roc_curves"), "calibration": out_of_fold.pop("calibration")}
     grouped = len(np.unique(dataset.groups)) < len(dataset)
     record = CVRecord(
@@ -167,7 +180,9 @@ def summarize(run_dir: Path, dataset: ImageDataset, config: Config, splits, star
         cv={"folds": folds, "repeats": repeats, "seed": config.seed, "inner_val_fraction": config.data.val_fraction,
             "splitter": "StratifiedGroupKFold" if grouped else ("RepeatedStratifiedKFold" if repeats > 1
                                                                 else "StratifiedKFold"),
-            "note": "the 95% CI is a t interval over folds; folds share training data, so it is optimistic"},
+            "interval": f"95% percentile bootstrap of the out-of-fold predictions ({BOOTSTRAP:,} resamples of the "
+                        "images); mean and std are over folds",
+            "note": "folds share training data, so the spread over folds understates the spread over new training sets"},
         strategy=cv_strategy(records, requested),
         data={"source": config.data.source, "n_images": len(dataset), "classes": dataset.classes},
         seconds=round(time.time() - started, 1))
@@ -191,7 +206,7 @@ def cv_strategy(records: list[FoldRecord], requested: str) -> dict:
            "per_fold": names, "labels": [r.strategy.label for r in records],
            "settings": [r.strategy.stages for r in records]}
     if decisions:
-        agree = len({d["decision"] for d in decisions}) == 1
+        agree = len({(d.get("chosen"), d.get("size")) for d in decisions}) == 1
         out["reason"] = f"fold 1: {decisions[0]['reason']}" + ("; every fold decided the same" if agree
                                                                else "; the folds decided differently")
         out["folds"] = decisions

@@ -65,28 +65,15 @@ def evaluate_parts(result, parts=("val", "test")) -> tuple[dict, dict, Predictio
     return metrics, curves, rows
 
 
-def t_quantile(df: int, q: float = 0.975) -> float:
-    from scipy import stats
-
-    return float(stats.t.ppf(q, df))
-
-
 def aggregate(values: list[float | None]) -> dict:
-    """mean, sample std (ddof 1) and a 95% t confidence interval of the mean over folds.
-
-    Undefined fold values (None) are left out and counted; with fewer than 2 defined values the
-    std and interval are null.
-    """
+    """mean and sample std (ddof 1) over folds. Undefined fold values (None) are left out and
+    counted; with fewer than 2 defined values the std is null. (The interval comes from the
+    bootstrap of the out-of-fold predictions: `metrics.bootstrap_intervals`.)"""
     defined = [float(v) for v in values if v is not None and math.isfinite(float(v))]
     out: dict = {"n": len(defined), "undefined_folds": len(values) - len(defined), "values": values}
-    if not defined:
-        return out | {"mean": None, "std": None, "ci95": None}
-    mean = float(np.mean(defined))
-    if len(defined) < 2:
-        return out | {"mean": mean, "std": None, "ci95": None}
-    std = float(np.std(defined, ddof=1))
-    half = t_quantile(len(defined) - 1) * std / math.sqrt(len(defined))
-    return out | {"mean": mean, "std": std, "ci95": [mean - half, mean + half]}
+    mean = float(np.mean(defined)) if defined else None
+    std = float(np.std(defined, ddof=1)) if len(defined) > 1 else None
+    return out | {"mean": mean, "std": std, "ci95": None}
 
 
 def aggregate_folds(fold_metrics: list[dict]) -> dict:

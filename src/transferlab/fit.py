@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from transferlab.config import Config
+from transferlab.config import Config, budget_seconds
 from transferlab.console import info
-from transferlab.data import ImageDataset
+from transferlab.data import ImageDataset, load_dataset
 from transferlab.errors import DataError
 from transferlab.features import FeatureCache, backbone_identity, cached_features, extract_features
 from transferlab.metrics import MONITOR_MODE, better, monitored_values
@@ -47,6 +47,7 @@ class StageResult:
     epochs_run: int
     lr: float  # the base rate it trained at (the LR finder's pick when it ran)
     groups: dict = field(default_factory=dict)  # per layer group: lr_scale, peak_lr, first epoch it trained
+    seconds: float = 0.0  # wall time of the stage
 
 
 @dataclass
@@ -77,14 +78,23 @@ class FitJob:
     stage, and reading a finished stage's weights back."""
 
     def __init__(self, dataset: ImageDataset, indices: dict[str, np.ndarray], config: Config, directory: Path | None,
-                 *, progress: bool = True, callbacks: list | None = None):
+                 *, progress: bool = True, callbacks: list | None = None, deadline: float | None = None):
         if len(indices["train"]) == 0:
             raise DataError("the training split is empty: lower data.val_fraction / data.test_fraction")
         # the directory may be given later: the job (and its weights) is built before a run directory exists
-        self.dataset, self.indices, self.config, self.directory = dataset, indices, config, directory
+        self.indices, self.config, self.directory = indices, config, directory
         self.progress, self.callbacks = progress and not is_worker_process(), list(callbacks or [])
+        self.deadline = deadline  # time.monotonic() by which every stage must have stopped (train.budget)
+        self.device = device_for(config.train.accelerator)
+        self.use(dataset)
+
+    def use(self, dataset: ImageDataset) -> None:
+        """Work on `dataset` (the same images at one input size): the statistics of the training
+        part, a fresh classifier from the pretrained weights, no features yet."""
+        config, train = self.config, self.indices["train"]
+        self.dataset = dataset
         zscore = config.preprocess.normalize == "zscore"
-        normalizer = build_normalizer(config, channel_stats(dataset.images, indices["train"]) if zscore else None)
+        normalizer = build_normalizer(config, channel_stats(dataset.images, train) if zscore else None)
         self.normalize = normalizer.to_dict() | ({"computed_on": "training part only"} if zscore else {})
         torch.manual_seed(config.seed)  # without pretrained weights, every fold starts from the same init too
         backbone = create_backbone(config.model.name, pretrained=config.model.pretrained, weights=config.model.weights,
@@ -95,9 +105,23 @@ class FitJob:
             self.classifier = self.classifier.to(memory_format=torch.channels_last)
         self.initial_backbone = {k: v.detach().clone() for k, v in self.classifier.backbone.state_dict().items()}
         self.class_weights, self.sample_weights, self.imbalance = imbalance_weights(
-            config, dataset.labels[indices["train"]], len(dataset.classes))
-        self.device = device_for(config.train.accelerator)
+            config, dataset.labels[train], len(dataset.classes))
         self._features: FeatureSet | None = None
+
+    def at_size(self, size: int, directory: Path | None = None, *, config: Config | None = None) -> FitJob:
+        """A job on the same images and parts at input side `size` (decoded anew unless it is
+        this job's size), with its own classifier: what auto's search tries candidates on."""
+        config = dataclasses.replace(config or self.config,
+                                     preprocess=dataclasses.replace(self.config.preprocess, size=size))
+        dataset = self.dataset if size == self.dataset.spec.size else load_dataset(
+            config.data.source, config, progress=False)
+        if dataset.paths != self.dataset.paths:
+            raise DataError(f"the images of {config.data.source} changed while they were read at {size} px")
+        return FitJob(dataset, self.indices, config, directory or self.directory, progress=False,
+                      deadline=self.deadline)
+
+    def seconds_left(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.monotonic()
 
     @property
     def has_val(self) -> bool:
@@ -176,14 +200,16 @@ class FitJob:
 
     def _run(self, stage: Stage, module, datamodule, callbacks: list, *, rows: int, kind: str,
              groups: dict) -> StageResult:
-        config = self.config
+        config, started = self.config, time.monotonic()
         steps = max(1, rows // config.train.batch_size)
         last = self.directory / "checkpoints" / stage.name / "last.ckpt"
         resume_from = last if last.is_file() else None
 
         def trainer():
+            left = self.seconds_left()
             return build_trainer(config, self.directory, stage.name, epochs=stage.epochs, has_val=self.has_val,
-                                 progress=self.progress, callbacks=callbacks + self.callbacks, steps_per_epoch=steps)
+                                 progress=self.progress, callbacks=callbacks + self.callbacks, steps_per_epoch=steps,
+                                 max_seconds=None if left is None else max(1.0, left))
 
         built, checkpoint = trainer()
         if config.train.find_lr and stage.find_lr and resume_from is None:
@@ -197,7 +223,8 @@ class FitJob:
         for entry in groups.values():
             entry["peak_lr"] = None if entry.get("lr_scale") is None else module.lr * entry["lr_scale"]
         result = StageResult(stage.name, kind, str(best), None if checkpoint.best_model_score is None else
-                             float(checkpoint.best_model_score), int(built.current_epoch), float(module.lr), groups)
+                             float(checkpoint.best_model_score), int(built.current_epoch), float(module.lr), groups,
+                             round(time.monotonic() - started, 2))
         if config.strategy.layer_decay is not None and kind == "classifier":
             result.groups["layer_decay"] = {"factor": config.strategy.layer_decay, "peak_lr": {
                 g["name"]: module.lr * g["lr_scale"] for g in built.optimizers[0].param_groups}}
@@ -302,6 +329,10 @@ def fit(job: FitJob, *, state: dict, requested: str) -> FitResult:
     """Fit one model on the job's training part (checkpoints chosen on its validation part) into
     its directory, whose `state` (state.json) says what is already done."""
     started = time.time() - state.get("seconds", 0.0)
+    budget = budget_seconds(dataclasses.replace(job.config, strategy=dataclasses.replace(job.config.strategy,
+                                                                                          name=requested)))
+    if job.deadline is None and budget is not None:  # train.budget bounds the search and the training
+        job.deadline = time.monotonic() + budget - state.get("seconds", 0.0)
     strategy, decision = settle_strategy(job, requested, state)
     job.config = strategy.config
     done = state.setdefault("stage_info", {})

@@ -164,6 +164,72 @@ def compute_metrics(y_true, probs, classes: list[str], *, curves: bool = True) -
     return out
 
 
+def rank_auc(positive: np.ndarray, scores: np.ndarray) -> float | None:
+    """ROC AUC by the rank-sum (Mann-Whitney) formula; None without both classes."""
+    from scipy.stats import rankdata
+
+    n_pos = int(positive.sum())
+    n_neg = len(positive) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
+    return float((rankdata(scores)[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def resampled_metrics(y: np.ndarray, probs: np.ndarray) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """The scalar metrics of `compute_metrics` (and per-class precision, recall, F1, AUC) of one
+    set of predictions, computed directly from the confusion matrix: fast enough to bootstrap."""
+    n, k = probs.shape
+    pred = probs.argmax(axis=1)
+    cm = np.bincount(y * k + pred, minlength=k * k).reshape(k, k).astype(float)
+    tp, support, predicted = np.diag(cm), cm.sum(axis=1), cm.sum(axis=0)
+    precision = np.divide(tp, predicted, out=np.zeros(k), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros(k), where=support > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(k), where=precision + recall > 0)
+    weights = support / max(1.0, support.sum())
+    out = {"accuracy": tp.sum() / n, "balanced_accuracy": recall[support > 0].mean(),
+           "precision_macro": precision.mean(), "recall_macro": recall.mean(), "f1_macro": f1.mean(),
+           "precision_weighted": (precision * weights).sum(), "recall_weighted": (recall * weights).sum(),
+           "f1_weighted": (f1 * weights).sum(),
+           "log_loss": float(-np.log(np.clip(probs[np.arange(n), y], 1e-15, 1)).mean()),
+           "ece": expected_calibration_error(y, probs)}
+    ranked = np.argsort(-probs, axis=1)
+    for top in (3, 5):
+        if k > top:
+            out[f"top{top}_accuracy"] = float((ranked[:, :top] == y[:, None]).any(axis=1).mean())
+    aucs = np.array([rank_auc(y == c, probs[:, c]) if 0 < support[c] < n else np.nan for c in range(k)], dtype=float)
+    if k == 2:
+        out["roc_auc"] = aucs[1]
+    elif np.isfinite(aucs).all():
+        out["roc_auc_ovr_macro"] = aucs.mean()
+        out["roc_auc_ovr_weighted"] = (aucs * weights).sum()
+    return out, {"precision": precision, "recall": recall, "f1": f1, "roc_auc": aucs}
+
+
+def bootstrap_intervals(y_true, probs, classes: list[str], *, resamples: int = 1000, seed: int = 0,
+                        level: float = 0.95) -> tuple[dict, dict]:
+    """Percentile bootstrap intervals (the images resampled with replacement) of every scalar
+    metric and of per-class precision, recall, F1 and AUC: they stay inside each metric's range."""
+    y, probs = np.asarray(y_true, dtype=np.int64), np.asarray(probs, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    scalars: dict[str, list[float]] = {}
+    per_class: dict[str, list[np.ndarray]] = {}
+    for rows in rng.integers(0, len(y), size=(resamples, len(y))):
+        values, classwise = resampled_metrics(y[rows], probs[rows])
+        for key, value in values.items():
+            scalars.setdefault(key, []).append(float(value))
+        for key, value in classwise.items():
+            per_class.setdefault(key, []).append(value)
+    tails = [100 * (1 - level) / 2, 100 * (1 + level) / 2]
+
+    def interval(samples) -> list[float] | None:
+        samples = np.asarray(samples, dtype=float)
+        samples = samples[np.isfinite(samples)]
+        return [float(v) for v in np.percentile(samples, tails)] if len(samples) >= resamples // 2 else None
+
+    by_class = {c: {key: interval(np.stack(per_class[key])[:, i]) for key in per_class} for i, c in enumerate(classes)}
+    return {key: interval(values) for key, values in scalars.items()}, by_class
+
+
 # Every scalar metric people read, in the order they are shown, with its label (CLI summaries,
 # the CV table and the report all take theirs from here).
 LABELS = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "top3_accuracy": "top-3 accuracy",

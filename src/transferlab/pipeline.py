@@ -20,7 +20,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from transferlab.config import Config, load_config
+from transferlab.config import Config, load_config, merge
 from transferlab.console import info, warn
 from transferlab.data import ImageDataset, holdout_split, load_dataset, write_split_csv
 from transferlab.data.splits import read_split_csv
@@ -31,6 +31,7 @@ from transferlab.metrics import headline
 from transferlab.optim import weight_decay_for
 from transferlab.preprocess import backbone_defaults
 from transferlab.record import RunRecord, StrategyRecord, save_record
+from transferlab.strategies.auto import SIZES
 from transferlab.run import (RunError, check_out_dir, is_worker_process, read_json, reopen_run, save_model, start_run,
                              write_json)
 
@@ -41,8 +42,13 @@ def resolve_config(config: Config, data: str) -> Config:
     """The config with every default that depends on the data or the backbone filled in (the
     strategy fills its own when it is settled)."""
     defaults = backbone_defaults(config.model.name)
-    pre = dataclasses.replace(config.preprocess,
-                              size=defaults["size"] if config.preprocess.size is None else config.preprocess.size,
+    size = config.preprocess.size
+    if config.strategy.name == "auto":  # the sizes auto's search tries; the run starts at the largest
+        sizes = config.strategy.auto.sizes or ([size] if size is not None else [
+            s for s in SIZES if s < defaults["size"]] + [min(defaults["size"], max(SIZES))])
+        config = merge(config, {"strategy": {"auto": {"sizes": sorted(set(sizes))}}}, origin="auto")
+        size = max(sizes) if size is None or size not in sizes else size
+    pre = dataclasses.replace(config.preprocess, size=defaults["size"] if size is None else size,
                               interpolation=config.preprocess.interpolation or defaults["interpolation"])
     optim = dataclasses.replace(config.optim, weight_decay=weight_decay_for(config))
     data_config = dataclasses.replace(config.data, source=data)
@@ -134,6 +140,7 @@ def finish(result: FitResult, state: dict, run_dir: Path, started: float) -> Non
     """Evaluate the kept model on val and test; write model/, metrics.json, curves.json,
     predictions.csv, the pictures that need the images, and the report."""
     job, dataset = result.job, result.job.dataset
+    write_json(run_dir / "dataset.json", dataset.summary(parts=job.indices, normalization=job.normalize))
     metrics, curves, rows = evaluate_parts(result)
     gallery = "val" if "val" in metrics else "test"
     record = RunRecord(metrics=metrics, strategy=StrategyRecord(**result.record(state["requested"])),
@@ -173,7 +180,7 @@ def summary_line(run_dir: Path) -> str:
 
 def demo_config() -> Config:
     """The demo's settings: a stratified subset at a CPU-friendly size, the default strategy."""
-    return load_config(overrides=["data.subset=60", "preprocess.size=128", "augment.preset=light"])
+    return load_config(overrides=["data.subset=60", "augment.preset=light", "train.budget=3m"])
 
 
 def run_demo(out: str | Path | None = None, progress: bool = True) -> Path:

@@ -275,9 +275,10 @@ def read_checkpoint(path: str | Path) -> dict:
 
 
 def build_trainer(config: Config, run_dir: Path, stage: str, *, epochs: int, has_val: bool, progress: bool,
-                  callbacks: list | None = None, steps_per_epoch: int | None = None
-                  ) -> tuple[L.Trainer, ModelCheckpoint]:
-    """A Trainer with checkpoints (best + last), early stopping, LR monitor and CSV/TensorBoard logs."""
+                  callbacks: list | None = None, steps_per_epoch: int | None = None,
+                  max_seconds: float | None = None) -> tuple[L.Trainer, ModelCheckpoint]:
+    """A Trainer with checkpoints (best + last), early stopping, LR monitor and CSV/TensorBoard logs;
+    with `max_seconds` it stops when that much time has passed (the best checkpoint is kept)."""
     monitor = config.train.monitor if has_val else None
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints" / stage, filename="best", monitor=monitor,
                                  mode=MONITOR_MODE.get(monitor or "", "min"), save_last=True, save_top_k=1,
@@ -299,6 +300,7 @@ def build_trainer(config: Config, run_dir: Path, stage: str, *, epochs: int, has
         log_every_n_steps=max(1, min(10, steps_per_epoch or 10)), enable_model_summary=False,
         enable_progress_bar=progress, use_distributed_sampler=False, num_sanity_val_steps=0,
         limit_val_batches=1.0 if has_val else 0, plugins=[AtomicCheckpointIO()],
+        max_time=None if max_seconds is None else {"seconds": max_seconds},
         **({"strategy": config.train.ddp} if config.train.ddp else {}),
     )
     return trainer, checkpoint

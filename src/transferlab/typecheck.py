@@ -19,6 +19,8 @@ INTERVALS: dict[str, tuple[str, ...]] = {
     "[0, 1)": ("data.val_fraction", "data.test_fraction", "model.dropout", "model.drop_path", "optim.momentum",
                "optim.betas[]", "optim.label_smoothing"),
     "[0, 1]": ("schedule.min_lr_ratio", "schedule.cycle_min_ratio"),
+    "[0, 10]": ("strategy.auto.noise",),
+    "[8, 4096]": ("preprocess.size", "strategy.auto.sizes[]"),
     "(0, 1]": ("strategy.layer_decay", "schedule.gamma"),
     "(0, 1)": ("schedule.pct_start",),
     "[0, inf]": ("data.memory_limit_mb", "strategy.lr_mult.*", "optim.weight_decay", "schedule.warmup_epochs"),
@@ -35,7 +37,6 @@ INTERVALS: dict[str, tuple[str, ...]] = {
     "[2, 1000]": ("cv.folds",),
     "[1, 1000]": ("cv.repeats",),
     "[2, inf]": ("strategy.auto.max_images",),
-    "[8, 4096]": ("preprocess.size",),
     "(0.05, 1]": ("preprocess.crop_pct",),
     "[0, 4294967295]": ("seed",),
 }

@@ -122,6 +122,7 @@ def section_strategy(run: Run) -> list[dict]:
         strategy = record.strategy
         if strategy.reason:
             blocks.append(text("reason", strategy.reason))
+        blocks += search_blocks(run, strategy.decision or {})
         weights = model.get("weights") or ("pretrained" if model.get("pretrained", True) else "none (from scratch)")
         blocks.append(table([], [
             ["backbone", model.get("name")], ["weights", weights],
@@ -144,6 +145,33 @@ def section_strategy(run: Run) -> list[dict]:
     blocks.append(figures(figure(rates_plot, "learning rate of each layer group over the steps, as logged"))
                   if rates_plot else text("missing", "no learning-rate log was found."))
     return blocks
+
+
+def search_blocks(run: Run, decision: dict) -> list[dict]:
+    """Rule against evidence: what the 2x2 rule said, what each candidate scored on validation,
+    what was chosen and whether the two agreed."""
+    if not decision.get("candidates"):
+        return []
+    prior, budget = decision["prior"], decision.get("budget") or {}
+    rows = [[c["name"], c["size"], c.get("epochs") or "its own", c["status"],
+             "" if c["accuracy"] is None else f"{c['accuracy']:.3f} ± {c['se']:.3f}",
+             "" if c.get("behind_best") is None else f"{c['behind_best']:.3f} ± {c['behind_best_se']:.3f}",
+             f"{c['seconds']:.0f}", f"{c['final_seconds']:.0f}"] for c in decision["candidates"]]
+    limit = "no limit" if budget.get("seconds") is None else f"{budget['seconds']:.0f} s"
+    picture = plots.candidates(decision["candidates"], (decision["chosen"], decision["size"]),
+                               run.plots / "auto_candidates.png")
+    return [text("heading", "how auto decided: the rule, then the evidence"),
+            table([], [["the rule says", f"{prior['candidate']} ({prior['quadrant']}, {prior['method']} "
+                                         f"{prior['score']:.2f})"],
+                       ["the evidence chose", f"{decision['chosen']} at {decision['size']} px"],
+                       ["agreed", "yes" if decision.get("agreed_with_rule") else "no: the evidence overrules the rule"],
+                       ["validation images", fmt(decision.get("validation_images"))],
+                       ["budget", f"{limit} (search {budget.get('search_seconds', 0):.0f} s, final training "
+                                  f"{budget.get('final_epochs')} epochs)"]]),
+            table(["candidate", "px", "epochs", "status", "validation accuracy ± SE", "behind the best ± SE",
+                   "seconds", "full training (s)"], rows, (1, 6, 7)),
+            figures(figure(picture, "validation accuracy against the time to train in full; the chosen candidate "
+                                    "is the cheapest within one standard error of the best"))]
 
 
 def stage_summary(stages: dict) -> str:
@@ -196,8 +224,10 @@ def section_results(run: Run) -> list[dict]:
                  if a.get("ci95") else "n/a"] for name in LABELS if (a := agg.get(name)) and a["mean"] is not None]
         blocks += [text("heading", f"{run.metrics['cv']['folds']}-fold cross-validation"
                         + (f" x {run.metrics['cv']['repeats']}" if run.metrics["cv"]["repeats"] > 1 else "")),
-                   table(["metric", "mean", "std", "95% CI"], rows, (1, 2, 3)),
-                   text("note", run.metrics["cv"].get("note", ""))]
+                   table(["metric", "mean over folds", "std over folds", "95% CI"], rows, (1, 2, 3)),
+                   text("note", "95% CI: " + run.metrics["cv"].get("interval", "a t interval over folds (older "
+                                                                                "run)") + ". "
+                        + run.metrics["cv"].get("note", ""))]
         folds = run.metrics["folds"]
         shown = [m for m in ("accuracy", "f1_macro", "balanced_accuracy") if m in agg]
         blocks += [text("heading", "per fold"),
