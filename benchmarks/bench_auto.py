@@ -113,7 +113,10 @@ def contender(data: str, test: str, test_subset: int | None, overrides: list[str
               budget: str) -> tuple[float, float, dict]:
     """Held-out accuracy, wall seconds and strategy record of one `transferlab train` run."""
     subset = ["data.subset=60"] if data.startswith("builtin:") else []
-    config = load_config(overrides=["train.report=false", f"train.budget={budget}", *subset, *overrides])
+    # the test images are outside DATA, so no contender holds a test split of its own back (as the
+    # script does not): every image of DATA is there to train and to choose on
+    config = load_config(overrides=["train.report=false", f"train.budget={budget}", "data.test_fraction=0", *subset,
+                                    *overrides])
     started = time.perf_counter()
     run = run_training(data, config, out=out, progress=False)
     seconds = time.perf_counter() - started
@@ -139,8 +142,10 @@ def main() -> None:
                 for label, overrides in [("auto", [])] + list(FIXED.items()):
                     results[label] = contender(data, test, test_subset, overrides, tmp / f"{name}-{label}",
                                                args.budget)
+                    chose = results[label][2].get("decision") or {}
                     print(f"  {group:<11} {name:<14} {label:<20} held-out acc {results[label][0]:.3f}  "
-                          f"{results[label][1]:5.0f} s", flush=True)
+                          f"{results[label][1]:5.0f} s" + (f"  (chose {chose.get('chosen')} @ {chose.get('size')} px)"
+                                                           if chose else ""), flush=True)
                 probes = [probe_script(data, test, test_subset, size) for size in (128, 224)]
                 probe = max(probes)
                 print(f"  {group:<11} {name:<14} {'probe script':<20} held-out acc {probe[0]:.3f}  {probe[1]:5.0f} s",

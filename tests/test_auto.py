@@ -241,3 +241,36 @@ def test_the_demo_runs_the_default_auto_strategy_end_to_end(tmp_path, monkeypatc
     assert config.data.subset == 60 and config.preprocess.size == 128 and config.augment.preset == "light"
     assert metrics["data"]["source"] in ("builtin:fashion-mnist", "builtin:digits")
     assert metrics["test"]["accuracy"] > 0.6 and (run / "report.html").is_file()
+
+
+def test_a_winning_linear_probe_is_refit_on_train_and_val(color_folder, tmp_path):
+    """The probe picks C by inner cross-validation, so once auto has chosen it on validation
+    evidence its final fit uses the validation images too; the run then claims no validation
+    metrics (they would not be held out), and the test split stays untouched."""
+    config = load_config(overrides=["preprocess.size=32", "train.workers=0", "data.decode_workers=1",
+                                    "train.report=false", "strategy.auto.candidates=[linear-probe]"])
+    run = run_training(str(color_folder), config, out=tmp_path / "auto", progress=False)
+    metrics = json.loads((run / "metrics.json").read_text())
+    decision = metrics["strategy"]["decision"]
+    assert decision["chosen"] == "linear-probe" and decision["refit_on_val"] is True
+    assert "refit on train + val (24 images)" in decision["reason"]
+    assert metrics["data"]["splits"] == {"train": 24, "val": 0, "test": 6}
+    assert metrics["strategy"]["stages"]["probe"]["groups"]["head"]["images"] == 24
+    assert "val" not in metrics and metrics["test"]["n"] == 6
+    assert load_config(run / "config.yaml").strategy.refit_on_val  # a rerun repeats the refit
+    held = load_config(overrides=["preprocess.size=32", "train.workers=0", "data.decode_workers=1",
+                                  "train.report=false", "strategy.auto.candidates=[linear-probe]",
+                                  "strategy.auto.refit=false"])
+    kept = json.loads((run_training(str(color_folder), held, out=tmp_path / "held", progress=False)
+                       / "metrics.json").read_text())
+    assert kept["data"]["splits"]["val"] == 6 and "val" in kept
+
+
+def test_refit_on_val_is_refused_for_a_strategy_that_chooses_on_validation(color_folder, tmp_path):
+    from transferlab.errors import ConfigError
+
+    config = load_config(overrides=["preprocess.size=32", "train.workers=0", "data.decode_workers=1",
+                                    "train.report=false", "strategy.name=feature-extraction",
+                                    "strategy.refit_on_val=true"])
+    with pytest.raises(ConfigError, match="linear-probe only"):
+        run_training(str(color_folder), config, out=tmp_path / "fe", progress=False)

@@ -38,7 +38,8 @@ def runs(tmp_path_factory, color_folder_module):
         os.environ.pop(RUN_DIR_ENV, None)
         cv = run_cv(str(color_folder_module), load_config(overrides=TINY), out=tmp / "cv", progress=False)
         os.environ.pop(RUN_DIR_ENV, None)
-        auto = [s for s in TINY if not s.startswith(("strategy.", "cv.folds"))] + ["cv.folds=2"]
+        auto = [s for s in TINY if not s.startswith(("strategy.", "cv.folds"))] + [
+            "cv.folds=2", "strategy.auto.candidates=[fine-tune-late]"]
         cv_auto = run_cv(str(color_folder_module), load_config(overrides=auto), out=tmp / "cv-auto", progress=False)
         os.environ.pop(RUN_DIR_ENV, None)
         decay = run_training(str(color_folder_module), load_config(overrides=[*TINY, "strategy.layer_decay=0.5"]),

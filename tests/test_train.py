@@ -219,8 +219,9 @@ def test_a_run_config_reproduces_the_run(color_folder, tmp_path):
 
 def test_feature_extraction_with_augmented_views(color_folder, tmp_path):
 
-    run = run_training(str(color_folder), tiny_config("train.epochs=2", "strategy.feature_views=2",
-                                                      "augment.preset=standard"), out=tmp_path / "v", progress=False)
+    config = tiny_config("strategy.name=feature-extraction", "train.epochs=2", "strategy.feature_views=2",
+                         "augment.preset=standard")
+    run = run_training(str(color_folder), config, out=tmp_path / "v", progress=False)
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["data"]["splits"]["train"] == 18
     cached = list((tmp_path / "cache" / "features").glob("*.npy"))

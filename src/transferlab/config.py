@@ -107,6 +107,7 @@ class AutoConfig:
     similar_logme: float = 0.8  # LogME at or above: features fit the task (similar domain)
     similar_leep: float = 0.7  # LEEP normalised by chance, 1 - LEEP / log(1/K), at or above: similar
     max_images: int = 10000  # the score uses at most this many training images (seeded choice)
+    refit: bool = True  # a winning linear probe is refit on train + val (strategy.refit_on_val)
 
 
 @dataclass
@@ -121,6 +122,9 @@ class StrategyConfig:
     head_warmup_epochs: int = 5  # fine-tune: first train the head on cached features (LP-FT)
     feature_views: int = 0  # feature-extraction: K augmented views per training image, besides the plain one
     train_bn: bool = True  # unfrozen BatchNorm layers update their statistics
+    # linear-probe: fit on train + val (its C comes from inner CV, so no validation split is needed to
+    # choose it); the validation images then train the model and the run reports no validation metrics
+    refit_on_val: bool = False
     train_groups: list[str] = field(default_factory=lambda: ["early", "middle", "late", "head"])  # fine-tune
     auto: AutoConfig = field(default_factory=AutoConfig)
     gradual: list[GradualStep] = field(default_factory=lambda: [
@@ -172,6 +176,7 @@ class TrainConfig:
     channels_last: bool = True  # memory format of convolutional backbones
     find_lr: bool = False  # run Lightning's LR finder first and use its suggestion
     eval_batch_size: int = 64
+    engine: Literal["auto", "torch", "onnxruntime", "openvino"] = "auto"  # feature extraction (engines/)
     report: bool = True  # draw the figures and write report.html when the run ends
 
 

@@ -23,7 +23,7 @@ import torch
 from transferlab.config import Config, budget_seconds
 from transferlab.console import info
 from transferlab.data import ImageDataset, load_dataset
-from transferlab.errors import DataError
+from transferlab.errors import ConfigError, DataError
 from transferlab.features import FeatureCache, backbone_identity, cached_features, extract_features
 from transferlab.metrics import MONITOR_MODE, better, monitored_values
 from transferlab.models.backbone import Classifier, create_backbone
@@ -127,6 +127,25 @@ class FitJob:
     def has_val(self) -> bool:
         return len(self.indices["val"]) > 0
 
+    def fold_val_into_train(self) -> None:
+        """The validation images join the training part (a model whose choices need no validation
+        split): features already computed are reused, class weights follow the new part."""
+        if not self.has_val:
+            return
+        train, val = self.indices["train"], self.indices["val"]
+        self.indices = dict(self.indices, train=np.concatenate([train, val]), val=val[:0])
+        self.class_weights, self.sample_weights, self.imbalance = imbalance_weights(
+            self.config, self.dataset.labels[self.indices["train"]], len(self.dataset.classes))
+        done = self._features
+        if done is not None and done.plain_rows == len(done.labels["train"]):  # no augmented views to redo
+            parts = dict(done.features, train=torch.cat([done.features["train"], done.features["val"]]),
+                         val=done.features["val"][:0])
+            labels = dict(done.labels, train=np.concatenate([done.labels["train"], done.labels["val"]]),
+                          val=done.labels["val"][:0])
+            self._features = FeatureSet(parts, labels, plain_rows=len(self.indices["train"]))
+        else:
+            self._features = None
+
     def features(self) -> FeatureSet:
         """Pooled features of every image (computed once, cached on disk) by part; with
         strategy.feature_views, K augmented views of each training image follow its rows."""
@@ -157,21 +176,38 @@ class FitJob:
 
     def _extract(self, key: dict, indices: np.ndarray, **kwargs) -> tuple[torch.Tensor, bool]:
         """Features of `indices` by the pretrained backbone (whatever a stage did to it since),
-        from the feature cache or computed and stored there."""
+        from the feature cache or computed and stored there, on the engine train.engine names."""
         from transferlab.data.sources import cache_root
+        from transferlab.engines import Features, cache_folder, compile_engine, exported, resolve, run_batches
 
         config = self.config
         root = Path(config.data.cache_dir).expanduser() if config.data.cache_dir else cache_root()
         cache = FeatureCache(root, limit_bytes=int(config.data.disk_limit_gb * 1e9))
         model = self.classifier.to(self.device)
-        current = {k: v.detach().clone() for k, v in model.backbone.state_dict().items()}
-        model.backbone.load_state_dict(self.initial_backbone)
-        try:
-            return cached_features(cache, key, lambda: extract_features(
-                model, self.dataset.images, indices, batch_size=config.train.eval_batch_size, device=self.device,
-                channels_last=config.train.channels_last, progress=self.progress, **kwargs))
-        finally:
-            model.backbone.load_state_dict(current)
+        folder = cache_folder({"kind": "features", "model": key["model"], "normalize": key["normalize"],
+                               "size": self.dataset.spec.size})
+        engine = "torch" if "transform" in kwargs else resolve(
+            config.train.engine, device=self.device, images=len(indices), cached=exported(folder, "onnxruntime"))
+
+        def compute() -> torch.Tensor:
+            current = {k: v.detach().clone() for k, v in model.backbone.state_dict().items()}
+            model.backbone.load_state_dict(self.initial_backbone)
+            try:
+                if engine == "torch":
+                    return extract_features(model, self.dataset.images, indices, device=self.device,
+                                            batch_size=config.train.eval_batch_size,
+                                            channels_last=config.train.channels_last, progress=self.progress,
+                                            **kwargs)
+                compiled = compile_engine(engine, Features(model.to(memory_format=torch.contiguous_format)),
+                                          self.dataset.spec.size, folder)
+                return torch.from_numpy(run_batches(compiled, self.dataset.images, np.asarray(indices),
+                                                    config.train.eval_batch_size))
+            finally:
+                model.backbone.load_state_dict(current)
+                if config.train.channels_last:
+                    model.to(memory_format=torch.channels_last)
+
+        return cached_features(cache, key, compute)
 
     # --- stages through Lightning ---------------------------------------------------------------
 
@@ -335,6 +371,12 @@ def fit(job: FitJob, *, state: dict, requested: str) -> FitResult:
         job.deadline = time.monotonic() + budget - state.get("seconds", 0.0)
     strategy, decision = settle_strategy(job, requested, state)
     job.config = strategy.config
+    if job.config.strategy.refit_on_val:
+        if not strategy.refits_on_val:
+            raise ConfigError(f"strategy.refit_on_val applies to linear-probe only (it chooses its regularisation "
+                              f"by inner cross-validation); {strategy.name} chooses its checkpoint on the "
+                              f"validation split")
+        job.fold_val_into_train()
     done = state.setdefault("stage_info", {})
     results: dict[str, StageResult] = {}
     for stage in strategy.stages():

@@ -346,8 +346,10 @@ def final_strategy(job, candidate: Candidate, decision: Decision, search: Search
     from transferlab.strategies import get_strategy
 
     name, overrides = candidate_settings(candidate.name, decision)
-    config = merge(job.config, nested(overrides) | {"preprocess": {"size": candidate.size}},
-                   origin=f"auto ({candidate.label})")
+    settings = nested(overrides) | {"preprocess": {"size": candidate.size}}
+    if name == "linear-probe" and job.config.strategy.auto.refit:  # its C needs no validation split
+        settings["strategy"] = settings.get("strategy", {}) | {"refit_on_val": True}
+    config = merge(job.config, settings, origin=f"auto ({candidate.label})")
     strategy = get_strategy(name, config)
     if candidate.name not in CHEAP and math.isfinite(search.left()):
         per_epoch = candidate.final_seconds / strategy.config.train.epochs
@@ -392,7 +394,10 @@ def choose(job):
         reason=(f"the rule says {record['prior']['candidate']} ({decision.reason}); on {len(search.val)} validation "
                 f"images {winner.label} scored {winner.accuracy:.3f} ± {winner.se:.3f}, the cheapest within "
                 f"{job.config.strategy.auto.noise:g} standard error(s) of the best"
-                + ("" if agreed else ": the evidence overrules the rule")))
+                + ("" if agreed else ": the evidence overrules the rule")
+                + (f"; refit on train + val ({len(job.indices['train']) + len(search.val):,} images)"
+                   if strategy.config.strategy.refit_on_val else "")))
+    record["refit_on_val"] = strategy.config.strategy.refit_on_val
     if job.progress:
         info(f"auto: {record['reason']}")
     return strategy, record

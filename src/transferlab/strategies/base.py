@@ -32,6 +32,7 @@ class Strategy:
 
     name: ClassVar[str] = ""
     default_epochs: ClassVar[int] = 10
+    refits_on_val: ClassVar[bool] = False  # needs no validation split to choose (strategy.refit_on_val)
 
     @property
     def summary(self) -> str:

@@ -26,6 +26,10 @@ class LinearProbe(Strategy):
 
     name = "linear-probe"
     default_epochs = 1  # no epochs: the fit is one convex solve
+    refits_on_val = True  # C comes from inner cross-validation of the training features
+
+    def label(self) -> str:
+        return self.name + (" (refit on train + val)" if self.config.strategy.refit_on_val else "")
 
     def stages(self) -> list[Stage]:
         return [Stage("probe", "probe", 0, find_lr=False)]
@@ -39,6 +43,7 @@ class LinearProbe(Strategy):
         y = features.labels["train"]
         head, details = fit_probe(x, y, len(job.dataset.classes), seed=self.config.seed,
                                   balanced=job.imbalance in ("weights", "sampler"))
+        details["images"] = int(len(y))
         return job.head_result(stage, head, groups={"head": {"trains_from_epoch": 1, **details}})
 
 
