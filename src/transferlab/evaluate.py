@@ -17,7 +17,6 @@ from transferlab.data.sources import check_spec
 from transferlab.errors import DataError
 from transferlab.metrics import compute_metrics, scalar_metrics, write_predictions
 from transferlab.run import check_out_dir, load_model, new_run_dir, write_json
-from transferlab.train import predict_proba
 
 
 @dataclass
@@ -94,12 +93,17 @@ def aggregate_folds(fold_metrics: list[dict]) -> dict:
 
 
 def evaluate_run(run: str | Path, data: str, *, out: str | Path | None = None, subset: int | None = None,
-                 progress: bool = True) -> Path:
+                 progress: bool = True, engine: str = "auto", tta: tuple[str, ...] = ()) -> Path:
     """Metrics of a trained run on another labelled set; classes are matched by name.
 
     Images are decoded with the run's own preprocessing; the run's training subset does not
-    apply (every image of DATA is scored unless `subset` says otherwise).
+    apply (every image of DATA is scored unless `subset` says otherwise). The model runs on
+    `engine`; with `tta` views the probabilities are averaged over them, and metrics.json holds
+    accuracy, log loss and ECE with and without them.
     """
+    from transferlab import tta as test_views
+    from transferlab.predict import model_engine
+
     run = Path(run)
     check_spec(data)
     model = load_model(run)
@@ -118,16 +122,27 @@ def evaluate_run(run: str | Path, data: str, *, out: str | Path | None = None, s
                         f"(it knows: {', '.join(meta['classes'])}); evaluate on a set with the same class names")
     missing = [c for c in meta["classes"] if c not in set(dataset.classes)]
     labels = np.array([known[dataset.classes[i]] for i in dataset.labels], dtype=np.int64)
+    views = test_views.views(tta)
     started = time.time()
-    probs = predict_proba(model.classifier, dataset.images, np.arange(len(dataset)),
-                          batch_size=config.train.eval_batch_size, device=model.device)
+    compiled = model_engine(model, engine, images=len(dataset) * len(views))
+    every = np.arange(len(dataset))
+    batch = config.train.eval_batch_size
+    per_view = np.stack([np.concatenate([compiled(np.ascontiguousarray(view(dataset.images.take(
+        every[i:i + batch]).transpose(0, 3, 1, 2)))) for i in range(0, len(every), batch)]) for _, view in views])
+    probs = per_view.mean(axis=0)
     metrics = compute_metrics(labels, probs, meta["classes"])
+    comparison = None
+    if tta:
+        plain = compute_metrics(labels, per_view[0], meta["classes"], curves=False)
+        comparison = {"views": [name for name, _ in views], **{
+            label: {k: m[k] for k in ("accuracy", "log_loss", "ece")} for label, m in (("without", plain),
+                                                                                      ("with", metrics))}}
     curves = {"roc": metrics.pop("roc_curves"), "calibration": metrics.pop("calibration")}
     out_dir = new_run_dir(None, data, "eval", base=out_dir) if out is None else new_run_dir(out_dir, data, "eval")
     write_json(out_dir / "metrics.json", {
         "test": metrics, "run": str(run), "data": data, "n_images": len(dataset),
         "classes_missing_from_data": missing, "skipped": len(dataset.skipped),
-        "seconds": round(time.time() - started, 1),
+        "seconds": round(time.time() - started, 1), "engine": getattr(compiled, "name", "torch"), "tta": comparison,
     })
     write_json(out_dir / "curves.json", {"test": curves})
     write_predictions(out_dir / "predictions.csv", dataset.paths, labels, probs, meta["classes"])

@@ -1,15 +1,16 @@
 """Predictions of a trained run for image files: top-k classes with probabilities.
 
 Each file goes through the one decode path with the run's own resize settings and limits; a file
-that cannot be read is reported with its reason and the others are still predicted.
+that cannot be read is reported with its reason and the others are still predicted. The model
+runs on an engine (torch, onnxruntime, openvino), optionally over test-time views.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from transferlab.data.decode import BadImage, decode_file
 from transferlab.data.sources import display_name
@@ -22,26 +23,40 @@ def top_classes(probs: np.ndarray, classes: list[str], k: int) -> list[dict]:
     return [{"class": classes[int(c)], "probability": round(float(probs[c]), 6)} for c in order]
 
 
-@torch.no_grad()
-def predict_pixels(model: TrainedModel, pixels: np.ndarray) -> np.ndarray:
+def model_engine(model: TrainedModel, engine: str = "torch", images: int = 1):
+    """The run's classifier (answering probabilities) on `engine`, exported once and cached."""
+    from transferlab.engines import Probabilities, cache_folder, compile_engine, exported, resolve
+
+    digest = hashlib.sha256((model.run / "model" / "weights.safetensors").read_bytes()).hexdigest()
+    folder = cache_folder({"kind": "probabilities", "weights": digest, "meta": model.meta})
+    name = resolve(engine, device=model.device, images=images, cached=exported(folder, "onnxruntime"))
+    return compile_engine(name, Probabilities(model.classifier), model.spec.size, folder, device=model.device,
+                          channels_last=False)
+
+
+def predict_pixels(model: TrainedModel, pixels: np.ndarray, *, engine=None, tta: tuple[str, ...] = ()) -> np.ndarray:
     """Class probabilities (N, K) of model-ready uint8 images (N, size, size, 3)."""
-    batch = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).to(model.device)
-    return model.classifier(batch).float().softmax(dim=1).cpu().numpy()
+    from transferlab import tta as views
+
+    engine = engine or model_engine(model, "torch")
+    return views.averaged(engine, np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)), views.views(tta))
 
 
 def predict_files(run: str | Path | TrainedModel, files: list[str | Path], *, top_k: int = 5,
-                  batch_size: int = 32, device: str | None = None) -> list[dict]:
+                  batch_size: int = 32, device: str | None = None, engine: str = "torch",
+                  tta: tuple[str, ...] = ()) -> list[dict]:
     """One dict per file: {"path", "top": [{"class", "probability"}...]} or {"path", "error"}."""
     if top_k < 1:
         raise ConfigError(f"--top-k {top_k} must be at least 1")
     model = run if isinstance(run, TrainedModel) else load_model(run, device=device)
+    compiled = model_engine(model, engine, images=len(files))
     k = min(top_k, len(model.classes))
     results: list[dict] = []
     pending: list[tuple[int, np.ndarray]] = []
 
     def flush() -> None:
         if pending:
-            probs = predict_pixels(model, np.stack([pixels for _, pixels in pending]))
+            probs = predict_pixels(model, np.stack([pixels for _, pixels in pending]), engine=compiled, tta=tta)
             for (slot, _), row in zip(pending, probs):
                 results[slot]["top"] = top_classes(row, model.classes, k)
             pending.clear()

@@ -291,7 +291,8 @@ def load_model(run: str | Path, device: str | torch.device | None = None) -> Tra
 
 
 # settings that never change what a run computes: a resumed run may differ in these
-SAFE_ON_RESUME = frozenset({"train.workers", "train.report", "train.eval_batch_size", "data.decode_workers",
+SAFE_ON_RESUME = frozenset({"train.workers", "train.report", "train.eval_batch_size", "train.engine",
+                            "data.decode_workers",
                             "data.cache", "data.cache_dir", "data.memory_limit_mb", "data.disk_limit_gb"})
 
 

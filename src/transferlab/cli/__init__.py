@@ -12,10 +12,11 @@ import sys
 from collections.abc import Callable
 
 from transferlab import __version__
-from transferlab.cli.commands import (cmd_demo, cmd_evaluate, cmd_explain, cmd_fit, cmd_inspect, cmd_predict,
-                                          cmd_preview, cmd_rank, cmd_report, quiet_lightning)
+from transferlab.cli.commands import (cmd_demo, cmd_evaluate, cmd_explain, cmd_export, cmd_fit, cmd_inspect,
+                                      cmd_predict, cmd_preview, cmd_rank, cmd_report, quiet_lightning)
 from transferlab.cli.options import (EXAMPLES, POSITIVE_INT, SIZE, Parser, add_aug_option, add_config_options,
-                                         add_data_options, add_train_options, colormap_type, number_type)
+                                     add_data_options, add_inference_options, add_train_options, colormap_type,
+                                     number_type)
 from transferlab.errors import TransferlabError
 from transferlab.interpret.methods import ALL_METHODS
 
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", metavar="DIR", help="evaluation directory (default RUN/evaluations/<time>-...)")
     evaluate.add_argument("--subset", type=POSITIVE_INT, metavar="N", help="score at most N images per class (seeded)")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_inference_options(evaluate)
 
     explain = command("explain", cmd_explain, "what the model looks at: Grad-CAM family, feature maps, attention")
     explain.add_argument("run", metavar="RUN", help="a run directory written by `transferlab train`")
@@ -100,6 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("images", metavar="IMAGE", nargs="+", help="image files")
     predict.add_argument("--top-k", type=POSITIVE_INT, default=5, help="classes to show per image (default 5)")
     predict.add_argument("--json", action="store_true", help="print JSON on stdout")
+    add_inference_options(predict)
+
+    export = command("export", cmd_export, "export a trained run to ONNX, OpenVINO or TorchScript, parity checked")
+    export.add_argument("run", metavar="RUN", help="a run directory written by `transferlab train`")
+    export.add_argument("--format", required=True, choices=["onnx", "openvino", "torchscript"],
+                        help="what to export to")
+    export.add_argument("--out", metavar="DIR", help="bundle folder (default RUN/exports/FORMAT; never reused)")
+    export.add_argument("--check", type=number_type(int, 1, 10_000), default=64, metavar="N",
+                        help="test images the export must match PyTorch on (default 64)")
 
     demo = command("demo", cmd_demo, "the whole path on a built-in data set, on a CPU, in minutes")
     demo.add_argument("--out", metavar="RUN", help="run directory (default runs/<time>-demo-...)")

@@ -140,10 +140,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from transferlab.metrics import headline
     from transferlab.run import read_json
 
-    out = evaluate_run(args.run, args.data, out=args.out, subset=args.subset, progress=not args.quiet)
+    out = evaluate_run(args.run, args.data, out=args.out, subset=args.subset, progress=not args.quiet,
+                       engine=args.engine, tta=tta_views(args))
     metrics = read_json(out / "metrics.json")
     values = headline(metrics["test"])
-    print(f"{metrics['n_images']:,} images: " + ", ".join(f"{k} {v:.3f}" for k, v in values.items() if v is not None))
+    print(f"{metrics['n_images']:,} images ({metrics['engine']}): "
+          + ", ".join(f"{k} {v:.3f}" for k, v in values.items() if v is not None))
+    if metrics.get("tta"):
+        for label in ("without", "with"):
+            shown = metrics["tta"][label]
+            print(f"{label} test-time augmentation ({', '.join(metrics['tta']['views'][1:])}): "
+                  + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()))
     if metrics["classes_missing_from_data"]:
         print("classes of the model absent from this data: " + ", ".join(metrics["classes_missing_from_data"]))
     print(f"evaluation directory: {out}")
@@ -178,7 +185,7 @@ def cmd_rank(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from transferlab.predict import predict_files
 
-    results = predict_files(args.run, args.images, top_k=args.top_k)
+    results = predict_files(args.run, args.images, top_k=args.top_k, engine=args.engine, tta=tta_views(args))
     failed = [r for r in results if "error" in r]
     if args.json:
         print(json.dumps(results, indent=2, ensure_ascii=False))
@@ -191,6 +198,26 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for r in failed:
         print(f"transferlab predict: error: {r['path']}: {r['error']}", file=sys.stderr)
     return 2 if failed else 0
+
+
+def tta_views(args: argparse.Namespace) -> tuple[str, ...]:
+    """--tta (the default views) or --tta hflip,crop90."""
+    from transferlab.tta import DEFAULT
+
+    if args.tta is None:
+        return ()
+    return tuple(v for v in args.tta.split(",") if v) or DEFAULT
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from transferlab.engines.export import export_run, read_bundle
+
+    folder = export_run(args.run, args.format, out=args.out, samples=args.check)
+    parity = read_bundle(folder)["parity"]
+    print(f"parity on {parity['images']}: probabilities within {parity['max_abs_diff']:.1e} of PyTorch's, top-1 "
+          f"agrees on {parity['top1_agreement']:.0%}")
+    print(f"bundle: {folder}")
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

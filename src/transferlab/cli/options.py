@@ -44,9 +44,14 @@ EXAMPLES = {
     "rank": """examples:
   transferlab rank builtin:digits --models tf_efficientnet_lite0,resnet18,convnext_tiny
   transferlab rank photos/ --models tf_efficientnet_lite0,resnet50=weights/resnet50.safetensors --out rank.json""",
+    "export": """examples:
+  transferlab export runs/pets --format onnx              # RUN/exports/onnx/model.onnx + bundle.json
+  transferlab export runs/pets --format openvino --out deploy/pets-ov
+  transferlab export runs/pets --format torchscript --check 200""",
     "predict": """examples:
   transferlab predict runs/pets photo1.jpg photo2.png
-  transferlab predict runs/pets ~/new/*.jpg --top-k 3 --json > predictions.json""",
+  transferlab predict runs/pets ~/new/*.jpg --top-k 3 --json > predictions.json
+  transferlab predict runs/pets photo.jpg --engine onnxruntime --tta""",
     "demo": """examples:
   transferlab demo
   transferlab demo --out runs/my-demo""",
@@ -72,13 +77,15 @@ FLAG_KEYS = {
     "devices": "train.devices",
     "strategy_ddp": "train.ddp",
     "workers": "train.workers",
+    "budget": "train.budget",
+    "engine": "train.engine",
     "folds": "cv.folds",
     "repeats": "cv.repeats",
 }
 
 
 # flags that never change what a run computes: honoured by --resume (everything else is refused there)
-RESUME_SAFE_FLAGS = {"workers": "train.workers", "no_report": "train.report"}
+RESUME_SAFE_FLAGS = {"workers": "train.workers", "no_report": "train.report", "engine": "train.engine"}
 PRECISIONS = ("64", "32", "16", "bf16", "64-true", "32-true", "16-true", "bf16-true", "16-mixed", "bf16-mixed",
               "transformer-engine")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
@@ -200,6 +207,15 @@ def unused_path(path: Path) -> Path:
     return candidate
 
 
+def add_inference_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--engine", default="auto", choices=["auto", "torch", "onnxruntime", "openvino"],
+                        help="what runs the model (default auto: onnxruntime on a CPU for 2,000 images or more, or "
+                             "when its export is cached; else torch)")
+    parser.add_argument("--tta", nargs="?", const="", metavar="VIEWS",
+                        help="test-time augmentation: average over the image and its views (default hflip; or a "
+                             "list such as hflip,crop90)")
+
+
 def add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", metavar="FILE", help="local .pth / .safetensors backbone weights")
     parser.add_argument("--no-pretrained", action="store_true", help="train from scratch (a baseline)")
@@ -217,6 +233,10 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--devices", type=devices_type, help="number of devices, indices (0,1) or auto (default)")
     parser.add_argument("--strategy-ddp", metavar="NAME", help="Lightning distributed strategy, e.g. ddp")
     parser.add_argument("--workers", type=NONNEGATIVE_INT, help="DataLoader workers (default: cores - 1)")
+    parser.add_argument("--budget", metavar="TIME", help="wall time of the run, search included: 90s, 10m, 1h or "
+                                                         "none (default: 10m for auto, none for other strategies)")
+    parser.add_argument("--engine", choices=["auto", "torch", "onnxruntime", "openvino"],
+                        help="what computes cached features (default auto)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--no-report", action="store_true", help="skip the figures and report.html at the end")
 

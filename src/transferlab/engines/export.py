@@ -1,0 +1,181 @@
+"""`transferlab export`: a trained run as a self-describing bundle, with its parity proven.
+
+    RUN/exports/onnx/            (or --out)
+      model.onnx                 uint8 NCHW images [N, 3, S, S] -> probabilities [N, K]; batch dynamic
+      bundle.json                classes, input, how to resize, normalization (inside the graph),
+                                 versions, and the parity measured at export
+
+The normalization is inside the graph, so a consumer only decodes, resizes (as bundle.json says)
+and feeds uint8 pixels. Before anything is kept, the run's own test images (a sample) go
+through the exported model and through PyTorch; the export is refused, and nothing is left
+behind, when they differ beyond the tolerance.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from transferlab.errors import TransferlabError
+
+FORMATS = {"onnx": "model.onnx", "openvino": "model.xml", "torchscript": "model.ts"}
+OPSET = 18  # what onnxruntime and OpenVINO of today both read, and the exporter's own lowest
+TOLERANCE = 1e-4  # largest difference of any probability from PyTorch's
+
+
+class ExportError(TransferlabError):
+    """An export that cannot be made, or does not match the model."""
+
+
+def example(size: int) -> torch.Tensor:
+    return torch.zeros(2, 3, size, size, dtype=torch.uint8)  # a batch of 2 keeps the batch dimension dynamic
+
+
+def to_onnx(module: nn.Module, size: int, path: Path) -> Path:
+    """ONNX (torch's dynamo exporter, opset 18) with a dynamic batch dimension, one file, checked."""
+    import onnx
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    name = next(iter(__import__("inspect").signature(module.forward).parameters))
+    with warnings.catch_warnings(), contextlib.redirect_stdout(None):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), (example(size),), str(path), dynamo=True, opset_version=OPSET,
+                          input_names=["images"], output_names=["output"], external_data=False, verbose=False,
+                          dynamic_shapes={name: {0: torch.export.Dim("batch", min=1, max=65536)}})
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    return path
+
+
+def to_openvino(onnx_path: Path, xml: Path) -> Path:
+    """OpenVINO IR from the ONNX file, weights kept in float32 (its default halves them)."""
+    import openvino as ov
+
+    ov.save_model(ov.convert_model(str(onnx_path)), str(xml), compress_to_fp16=False)
+    return xml
+
+
+def to_torchscript(module: nn.Module, size: int, path: Path) -> Path:
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript is deprecated upstream; it still loads without Python of ours
+        torch.jit.trace(module.eval(), (example(size),)).save(str(path))
+    return path
+
+
+class TorchScriptEngine:
+    name = "torchscript"
+
+    def __init__(self, path: Path):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.module = torch.jit.load(str(path)).eval()
+
+    @torch.no_grad()
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return self.module(torch.from_numpy(np.ascontiguousarray(images))).float().numpy()
+
+
+def sample_images(model, count: int, seed: int = 0) -> tuple[np.ndarray, str]:
+    """Up to `count` of the run's test images (else validation, else training), decoded as for
+    the model; random images when the run's data is no longer where it was."""
+    from transferlab.config import load_config
+    from transferlab.data.cache import DecodingStore
+    from transferlab.data.sources import open_source
+    from transferlab.data.splits import read_split_csv
+
+    run = model.run
+    try:
+        rows = read_split_csv(run / "split.csv")
+        source = open_source(load_config(run / "config.yaml").data.source)
+    except Exception:  # a moved data set, an edited run: numerical parity still holds on random pixels
+        rows, source = [], None
+    for part in ("test", "val", "train"):
+        chosen = [r["path"] for r in rows if r.get("split") == part]
+        if chosen and source is not None:
+            break
+    items = {item.path: item for item in (source.items if source else [])}
+    chosen = [p for p in (chosen if source else []) if p in items]
+    if chosen:
+        picks = np.random.default_rng(seed).permutation(len(chosen))[:count]
+        store = DecodingStore([items[chosen[i]].file for i in picks],
+                              [source.arrays[items[chosen[i]].index] if items[chosen[i]].file is None else None
+                               for i in picks], model.spec, model.limits)
+        try:
+            return store.take(range(len(store))), f"{len(store)} {part} images of the run"
+        except Exception:
+            pass
+    size = model.spec.size
+    return (np.random.default_rng(seed).integers(0, 256, (min(count, 16), size, size, 3), dtype=np.uint8),
+            "random images (the run's data was not found)")
+
+
+def compare(reference: np.ndarray, exported: np.ndarray) -> dict:
+    return {"max_abs_diff": float(np.abs(reference - exported).max()),
+            "top1_agreement": float((reference.argmax(axis=1) == exported.argmax(axis=1)).mean()),
+            "tolerance": TOLERANCE}
+
+
+def export_run(run: str | Path, fmt: str, *, out: str | Path | None = None, samples: int = 64) -> Path:
+    """Export a trained run to `fmt` (onnx, openvino, torchscript) with its parity proven; returns
+    the bundle folder. Nothing is written when the exported model does not match."""
+    import transferlab
+    from transferlab.engines import Probabilities, versions
+    from transferlab.engines.runtime import OnnxEngine, OpenVinoEngine, TorchEngine
+    from transferlab.run import check_out_dir, load_model, write_json
+
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format '{fmt}': choose one of {', '.join(FORMATS)}")
+    model = load_model(run, device="cpu")
+    target = Path(out).expanduser() if out is not None else model.run / "exports" / fmt
+    check_out_dir(target)
+    images, source = sample_images(model, samples)
+    module = Probabilities(model.classifier.to(memory_format=torch.contiguous_format)).eval()
+    batch = images.transpose(0, 3, 1, 2)
+    reference = TorchEngine(module, channels_last=False)(batch)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as tmp:
+        folder = Path(tmp)
+        size = model.spec.size
+        if fmt == "torchscript":
+            engine = TorchScriptEngine(to_torchscript(module, size, folder / FORMATS[fmt]))
+        else:
+            onnx_path = to_onnx(module, size, folder / "model.onnx")
+            engine = OnnxEngine(onnx_path) if fmt == "onnx" else OpenVinoEngine(to_openvino(onnx_path,
+                                                                                             folder / "model.xml"))
+            if fmt == "openvino":
+                onnx_path.unlink()
+        parity = compare(reference, engine(batch)) | {"images": source}
+        if parity["max_abs_diff"] > TOLERANCE or parity["top1_agreement"] < 1.0:
+            raise ExportError(f"the {fmt} export does not match the model on {source}: probabilities differ by up "
+                              f"to {parity['max_abs_diff']:.2e} (tolerance {TOLERANCE:g}), top-1 agrees on "
+                              f"{parity['top1_agreement']:.1%}; nothing was written")
+        write_json(folder / "bundle.json", {
+            "format": fmt, "files": sorted(p.name for p in folder.iterdir()), "classes": model.classes,
+            "input": {"name": "images", "dtype": "uint8", "layout": "NCHW", "shape": ["batch", 3, size, size],
+                      "channels": "RGB, 0-255, after EXIF orientation; alpha composited on "
+                                  f"{list(model.spec.alpha_background)}"},
+            "output": {"name": "output", "meaning": "class probabilities (softmax), in the order of classes"},
+            "preprocess": dataclasses.asdict(model.spec),
+            "normalization": {**model.meta["normalize"], "in_graph": True},
+            "model": model.meta["model"], "opset": OPSET if fmt != "torchscript" else None,
+            "versions": {"transferlab": transferlab.__version__, **versions()}, "parity": parity,
+            "run": str(model.run.resolve()), "seconds": round(time.time() - started, 1)})
+        if target.exists():
+            target.rmdir()  # empty: check_out_dir allowed it
+        shutil.move(str(folder), str(target))
+        folder.mkdir()  # for the TemporaryDirectory's own cleanup
+    return target
+
+
+def read_bundle(folder: Path) -> dict:
+    return json.loads((Path(folder) / "bundle.json").read_text(encoding="utf-8"))
