@@ -123,8 +123,8 @@ def main() -> None:
               f"{np.percentile(latencies, 95):.1f} | {rate[(name, 32)] / rate[('eager', 32)]:.2f} / "
               f"{rate[(name, 1)] / rate[('eager', 1)]:.2f} | {rate[(name, 32)] / rate[('channels_last', 32)]:.2f} / "
               f"{rate[(name, 1)] / rate[('channels_last', 1)]:.2f} |")
-    picked = resolve("auto", device=torch.device("cpu"), images=10**6, cached=True)
     for b in (32, 1):
+        picked = resolve("auto", device=torch.device("cpu"), images=10**6, cached=True, batch=b)
         report(f"bench_inference[{picked}, b{b}]", f"{rate[(picked, b)]:.1f} img/s",
                f"torch channels_last {rate[('channels_last', b)]:.1f} img/s",
                rate[(picked, b)] / rate[("channels_last", b)], target=2.5)

@@ -204,3 +204,20 @@ def test_tta_averages_the_views_and_evaluate_reports_with_and_without(runs, tmp_
     assert set(recorded["with"]) == set(recorded["without"]) == {"accuracy", "log_loss", "ece"}
     assert main(["predict", str(run), str(data / "red" / "red_0.png"), "--tta", "spin"]) == 2
     assert "unknown test-time view 'spin'" in capsys.readouterr().err
+
+
+def test_the_auto_engine_rule_is_the_documented_one():
+    """README, Engines: on a CPU, an export only where it repays itself (cached, or 2,000 images);
+    then OpenVINO one image at a time, onnxruntime for batches; torch on a GPU."""
+    from transferlab.engines import AUTO_MIN_IMAGES, resolve
+    from transferlab.errors import ConfigError
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert resolve("auto", device=cpu, images=10, cached=False) == "torch"
+    assert resolve("auto", device=cpu, images=AUTO_MIN_IMAGES, cached=False) == "onnxruntime"
+    assert resolve("auto", device=cpu, images=10, cached=True) == "onnxruntime"
+    assert resolve("auto", device=cpu, images=AUTO_MIN_IMAGES, cached=False, batch=1) == "openvino"
+    assert resolve("auto", device=gpu, images=10**6, cached=True) == "torch"
+    assert resolve("openvino", device=cpu, images=1, cached=False) == "openvino"  # a named engine is kept
+    with pytest.raises(ConfigError, match="unknown engine"):
+        resolve("tensorrt", device=cpu, images=1, cached=False)

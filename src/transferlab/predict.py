@@ -23,13 +23,13 @@ def top_classes(probs: np.ndarray, classes: list[str], k: int) -> list[dict]:
     return [{"class": classes[int(c)], "probability": round(float(probs[c]), 6)} for c in order]
 
 
-def model_engine(model: TrainedModel, engine: str = "torch", images: int = 1):
+def model_engine(model: TrainedModel, engine: str = "torch", images: int = 1, batch: int = 32):
     """The run's classifier (answering probabilities) on `engine`, exported once and cached."""
     from transferlab.engines import Probabilities, cache_folder, compile_engine, exported, resolve
 
     digest = hashlib.sha256((model.run / "model" / "weights.safetensors").read_bytes()).hexdigest()
     folder = cache_folder({"kind": "probabilities", "weights": digest, "meta": model.meta})
-    name = resolve(engine, device=model.device, images=images, cached=exported(folder, "onnxruntime"))
+    name = resolve(engine, device=model.device, images=images, cached=exported(folder, "onnxruntime"), batch=batch)
     return compile_engine(name, Probabilities(model.classifier), model.spec.size, folder, device=model.device,
                           channels_last=False)
 

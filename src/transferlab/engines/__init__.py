@@ -6,9 +6,10 @@ the exported graph, so a consumer needs no Python of ours. Exports are made once
 input size and kept in the cache folder (`<cache>/engines/<key>/`).
 
 The `auto` rule (documented in the README, measured by benchmarks/bench_inference.py): on a CPU,
-onnxruntime when it is installed and either the export is already cached or there are at least
-`AUTO_MIN_IMAGES` images to run (exporting takes seconds, which a handful of images do not
-repay); torch otherwise, and always on a GPU.
+when the export is already cached or there are at least `AUTO_MIN_IMAGES` images to run
+(exporting takes seconds, which a handful of images do not repay), OpenVINO for one image at a
+time and onnxruntime for batches (the faster of the two at each on the machines measured);
+torch otherwise, and always on a GPU.
 """
 
 from __future__ import annotations
@@ -40,14 +41,16 @@ def check_engine(name: str) -> None:
         raise ConfigError(f"engine {name} is not installed: pip install {MODULES[name]} (or choose --engine torch)")
 
 
-def resolve(name: str, *, device: torch.device, images: int, cached: bool) -> str:
+def resolve(name: str, *, device: torch.device, images: int, cached: bool, batch: int = 32) -> str:
     """The engine `name` stands for: `auto` by the rule above, others as they are."""
     check_engine(name)
     if name != "auto":
         return name
-    if device.type == "cpu" and installed("onnxruntime") and (cached or images >= AUTO_MIN_IMAGES):
-        return "onnxruntime"
-    return "torch"
+    if device.type != "cpu" or not (cached or images >= AUTO_MIN_IMAGES):
+        return "torch"
+    if batch == 1 and installed("openvino"):  # one image at a time (a server): OpenVINO's latency mode
+        return "openvino"
+    return "onnxruntime" if installed("onnxruntime") else "torch"
 
 
 class Probabilities(nn.Module):
