@@ -131,19 +131,39 @@ def test_decision_thresholds_are_configurable_and_leep_is_normalised():
         decide(leep_config, np.repeat(np.arange(4), 30), logme_score=0.1)
 
 
-def test_auto_searches_on_validation_and_records_every_candidate(color_folder, tmp_path):
+@pytest.fixture
+def muddled_folder(tmp_path):
+    """Three colour classes of 12 images whose colours overlap, two of each class mislabelled: no
+    candidate can get every validation image right."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    names = ("red", "green", "blue")
+    for k, name in enumerate(names):
+        for i in range(12):
+            img = rng.integers(40, 140, (24, 24, 3), dtype=np.uint8)
+            img[..., k] += 40
+            label = names[(k + 1) % 3] if i < 2 else name
+            path = tmp_path / "muddled" / label / f"{name}_{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img).save(path)
+    return tmp_path / "muddled"
+
+
+def test_auto_searches_on_validation_and_records_every_candidate(muddled_folder, tmp_path):
     config = load_config(overrides=["preprocess.size=32", "train.workers=0", "data.decode_workers=1",
                                     "train.report=false", "train.early_stopping=null"])
-    run = run_training(str(color_folder), config, out=tmp_path / "auto", progress=False)
+    run = run_training(str(muddled_folder), config, out=tmp_path / "auto", progress=False)
     strategy = json.loads((run / "metrics.json").read_text())["strategy"]
     decision = strategy["decision"]
     prior = decision["prior"]
     for key in ("images", "per_class", "score", "method", "similar", "decision", "reason", "candidate"):
         assert key in prior, key
     assert strategy["requested"] == "auto" and prior["method"] == "logme"
-    assert prior["images"] == 18 and prior["per_class"] == 6.0  # the training split only
+    assert prior["images"] == 24 and prior["per_class"] == 8.0  # the training split only
     assert prior["leep"] is not None  # the bundled backbone has its ImageNet head
     assert decision["validation_images"] == 6 and decision["budget"]["seconds"] == 600
+    assert all(c["accuracy"] is None or c["accuracy"] < 1 for c in decision["candidates"])
     scored = [c for c in decision["candidates"] if c["accuracy"] is not None]
     assert {c["name"] for c in scored} >= {"linear-probe", "feature-extraction"}
     assert {c["size"] for c in decision["candidates"]} == {32}  # --size given: no size search
@@ -274,3 +294,16 @@ def test_refit_on_val_is_refused_for_a_strategy_that_chooses_on_validation(color
                                     "strategy.refit_on_val=true"])
     with pytest.raises(ConfigError, match="linear-probe only"):
         run_training(str(color_folder), config, out=tmp_path / "fe", progress=False)
+
+
+def test_the_search_stops_once_a_candidate_gets_every_validation_image_right(color_folder, tmp_path):
+    """No candidate can be shown better than a perfect one, and among equals the cheaper wins: the
+    search ends there (the colour task is separable by the probe at the first size)."""
+    config = load_config(overrides=["preprocess.size=32", "train.workers=0", "data.decode_workers=1",
+                                    "train.report=false"])
+    run = run_training(str(color_folder), config, out=tmp_path / "auto", progress=False)
+    decision = json.loads((run / "metrics.json").read_text())["strategy"]["decision"]
+    scored = [c for c in decision["candidates"] if c["accuracy"] is not None]
+    assert [(c["name"], c["accuracy"]) for c in scored] == [("linear-probe", 1.0)]
+    assert decision["candidates"][-1]["status"] == "skipped: a candidate already scored every validation image right"
+    assert decision["chosen"] == "linear-probe"

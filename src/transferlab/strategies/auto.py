@@ -30,6 +30,7 @@ from transferlab.errors import ConfigError
 
 SIZES = (96, 128, 160, 224)  # input sizes the search tries up to the backbone's own, unless --size
 RUNGS = (1, 3)  # epochs of the expensive candidates' runs at each round of successive halving
+MIN_FINAL_EPOCHS = 3  # an expensive candidate is tried only if its rung and this many final epochs fit the budget
 
 # (small, similar) -> (strategy, what it means, config overrides)
 QUADRANTS: dict[tuple[bool, bool], tuple[str, str, dict]] = {
@@ -290,17 +291,28 @@ class Search:
         if "linear-probe" in names:  # always one score: the probe at the size the rule measured (seconds)
             self.score("linear-probe", self.base)
         for size in sizes:  # cheap candidates at every size the budget allows, smallest first
+            if self.perfect():
+                break
             if (size == self.base or self.features_at(size)) and self.left() > 0:
                 for name in (n for n in CHEAP if n in names and (n, size) != ("linear-probe", self.base)):
                     self.score(name, size)
         cheap = [c for c in self.tried if c.accuracy is not None]
         expensive = sorted((n for n in names if n not in CHEAP), key=lambda n: n != prior)  # the rule's first
-        if expensive:
+        if expensive and not self.perfect():
             best_sizes = sorted({c.size for c in cheap}, key=lambda s: (-max(c.accuracy for c in cheap if c.size == s),
                                                                          s))[:2] or sizes[:1]
             self.halve([(n, s) for s in best_sizes for n in expensive], floor=max((c.accuracy for c in cheap),
                                                                                  default=0.0))
         return self.choose()
+
+    def perfect(self) -> bool:
+        """A candidate got every validation image right: no other can be shown better, and among
+        equals the cheaper wins, so the search stops (and says so)."""
+        done = any(c.accuracy == 1.0 for c in self.tried)
+        if done and not any(c.status.startswith("skipped: a candidate") for c in self.tried):
+            self.skip(Candidate("the remaining candidates", self.base),
+                      "a candidate already scored every validation image right")
+        return done
 
     def halve(self, pool: list[tuple[str, int]], floor: float) -> None:
         """Successive halving: every affordable candidate runs RUNGS[0] epochs; the best third of
@@ -310,7 +322,8 @@ class Search:
             scored = []
             for name, size in pool:
                 per_epoch = self.cost("train", size, train)
-                if per_epoch * (epochs + self.final_epochs(name, size)) > self.left():
+                final = min(self.final_epochs(name, size), MIN_FINAL_EPOCHS)  # the final run is cut to the budget
+                if per_epoch * (epochs + final) > self.left():
                     self.skip(Candidate(name, size, epochs), f"about {per_epoch:.0f} s an epoch, "
                                                              f"{max(0, self.left()):.0f} s left")
                     continue
