@@ -189,6 +189,15 @@ class CVConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """Where a run is tracked besides its own folder (tracking.py); the CSV logs are always written."""
+
+    tracker: Literal["tensorboard", "csv", "mlflow"] = "tensorboard"  # csv: the run folder only
+    uri: str | None = None  # mlflow: tracking URI; None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here
+    experiment: str = "transferlab"  # mlflow experiment the run is logged to
+
+
+@dataclass
 class Config:
     """A whole run. `seed` drives every random step."""
 
@@ -202,6 +211,7 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     cv: CVConfig = field(default_factory=CVConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 def budget_seconds(config: Config) -> float | None:

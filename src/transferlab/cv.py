@@ -29,6 +29,7 @@ from transferlab.models.backbone import create_backbone
 from transferlab.pipeline import load_new, report_dataset_problems
 from transferlab.record import CVRecord, FoldRecord, StrategyRecord, save_record
 from transferlab.run import read_json, reopen_run, start_run, write_json
+from transferlab.tracking import Tracker, cv_summary, fold_summary, run_tags
 
 STATE = "cv_state.json"
 BOOTSTRAP = 1000  # resamples of the out-of-fold predictions behind every interval
@@ -56,6 +57,11 @@ def run_cv(data: str | None, config: Config, *, out: str | Path | None = None, r
             run_dir, state, config = reopen_run(stack, resume, resume_overrides, STATE)
             dataset = load_dataset(config.data.source, config, progress=progress)
         L.seed_everything(config.seed, workers=True, verbose=False)
+        tracker = Tracker.open(config, state, name=run_dir.name, tags={**run_tags(config, run_dir),
+                                                                        "transferlab.kind": "cv"})
+        write_json(run_dir / STATE, state)
+        if progress and tracker.describe():
+            info(tracker.describe())
         folds, repeats = config.cv.folds, config.cv.repeats
         budget = budget_seconds(merge(config, {"strategy": {"name": state["requested"]}}, origin="cv"))
         splits = stratified_folds(dataset.labels, dataset.groups, folds=folds, repeats=repeats, seed=config.seed,
@@ -75,12 +81,18 @@ def run_cv(data: str | None, config: Config, *, out: str | Path | None = None, r
                 continue
             if progress:
                 info(f"[{number}/{len(splits)}] {name}: train {len(train_part):,}, test {len(test_part):,}")
-            run_fold(dataset, config, run_dir / "folds" / name, train_part, test_part, name=name, repeat=repeat,
-                     fold=fold, requested=state["requested"], progress=progress, callbacks=extra_callbacks,
-                     share=None if budget is None else budget / len(splits))
+            try:
+                run_fold(dataset, config, run_dir / "folds" / name, train_part, test_part, name=name, repeat=repeat,
+                         fold=fold, requested=state["requested"], progress=progress, callbacks=extra_callbacks,
+                         share=None if budget is None else budget / len(splits), parent=tracker)
+            except BaseException as exc:
+                tracker.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+                raise
             state["done"].append(name)
             write_json(run_dir / STATE, state)
         summarize(run_dir, dataset, config, splits, started, state["requested"])
+        cv_summary(tracker, config, read_json(run_dir / "cv_metrics.json"), run_dir)
+        tracker.finish()
         state["finished"] = True
         write_json(run_dir / STATE, state)
     return run_dir
@@ -98,7 +110,7 @@ def write_cv_split(run_dir: Path, dataset: ImageDataset, splits, folds: int, rep
 
 def run_fold(dataset: ImageDataset, config: Config, fold_dir: Path, train_part: np.ndarray, test_part: np.ndarray,
              *, name: str, repeat: int, fold: int, requested: str, progress: bool, callbacks: list | None,
-             share: float | None = None) -> None:
+             share: float | None = None, parent: Tracker | None = None) -> None:
     """Fit on the fold's training part (an inner validation split picks the checkpoint) and score
     its held-out part: folds/<name>/ holds its split, state, checkpoints, record and predictions.
     `share`: the seconds of train.budget this fold may spend."""
@@ -123,7 +135,13 @@ def run_fold(dataset: ImageDataset, config: Config, fold_dir: Path, train_part: 
                         {"part": [k for k, v in indices.items() for _ in v]})
     deadline = None if share is None else time.monotonic() + share - state.get("seconds", 0.0)
     job = FitJob(dataset, indices, config, fold_dir, progress=progress, callbacks=callbacks, deadline=deadline)
-    result = fit(job, state=state, requested=requested)
+    job.tracker = Tracker.open(config, state, name=name, parent=parent, tags={"transferlab.kind": "fold"})
+    write_json(state_path, state)
+    try:
+        result = fit(job, state=state, requested=requested)
+    except BaseException as exc:
+        job.tracker.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
     metrics, _, rows = evaluate_parts(result, parts=("test",))
     save_record(FoldRecord(name=name, repeat=repeat + 1, fold=fold + 1, n_train=int(len(indices["train"])),
                            n_val=int(len(indices["val"])), n_test=int(len(test_part)), test=metrics["test"],
@@ -135,6 +153,8 @@ def run_fold(dataset: ImageDataset, config: Config, fold_dir: Path, train_part: 
 
         save_error_examples(result.classifier.cpu().eval(), dataset, *rows.of("test"), fold_dir / "errors.npz",
                             seed=config.seed)
+    fold_summary(job.tracker, result.config, read_json(fold_dir / "metrics.json"))
+    job.tracker.finish()
     state["stage"] = "done"
     write_json(fold_dir / "state.json", state)
 

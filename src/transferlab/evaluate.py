@@ -16,7 +16,7 @@ from transferlab.data import load_dataset
 from transferlab.data.sources import check_spec
 from transferlab.errors import DataError
 from transferlab.metrics import compute_metrics, scalar_metrics, write_predictions
-from transferlab.run import check_out_dir, load_model, new_run_dir, write_json
+from transferlab.run import check_out_dir, load_model, new_run_dir, read_json, write_json
 
 
 @dataclass
@@ -146,5 +146,25 @@ def evaluate_run(run: str | Path, data: str, *, out: str | Path | None = None, s
     })
     write_json(out_dir / "curves.json", {"test": curves})
     write_predictions(out_dir / "predictions.csv", dataset.paths, labels, probs, meta["classes"])
+    track_evaluation(run, config, out_dir, metrics, data=data, engine=getattr(compiled, "name", "torch"), tta=tta)
     return out_dir
+
+
+def track_evaluation(run: Path, config, out_dir: Path, metrics: dict, *, data: str, engine: str, tta) -> None:
+    """A run trained with --tracker mlflow: the evaluation becomes a child of its MLflow run, in
+    its experiment (the store and run id come from the run's state.json)."""
+    from transferlab.metrics import scalar_metrics
+    from transferlab.tracking import Tracker
+
+    state = read_json(run / "state.json") if (run / "state.json").is_file() else {}
+    if config.tracking.tracker != "mlflow" or not state.get("tracking"):
+        return
+    parent = Tracker("mlflow", state["tracking"]["uri"], state["tracking"]["run_id"])
+    child: dict = {}
+    tracker = Tracker.open(config, child, name=f"evaluate {data}", parent=parent,
+                           tags={"transferlab.kind": "evaluation", "transferlab.run_dir": str(run.resolve())})
+    tracker.params({"data": data, "engine": engine, "tta": ",".join(tta) if tta else "none"}, prefix="evaluate.")
+    tracker.metrics(scalar_metrics(metrics), prefix="test_")
+    tracker.artifacts(out_dir, ("metrics.json", "curves.json", "predictions.csv"))
+    tracker.finish()
 

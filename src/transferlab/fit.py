@@ -85,6 +85,7 @@ class FitJob:
         self.indices, self.config, self.directory = indices, config, directory
         self.progress, self.callbacks = progress and not is_worker_process(), list(callbacks or [])
         self.deadline = deadline  # time.monotonic() by which every stage must have stopped (train.budget)
+        self.tracker = None  # tracking.Tracker of the run; None: config.tracking.tracker with no MLflow run
         self.device = device_for(config.train.accelerator)
         self.use(dataset)
 
@@ -245,7 +246,7 @@ class FitJob:
             left = self.seconds_left()
             return build_trainer(config, self.directory, stage.name, epochs=stage.epochs, has_val=self.has_val,
                                  progress=self.progress, callbacks=callbacks + self.callbacks, steps_per_epoch=steps,
-                                 max_seconds=None if left is None else max(1.0, left))
+                                 max_seconds=None if left is None else max(1.0, left), tracker=self.tracker)
 
         built, checkpoint = trainer()
         if config.train.find_lr and stage.find_lr and resume_from is None:

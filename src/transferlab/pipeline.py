@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from transferlab.config import Config, load_config, merge
+from transferlab.tracking import Tracker, check_tracking, run_summary, run_tags
 from transferlab.console import info, warn
 from transferlab.data import ImageDataset, holdout_split, load_dataset, write_split_csv
 from transferlab.data.splits import read_split_csv
@@ -83,6 +84,7 @@ def load_new(data: str | None, config: Config, out, progress: bool) -> tuple[Con
         raise DataError("no DATA given: pass a folder, a CSV manifest or builtin:NAME")
     config = resolve_config(config, data)
     check_out_dir(out)
+    check_tracking(config)
     dataset = load_dataset(data, config, progress=progress)
     dataset.require_classes()
     return config, dataset
@@ -120,9 +122,13 @@ def run_training(data: str | None, config: Config, *, out: str | Path | None = N
             indices = {name: np.flatnonzero(split == name) for name in SPLITS}
             job = FitJob(dataset, indices, config, run_dir, progress=progress, callbacks=extra_callbacks)
         L.seed_everything(config.seed, workers=True, verbose=False)
+        job.tracker = Tracker.open(config, state, name=run_dir.name, tags=run_tags(config, run_dir))
+        write_json(run_dir / "state.json", state)
         write_json(run_dir / "dataset.json", dataset.summary(parts=indices, normalization=job.normalize))
         if show:
             report_dataset_problems(dataset, run_dir)
+            if job.tracker.describe():
+                info(job.tracker.describe())
             info(f"{len(dataset):,} images, {len(dataset.classes)} classes; split "
                  + ", ".join(f"{k} {len(v):,}" for k, v in indices.items()) + f"; run directory {run_dir}")
         try:
@@ -130,9 +136,16 @@ def run_training(data: str | None, config: Config, *, out: str | Path | None = N
         except KeyboardInterrupt:
             if not is_worker_process():
                 warn(f"interrupted: continue with `transferlab train --resume {run_dir}`")
+                job.tracker.finish("KILLED")
+            raise
+        except Exception:
+            if not is_worker_process():
+                job.tracker.finish("FAILED")
             raise
         if not is_worker_process():
             finish(result, state, run_dir, started)
+            run_summary(job.tracker, result.config, read_json(run_dir / "metrics.json"), run_dir)
+            job.tracker.finish()
     return run_dir
 
 

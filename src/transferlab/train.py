@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -276,8 +276,8 @@ def read_checkpoint(path: str | Path) -> dict:
 
 def build_trainer(config: Config, run_dir: Path, stage: str, *, epochs: int, has_val: bool, progress: bool,
                   callbacks: list | None = None, steps_per_epoch: int | None = None,
-                  max_seconds: float | None = None) -> tuple[L.Trainer, ModelCheckpoint]:
-    """A Trainer with checkpoints (best + last), early stopping, LR monitor and CSV/TensorBoard logs;
+                  max_seconds: float | None = None, tracker=None) -> tuple[L.Trainer, ModelCheckpoint]:
+    """A Trainer with checkpoints (best + last), early stopping, LR monitor, the CSV log and the tracker's;
     with `max_seconds` it stops when that much time has passed (the best checkpoint is kept)."""
     monitor = config.train.monitor if has_val else None
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints" / stage, filename="best", monitor=monitor,
@@ -288,9 +288,10 @@ def build_trainer(config: Config, run_dir: Path, stage: str, *, epochs: int, has
         every.append(EarlyStopping(monitor=monitor, mode=MONITOR_MODE[monitor], patience=config.train.early_stopping))
     logs = run_dir / "logs"
     version = next_version(logs / stage)
-    loggers = [CSVLogger(logs, name=stage, version=version)]
-    with contextlib.suppress(ModuleNotFoundError):
-        loggers.append(TensorBoardLogger(logs, name=stage, version=version, default_hp_metric=False))
+    from transferlab.tracking import Tracker
+
+    tracker = tracker or Tracker(config.tracking.tracker)
+    loggers = [CSVLogger(logs, name=stage, version=version), *tracker.loggers(logs, stage, version)]
     devices = config.train.devices
     trainer = L.Trainer(
         max_epochs=epochs, accelerator=config.train.accelerator,

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from transferlab import __version__
 from transferlab.cli.commands import (cmd_demo, cmd_evaluate, cmd_explain, cmd_export, cmd_fit, cmd_inspect,
-                                      cmd_predict, cmd_preview, cmd_rank, cmd_report, quiet_lightning)
+                                      cmd_predict, cmd_preview, cmd_rank, cmd_report, cmd_serve, quiet_lightning)
 from transferlab.cli.options import (EXAMPLES, POSITIVE_INT, SIZE, Parser, add_aug_option, add_config_options,
                                      add_data_options, add_inference_options, add_train_options, colormap_type,
                                      number_type)
@@ -111,6 +111,18 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", metavar="DIR", help="bundle folder (default RUN/exports/FORMAT; never reused)")
     export.add_argument("--check", type=number_type(int, 1, 10_000), default=64, metavar="N",
                         help="test images the export must match PyTorch on (default 64)")
+
+    serve = command("serve", cmd_serve, "try a trained run in the browser (Gradio app) and over HTTP (JSON API)")
+    serve.add_argument("run", metavar="RUN", help="a run directory written by `transferlab train`")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the "
+                            "network, without a login)")
+    serve.add_argument("--port", type=number_type(int, 0, 65535), default=7860,
+                       help="port (default 7860; 0: any free port)")
+    serve.add_argument("--engine", default="auto", choices=["auto", "torch", "onnxruntime", "openvino"],
+                       help="what runs the model (default auto: the documented rule of `predict`)")
+    serve.add_argument("--max-upload-mb", type=number_type(float, 0.001, 2048), default=20.0, metavar="MB",
+                       help="largest upload accepted, in MB (default 20)")
 
     demo = command("demo", cmd_demo, "the whole path on a built-in data set, on a CPU, in minutes")
     demo.add_argument("--out", metavar="RUN", help="run directory (default runs/<time>-demo-...)")

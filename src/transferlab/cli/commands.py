@@ -220,6 +220,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from transferlab.serve import serve
+
+    quiet_lightning()
+    serve(args.run, host=args.host, port=args.port, engine=args.engine, max_upload_mb=args.max_upload_mb)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from transferlab.pipeline import run_demo
     from transferlab.run import check_out_dir

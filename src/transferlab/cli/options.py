@@ -52,6 +52,10 @@ EXAMPLES = {
   transferlab predict runs/pets photo1.jpg photo2.png
   transferlab predict runs/pets ~/new/*.jpg --top-k 3 --json > predictions.json
   transferlab predict runs/pets photo.jpg --engine onnxruntime --tta""",
+    "serve": """examples:
+  transferlab serve runs/pets                           # open http://127.0.0.1:7860/
+  transferlab serve runs/pets --port 8080 --engine onnxruntime
+  curl -F image=@cat.jpg http://127.0.0.1:7860/api/predict""",
     "demo": """examples:
   transferlab demo
   transferlab demo --out runs/my-demo""",
@@ -81,6 +85,9 @@ FLAG_KEYS = {
     "engine": "train.engine",
     "folds": "cv.folds",
     "repeats": "cv.repeats",
+    "tracker": "tracking.tracker",
+    "tracker_uri": "tracking.uri",
+    "experiment": "tracking.experiment",
 }
 
 
@@ -237,6 +244,12 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
                                                          "none (default: 10m for auto, none for other strategies)")
     parser.add_argument("--engine", choices=["auto", "torch", "onnxruntime", "openvino"],
                         help="what computes cached features (default auto)")
+    parser.add_argument("--tracker", choices=["tensorboard", "csv", "mlflow"],
+                        help="where the run is tracked besides its folder (default tensorboard; mlflow needs "
+                             "pip install 'transferlab[mlflow]')")
+    parser.add_argument("--tracker-uri", metavar="URI",
+                        help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
+    parser.add_argument("--experiment", metavar="NAME", help="MLflow experiment (default transferlab)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--no-report", action="store_true", help="skip the figures and report.html at the end")
 

@@ -30,7 +30,12 @@ _PIL_LIMIT = threading.Lock()
 
 
 class BadImage(Exception):
-    """A file that cannot be used as an image; the message is the reason."""
+    """A file that cannot be used as an image; the message is the reason, `kind` its class
+    (unreadable, too-large, not-an-image, damaged: what an HTTP API answers with)."""
+
+    def __init__(self, message: str, kind: str = "damaged"):
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -78,15 +83,15 @@ def read_file(path: Path, max_bytes: int = Limits.max_bytes) -> bytes:
             raise BadImage(f"not a regular file ({file_kind(info.st_mode)}): only image files are read")
         if info.st_size > max_bytes:
             raise BadImage(f"file too large: {info.st_size / 2**20:.0f} MB exceeds data.max_file_mb="
-                           f"{max_bytes / 2**20:g} (raise it if the file is genuine)")
+                           f"{max_bytes / 2**20:g} (raise it if the file is genuine)", "too-large")
         try:
             data = handle.read(max_bytes + 1)
         except OSError as exc:
             raise BadImage(f"cannot read file: {exc.strerror or exc}") from None
     if not data:
-        raise BadImage("empty file (0 bytes)")
+        raise BadImage("empty file (0 bytes)", "not-an-image")
     if len(data) > max_bytes:  # grew while being read
-        raise BadImage(f"file too large: more than data.max_file_mb={max_bytes / 2**20:g} MB")
+        raise BadImage(f"file too large: more than data.max_file_mb={max_bytes / 2**20:g} MB", "too-large")
     return data
 
 
@@ -111,7 +116,8 @@ def own_bomb_check():
 
 def too_large(width: int, height: int, max_pixels: int) -> BadImage:
     return BadImage(f"too large: {width}x{height} = {width * height / 1e6:.0f} Mpx exceeds data.max_pixels="
-                    f"{max_pixels} (a possible decompression bomb; raise data.max_pixels if it is genuine)")
+                    f"{max_pixels} (a possible decompression bomb; raise data.max_pixels if it is genuine)",
+                    "too-large")
 
 
 def open_image(data: bytes, limits: Limits = Limits()) -> tuple[Image.Image, dict]:
@@ -120,7 +126,7 @@ def open_image(data: bytes, limits: Limits = Limits()) -> tuple[Image.Image, dic
         try:
             image = Image.open(io.BytesIO(data))
         except UnidentifiedImageError:
-            raise BadImage("not an image (unknown format: a renamed or non-image file?)") from None
+            raise BadImage("not an image (unknown format: a renamed or non-image file?)", "not-an-image") from None
         except Exception as exc:  # PIL raises many types for damaged headers
             raise BadImage(f"cannot open image: {str(exc)[:200]}") from None
         width, height = image.size

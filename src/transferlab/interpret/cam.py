@@ -115,7 +115,7 @@ def compute_cams(classifier: nn.Module, images: np.ndarray, *, method: str = "gr
     classifier.eval()
     module, layer_name, reshape = find_target_layer(classifier, layer, input_size=images.shape[1])
     device = next(classifier.parameters()).device
-    x_all = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+    x_all = torch.from_numpy(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2).float()  # a writable copy
     with torch.no_grad():
         probs = torch.cat([classifier(x_all[i : i + batch_size].to(device)).softmax(dim=1).cpu()
                            for i in range(0, len(x_all), batch_size)]).numpy()

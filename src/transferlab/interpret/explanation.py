@@ -16,23 +16,31 @@ from transferlab.preprocess import to_original
 MAX_SIDE = 768  # overlays of huge photos are drawn at most this large
 
 
-def load_pictures(files: list[str | Path], spec, limits) -> tuple[list[np.ndarray], np.ndarray]:
-    """Originals (oriented RGB, at most MAX_SIDE) and model inputs of image files, through the one
-    decode path with the run's limits; a bad file is an error naming it."""
-    from transferlab.data.decode import BadImage, load_rgb, read_file
-    from transferlab.data.sources import display_name
+def picture(data: bytes, spec, limits) -> tuple[np.ndarray, np.ndarray]:
+    """(original: oriented RGB at most MAX_SIDE, model input) of encoded image `data`, through the
+    one decode path with the run's limits (raises BadImage): what explain and serve show."""
+    from transferlab.data.decode import load_rgb
     from transferlab.preprocess import resize_image
+
+    rgb, _ = load_rgb(data, limits, spec.alpha_background)
+    scale = min(1.0, MAX_SIDE / max(rgb.size))
+    shown = rgb if scale == 1.0 else rgb.resize((round(rgb.size[0] * scale), round(rgb.size[1] * scale)))
+    return np.asarray(shown), resize_image(rgb, spec)
+
+
+def load_pictures(files: list[str | Path], spec, limits) -> tuple[list[np.ndarray], np.ndarray]:
+    """Originals and model inputs of image files (`picture` of each); a bad file is an error naming it."""
+    from transferlab.data.decode import BadImage, read_file
+    from transferlab.data.sources import display_name
 
     originals, inputs = [], []
     for file in files:
         try:
-            rgb, _ = load_rgb(read_file(Path(file), limits.max_bytes), limits, spec.alpha_background)
+            original, pixels = picture(read_file(Path(file), limits.max_bytes), spec, limits)
         except BadImage as exc:
             raise ExplainError(f"{display_name(str(file))}: {exc}") from None
-        scale = min(1.0, MAX_SIDE / max(rgb.size))
-        shown = rgb if scale == 1.0 else rgb.resize((round(rgb.size[0] * scale), round(rgb.size[1] * scale)))
-        originals.append(np.asarray(shown))
-        inputs.append(resize_image(rgb, spec))
+        originals.append(original)
+        inputs.append(pixels)
     return originals, np.stack(inputs)
 
 

@@ -65,12 +65,12 @@ class Run:
         self.problems: list[str] = []
         self.plots = self.dir / "plots"
         self.is_cv = (self.dir / "cv_metrics.json").is_file()
-        self.metrics = self._json("cv_metrics.json" if self.is_cv else "metrics.json")
+        self.metrics = self.json_file("cv_metrics.json" if self.is_cv else "metrics.json")
         self.record: RunRecord | CVRecord | None = None
         if self.metrics:
             self.record = CVRecord.from_json(self.metrics) if self.is_cv else RunRecord.from_json(self.metrics)
-        self.dataset = self._json("dataset.json")
-        self.curves = self._json("curves.json")
+        self.dataset = self.json_file("dataset.json")
+        self.curves = self.json_file("curves.json")
         config_path = self.dir / "config.yaml"
         self.config_text = config_path.read_text(encoding="utf-8") if config_path.is_file() else ""
         try:
@@ -79,7 +79,7 @@ class Run:
             self.problems.append(f"config.yaml could not be read ({str(exc).splitlines()[0]})")
             self.config = {}
 
-    def _json(self, name: str) -> dict:
+    def json_file(self, name: str) -> dict:
         path = self.dir / name
         if not path.is_file():
             return {}

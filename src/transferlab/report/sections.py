@@ -209,6 +209,13 @@ def section_training(run: Run) -> list[dict]:
     curves = plots.learning_curves(logs, run.plots / "learning_curves.png", monitor, best_epochs(run, logs))
     note = "first fold shown; every fold's logs are under folds/<fold>/logs." if run.is_cv else \
         "TensorBoard: tensorboard --logdir " + str(run.dir / "logs")
+    tracking = run.config.get("tracking", {})
+    if tracking.get("tracker") == "csv":
+        note = "CSV logs: logs/<stage>/v*/metrics.csv"
+    state = run.json_file("cv_state.json" if run.is_cv else "state.json").get("tracking")
+    if tracking.get("tracker") == "mlflow" and state:
+        note = (f"MLflow: experiment {tracking.get('experiment')}, run {state['run_id']} "
+                f"(mlflow ui --backend-store-uri {state['uri']})")
     return [figures(figure(curves, "loss and accuracy per epoch; dotted line: the best epoch")), text("note", note)]
 
 

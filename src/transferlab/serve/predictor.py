@@ -1,0 +1,145 @@
+"""What the web app and the HTTP API share: one trained run, loaded once, answering for encoded
+image bytes through the same decode path and limits as `predict` and `explain`.
+
+The class probabilities run on the chosen engine; Grad-CAM needs gradients, so it runs on the
+torch classifier. Both are serialised by one lock: a server's requests come from many threads,
+and a CAM hooks the shared model while it runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from transferlab.data.decode import BadImage, read_file
+from transferlab.run import load_model, read_json
+
+EXAMPLES_PER_CLASS = 1
+MAX_EXAMPLES = 8
+SAFE_NAME = re.compile(r"[^\w.-]+")
+
+
+class Predictor:
+    """A run's classifier on an engine, with its model card and example images."""
+
+    def __init__(self, run: str | Path, *, engine: str = "auto", device: str | None = None):
+        from transferlab.engines import AUTO_MIN_IMAGES
+        from transferlab.predict import model_engine
+
+        self.run = Path(run)
+        self.model = load_model(self.run, device=device)
+        # a server answers images one at a time for as long as it runs: an export repays itself
+        self.engine = model_engine(self.model, engine, images=AUTO_MIN_IMAGES, batch=1)
+        self.engine_name = getattr(self.engine, "name", engine)
+        self.lock = threading.Lock()
+        self.card = model_card(self.run, self.model.meta)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.model.classes
+
+    def decode(self, data: bytes) -> tuple[np.ndarray, np.ndarray]:
+        """(original picture, model input) of `data`; BadImage says why it cannot be used."""
+        from transferlab.interpret.explanation import picture
+
+        if len(data) > self.model.limits.max_bytes:
+            raise BadImage(f"file too large: more than data.max_file_mb={self.model.limits.max_bytes / 2**20:g} MB",
+                           "too-large")
+        if not data:
+            raise BadImage("empty file (0 bytes)", "not-an-image")
+        return picture(data, self.model.spec, self.model.limits)
+
+    def probabilities(self, pixels: np.ndarray) -> np.ndarray:
+        """Class probabilities (K,) of one model-ready image, on the engine."""
+        from transferlab.predict import predict_pixels
+
+        with self.lock:
+            return predict_pixels(self.model, pixels[None], engine=self.engine)[0]
+
+    def predict(self, data: bytes, top_k: int = 5) -> list[dict]:
+        """The top `top_k` classes of encoded image `data` with their probabilities."""
+        from transferlab.predict import top_classes
+
+        _, pixels = self.decode(data)
+        return top_classes(self.probabilities(pixels), self.classes, max(1, min(top_k, len(self.classes))))
+
+    def explain(self, data: bytes, class_name: str | None = None) -> tuple[dict[str, float], np.ndarray, str]:
+        """({class: probability}, the Grad-CAM overlay on the original picture, the class it
+        explains: `class_name`, or the predicted one)."""
+        from transferlab.interpret.cam import compute_cams, overlay
+        from transferlab.preprocess import to_original
+
+        original, pixels = self.decode(data)
+        probs = self.probabilities(pixels)
+        target = self.classes.index(class_name) if class_name in self.classes else int(np.argmax(probs))
+        with self.lock:
+            result = compute_cams(self.model.classifier, pixels[None], method="gradcam", target_classes=[target])
+        height, width = original.shape[:2]
+        blended = overlay(original, to_original(result["cams"][0], (width, height), self.model.spec))
+        return {c: float(p) for c, p in zip(self.classes, probs)}, blended, self.classes[target]
+
+    def examples(self, folder: Path) -> list[Path]:
+        """Up to MAX_EXAMPLES images of the run's test split (else validation), one per class,
+        copied into `folder` (the app serves nothing from the user's data folder)."""
+        return example_images(self.run, self.model.meta.get("source"), folder)
+
+
+def model_card(run: Path, meta: dict) -> dict:
+    """What a user of the app should know about the model: data, classes, strategy, test metrics."""
+    from transferlab.metrics import LABELS, headline
+
+    metrics = read_json(run / "metrics.json") if (run / "metrics.json").is_file() else {}
+    split = next((s for s in ("test", "val") if s in metrics), None)
+    strategy = metrics.get("strategy", {})
+    data = metrics.get("data", {})
+    return {"run": run.name, "model": meta["model"], "classes": meta["classes"], "source": meta.get("source"),
+            "images": data.get("n_images"), "splits": data.get("splits"),
+            "strategy": strategy.get("label") or meta.get("strategy"), "input_size": meta["resize"]["size"],
+            "evaluated_on": split, "n": metrics[split].get("n") if split else None,
+            "metrics": {LABELS.get(k, k): v for k, v in headline(metrics[split]).items() if v is not None}
+            if split else {},
+            "report": (run / "report.html").is_file()}
+
+
+def example_images(run: Path, source: str | None, folder: Path) -> list[Path]:
+    """Images of the held-out split named in split.csv, one per class, written to `folder`."""
+    from PIL import Image
+
+    from transferlab.data.sources import open_source
+
+    if not source or not (run / "split.csv").is_file():
+        return []
+    with open(run / "split.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    held = [r for r in rows if r.get("split") == "test"] or [r for r in rows if r.get("split") == "val"]
+    chosen: dict[str, list[str]] = {}
+    for row in held:
+        if len(chosen.setdefault(row["label"], [])) < EXAMPLES_PER_CLASS:
+            chosen[row["label"]].append(row["path"])
+    wanted = [p for paths in chosen.values() for p in paths][:MAX_EXAMPLES]
+    if not wanted:
+        return []
+    try:
+        opened = open_source(source)
+        items = {item.path: item for item in opened.items}
+        folder.mkdir(parents=True, exist_ok=True)
+        written = []
+        for k, path in enumerate(wanted):
+            item = items.get(path)
+            if item is None:
+                continue
+            target = folder / f"{k:02d}-{SAFE_NAME.sub('-', item.label)[:40]}"
+            if item.file is not None:
+                target = target.with_suffix(Path(item.file).suffix.lower() or ".png")
+                target.write_bytes(read_file(Path(item.file)))
+            else:
+                target = target.with_suffix(".png")
+                Image.fromarray(opened.arrays[item.index]).save(target)
+            written.append(target)
+        return written
+    except Exception:  # the data moved or changed since training: the app works without examples
+        return []

@@ -1,0 +1,114 @@
+"""The Gradio app of `transferlab serve`: one image (upload or paste) with its top classes and
+the Grad-CAM overlay of the predicted (or a chosen) class, several images at once as a gallery,
+and the model card with a link to the run's report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PREDICTED = "(predicted class)"
+
+
+def card_markdown(card: dict) -> str:
+    metrics = ", ".join(f"{k} {v:.3f}" for k, v in card["metrics"].items())
+    splits = card.get("splits") or {}
+    lines = [
+        f"**Run** `{card['run']}` · **model** {card['model']} at {card['input_size']} px · "
+        f"**strategy** {card['strategy']}",
+        f"**Data** {card['source'] or 'unknown'}" + (f": {card['images']:,} images" if card.get("images") else "")
+        + (" (" + ", ".join(f"{k} {v:,}" for k, v in splits.items()) + ")" if splits else ""),
+        f"**Classes** ({len(card['classes'])}): " + ", ".join(card["classes"][:40])
+        + (" ..." if len(card["classes"]) > 40 else ""),
+        (f"**{'Test' if card['evaluated_on'] == 'test' else 'Validation'} metrics** on {card['n']:,} held-out "
+         f"images: {metrics}") if card["evaluated_on"] else "**Metrics**: the run has no held-out split",
+    ]
+    if card["report"]:
+        lines.append("[The run's full report](/report) (evaluation, calibration, errors, Grad-CAM)")
+    return "\n\n".join(lines)
+
+
+def untouched_upload(image) -> None:
+    """Let the uploads of a gr.Image reach our decode path untouched: Gradio's own preprocessing
+    opens the file with PIL first, which answers a non-image or a bomb with an error naming its
+    internal paths instead of ours. (Set on the instance: a subclass of a Gradio component makes
+    Gradio write a .pyi stub next to our module.)"""
+    import gradio as gr
+
+    def preprocess(payload):
+        if payload is None or (payload.url or "").startswith("data:"):  # a pasted data URL: Gradio writes it
+            return gr.Image.preprocess(image, payload)
+        return payload.path
+
+    image.preprocess = preprocess
+
+
+def build_ui(predictor, examples: list[Path]):
+    import gradio as gr
+
+    from transferlab.data.decode import BadImage, read_file
+
+    limit = predictor.model.limits.max_bytes
+
+    def read(path: str) -> bytes:
+        try:
+            return read_file(Path(path), limit)
+        except BadImage as exc:
+            raise gr.Error(f"{Path(path).name}: {exc}", print_exception=False) from None
+
+    def one(path: str | None, target: str | None):
+        if not path:
+            raise gr.Error("Drop, paste or choose an image first.", print_exception=False)
+        try:
+            probs, blended, explained = predictor.explain(read(path), None if target == PREDICTED else target)
+        except BadImage as exc:
+            raise gr.Error(f"{Path(path).name}: {exc}", print_exception=False) from None
+        return probs, blended
+
+    def several(paths: list[str] | None):
+        if not paths:
+            raise gr.Error("Choose one or more images first.", print_exception=False)
+        gallery, rows = [], []
+        for path in paths:
+            name = Path(path).name
+            try:
+                probs, blended, explained = predictor.explain(read_file(Path(path), limit))
+            except BadImage as exc:  # one bad file does not stop the others
+                rows.append([name, "", None, str(exc)])
+                continue
+            gallery.append((blended, f"{name}: {explained} {probs[explained]:.0%}"))
+            rows.append([name, explained, round(probs[explained], 4), ""])
+        return gallery, rows
+
+    with gr.Blocks(title=f"transferlab · {predictor.run.name}", analytics_enabled=False) as app:
+        gr.Markdown(f"# {predictor.run.name}\nA transferlab image classifier: "
+                    f"{len(predictor.classes)} classes, running on {predictor.engine_name}.")
+        with gr.Tab("One image"):
+            with gr.Row():
+                with gr.Column():
+                    image = gr.Image(type="filepath", label="Image (drop, paste or click to upload)",
+                                     sources=["upload", "clipboard"], elem_id="input-image")
+                    untouched_upload(image)
+                    target = gr.Dropdown([PREDICTED, *predictor.classes], value=PREDICTED,
+                                         label="Class to explain", elem_id="target-class")
+                    button = gr.Button("Classify", variant="primary", elem_id="classify")
+                with gr.Column():
+                    label = gr.Label(num_top_classes=min(5, len(predictor.classes)), label="Top classes",
+                                     elem_id="top-classes")
+                    cam = gr.Image(label="Grad-CAM: where the model looks for the explained class", format="png",
+                                   interactive=False, elem_id="overlay")
+            if examples:
+                gr.Examples([[str(p)] for p in examples], inputs=[image], label="Held-out images of this run",
+                            elem_id="examples")
+            button.click(one, [image, target], [label, cam], api_name="predict")
+            target.change(one, [image, target], [label, cam], api_visibility="private")
+        with gr.Tab("Several images"):
+            files = gr.File(file_count="multiple", file_types=["image"], type="filepath", label="Images",
+                            elem_id="input-files")
+            run_all = gr.Button("Classify all", variant="primary", elem_id="classify-all")
+            gallery = gr.Gallery(label="Grad-CAM of the predicted class", columns=4, elem_id="gallery")
+            table = gr.Dataframe(headers=["file", "predicted", "probability", "problem"], interactive=False,
+                                 elem_id="table")
+            run_all.click(several, [files], [gallery, table], api_name="predict_many")
+        with gr.Accordion("Model card", open=True):
+            gr.Markdown(card_markdown(predictor.card), elem_id="model-card")
+    return app
