@@ -144,10 +144,12 @@ def test_3_fifos_devices_and_huge_files_never_hang_or_fill_memory(tmp_path, tiny
     assert "pipe.png" in capsys.readouterr().out
     run, data = tiny_run
     good = data / "red" / "000.png"
+    (tmp_path / "folder.png").mkdir()
     assert main(["predict", str(run), str(good), str(root / "red" / "pipe.png"), str(tmp_path / "zero.png"),
-                 "--json"]) == 2
+                 str(tmp_path / "folder.png"), "--json"]) == 2
     results = json.loads(capsys.readouterr().out)
     assert "top" in results[0] and "FIFO" in results[1]["error"] and "character device" in results[2]["error"]
+    assert results[3]["error"].startswith("not a regular file (a folder)")
 
 
 # --- 4. one decode path: explain refuses a decompression bomb as predict does ------------------

@@ -77,10 +77,11 @@ def read_file(path: Path, max_bytes: int = Limits.max_bytes) -> bytes:
         raise BadImage("permission denied: make the file readable") from None
     except OSError as exc:
         raise BadImage(f"cannot read file: {exc.strerror or exc}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):  # checked before io.open, which refuses a folder with its own error
+        os.close(fd)
+        raise BadImage(f"not a regular file ({file_kind(info.st_mode)}): only image files are read")
     with open(fd, "rb", closefd=True) as handle:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise BadImage(f"not a regular file ({file_kind(info.st_mode)}): only image files are read")
         if info.st_size > max_bytes:
             raise BadImage(f"file too large: {info.st_size / 2**20:.0f} MB exceeds data.max_file_mb="
                            f"{max_bytes / 2**20:g} (raise it if the file is genuine)", "too-large")
