@@ -58,11 +58,14 @@ def fit_probe(x: np.ndarray, y: np.ndarray, num_classes: int, *, seed: int = 0,
     blows up the many near-silent channels to the scale of the informative ones."""
     from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
     from sklearn.model_selection import StratifiedKFold
+    from threadpoolctl import threadpool_limits
 
     present = np.bincount(y, minlength=num_classes)
     folds = int(min(5, present[present > 0].min()))
     weight = "balanced" if balanced else None
-    with warnings.catch_warnings():
+    # one BLAS thread: on these small matrices a threaded BLAS beside torch's own thread pool made the
+    # fit 9x slower (fashion-mnist, 420 x 1280 features: 23.5 s -> 2.6 s, identical coefficients)
+    with warnings.catch_warnings(), threadpool_limits(limits=1, user_api="blas"):
         warnings.simplefilter("ignore")  # convergence chatter on tiny folds
         if folds >= 2:
             model = LogisticRegressionCV(Cs=C_GRID, cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
