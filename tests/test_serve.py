@@ -107,7 +107,7 @@ def test_the_json_api_answers_like_predict_and_refuses_bad_files_while_serving_o
         assert b"<html" in response.read(2000)
 
 
-def test_gradio_client_gets_the_label_and_the_overlay(server, trained):
+def test_gradio_client_gets_the_label_and_the_overlay(server, trained, tmp_path):
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
 
@@ -120,6 +120,11 @@ def test_gradio_client_gets_the_label_and_the_overlay(server, trained):
     assert confidences[label["label"]] == pytest.approx(answer["top"][0]["probability"], abs=1e-5)
     with Image.open(overlay) as picture:  # the overlay is drawn on the photo as uploaded
         assert picture.size == Image.open(photo).size
+    scan = Image.open(photo).convert("L").resize((28, 21))  # a tiny scan is shown by whole pixels, not as a dot
+    scan.save(tiny := tmp_path / "scan.png")
+    _, overlay = client.predict(handle_file(str(tiny)), "(predicted class)", api_name="/predict")
+    with Image.open(overlay) as picture:
+        assert picture.size == (280, 210)
     chosen, _ = client.predict(handle_file(str(photo)), "blue", api_name="/predict")
     assert chosen["label"] == label["label"]  # explaining another class does not change the prediction
     with pytest.raises(AppError, match="not an image"):

@@ -14,17 +14,29 @@ from transferlab.interpret.maps import attention_maps, attention_rollout, featur
 from transferlab.preprocess import to_original
 
 MAX_SIDE = 768  # overlays of huge photos are drawn at most this large
+MIN_SIDE = 256  # and of tiny images (a 28x28 scan) at least this large, by whole pixels
 
 
 def picture(data: bytes, spec, limits) -> tuple[np.ndarray, np.ndarray]:
-    """(original: oriented RGB at most MAX_SIDE, model input) of encoded image `data`, through the
-    one decode path with the run's limits (raises BadImage): what explain and serve show."""
+    """(original: oriented RGB with its longer side at most MAX_SIDE and, for small images, blown
+    up by a whole factor to at least MIN_SIDE with nearest-neighbour so each pixel stays visible,
+    model input) of encoded image `data`, through the one decode path with the run's limits
+    (raises BadImage): what explain and serve show."""
+    from PIL import Image
+
     from transferlab.data.decode import load_rgb
     from transferlab.preprocess import resize_image
 
     rgb, _ = load_rgb(data, limits, spec.alpha_background)
-    scale = min(1.0, MAX_SIDE / max(rgb.size))
-    shown = rgb if scale == 1.0 else rgb.resize((round(rgb.size[0] * scale), round(rgb.size[1] * scale)))
+    longer = max(rgb.size)
+    if longer > MAX_SIDE:
+        scale = MAX_SIDE / longer
+        shown = rgb.resize((round(rgb.size[0] * scale), round(rgb.size[1] * scale)))
+    elif longer < MIN_SIDE:
+        factor = -(-MIN_SIDE // longer)
+        shown = rgb.resize((rgb.size[0] * factor, rgb.size[1] * factor), Image.NEAREST)
+    else:
+        shown = rgb
     return np.asarray(shown), resize_image(rgb, spec)
 
 

@@ -86,7 +86,7 @@ def build_ui(predictor, examples: list[Path]):
             with gr.Row():
                 with gr.Column():
                     image = gr.Image(type="filepath", label="Image (drop, paste or click to upload)",
-                                     sources=["upload", "clipboard"], elem_id="input-image")
+                                     sources=["upload", "clipboard"], elem_id="input-image", height=320)
                     untouched_upload(image)
                     target = gr.Dropdown([PREDICTED, *predictor.classes], value=PREDICTED,
                                          label="Class to explain", elem_id="target-class")
@@ -95,7 +95,7 @@ def build_ui(predictor, examples: list[Path]):
                     label = gr.Label(num_top_classes=min(5, len(predictor.classes)), label="Top classes",
                                      elem_id="top-classes")
                     cam = gr.Image(label="Grad-CAM: where the model looks for the explained class", format="png",
-                                   interactive=False, elem_id="overlay")
+                                   interactive=False, elem_id="overlay", height=320)
             if examples:
                 gr.Examples([[str(p)] for p in examples], inputs=[image], label="Held-out images of this run",
                             elem_id="examples")
