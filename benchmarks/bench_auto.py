@@ -10,7 +10,8 @@ Every contender gets the same wall-time budget (`--budget`, default 2 min): auto
 and final training, each fixed strategy for its training (it stops when the budget is spent and
 keeps its best checkpoint). The baseline is the simplest honest one: pooled features of the same
 bundled backbone and weights, scikit-learn's LogisticRegression, 30 lines with no transferlab,
-at 128 and 224 px (the better of the two is reported). Held-out test images are scored with
+at 128 px, the size the issue's baseline used (224 px is shown too, as an oracle column: a
+user of the script would have to guess the size). Held-out test images are scored with
 `transferlab evaluate`. Targets on the evaluation group: auto >= best fixed - 0.5 point on
 average; never below the probe by more than 0.5 point on a set; when the probe wins, auto's wall
 time <= 2x the probe's.
