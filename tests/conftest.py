@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,13 @@ import pytest
 from PIL import Image
 
 from transferlab.config import load_config
+
+
+def interactive_sigint() -> None:
+    """preexec_fn for a child that the test will Ctrl-C: SIGINT as a terminal delivers it. A suite
+    started in the background by a non-interactive shell (`make test &`) runs with SIGINT
+    ignored, and a child would inherit that and never see the Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def save(image: Image.Image, path: Path, **kwargs) -> Path:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import save
+from conftest import interactive_sigint, save
 from transferlab.cli import main
 from transferlab.config import load_config
 from transferlab.data import load_dataset
@@ -264,7 +264,8 @@ def start_training(data: Path, out: Path, epochs: int) -> subprocess.Popen:
     command = [str(SCRIPT), "train", str(data), "--out", str(out), "--strategy", "fine-tune", "--epochs", str(epochs),
                "--quiet", *TINY_FLAGS, "--set", "strategy.head_warmup_epochs=0"]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={k: v for k, v in os.environ.items() if k != RUN_DIR_ENV})
+                            env={k: v for k, v in os.environ.items() if k != RUN_DIR_ENV},
+                            preexec_fn=interactive_sigint)
 
 
 def wait_for(predicate, timeout: float = 120.0) -> None:

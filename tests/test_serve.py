@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import interactive_sigint
 from transferlab.config import load_config
 from transferlab.pipeline import run_training
 
@@ -171,7 +172,8 @@ def test_the_page_classifies_an_upload_in_a_real_browser(server, trained, tmp_pa
 
 def test_the_console_script_serves_warns_on_open_hosts_and_stops_on_ctrl_c(trained):
     process = subprocess.Popen([str(SCRIPT), "serve", str(trained["run"]), "--host", "0.0.0.0", "--port", "0",
-                                "--engine", "torch"], stderr=subprocess.PIPE, text=True)
+                                "--engine", "torch"], stderr=subprocess.PIPE, text=True,
+                               preexec_fn=interactive_sigint)
     try:
         lines = []
         for line in process.stderr:
