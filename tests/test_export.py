@@ -221,3 +221,20 @@ def test_the_auto_engine_rule_is_the_documented_one():
     assert resolve("openvino", device=cpu, images=1, cached=False) == "openvino"  # a named engine is kept
     with pytest.raises(ConfigError, match="unknown engine"):
         resolve("tensorrt", device=cpu, images=1, cached=False)
+
+
+def test_an_export_that_fails_leaves_nothing_the_next_run_would_trust(tmp_path, monkeypatch):
+    """The engine cache trusts a model.onnx once it exists: a half-written or refused export (Ctrl-C,
+    onnx.checker) must not be left there for every later run to load."""
+    import transferlab.engines.export as export_module
+    from transferlab.engines import compile_engine
+
+    def interrupted(module, size, path):
+        Path(path).write_bytes(b"half an onnx file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export_module, "to_onnx", interrupted)
+    folder = tmp_path / "engines" / "key"
+    with pytest.raises(KeyboardInterrupt):
+        compile_engine("onnxruntime", torch.nn.Identity(), 32, folder)
+    assert not (folder / "model.onnx").exists() and not list(folder.iterdir())

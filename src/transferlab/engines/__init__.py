@@ -14,9 +14,9 @@ torch otherwise, and always on a GPU.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import json
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -90,9 +90,9 @@ def versions() -> dict[str, str]:
 def cache_folder(identity: dict) -> Path:
     """`<cache>/engines/<key>`: where the exports of one model at one input size live."""
     from transferlab.data.sources import cache_root
+    from transferlab.features import cache_key
 
-    key = hashlib.sha256(json.dumps(identity | versions(), sort_keys=True, default=str).encode()).hexdigest()[:24]
-    return cache_root() / "engines" / key
+    return cache_root() / "engines" / cache_key(identity | versions())[:24]
 
 
 def exported(folder: Path, engine: str) -> bool:
@@ -110,15 +110,25 @@ def compile_engine(engine: str, module: nn.Module, size: int, folder: Path, *, d
         return runtime.TorchEngine(module, device=device, channels_last=channels_last)
     from transferlab.engines.export import to_onnx, to_openvino
 
-    onnx_path = folder / "model.onnx"
+    onnx_path, xml = folder / "model.onnx", folder / "model.xml"
     if not onnx_path.is_file():
-        to_onnx(module, size, onnx_path)
+        published(folder, ("model.onnx",), lambda tmp: to_onnx(module, size, tmp / "model.onnx"))
     if engine == "onnxruntime":
         return runtime.OnnxEngine(onnx_path)
-    xml = folder / "model.xml"
     if not xml.is_file():
-        to_openvino(onnx_path, xml)
+        published(folder, ("model.bin", "model.xml"), lambda tmp: to_openvino(onnx_path, tmp / "model.xml"))
     return runtime.OpenVinoEngine(xml)
+
+
+def published(folder: Path, names: tuple[str, ...], build) -> None:
+    """`build(tmp)` writes `names` into a private folder; they are then moved into `folder`, the
+    file whose presence means "exported" last. An interrupted or failed export (a refused
+    onnx.checker, Ctrl-C) leaves nothing in the cache that a later run would trust."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".export-") as tmp:
+        build(Path(tmp))
+        for name in names:
+            os.replace(Path(tmp) / name, folder / name)
 
 
 def run_batches(engine, images, indices, batch_size: int) -> np.ndarray:
