@@ -102,6 +102,7 @@ def evaluate_run(run: str | Path, data: str, *, out: str | Path | None = None, s
     accuracy, log loss and ECE with and without them.
     """
     from transferlab import tta as test_views
+    from transferlab.engines import run_batches
     from transferlab.predict import model_engine
 
     run = Path(run)
@@ -125,10 +126,9 @@ def evaluate_run(run: str | Path, data: str, *, out: str | Path | None = None, s
     views = test_views.views(tta)
     started = time.time()
     compiled = model_engine(model, engine, images=len(dataset) * len(views))
-    every = np.arange(len(dataset))
-    batch = config.train.eval_batch_size
-    per_view = np.stack([np.concatenate([compiled(np.ascontiguousarray(view(dataset.images.take(
-        every[i:i + batch]).transpose(0, 3, 1, 2)))) for i in range(0, len(every), batch)]) for _, view in views])
+    every, batch = np.arange(len(dataset)), config.train.eval_batch_size
+    per_view = np.stack([run_batches(lambda b, v=view: compiled(np.ascontiguousarray(v(b))), dataset.images, every,
+                                     batch) for _, view in views])
     probs = per_view.mean(axis=0)
     metrics = compute_metrics(labels, probs, meta["classes"])
     comparison = None
@@ -142,18 +142,17 @@ def evaluate_run(run: str | Path, data: str, *, out: str | Path | None = None, s
     write_json(out_dir / "metrics.json", {
         "test": metrics, "run": str(run), "data": data, "n_images": len(dataset),
         "classes_missing_from_data": missing, "skipped": len(dataset.skipped),
-        "seconds": round(time.time() - started, 1), "engine": getattr(compiled, "name", "torch"), "tta": comparison,
+        "seconds": round(time.time() - started, 1), "engine": compiled.name, "tta": comparison,
     })
     write_json(out_dir / "curves.json", {"test": curves})
     write_predictions(out_dir / "predictions.csv", dataset.paths, labels, probs, meta["classes"])
-    track_evaluation(run, config, out_dir, metrics, data=data, engine=getattr(compiled, "name", "torch"), tta=tta)
+    track_evaluation(run, config, out_dir, metrics, data=data, engine=compiled.name, tta=tta)
     return out_dir
 
 
 def track_evaluation(run: Path, config, out_dir: Path, metrics: dict, *, data: str, engine: str, tta) -> None:
     """A run trained with --tracker mlflow: the evaluation becomes a child of its MLflow run, in
     its experiment (the store and run id come from the run's state.json)."""
-    from transferlab.metrics import scalar_metrics
     from transferlab.tracking import Tracker
 
     state = read_json(run / "state.json") if (run / "state.json").is_file() else {}

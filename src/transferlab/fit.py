@@ -185,9 +185,9 @@ class FitJob:
         root = Path(config.data.cache_dir).expanduser() if config.data.cache_dir else cache_root()
         cache = FeatureCache(root, limit_bytes=int(config.data.disk_limit_gb * 1e9))
         model = self.classifier.to(self.device)
-        folder = cache_folder({"kind": "features", "model": key["model"], "normalize": key["normalize"],
-                               "size": self.dataset.spec.size})
-        engine = "torch" if "transform" in kwargs else resolve(
+        folder = None if "transform" in kwargs else cache_folder(  # augmented views need torch: no export
+            {"kind": "features", "model": key["model"], "normalize": key["normalize"], "size": self.dataset.spec.size})
+        engine = "torch" if folder is None else resolve(
             config.train.engine, device=self.device, images=len(indices), cached=exported(folder, "onnxruntime"))
 
         def compute() -> torch.Tensor:

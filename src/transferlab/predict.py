@@ -7,7 +7,6 @@ runs on an engine (torch, onnxruntime, openvino), optionally over test-time view
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -25,20 +24,23 @@ def top_classes(probs: np.ndarray, classes: list[str], k: int) -> list[dict]:
 
 def model_engine(model: TrainedModel, engine: str = "torch", images: int = 1, batch: int = 32):
     """The run's classifier (answering probabilities) on `engine`, exported once and cached."""
-    from transferlab.engines import Probabilities, cache_folder, compile_engine, exported, resolve
+    from transferlab.data.decode import content_hash
+    from transferlab.engines import Probabilities, cache_folder, check_engine, compile_engine, exported, resolve
 
-    digest = hashlib.sha256((model.run / "model" / "weights.safetensors").read_bytes()).hexdigest()
+    module = Probabilities(model.classifier)
+    if engine == "torch":  # no export: nothing to hash or look up
+        check_engine(engine)
+        return compile_engine("torch", module, model.spec.size, Path(), device=model.device, channels_last=False)
+    digest = content_hash((model.run / "model" / "weights.safetensors").read_bytes())
     folder = cache_folder({"kind": "probabilities", "weights": digest, "meta": model.meta})
     name = resolve(engine, device=model.device, images=images, cached=exported(folder, "onnxruntime"), batch=batch)
-    return compile_engine(name, Probabilities(model.classifier), model.spec.size, folder, device=model.device,
-                          channels_last=False)
+    return compile_engine(name, module, model.spec.size, folder, device=model.device, channels_last=False)
 
 
-def predict_pixels(model: TrainedModel, pixels: np.ndarray, *, engine=None, tta: tuple[str, ...] = ()) -> np.ndarray:
-    """Class probabilities (N, K) of model-ready uint8 images (N, size, size, 3)."""
+def predict_pixels(model: TrainedModel, pixels: np.ndarray, *, engine, tta: tuple[str, ...] = ()) -> np.ndarray:
+    """Class probabilities (N, K) of model-ready uint8 images (N, size, size, 3) on `engine` (model_engine)."""
     from transferlab import tta as views
 
-    engine = engine or model_engine(model, "torch")
     return views.averaged(engine, np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)), views.views(tta))
 
 

@@ -15,6 +15,7 @@ Needs the `mlflow` extra: pip install 'transferlab[mlflow]'.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -67,17 +68,6 @@ def metric_key(name: str) -> str:
     return re.sub(r"[^\w\-./ ]", "_", name)
 
 
-def flat_scalars(tree: dict, prefix: str = "") -> dict[str, float]:
-    """Finite numbers of a nested dict, with dotted keys."""
-    out: dict[str, float] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(flat_scalars(value, f"{prefix}{key}."))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            out[metric_key(f"{prefix}{key}")] = float(value)
-    return out
-
-
 class Tracker:
     """The tracker of one run (or fold, or evaluation): Lightning loggers for its stages, and the
     params, metrics and artifacts it logs itself. Without MLflow every call but `loggers` is a no-op."""
@@ -113,7 +103,7 @@ class Tracker:
         except Exception as exc:  # an unreachable server, a read-only store, a bad URI
             raise ConfigError(f"MLflow tracking store {uri} cannot be used ({str(exc).splitlines()[0][:160]}): "
                               "check --tracker-uri / MLFLOW_TRACKING_URI") from None
-        state["tracking"] = {"uri": uri, "run_id": run.info.run_id, "experiment_id": experiment_id}
+        state["tracking"] = {"uri": uri, "run_id": run.info.run_id}
         return cls(kind, uri, run.info.run_id)
 
     def describe(self) -> str | None:
@@ -127,6 +117,7 @@ class Tracker:
     def active(self) -> bool:
         return self.kind == "mlflow" and self.run_id is not None
 
+    @functools.cached_property
     def client(self):
         from mlflow import MlflowClient
 
@@ -153,7 +144,7 @@ class Tracker:
             return
         from mlflow.entities import Param
 
-        client = self.client()
+        client = self.client
         known = client.get_run(self.run_id).data.params
         fresh = [Param(metric_key(f"{prefix}{k}")[:250], str(v)[:PARAM_LENGTH]) for k, v in values.items()
                  if metric_key(f"{prefix}{k}")[:250] not in known]
@@ -171,26 +162,26 @@ class Tracker:
         entries = [Metric(metric_key(f"{prefix}{k}"), float(v), now, step) for k, v in values.items()
                    if v is not None and math.isfinite(float(v))]
         for start in range(0, len(entries), 500):
-            self.client().log_batch(self.run_id, metrics=entries[start:start + 500])
+            self.client.log_batch(self.run_id, metrics=entries[start:start + 500])
 
-    def artifacts(self, folder: Path, names: tuple[str, ...] = ARTIFACTS, under: str | None = None) -> None:
+    def artifacts(self, folder: Path, names: tuple[str, ...] = ARTIFACTS) -> None:
         if not self.active:
             return
-        client = self.client()
+        client = self.client
         for name in names:
             path = folder / name
             if path.is_dir():
-                client.log_artifacts(self.run_id, str(path), artifact_path="/".join(filter(None, [under, name])))
+                client.log_artifacts(self.run_id, str(path), artifact_path=name)
             elif path.is_file():
-                client.log_artifact(self.run_id, str(path), artifact_path=under)
+                client.log_artifact(self.run_id, str(path))
 
     def text(self, content: dict, name: str) -> None:
         if self.active:
-            self.client().log_text(self.run_id, json.dumps(content, indent=2, default=str), name)
+            self.client.log_text(self.run_id, json.dumps(content, indent=2, default=str), name)
 
     def finish(self, status: str = "FINISHED") -> None:
         if self.active:
-            self.client().set_terminated(self.run_id, status)
+            self.client.set_terminated(self.run_id, status)
 
 
 def run_tags(config, run_dir: Path) -> dict[str, str]:

@@ -89,11 +89,16 @@ def read_file(path: Path, max_bytes: int = Limits.max_bytes) -> bytes:
             data = handle.read(max_bytes + 1)
         except OSError as exc:
             raise BadImage(f"cannot read file: {exc.strerror or exc}") from None
+    check_size(data, max_bytes)  # it may have grown while being read
+    return data
+
+
+def check_size(data: bytes, max_bytes: int) -> None:
+    """Refuse empty bytes, and more than `max_bytes` of them (data.max_file_mb)."""
     if not data:
         raise BadImage("empty file (0 bytes)", "not-an-image")
-    if len(data) > max_bytes:  # grew while being read
+    if len(data) > max_bytes:
         raise BadImage(f"file too large: more than data.max_file_mb={max_bytes / 2**20:g} MB", "too-large")
-    return data
 
 
 def content_hash(data: bytes) -> str:

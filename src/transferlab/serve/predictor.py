@@ -8,17 +8,15 @@ and a CAM hooks the shared model while it runs.
 
 from __future__ import annotations
 
-import csv
 import re
 import threading
 from pathlib import Path
 
 import numpy as np
 
-from transferlab.data.decode import BadImage, read_file
+from transferlab.data.decode import check_size, read_file
 from transferlab.run import load_model, read_json
 
-EXAMPLES_PER_CLASS = 1
 MAX_EXAMPLES = 8
 SAFE_NAME = re.compile(r"[^\w.-]+")
 
@@ -34,7 +32,7 @@ class Predictor:
         self.model = load_model(self.run, device=device)
         # a server answers images one at a time for as long as it runs: an export repays itself
         self.engine = model_engine(self.model, engine, images=AUTO_MIN_IMAGES, batch=1)
-        self.engine_name = getattr(self.engine, "name", engine)
+        self.engine_name = self.engine.name
         self.lock = threading.Lock()
         self.card = model_card(self.run, self.model.meta)
 
@@ -46,11 +44,7 @@ class Predictor:
         """(original picture, model input) of `data`; BadImage says why it cannot be used."""
         from transferlab.interpret.explanation import picture
 
-        if len(data) > self.model.limits.max_bytes:
-            raise BadImage(f"file too large: more than data.max_file_mb={self.model.limits.max_bytes / 2**20:g} MB",
-                           "too-large")
-        if not data:
-            raise BadImage("empty file (0 bytes)", "not-an-image")
+        check_size(data, self.model.limits.max_bytes)  # an upload did not come through read_file
         return picture(data, self.model.spec, self.model.limits)
 
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
@@ -110,17 +104,16 @@ def example_images(run: Path, source: str | None, folder: Path) -> list[Path]:
     from PIL import Image
 
     from transferlab.data.sources import open_source
+    from transferlab.data.splits import read_split_csv
 
     if not source or not (run / "split.csv").is_file():
         return []
-    with open(run / "split.csv", newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
+    rows = read_split_csv(run / "split.csv")
     held = [r for r in rows if r.get("split") == "test"] or [r for r in rows if r.get("split") == "val"]
-    chosen: dict[str, list[str]] = {}
+    chosen: dict[str, str] = {}
     for row in held:
-        if len(chosen.setdefault(row["label"], [])) < EXAMPLES_PER_CLASS:
-            chosen[row["label"]].append(row["path"])
-    wanted = [p for paths in chosen.values() for p in paths][:MAX_EXAMPLES]
+        chosen.setdefault(row["label"], row["path"])
+    wanted = list(chosen.values())[:MAX_EXAMPLES]
     if not wanted:
         return []
     try:

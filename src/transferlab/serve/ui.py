@@ -49,17 +49,11 @@ def build_ui(predictor, examples: list[Path]):
 
     limit = predictor.model.limits.max_bytes
 
-    def read(path: str) -> bytes:
-        try:
-            return read_file(Path(path), limit)
-        except BadImage as exc:
-            raise gr.Error(f"{Path(path).name}: {exc}", print_exception=False) from None
-
     def one(path: str | None, target: str | None):
         if not path:
             raise gr.Error("Drop, paste or choose an image first.", print_exception=False)
         try:
-            probs, blended, explained = predictor.explain(read(path), None if target == PREDICTED else target)
+            probs, blended, _ = predictor.explain(read_file(Path(path), limit), None if target == PREDICTED else target)
         except BadImage as exc:
             raise gr.Error(f"{Path(path).name}: {exc}", print_exception=False) from None
         return probs, blended

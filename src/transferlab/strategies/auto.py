@@ -201,6 +201,7 @@ class Search:
         self.tried: list[Candidate] = []
         self.per_image: dict[str, float] = {}  # measured seconds per image: "features" and "train" at `base`
         self.base = job.dataset.spec.size
+        self.stopped = False  # a candidate got every validation image right (recorded once)
 
     def left(self) -> float:
         left = self.job.seconds_left()
@@ -308,11 +309,11 @@ class Search:
     def perfect(self) -> bool:
         """A candidate got every validation image right: no other can be shown better, and among
         equals the cheaper wins, so the search stops (and says so)."""
-        done = any(c.accuracy == 1.0 for c in self.tried)
-        if done and not any(c.status.startswith("skipped: a candidate") for c in self.tried):
+        if not self.stopped and any(c.accuracy == 1.0 for c in self.tried):
+            self.stopped = True
             self.skip(Candidate("the remaining candidates", self.base),
                       "a candidate already scored every validation image right")
-        return done
+        return self.stopped
 
     def halve(self, pool: list[tuple[str, int]], floor: float) -> None:
         """Successive halving: every affordable candidate runs RUNGS[0] epochs; the best third of
