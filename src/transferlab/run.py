@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import re
+import stat
 import sys
 import time
 from pathlib import Path
@@ -116,11 +117,19 @@ class RunLock:
         if fcntl is None or is_worker_process():
             return self
         path = self.run_dir / LOCK_FILE
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        not_a_lock = (f"{path} is not a lock file ({{}}): transferlab never writes through it; remove it, then run "
+                      "the same command again")
+        try:  # never through a symlink (it would overwrite its target), never blocking on a FIFO
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | os.O_NONBLOCK, 0o666)
         except PermissionError:
             raise RunError(f"cannot write to {self.run_dir} (permission denied or read-only): copy the run "
                            "somewhere writable, or start a new run with --out") from None
+        except OSError as exc:  # ELOOP: a symlink; EISDIR: a folder
+            kind = "a symlink" if os.path.islink(path) else "a folder" if path.is_dir() else exc.strerror
+            raise RunError(not_a_lock.format(kind)) from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise RunError(not_a_lock.format("a FIFO or device"))
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
