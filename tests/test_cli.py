@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import BAD_FILES
+import pytest
+
+from conftest import BAD_FILES, TINY_FLAGS, one_error_line
 from transferlab.cli import main
 
 
@@ -59,3 +61,21 @@ def test_preview_writes_a_grid_without_overwriting(color_folder, tmp_path, monke
     assert main([*args, "--out", str(tmp_path / "g.png")]) == 0 and (tmp_path / "g.png").stat().st_size > 1000
     assert main(["preview", str(color_folder), "--aug", "nope"]) == 2
     assert "neither a preset" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "proc", "name-too-long"])
+def test_an_out_that_cannot_be_created_is_one_line_in_every_command(where, tiny_run, tmp_path, monkeypatch, capsys):
+    run, data = tiny_run
+    monkeypatch.setenv("TRANSFERLAB_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "a-file").write_text("x")
+    out = {"under-a-file": tmp_path / "a-file" / "out", "proc": Path("/proc/transferlab-test/out"),
+           "name-too-long": tmp_path / ("n" * 300)}[where]
+    image = next(data.rglob("*.png"))
+    commands = [["train", str(data), "--out", str(out), *TINY_FLAGS], ["evaluate", str(run), str(data), "--out", str(out)],
+                ["explain", str(run), str(image), "--out", str(out)], ["export", str(run), "--format", "onnx", "--out", str(out)],
+                ["preview", str(data), "--out", f"{out}.png"],
+                ["rank", str(data), "--models", "test_efficientnet", "--out", f"{out}.json"]]
+    for argv in commands:
+        assert main(argv) == 2, argv
+        one_error_line(capsys, "cannot be created", "choose a writable folder")
+    assert {p.name for p in tmp_path.iterdir()} <= {"a-file", "cache"}  # nothing left behind

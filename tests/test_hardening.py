@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import interactive_sigint, save
+from conftest import TINY, TINY_FLAGS, colour_images, interactive_sigint, one_error_line, save
 from transferlab.cli import main
 from transferlab.config import load_config
 from transferlab.data import load_dataset
@@ -25,10 +25,6 @@ from transferlab.pipeline import run_training
 from transferlab.run import RUN_DIR_ENV
 
 SCRIPT = Path(sys.executable).with_name("transferlab")  # the console script pip installed
-TINY = ["train.report=false", "model.name=test_efficientnet", "model.pretrained=false", "preprocess.size=32",
-        "train.batch_size=8", "train.workers=0", "data.decode_workers=1", "train.early_stopping=null",
-        "data.val_fraction=0.2", "data.test_fraction=0.2", "augment.preset=none"]
-TINY_FLAGS = [arg for item in TINY for arg in ("--set", item)]
 COMMANDS = ("inspect", "train", "cv", "evaluate", "explain", "report", "rank", "predict", "demo", "preview")
 
 
@@ -36,44 +32,6 @@ COMMANDS = ("inspect", "train", "cv", "evaluate", "explain", "report", "rank", "
 def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("TRANSFERLAB_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv(RUN_DIR_ENV, raising=False)
-
-
-def colour_images(root: Path, per_class: int = 8, classes=("red", "blue")) -> Path:
-    rng = np.random.default_rng(len(classes) * per_class)
-    for k, name in enumerate(classes):
-        for i in range(per_class):
-            img = rng.integers(0, 60, (20, 20, 3), dtype=np.uint8)
-            img[..., k % 3] = rng.integers(160, 256, (20, 20), dtype=np.uint8)
-            save(Image.fromarray(img), root / name / f"{i:03d}.png")
-    return root
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """A finished tiny run (feature extraction, 1 epoch) that the read-only tests copy or read."""
-    tmp = tmp_path_factory.mktemp("hardening")
-    saved = {k: os.environ.get(k) for k in ("TRANSFERLAB_CACHE", RUN_DIR_ENV)}
-    os.environ["TRANSFERLAB_CACHE"] = str(tmp / "cache")
-    os.environ.pop(RUN_DIR_ENV, None)
-    try:
-        data = colour_images(tmp / "data")
-        run = run_training(str(data), load_config(overrides=[*TINY, "strategy.name=feature-extraction",
-                                                             "train.epochs=1"]), out=tmp / "run", progress=False)
-    finally:
-        for key, value in saved.items():
-            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
-    return run, data
-
-
-def one_error_line(capsys, *fragments: str, absent: tuple[str, ...] = ()) -> str:
-    err = capsys.readouterr().err.strip()
-    lines = [line for line in err.splitlines() if "error" in line]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    for fragment in absent:
-        assert fragment not in lines[0], (fragment, lines[0])
-    return lines[0]
 
 
 # --- 1. the console script's --help ----------------------------------------------------------

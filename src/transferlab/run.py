@@ -70,10 +70,33 @@ def check_out_dir(out: str | Path | None) -> None:
     if out is None or is_worker_process():
         return
     path = Path(out).expanduser()
+    probe_writable(path, folder=True)
     if path.exists() and not path.is_dir():
         raise RunError(f"--out {path} is an existing file: give a folder for the run directory")
     if path.is_dir() and any(path.iterdir()):
         raise RunError(used_dir_advice(path))
+
+
+def probe_writable(path: Path, *, folder: bool) -> None:
+    """Refuse an output path that cannot be created (under a file, in /proc, a name too long, a
+    read-only folder) with one line, by creating what is missing and removing it again."""
+    path = Path(path).absolute()
+    made: list[Path] = []
+    try:
+        missing = [p for p in (path, *path.parents) if not os.path.lexists(p)][::-1]
+        for part in missing if folder else missing[:-1]:
+            part.mkdir()
+            made.append(part)
+        if not folder and not path.exists():
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            made.append(path)
+    except OSError as exc:
+        raise RunError(f"--out {path} cannot be created ({exc.strerror or exc}"
+                       f"{f': {exc.filename}' if exc.filename and Path(exc.filename) != path else ''}): "
+                       "choose a writable folder") from None
+    finally:
+        for part in reversed(made):
+            part.unlink() if part.is_file() else part.rmdir()
 
 
 def new_run_dir(out: str | Path | None, data: str, strategy: str, base: str | Path = "runs") -> Path:

@@ -198,6 +198,9 @@ def writable_output(out: str | None, default: str, *, force: bool) -> Path:
     if out is None:
         return unused_path(Path(default))
     path = Path(out).expanduser()
+    from transferlab.run import probe_writable
+
+    probe_writable(path, folder=False)
     if path.is_dir():
         raise TransferlabError(f"--out {path} is a folder: give a file name, e.g. {path / default}")
     if path.exists() and not force:
