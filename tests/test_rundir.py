@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 
 import pytest
 
-from transferlab.run import RunError, RunLock
+from conftest import TINY_FLAGS, colour_images, one_error_line
+from transferlab.cli import main
+from transferlab.run import RUN_DIR_ENV, RunError, RunLock
 
 
 def test_a_symlinked_lock_is_refused_and_its_target_left_untouched(tmp_path):
@@ -29,3 +33,46 @@ def test_a_lock_that_is_a_folder_or_a_fifo_is_one_line(tmp_path, kind):
         os.mkfifo(run / ".lock")
     with pytest.raises(RunError, match=r"\.lock is not a lock file \(a (folder|FIFO)"):
         RunLock(run).__enter__()
+
+
+@pytest.fixture
+def isolated(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRANSFERLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(RUN_DIR_ENV, raising=False)
+
+
+@pytest.mark.parametrize("budget", ["abc", "-5", "0s", "nan", "inf", "30000000000h"])
+def test_a_bad_budget_is_refused_before_a_run_directory_exists(budget, tmp_path, isolated, capsys):
+    data = colour_images(tmp_path / "data")
+    assert main(["train", str(data), "--out", str(tmp_path / "run"), "--budget", budget, *TINY_FLAGS]) == 2
+    one_error_line(capsys, "train.budget")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_diverged_run_stops_with_one_line_and_is_marked_failed(tmp_path, isolated, capsys):
+    data = colour_images(tmp_path / "data")
+    run = tmp_path / "run"
+    argv = ["train", str(data), "--out", str(run), "--strategy", "feature-extraction", "--lr", "1e30",
+            "--epochs", "3", *TINY_FLAGS]
+    assert main(argv) == 2
+    one_error_line(capsys, "stage head: training diverged in epoch", "lower --lr")
+    state = json.loads((run / "state.json").read_text())  # valid JSON: no NaN was written
+    assert "diverged" in state["failed"]
+    assert main(["train", "--resume", str(run)]) == 2
+    one_error_line(capsys, "failed and cannot be resumed")
+
+
+def test_nan_weights_are_refused_by_every_command_that_loads_a_model(tiny_run, tmp_path, isolated, capsys):
+    from safetensors.torch import load_file, save_file
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run[0], run)
+    weights = load_file(run / "model" / "weights.safetensors")
+    weights["head.1.weight"][0, 0] = float("nan")
+    save_file(weights, run / "model" / "weights.safetensors")
+    image = str(next(tiny_run[1].rglob("*.png")))
+    for argv in (["predict", str(run), image], ["predict", str(run), image, "--json"],
+                 ["evaluate", str(run), str(tiny_run[1])], ["export", str(run), "--format", "onnx"],
+                 ["explain", str(run), image, "--out", str(tmp_path / "x")]):
+        assert main(argv) == 2, argv
+        one_error_line(capsys, "NaN or infinite weights")

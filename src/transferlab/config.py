@@ -224,7 +224,10 @@ def budget_seconds(config: Config) -> float | None:
     match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(s|sec|m|min|h)?", text)
     if not match or float(match.group(1)) <= 0:
         raise ConfigError(f"train.budget={config.train.budget!r} is not a duration: give e.g. 90s, 10m, 1h, or none")
-    return float(match.group(1)) * {"s": 1, "sec": 1, None: 1, "m": 60, "min": 60, "h": 3600}[match.group(2)]
+    seconds = float(match.group(1)) * {"s": 1, "sec": 1, None: 1, "m": 60, "min": 60, "h": 3600}[match.group(2)]
+    if seconds > 366 * 86400:
+        raise ConfigError(f"train.budget={config.train.budget!r} is more than a year: give none for no limit")
+    return seconds
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

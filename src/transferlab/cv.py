@@ -26,7 +26,7 @@ from transferlab.evaluate import aggregate_folds, evaluate_parts
 from transferlab.fit import FitJob, fit
 from transferlab.metrics import LABELS, bootstrap_intervals, compute_metrics, scalar_metrics, write_predictions
 from transferlab.models.backbone import create_backbone
-from transferlab.pipeline import load_new, report_dataset_problems
+from transferlab.pipeline import load_new, mark_failed, report_dataset_problems
 from transferlab.record import CVRecord, FoldRecord, StrategyRecord, save_record
 from transferlab.run import read_json, reopen_run, start_run, write_json
 from transferlab.tracking import Tracker, cv_summary, fold_summary, run_tags
@@ -87,6 +87,7 @@ def run_cv(data: str | None, config: Config, *, out: str | Path | None = None, r
                          share=None if budget is None else budget / len(splits), parent=tracker)
             except BaseException as exc:
                 tracker.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+                mark_failed(exc, state, run_dir / STATE)
                 raise
             state["done"].append(name)
             write_json(run_dir / STATE, state)

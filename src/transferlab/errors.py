@@ -11,3 +11,7 @@ class ConfigError(TransferlabError):
 
 class DataError(TransferlabError):
     """A data source that cannot be used as given."""
+
+
+class DivergedError(TransferlabError):
+    """Training whose loss stopped being a finite number: the run is marked failed."""

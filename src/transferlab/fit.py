@@ -23,7 +23,7 @@ import torch
 from transferlab.config import Config, budget_seconds
 from transferlab.console import info
 from transferlab.data import ImageDataset, load_dataset
-from transferlab.errors import ConfigError, DataError
+from transferlab.errors import ConfigError, DataError, DivergedError
 from transferlab.features import FeatureCache, backbone_identity, cached_features, extract_features
 from transferlab.metrics import MONITOR_MODE, better, monitored_values
 from transferlab.models.backbone import Classifier, create_backbone
@@ -255,7 +255,10 @@ class FitJob:
             if suggestion and self.progress:
                 info(f"LR finder suggests lr={suggestion:.2e} (plot: {plot})")
             built, checkpoint = trainer()
-        lightning_fit(built, module, datamodule, resume_from)
+        try:
+            lightning_fit(built, module, datamodule, resume_from)
+        except DivergedError as exc:
+            raise DivergedError(f"stage {stage.name}: {exc}") from None
         best = checkpoint.best_model_path or checkpoint.last_model_path
         for entry in groups.values():
             entry["peak_lr"] = None if entry.get("lr_scale") is None else module.lr * entry["lr_scale"]

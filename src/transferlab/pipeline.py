@@ -20,12 +20,12 @@ import lightning as L
 import numpy as np
 import torch
 
-from transferlab.config import Config, load_config, merge
+from transferlab.config import Config, budget_seconds, load_config, merge
 from transferlab.tracking import Tracker, check_tracking, run_summary, run_tags
 from transferlab.console import info, warn
 from transferlab.data import ImageDataset, holdout_split, load_dataset, write_split_csv
 from transferlab.data.splits import read_split_csv
-from transferlab.errors import DataError
+from transferlab.errors import DataError, DivergedError
 from transferlab.evaluate import evaluate_parts
 from transferlab.fit import FitJob, FitResult, fit
 from transferlab.metrics import headline
@@ -54,6 +54,7 @@ def resolve_config(config: Config, data: str) -> Config:
     optim = dataclasses.replace(config.optim, weight_decay=weight_decay_for(config))
     data_config = dataclasses.replace(config.data, source=data)
     config = dataclasses.replace(config, preprocess=pre, optim=optim, data=data_config)
+    budget_seconds(config)  # a bad --budget fails before a run directory exists
     if config.strategy.name != "auto":
         from transferlab.strategies import get_strategy
 
@@ -138,15 +139,23 @@ def run_training(data: str | None, config: Config, *, out: str | Path | None = N
                 warn(f"interrupted: continue with `transferlab train --resume {run_dir}`")
                 job.tracker.finish("KILLED")
             raise
-        except Exception:
+        except Exception as exc:
             if not is_worker_process():
                 job.tracker.finish("FAILED")
+                mark_failed(exc, state, run_dir / "state.json")
             raise
         if not is_worker_process():
             finish(result, state, run_dir, started)
             run_summary(job.tracker, result.config, read_json(run_dir / "metrics.json"), run_dir)
             job.tracker.finish()
     return run_dir
+
+
+def mark_failed(exc: Exception, state: dict, path: Path) -> None:
+    """A diverged run cannot succeed by resuming with the same settings: its state says so."""
+    if isinstance(exc, DivergedError):
+        state["failed"] = str(exc)
+        write_json(path, state)
 
 
 def finish(result: FitResult, state: dict, run_dir: Path, started: float) -> None:

@@ -310,6 +310,9 @@ def load_model(run: str | Path, device: str | torch.device | None = None) -> Tra
         raise RunError(f"{weights} is missing: restore it, or train again") from None
     except Exception as exc:  # safetensors raises its own error types for truncated or foreign files
         raise RunError(f"{weights} is damaged ({str(exc)[:100]}): restore it, or train again") from None
+    if not all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):
+        raise RunError(f"{weights} holds NaN or infinite weights (its training diverged): train again with a lower "
+                       "learning rate")
     try:
         classifier.load_state_dict(state)
     except RuntimeError as exc:
@@ -392,4 +395,6 @@ def reopen_run(stack, resume, overrides=(), state_name: str = "state.json"):
     if state.get("stage") == "done" or state.get("finished"):
         results = "cv_metrics.json" if state_name == "cv_state.json" else "metrics.json"
         raise RunError(f"{run_dir} already finished: its results are in {run_dir / results}")
+    if state.get("failed"):
+        raise RunError(f"{run_dir} failed and cannot be resumed with the same settings: {state['failed']}")
     return run_dir, state, resume_config(run_dir, state, overrides)

@@ -35,6 +35,7 @@ from transferlab.augment import build_batch_mix, build_train_transform
 from transferlab.config import Config
 from transferlab.data.cache import ImageStore, atomic_write
 from transferlab.data.loader import CachedImageDataset, EpochSampler, FeatureDataset, default_workers, item_seed
+from transferlab.errors import DivergedError
 from transferlab.metrics import MONITOR_MODE, monitored_values
 from transferlab.models.groups import named_groups
 from transferlab.optim import build_optimizer, build_scheduler, head_param_groups, param_groups, scheduler_step
@@ -82,6 +83,10 @@ class Stage(L.LightningModule):
         logits = self(x)
         loss = F.cross_entropy(logits, targets, weight=self.class_weights,
                                label_smoothing=self.config.optim.label_smoothing)
+        if not torch.isfinite(loss):
+            raise DivergedError(f"training diverged in epoch {self.current_epoch + 1}, step {batch_idx + 1}: the loss "
+                                f"became {loss.item()} (learning rate {self.lr:g}); lower --lr (optim.lr) or use "
+                                "--find-lr, and start a new run")
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=True)
         self.log("train_accuracy", (logits.argmax(dim=1) == y).float().mean(), on_step=False, on_epoch=True,
                  batch_size=len(y), sync_dist=True)
