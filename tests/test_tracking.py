@@ -123,3 +123,22 @@ def test_missing_mlflow_or_a_bad_store_is_one_line_before_any_run_folder(color_f
     err = capsys.readouterr().err
     assert "cannot be used" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.timeout(90)  # MLflow's own retries took 258 s against a silent server and 115 s on a read-only store
+def test_a_silent_server_or_an_unwritable_store_is_one_line_in_seconds(color_folder, tmp_path, monkeypatch, capsys):
+    import socket
+
+    from transferlab.cli import main
+
+    for variable in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+        monkeypatch.delenv(variable, raising=False)
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts connections, never answers
+    port = silent.getsockname()[1]
+    for uri in (f"http://127.0.0.1:{port}", "sqlite:////proc/transferlab.db"):  # /proc: no file can be made there
+        assert main(["train", str(color_folder), "--tracker", "mlflow", "--tracker-uri", uri,
+                     "--out", str(tmp_path / "run")]) == 2
+        err = capsys.readouterr().err
+        assert "cannot be used" in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "run").exists()
+    silent.close()

@@ -15,6 +15,7 @@ Needs the `mlflow` extra: pip install 'transferlab[mlflow]'.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -28,6 +29,7 @@ DEFAULT_URI = "sqlite:///mlflow.db"
 ARTIFACTS = ("report.html", "metrics.json", "cv_metrics.json", "config.yaml", "split.csv", "dataset.json",
              "curves.json", "plots", "model")
 PARAM_LENGTH = 500  # the longest param value every MLflow store accepts
+PROBE_SECONDS = 5  # how long an MLflow server may take to answer before a run starts
 
 
 def require_mlflow() -> None:
@@ -46,11 +48,36 @@ def check_tracking(config) -> None:
     from mlflow import MlflowClient
 
     uri = resolve_uri(config.tracking.uri)
+    # an unreachable server or a read-only store must be one line in seconds, not after minutes of retries
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(PROBE_SECONDS))
     try:
+        probe_store(uri)
         MlflowClient(uri).search_experiments(max_results=1)
     except Exception as exc:
         raise ConfigError(f"MLflow tracking store {uri} cannot be used ({str(exc).splitlines()[0][:160]}): "
                           "check --tracker-uri / MLFLOW_TRACKING_URI") from None
+
+
+def probe_store(uri: str) -> None:
+    """A server that answers within PROBE_SECONDS, or a local store whose folder is writable."""
+    if uri.startswith(("http://", "https://")):
+        import urllib.error
+        import urllib.request
+
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=PROBE_SECONDS).close()
+        except urllib.error.HTTPError:
+            pass  # it answered: a server behind a path or a proxy may not have /health
+        except OSError as exc:
+            raise ConnectionError(f"no answer within {PROBE_SECONDS} s: {getattr(exc, 'reason', exc)}") from None
+        return
+    if uri.startswith("sqlite:///"):  # MLflow's own engine retries a bad database for minutes
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(uri.removeprefix("sqlite:///"), timeout=PROBE_SECONDS)) as db:
+            db.execute("BEGIN IMMEDIATE")  # fails at once on a read-only file, folder or mount
+            db.rollback()
 
 
 def resolve_uri(uri: str | None) -> str:
