@@ -324,7 +324,17 @@ DAMAGE = {
     "no normalize": lambda run: (run / "model" / "model.json").write_text(json.dumps(
         {k: v for k, v in json.loads((run / "model" / "model.json").read_text()).items() if k != "normalize"})),
     "invalid json": lambda run: (run / "model" / "model.json").write_text("{not json"),
+    **{f"model.json {key}={value}": (lambda key, value: lambda run: edit_meta(run, key, value))(key, value)
+       for key, value in (("resize.size", 100000), ("resize.size", -5), ("resize.mode", "zoom"),
+                          ("normalize.std", [0, 0, 0]), ("classes", ["red", "red"]), ("resize.pad_fill", [0, 0, 999]))},
 }
+
+
+def edit_meta(run: Path, key: str, value) -> None:
+    meta = json.loads((run / "model" / "model.json").read_text())
+    section, _, name = key.rpartition(".")
+    (meta[section] if section else meta)[name] = value
+    (run / "model" / "model.json").write_text(json.dumps(meta))
 
 
 @pytest.mark.parametrize("damage", list(DAMAGE))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import platform
 import re
@@ -21,7 +22,7 @@ import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 
 from transferlab.data.cache import atomic_write
-from transferlab.errors import TransferlabError
+from transferlab.errors import ConfigError, TransferlabError
 
 try:
     import fcntl
@@ -276,6 +277,24 @@ class TrainedModel:
 REQUIRED_META = ("model", "classes", "normalize", "resize")
 
 
+def check_meta(meta: dict, spec, origin: str) -> None:
+    """model.json's values under the constraints of the config keys they come from (a resize of
+    100,000 px or -5, a std of 0, duplicate class names are refused before anything is built)."""
+    from transferlab.config import Config, merge
+
+    merge(Config(), {"preprocess": {"size": spec.size, "resize_mode": spec.mode, "interpolation": spec.interpolation,
+                                    "crop_pct": spec.crop_pct, "pad_fill": list(spec.pad_fill)},
+                     "data": {"alpha_background": list(spec.alpha_background)},
+                     "model": {"dropout": meta.get("dropout", 0.0)}}, origin=origin)
+    classes, norm = meta["classes"], meta["normalize"]
+    if not classes or len(set(classes)) != len(classes) or not all(isinstance(c, str) and c for c in classes):
+        raise ValueError("classes must be distinct, non-empty names")
+    values = [*norm["mean"], *norm["std"]]
+    if len(values) != 6 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values) \
+            or min(norm["std"]) <= 0:
+        raise ValueError("normalize needs 3 finite means and 3 positive standard deviations")
+
+
 def load_model(run: str | Path, device: str | torch.device | None = None) -> TrainedModel:
     """The trained classifier of a run (eval mode), its preprocessing and decode limits."""
     from safetensors.torch import load_file
@@ -298,8 +317,10 @@ def load_model(run: str | Path, device: str | torch.device | None = None) -> Tra
     config = load_config(run / "config.yaml") if (run / "config.yaml").is_file() else load_config()
     try:
         spec = ResizeSpec.from_dict(meta["resize"])
-    except (TypeError, ValueError) as exc:
-        raise RunError(f"{model_dir / 'model.json'} has a damaged 'resize' entry ({exc})") from None
+        check_meta(meta, spec, str(model_dir / "model.json"))
+    except (TypeError, ValueError, ConfigError) as exc:
+        why = str(exc).removeprefix(f"{model_dir / 'model.json'}: ")[:160]
+        raise RunError(f"{model_dir / 'model.json'} is damaged ({why}): restore it, or train again") from None
     backbone = create_backbone(meta["model"], pretrained=False, img_size=spec.size)
     classifier = Classifier(backbone, len(meta["classes"]), meta["normalize"]["mean"], meta["normalize"]["std"],
                             dropout=meta.get("dropout", 0.0))

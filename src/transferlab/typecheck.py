@@ -39,6 +39,7 @@ INTERVALS: dict[str, tuple[str, ...]] = {
     "[2, inf]": ("strategy.auto.max_images",),
     "(0.05, 1]": ("preprocess.crop_pct",),
     "[0, 4294967295]": ("seed",),
+    "[0, 255]": ("preprocess.pad_fill[]", "data.alpha_background[]"),
 }
 RANGES = {key: interval for interval, keys in INTERVALS.items() for key in keys}
 
