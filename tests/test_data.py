@@ -142,6 +142,20 @@ def test_csv_manifest_relative_paths_groups_and_bad_rows(tmp_path, small_config)
         open_source(str(bad))
 
 
+@pytest.mark.parametrize("row,fragment", [("img.png,a" + "x" * 131_073, "cannot be read near line 2"),
+                                            ("img.png," + "y" * 100_000, "a label of 100,000 characters"),
+                                            ("img.png," + '"' + "z" * 200_000, "cannot be read near line")])
+def test_a_manifest_with_a_giant_field_or_label_is_one_line(tmp_path, row, fragment, capsys):
+    from conftest import one_error_line
+    from transferlab.cli import main
+
+    save(pattern(0), tmp_path / "img.png")
+    (tmp_path / "m.csv").write_text(f"path,label\n{row}\n")
+    for command in ("inspect", "train"):
+        assert main([command, str(tmp_path / "m.csv")]) == 2
+        one_error_line(capsys, fragment)
+
+
 def test_subset_is_per_class_and_seeded(color_folder, small_config):
     config = load_config(overrides=["preprocess.size=16", "data.subset=4", "data.decode_workers=1"])
     a = load_dataset(str(color_folder), config, progress=False)

@@ -16,6 +16,7 @@ import numpy as np
 
 from transferlab.errors import DataError
 
+MAX_LABEL = 200  # characters of a class name (a manifest's label column)
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}
 )
@@ -234,7 +235,10 @@ def manifest_source(csv_path: Path, *, group_column: str | None = None) -> Sourc
         raise DataError(f"manifest {csv_path} is not UTF-8 text: save it as UTF-8 CSV") from None
     dialect = csv.excel_tab if csv_path.suffix.lower() == ".tsv" else csv.excel
     reader = csv.DictReader(text.splitlines(), dialect=dialect)
-    columns = {(name or "").strip().lower(): name for name in (reader.fieldnames or [])}
+    try:
+        columns = {(name or "").strip().lower(): name for name in (reader.fieldnames or [])}
+    except csv.Error as exc:
+        raise DataError(f"manifest {csv_path} has an unreadable header: {exc}: fix its first line") from None
     missing = [c for c in ("path", "label") if c not in columns]
     if missing:
         raise DataError(
@@ -250,11 +254,22 @@ def manifest_source(csv_path: Path, *, group_column: str | None = None) -> Sourc
         group_key = columns["group"]
     items: list[Item] = []
     skipped: list[dict[str, str]] = []
-    for row_number, row in enumerate(reader, start=2):
+    rows = enumerate(reader, start=2)
+    while True:
+        try:
+            row_number, row = next(rows)
+        except StopIteration:
+            break
+        except csv.Error as exc:  # a field over the csv module's limit (131,072 characters), a stray quote
+            raise DataError(f"manifest {csv_path} cannot be read near line {reader.line_num + 1}: {exc}: fix that row"
+                            ) from None
         raw_path = (row.get(columns["path"]) or "").strip()
         label = (row.get(columns["label"]) or "").strip()
         if not raw_path and not label:
             continue
+        if len(label) > MAX_LABEL:
+            raise DataError(f"manifest {csv_path} row {row_number}: a label of {len(label):,} characters (at most "
+                            f"{MAX_LABEL}): the label column must hold class names")
         if not raw_path or not label:
             skipped.append({"path": raw_path or f"row {row_number}",
                             "reason": f"row {row_number}: empty path or label"})
