@@ -162,7 +162,8 @@ def export_run(run: str | Path, fmt: str, *, out: str | Path | None = None, samp
         write_json(folder / "bundle.json", {
             "format": fmt, "files": sorted(p.name for p in folder.iterdir()), "classes": model.classes,
             "input": {"name": "images", "dtype": "uint8", "layout": "NCHW", "shape": ["batch", 3, size, size],
-                      "channels": "RGB, 0-255, after EXIF orientation; alpha composited on "
+                      "channels": "RGB, 0-255, after EXIF orientation; 16-bit values scaled to 8 bits (x 255 / "
+                                  "65535); embedded colour profiles converted to sRGB; alpha composited on "
                                   f"{list(model.spec.alpha_background)}"},
             "output": {"name": "output", "meaning": "class probabilities (softmax), in the order of classes"},
             "preprocess": dataclasses.asdict(model.spec),
