@@ -34,7 +34,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from transferlab.augment import build_batch_mix, build_train_transform
 from transferlab.config import Config
 from transferlab.data.cache import ImageStore, atomic_write
-from transferlab.data.loader import CachedImageDataset, EpochSampler, FeatureDataset, default_workers, item_seed
+from transferlab.data.loader import (CachedImageDataset, EpochLoader, EpochSampler, FeatureDataset, default_workers,
+                                     item_seed)
 from transferlab.errors import DivergedError
 from transferlab.metrics import MONITOR_MODE, monitored_values
 from transferlab.models.groups import named_groups
@@ -234,10 +235,10 @@ class TransferDataModule(L.LightningDataModule):
         sampler = EpochSampler(len(dataset), seed=self.config.seed, shuffle=shuffle, weights=weights)
         workers = 0 if self.features is not None else self.workers
         batch = self.config.train.batch_size if shuffle else self.config.train.eval_batch_size
-        return torch.utils.data.DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers,
-                                           persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
-                                           # only a last batch of one is dropped (BatchNorm cannot train on it)
-                                           drop_last=shuffle and len(dataset) % batch == 1)
+        return EpochLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers,
+                           persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
+                           # only a last batch of one is dropped (BatchNorm cannot train on it)
+                           drop_last=shuffle and len(dataset) % batch == 1)
 
     def train_dataloader(self):
         return self._loader("train", shuffle=True)

@@ -2,7 +2,8 @@
 
 Reproducibility does not depend on worker count, order or resumption: the sampler draws each
 epoch's order from (seed, epoch) and hands `(index, epoch)` keys to the dataset, which seeds
-the augmentation of every image from (seed, epoch, index).
+the augmentation of every image from (seed, epoch, index); `EpochLoader` reads the keys only
+once the epoch is set.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from transferlab.data.cache import ImageStore
 
@@ -111,3 +112,12 @@ class EpochSampler(Sampler):
     def __len__(self) -> int:
         replicas, _ = self.world()
         return -(-self.n // replicas) if replicas > 1 and self.pad_to_even else self.n
+
+
+class EpochLoader(DataLoader):
+    """A DataLoader whose iterator starts (and its workers fetch ahead) at the first batch asked
+    for, not at iter(): Lightning calls iter() before it sets the sampler's epoch, so a run resumed
+    at epoch e > 0 with worker processes got epoch 0's order and augmentation in epoch e."""
+
+    def __iter__(self):
+        yield from super().__iter__()
