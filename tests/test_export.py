@@ -184,7 +184,8 @@ def test_feature_extraction_on_an_engine_gives_torchs_features(runs, tmp_path):
         features[engine] = job.features().features["train"].numpy()
     for engine in ("onnxruntime", "openvino"):
         np.testing.assert_allclose(features[engine], features["torch"], atol=1e-4, rtol=1e-4)
-    assert len(list((tmp_path / "cache" / "engines").iterdir())) == 1  # one export, kept for next time
+    for engine in ("onnxruntime", "openvino"):  # one export in each cache folder, kept for next time
+        assert len(list((tmp_path / engine / "engines").iterdir())) == 1
 
 
 def test_tta_averages_the_views_and_evaluate_reports_with_and_without(runs, tmp_path, capsys):
@@ -244,3 +245,42 @@ def test_an_export_that_fails_leaves_nothing_the_next_run_would_trust(tmp_path, 
     with pytest.raises(KeyboardInterrupt):
         compile_engine("onnxruntime", torch.nn.Identity(), 32, folder)
     assert not (folder / "model.onnx").exists() and not list(folder.iterdir())
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "swapped", "no model.bin"])
+def test_a_damaged_or_swapped_engine_cache_is_detected_and_rebuilt(runs, damage, tmp_path, capsys):
+    """A cached export is verified against its manifest and the model's weights before use: a
+    damaged file gave onnxruntime tracebacks, and another run's model.onnx with the same classes
+    gave silently wrong answers (accuracy 0.000 instead of 1.000)."""
+    (cnn, vit), data = (runs[0]["test_efficientnet"], runs[0]["test_vit"]), runs[1]
+    engine = "openvino" if damage == "no model.bin" else "onnxruntime"
+    args = ["--engine", engine, "--out", str(tmp_path / "e"), "--quiet"]
+    assert main(["evaluate", str(cnn), str(data), *args]) == 0
+    accuracy = json.loads((tmp_path / "e" / "metrics.json").read_text())["test"]["accuracy"]
+    folders = {p.parent for p in (tmp_path / "cache" / "engines").rglob("manifest.json")}
+    assert len(folders) == 1
+    folder = folders.pop()
+    onnx = folder / "model.onnx"
+    if damage == "swapped":
+        assert main(["evaluate", str(vit), str(data), *args[:2], "--out", str(tmp_path / "v"), "--quiet"]) == 0
+        other = next(p for p in (tmp_path / "cache" / "engines").rglob("model.onnx") if p != onnx)
+        onnx.write_bytes(other.read_bytes())
+    elif damage == "no model.bin":
+        (folder / "model.bin").unlink()
+    else:
+        onnx.write_bytes(onnx.read_bytes()[: 1000 if damage == "truncated" else 0])
+    capsys.readouterr()
+    assert main(["evaluate", str(cnn), str(data), *args[:2], "--out", str(tmp_path / "again"), "--quiet"]) == 0
+    assert "rebuilding it" in capsys.readouterr().err
+    assert json.loads((tmp_path / "again" / "metrics.json").read_text())["test"]["accuracy"] == accuracy
+
+
+def test_the_disk_limit_covers_the_engine_exports(runs, tmp_path, capsys):
+    from transferlab.data.cache import trim_cache
+
+    run, data = runs[0]["test_efficientnet"], runs[1]
+    assert main(["predict", str(run), str(data / "red" / "red_0.png"), "--engine", "onnxruntime"]) == 0
+    engines = tmp_path / "cache" / "engines"
+    assert len(list(engines.iterdir())) == 1
+    trim_cache(tmp_path / "cache", limit_bytes=0)
+    assert not list(engines.rglob("*.onnx"))

@@ -9,7 +9,6 @@ recently used first.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from transferlab.data.cache import atomic_write
+from transferlab.data.cache import atomic_write, trim_cache
 
 
 @torch.no_grad()
@@ -89,23 +88,7 @@ class FeatureCache:
         self.root.mkdir(parents=True, exist_ok=True)
         atomic_write(self.path(key), lambda handle: np.save(handle, features.numpy(), allow_pickle=False))
         if self.limit_bytes is not None:
-            self.trim(self.limit_bytes, keep=self.path(key))
-
-    def trim(self, limit_bytes: int, keep: Path | None = None) -> int:
-        """Delete least recently used files (not `keep`) until the cache fits; bytes freed."""
-        entries = []
-        for path in self.root.glob("*.npy"):
-            with contextlib.suppress(OSError):
-                stat = path.stat()
-                entries.append((stat.st_mtime, stat.st_size, path))
-        total, freed = sum(size for _, size, _ in entries), 0
-        for _, size, path in sorted(entries):
-            if total - freed <= limit_bytes:
-                break
-            if path != keep:
-                path.unlink(missing_ok=True)
-                freed += size
-        return freed
+            trim_cache(self.root.parent, self.limit_bytes, keep={self.path(key)}, deletable=("features", "engines"))
 
 
 def cached_features(cache: FeatureCache | None, key_parts: dict, compute) -> tuple[torch.Tensor, bool]:

@@ -186,7 +186,8 @@ class FitJob:
         cache = FeatureCache(root, limit_bytes=int(config.data.disk_limit_gb * 1e9))
         model = self.classifier.to(self.device)
         folder = None if "transform" in kwargs else cache_folder(  # augmented views need torch: no export
-            {"kind": "features", "model": key["model"], "normalize": key["normalize"], "size": self.dataset.spec.size})
+            {"kind": "features", "model": key["model"], "normalize": key["normalize"], "size": self.dataset.spec.size},
+            root)
         engine = "torch" if folder is None else resolve(
             config.train.engine, device=self.device, images=len(indices), cached=exported(folder, "onnxruntime"))
 

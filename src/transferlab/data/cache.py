@@ -109,27 +109,33 @@ class DiskCache:
         atomic_write(path.with_suffix(".json"), lambda handle: handle.write(json.dumps(meta).encode()))
         return path
 
-    def trim(self, limit_bytes: int, keep: set[Path]) -> int:
-        """Delete least recently used entries not in `keep` until the cache fits; bytes freed."""
-        entries = []
-        total = 0
-        for path in (self.root / "decoded").rglob("*.npy"):
-            try:
-                stat = path.stat()
-            except OSError:
-                continue
-            total += stat.st_size
-            entries.append((stat.st_mtime, stat.st_size, path))
-        freed = 0
-        for _, size, path in sorted(entries):
-            if total - freed <= limit_bytes:
-                break
-            if path in keep:
-                continue
-            for victim in (path, path.with_suffix(".json")):
+
+
+def trim_cache(root: Path, limit_bytes: int, keep: set[Path] = frozenset(),
+               deletable: tuple[str, ...] = ("decoded", "features", "engines")) -> int:
+    """Delete the least recently used entries of the cache folder `root` (decoded images, features,
+    engine exports) until all of it fits `limit_bytes` (data.disk_limit_gb); only entries of the
+    `deletable` kinds and not in `keep` go (what the caller may be reading stays). Bytes freed."""
+    entries = []  # (last use, bytes, kind, the files of one entry)
+    groups = [("decoded", [p, p.with_suffix(".json")]) for p in (root / "decoded").rglob("*.npy")]
+    groups += [("features", [p]) for p in (root / "features").glob("*.npy")]
+    groups += [("engines", [*f.rglob("*")]) for f in (root / "engines").glob("*") if f.is_dir()]
+    for kind, files in groups:
+        try:
+            stats = [f.stat() for f in files if f.is_file()]
+        except OSError:
+            continue
+        if stats:
+            entries.append((max(s.st_mtime for s in stats), sum(s.st_size for s in stats), kind, files))
+    total, freed = sum(entry[1] for entry in entries), 0
+    for _, size, kind, files in sorted(entries, key=lambda e: e[0]):
+        if total - freed <= limit_bytes:
+            break
+        if kind in deletable and not keep.intersection(files):
+            for victim in files:
                 victim.unlink(missing_ok=True)
             freed += size
-        return freed
+    return freed
 
 
 def atomic_write(path: Path, write, *, durable: bool = False) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from transferlab.config import Config
-from transferlab.data.cache import DecodingStore, DiskCache, DiskStore, ImageStore, MemoryStore
+from transferlab.data.cache import DecodingStore, DiskCache, DiskStore, ImageStore, MemoryStore, trim_cache
 from transferlab.data.decode import BadImage, Limits, content_hash, decode_array, decode_file, read_file
 from transferlab.data.sources import Item, Source, cache_root, open_source
 from transferlab.errors import DataError
@@ -140,8 +140,7 @@ def load_dataset(spec: str, config: Config, *, progress: bool = True) -> ImageDa
         store: ImageStore = MemoryStore(array)
     elif cache_mode == "disk":
         files = [disk.entry(outcomes[i]["hash"]) for i in kept]
-        freed_limit = int(config.data.disk_limit_gb * 1e9)
-        disk.trim(freed_limit, keep=set(files))
+        trim_cache(disk.root, int(config.data.disk_limit_gb * 1e9), keep=set(files))
         store = DiskStore(files)
     else:
         store = DecodingStore([items[i].file for i in kept],

@@ -14,7 +14,9 @@ torch otherwise, and always on a GPU.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -65,14 +67,16 @@ class Probabilities(nn.Module):
 
 
 class Features(nn.Module):
-    """A classifier's backbone alone: uint8 images -> pooled features."""
+    """A classifier's normalization and backbone alone (not its head): uint8 images -> pooled features."""
 
     def __init__(self, classifier: nn.Module):
         super().__init__()
-        self.classifier = classifier
+        self.backbone = classifier.backbone
+        self.register_buffer("mean", classifier.mean.clone())
+        self.register_buffer("std", classifier.std.clone())
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.classifier.features(images)
+        return self.backbone((images.float() - self.mean) / self.std)
 
 
 def versions() -> dict[str, str]:
@@ -87,22 +91,61 @@ def versions() -> dict[str, str]:
     return out
 
 
-def cache_folder(identity: dict) -> Path:
+def cache_folder(identity: dict, root: Path | None = None) -> Path:
     """`<cache>/engines/<key>`: where the exports of one model at one input size live."""
     from transferlab.data.sources import cache_root
     from transferlab.features import cache_key
 
-    return cache_root() / "engines" / cache_key(identity | versions())[:24]
+    return (root or cache_root()) / "engines" / cache_key(identity | versions())[:24]
+
+
+FILES = {"onnxruntime": ("model.onnx",), "openvino": ("model.xml", "model.bin")}
+MANIFEST = "manifest.json"  # sha256 of each exported file and of the weights it came from; written last
 
 
 def exported(folder: Path, engine: str) -> bool:
-    return (folder / {"onnxruntime": "model.onnx", "openvino": "model.xml"}[engine]).is_file()
+    """Whether `folder` claims an export for `engine` (compile_engine verifies it before use)."""
+    return all(name in read_manifest(folder).get("files", {}) for name in FILES[engine])
+
+
+def read_manifest(folder: Path) -> dict:
+    try:
+        return json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def weights_digest(module: nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def problem(folder: Path, engine: str, source: str) -> str | None:
+    """Why the cached export of `engine` in `folder` cannot be trusted for weights `source`, or None."""
+    manifest = read_manifest(folder)
+    if manifest.get("source") != source:
+        return "was made from other weights" if manifest else "has no manifest"
+    for name in FILES[engine]:
+        path = folder / name
+        if not path.is_file():
+            return f"lacks {name}"
+        if file_digest(path) != manifest.get("files", {}).get(name):
+            return f"has a {name} that differs from the one exported (damaged or replaced)"
+    return None
 
 
 def compile_engine(engine: str, module: nn.Module, size: int, folder: Path, *, device: torch.device | str = "cpu",
                    channels_last: bool = True):
-    """A callable uint8 NCHW numpy -> float32 numpy running `module` on `engine` (exported into
-    `folder` the first time)."""
+    """A callable uint8 NCHW numpy -> float32 numpy running `module` on `engine`, exported into
+    `folder` the first time; a cached export is verified against its manifest and the module's
+    weights before it is used, and rebuilt (saying why) when it does not match."""
     from transferlab.engines import runtime
 
     module = module.eval()
@@ -110,25 +153,40 @@ def compile_engine(engine: str, module: nn.Module, size: int, folder: Path, *, d
         return runtime.TorchEngine(module, device=device, channels_last=channels_last)
     from transferlab.engines.export import to_onnx, to_openvino
 
-    onnx_path, xml = folder / "model.onnx", folder / "model.xml"
-    if not onnx_path.is_file():
-        published(folder, ("model.onnx",), lambda tmp: to_onnx(module, size, tmp / "model.onnx"))
-    if engine == "onnxruntime":
-        return runtime.OnnxEngine(onnx_path)
-    if not xml.is_file():
-        published(folder, ("model.bin", "model.xml"), lambda tmp: to_openvino(onnx_path, tmp / "model.xml"))
-    return runtime.OpenVinoEngine(xml)
+    source = weights_digest(module)
+    for step, build in (("onnxruntime", lambda tmp: to_onnx(module, size, tmp / "model.onnx")),
+                        ("openvino", lambda tmp: to_openvino(folder / "model.onnx", tmp / "model.xml"))):
+        why = problem(folder, step, source)
+        if why is not None:
+            if (folder / MANIFEST).exists() or any((folder / name).exists() for name in FILES[step]):
+                from transferlab.console import warn
+
+                warn(f"the cached {step} export in {folder} {why}: rebuilding it")
+            published(folder, step, source, build)
+        if step == engine:
+            os.utime(folder / MANIFEST)  # recency, for trimming the cache
+            return runtime.OnnxEngine(folder / "model.onnx") if engine == "onnxruntime" else \
+                runtime.OpenVinoEngine(folder / "model.xml")
+    raise AssertionError(engine)
 
 
-def published(folder: Path, names: tuple[str, ...], build) -> None:
-    """`build(tmp)` writes `names` into a private folder; they are then moved into `folder`, the
-    file whose presence means "exported" last. An interrupted or failed export (a refused
-    onnx.checker, Ctrl-C) leaves nothing in the cache that a later run would trust."""
+def published(folder: Path, engine: str, source: str, build) -> None:
+    """`build(tmp)` writes the files of `engine` into a private folder; they are moved into
+    `folder`, then the manifest with their digests is written last. An interrupted or failed
+    export (a refused onnx.checker, Ctrl-C) leaves nothing that a later run would trust."""
+    from transferlab.data.cache import atomic_write
+
     folder.mkdir(parents=True, exist_ok=True)
+    manifest = read_manifest(folder)
+    if manifest.get("source") != source:
+        manifest = {"source": source, "files": {}}
     with tempfile.TemporaryDirectory(dir=folder, prefix=".export-") as tmp:
         build(Path(tmp))
-        for name in names:
+        for name in FILES[engine]:
+            manifest["files"][name] = file_digest(Path(tmp) / name)
             os.replace(Path(tmp) / name, folder / name)
+    text = json.dumps(manifest, indent=1).encode()
+    atomic_write(folder / MANIFEST, lambda handle: handle.write(text))
 
 
 def run_batches(engine, images, indices, batch_size: int) -> np.ndarray:
