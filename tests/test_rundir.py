@@ -76,3 +76,28 @@ def test_nan_weights_are_refused_by_every_command_that_loads_a_model(tiny_run, t
                  ["explain", str(run), image, "--out", str(tmp_path / "x")]):
         assert main(argv) == 2, argv
         one_error_line(capsys, "NaN or infinite weights")
+
+
+def test_a_forked_child_does_not_keep_the_lock_of_a_killed_process(tmp_path):
+    """DataLoader workers are forked while the lock is held: after a kill -9 of the trainer, an
+    orphaned worker kept `--resume` refused as "in use by <dead pid>" for seconds."""
+    import signal
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    run.mkdir()
+    code = ("import os, sys, time; from pathlib import Path; from transferlab.run import RunLock; "
+            "RunLock(Path(sys.argv[1])).__enter__()\n"
+            "if os.fork() == 0: time.sleep(60); os._exit(0)\n"
+            "print('held', flush=True); time.sleep(600)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(run)], stdout=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        with RunLock(run):  # taken at once: the forked child still lives, but holds no lock
+            pass
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)

@@ -171,13 +171,20 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, owner.encode(), 0)
         self.fd = fd
+        if not HELD_LOCKS:  # forked children (DataLoader workers) must not keep the lock alive after a kill -9
+            os.register_at_fork(after_in_child=lambda: [os.close(held) for held in HELD_LOCKS])
+        HELD_LOCKS.add(fd)
         return self
 
     def __exit__(self, *exc) -> None:
         if self.fd is not None:
+            HELD_LOCKS.discard(self.fd)
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
+
+
+HELD_LOCKS: set[int] = set()  # lock descriptors this process holds; a forked child closes its copies
 
 
 @rank_zero_only
