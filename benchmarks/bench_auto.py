@@ -42,7 +42,7 @@ from transferlab.evaluate import evaluate_run  # noqa: E402
 from transferlab.pipeline import run_training  # noqa: E402
 
 FIXED = {"linear-probe": ["strategy.name=linear-probe"], "feature-extraction": ["strategy.name=feature-extraction"],
-         "fine-tune-late": ["strategy.name=fine-tune", "strategy.train_groups=[late, head]",
+         "fine-tune-late": ["strategy.name=fine-tune", "strategy.fine_tune.train_groups=[late, head]",
                             "strategy.lr_mult={early: 0, middle: 0, late: 0.3, head: 1}"],
          "fine-tune": ["strategy.name=fine-tune"], "gradual": ["strategy.name=gradual"]}
 GROUPS = {"calibration": ("digits", "textures", "gratings"),

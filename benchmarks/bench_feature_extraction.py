@@ -32,7 +32,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         results = {}
         for name, extra in (("cached", ["strategy.name=feature-extraction"]),
-                            ("naive", ["strategy.name=gradual", "strategy.gradual=[{epoch: 1, groups: [head]}]"])):
+                            ("naive", ["strategy.name=gradual", "strategy.gradual.steps=[{epoch: 1, groups: [head]}]"])):
             config = load_config(overrides=common + extra + [f"data.cache_dir={tmp}/cache-{name}"])
             start = time.perf_counter()
             run = run_training(data, config, out=Path(tmp) / name, progress=False)

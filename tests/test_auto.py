@@ -94,7 +94,7 @@ def test_logme_ranks_informative_features_above_noise():
 # what each quadrant of the rule must do, written out (not read from the table under test)
 EXPECTED = {
     (True, True): ("feature-extraction", {}),
-    (True, False): ("fine-tune", {"strategy.train_groups": ["late", "head"],
+    (True, False): ("fine-tune", {"strategy.fine_tune.train_groups": ["late", "head"],
                                   "strategy.lr_mult": {"early": 0.0, "middle": 0.0, "late": 0.3, "head": 1.0}}),
     (False, True): ("fine-tune", {"strategy.lr_mult": {"early": 0.01, "middle": 0.03, "late": 0.1, "head": 1.0}}),
     (False, False): ("fine-tune", {"strategy.lr_mult": {"early": 0.1, "middle": 0.3, "late": 1.0, "head": 1.0}}),
@@ -277,7 +277,7 @@ def test_a_winning_linear_probe_is_refit_on_train_and_val(color_folder, tmp_path
     assert metrics["data"]["splits"] == {"train": 24, "val": 0, "test": 6}
     assert metrics["strategy"]["stages"]["probe"]["groups"]["head"]["images"] == 24
     assert "val" not in metrics and metrics["test"]["n"] == 6
-    assert load_config(run / "config.yaml").strategy.refit_on_val  # a rerun repeats the refit
+    assert load_config(run / "config.yaml").strategy.linear_probe.refit_on_val  # a rerun repeats the refit
     held = load_config(overrides=["preprocess.size=32", "train.workers=0", "data.decode_workers=1",
                                   "train.report=false", "strategy.auto.candidates=[linear-probe]",
                                   "strategy.auto.refit=false"])
@@ -291,7 +291,7 @@ def test_refit_on_val_is_refused_for_a_strategy_that_chooses_on_validation(color
 
     config = load_config(overrides=["preprocess.size=32", "train.workers=0", "data.decode_workers=1",
                                     "train.report=false", "strategy.name=feature-extraction",
-                                    "strategy.refit_on_val=true"])
+                                    "strategy.linear_probe.refit_on_val=true"])
     with pytest.raises(ConfigError, match="linear-probe only"):
         run_training(str(color_folder), config, out=tmp_path / "fe", progress=False)
 

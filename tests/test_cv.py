@@ -121,7 +121,7 @@ class CrashInFold(L.Callback):
 
 
 def test_an_interrupted_cv_resumes_at_its_fold(color_folder, tmp_path):
-    config = load_config(overrides=TINY + ["strategy.name=fine-tune", "strategy.head_warmup_epochs=0"])
+    config = load_config(overrides=TINY + ["strategy.name=fine-tune", "strategy.fine_tune.head_warmup_epochs=0"])
     whole = run_cv(str(color_folder), config, out=tmp_path / "whole", progress=False)
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_cv(str(color_folder), config, out=tmp_path / "cut", progress=False, extra_callbacks=[CrashInFold("fold2")])

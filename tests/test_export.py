@@ -24,7 +24,7 @@ from transferlab.run import RUN_DIR_ENV, load_model
 README = Path(__file__).parents[1] / "README.md"
 TINY = ["train.report=false", "model.pretrained=false", "train.batch_size=8", "train.workers=0",
         "data.decode_workers=1", "train.early_stopping=null", "data.val_fraction=0.2", "data.test_fraction=0.2",
-        "augment.preset=none", "strategy.name=fine-tune", "strategy.head_warmup_epochs=2", "train.epochs=2",
+        "augment.preset=none", "strategy.name=fine-tune", "strategy.fine_tune.head_warmup_epochs=2", "train.epochs=2",
         "optim.lr=0.01"]
 
 

@@ -172,7 +172,7 @@ def test_6_a_non_utf8_file_name_trains_and_is_recorded_escaped(tmp_path):
     (["train", "builtin:digits", "--model", "resnt18"], "did you mean resnet18"),
     (["train", "builtin:digits", "--set", "train.batch_size=0"], "--set: config key 'train.batch_size' must be in [1"),
     (["train", "builtin:digits", "--set", "optim.lr=.nan"], "'optim.lr' must be a finite number"),
-    (["train", "builtin:digits", "--set", "strategy.gradual=[{epoch: 0}]"], "'strategy.gradual[0].epoch'"),
+    (["train", "builtin:digits", "--set", "strategy.gradual.steps=[{epoch: 0}]"], "'strategy.gradual.steps[0].epoch'"),
 ])
 def test_7_bad_numbers_and_names_are_one_line_and_exit_2(argv, fragment, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
@@ -220,7 +220,7 @@ def test_8_errors_give_the_right_advice(tmp_path, tiny_run, monkeypatch, capsys)
 
 def start_training(data: Path, out: Path, epochs: int) -> subprocess.Popen:
     command = [str(SCRIPT), "train", str(data), "--out", str(out), "--strategy", "fine-tune", "--epochs", str(epochs),
-               "--quiet", *TINY_FLAGS, "--set", "strategy.head_warmup_epochs=0"]
+               "--quiet", *TINY_FLAGS, "--set", "strategy.fine_tune.head_warmup_epochs=0"]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={k: v for k, v in os.environ.items() if k != RUN_DIR_ENV},
                             preexec_fn=interactive_sigint)
@@ -360,7 +360,7 @@ def crashed_run(tmp_path: Path, data: Path) -> Path:
 
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_training(str(data), load_config(overrides=[*TINY, "strategy.name=fine-tune", "train.epochs=3",
-                                                       "strategy.head_warmup_epochs=0"]),
+                                                       "strategy.fine_tune.head_warmup_epochs=0"]),
                      out=tmp_path / "run", progress=False, extra_callbacks=[Crash()])
     return tmp_path / "run"
 
@@ -424,7 +424,7 @@ def test_11_a_full_disk_stops_with_one_line_and_the_run_resumes_after_space_is_f
     subprocess.run(["mount", "-o", "remount,size=1m", str(small_disk)], check=True)
     run = small_disk / "run"
     argv = ["train", str(data), "--out", str(run), "--strategy", "fine-tune", "--epochs", "2", "--quiet",
-            *TINY_FLAGS, "--set", "strategy.head_warmup_epochs=0", "--set", "model.name=test_vit"]
+            *TINY_FLAGS, "--set", "strategy.fine_tune.head_warmup_epochs=0", "--set", "model.name=test_vit"]
     assert main(argv) == 2
     one_error_line(capsys, "the disk is full", "--resume")
     state = json.loads((run / "state.json").read_text())  # what was written is intact

@@ -19,7 +19,7 @@ from transferlab.run import RUN_DIR_ENV
 
 TINY = ["model.name=test_efficientnet", "model.pretrained=false", "preprocess.size=32", "train.batch_size=8",
         "train.workers=0", "data.decode_workers=1", "train.early_stopping=null", "train.epochs=2", "cv.folds=3",
-        "strategy.name=fine-tune", "strategy.head_warmup_epochs=1"]
+        "strategy.name=fine-tune", "strategy.fine_tune.head_warmup_epochs=1"]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--hide-scrollbars", "--disable-dev-shm-usage"]

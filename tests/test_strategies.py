@@ -122,8 +122,8 @@ def test_the_registry_finds_every_strategy_module_and_refuses_unknown_names():
     assert {"feature-extraction", "fine-tune", "gradual", "linear-probe"} <= set(strategy_names())
     with pytest.raises(ConfigError, match="unknown strategy 'spin'"):
         get_strategy("spin", load_config())
-    with pytest.raises(ConfigError, match=r"strategy.train_groups: unknown layer group 'top'"):
-        get_strategy("fine-tune", load_config(overrides=["strategy.train_groups=[top]"]))
+    with pytest.raises(ConfigError, match=r"strategy.fine_tune.train_groups: unknown layer group 'top'"):
+        get_strategy("fine-tune", load_config(overrides=["strategy.fine_tune.train_groups=[top]"]))
     gradual = get_strategy("gradual", load_config())
     assert [gradual.trainable(e) for e in (0, 4, 5, 10)] == [["head"], ["head"], ["head", "late"],
                                                                ["head", "late", "middle", "early"]]
@@ -156,11 +156,11 @@ def initial_state(config) -> dict[str, torch.Tensor]:
 
 
 def test_train_groups_limit_what_fine_tuning_changes(tmp_path):
-    """strategy.train_groups [late, head] (what auto's small+different choice uses): through the
+    """strategy.fine_tune.train_groups [late, head] (what auto's small+different choice uses): through the
     real training path, early and middle weights and BatchNorm statistics stay exactly as they
     came, the late group moves."""
-    config = load_config(overrides=[*TINY, "strategy.name=fine-tune", "strategy.head_warmup_epochs=0",
-                                    "train.epochs=2", "strategy.train_groups=[late, head]", "optim.lr=0.01"])
+    config = load_config(overrides=[*TINY, "strategy.name=fine-tune", "strategy.fine_tune.head_warmup_epochs=0",
+                                    "train.epochs=2", "strategy.fine_tune.train_groups=[late, head]", "optim.lr=0.01"])
     run = run_training(str(colour_data(tmp_path)), config, out=tmp_path / "run", progress=False)
     before, after = initial_state(config), run_weights(run)
     groups = named_groups(tiny())
@@ -176,7 +176,7 @@ def test_train_groups_limit_what_fine_tuning_changes(tmp_path):
 
 
 def test_train_bn_false_keeps_batchnorm_of_trained_groups_as_it_came(tmp_path):
-    config = load_config(overrides=[*TINY, "strategy.name=fine-tune", "strategy.head_warmup_epochs=0",
+    config = load_config(overrides=[*TINY, "strategy.name=fine-tune", "strategy.fine_tune.head_warmup_epochs=0",
                                     "train.epochs=2", "strategy.train_bn=false", "optim.lr=0.01"])
     run = run_training(str(colour_data(tmp_path)), config, out=tmp_path / "run", progress=False)
     before, after = initial_state(config), run_weights(run)
@@ -194,7 +194,7 @@ def logged_rates(run, stage: str = "main") -> dict[str, float]:
 
 
 def test_layer_decay_through_training_gives_each_layer_its_logged_rate(tmp_path):
-    config = load_config(overrides=[*TINY, "strategy.name=fine-tune", "strategy.head_warmup_epochs=0",
+    config = load_config(overrides=[*TINY, "strategy.name=fine-tune", "strategy.fine_tune.head_warmup_epochs=0",
                                     "train.epochs=1", "strategy.layer_decay=0.5", "schedule.name=constant",
                                     "schedule.warmup_epochs=0"])
     run = run_training(str(colour_data(tmp_path)), config, out=tmp_path / "run", progress=False)
@@ -249,7 +249,7 @@ class RecordGroups(L.Callback):
 
 
 def test_gradual_unfreezing_switches_at_the_configured_epochs(tmp_path):
-    config = load_config(overrides=[*TINY, "seed=3", "strategy.name=gradual", "strategy.gradual=[{epoch: 1, groups: "
+    config = load_config(overrides=[*TINY, "seed=3", "strategy.name=gradual", "strategy.gradual.steps=[{epoch: 1, groups: "
                                     "[head]}, {epoch: 2, groups: [late]}, {epoch: 3, groups: [middle, early], "
                                     "lr: 0.0001}]"])
     strategy = get_strategy("gradual", config)

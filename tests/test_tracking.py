@@ -12,7 +12,7 @@ from transferlab.config import load_config
 
 TINY = ["model.name=test_efficientnet", "model.pretrained=false", "preprocess.size=32", "train.batch_size=8",
         "train.workers=0", "data.decode_workers=1", "train.early_stopping=null", "train.epochs=2",
-        "strategy.name=fine-tune", "strategy.head_warmup_epochs=2", "augment.preset=none"]
+        "strategy.name=fine-tune", "strategy.fine_tune.head_warmup_epochs=2", "augment.preset=none"]
 
 
 @pytest.fixture

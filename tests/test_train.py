@@ -52,8 +52,8 @@ def test_each_strategy_leaves_a_run_whose_files_agree_with_its_model(color_folde
     """For every strategy: the saved model predicts from the image files exactly what
     predictions.csv says, metrics.json's numbers are those predictions' numbers, the split
     partitions the data, and the record names the stages the strategy runs."""
-    extra = ["train.epochs=3", f"strategy.name={strategy}", "strategy.head_warmup_epochs=2",
-             "strategy.gradual=[{epoch: 1, groups: [head]}, {epoch: 2, groups: [late, middle, early]}]"]
+    extra = ["train.epochs=3", f"strategy.name={strategy}", "strategy.fine_tune.head_warmup_epochs=2",
+             "strategy.gradual.steps=[{epoch: 1, groups: [head]}, {epoch: 2, groups: [late, middle, early]}]"]
     run = run_training(str(color_folder), tiny_config(*extra), out=tmp_path / "run", progress=False)
     assert list((run / "logs").rglob("metrics.csv")) or strategy == "linear-probe"
     metrics = json.loads((run / "metrics.json").read_text())
@@ -143,9 +143,9 @@ def test_resume_after_a_crash_reaches_the_same_weights(color_folder, tmp_path, s
     """A run stopped after the main stage's first epoch (an exception, or the process SIGKILLed)
     resumes to exactly the weights of an uninterrupted one: after fine-tuning's head warm-up, and
     with a DataLoader worker process (which draws batches ahead, as soon as Lightning calls iter())."""
-    extra = ["train.epochs=4", f"strategy.name={strategy}", "strategy.head_warmup_epochs=1", "train.workers=1",
+    extra = ["train.epochs=4", f"strategy.name={strategy}", "strategy.fine_tune.head_warmup_epochs=1", "train.workers=1",
              "augment.preset=standard", "augment.mixup_alpha=0.4",
-             "strategy.gradual=[{epoch: 1, groups: [head]}, {epoch: 3, groups: [late]}]"]
+             "strategy.gradual.steps=[{epoch: 1, groups: [head]}, {epoch: 3, groups: [late]}]"]
     whole = run_training(str(color_folder), tiny_config(*extra), out=tmp_path / "whole", progress=False)
     if stop == "kill":
         kill_after_first_checkpoint(color_folder, tmp_path / "crashed", [*TINY, *extra])
@@ -225,7 +225,7 @@ def test_ddp_two_cpu_processes_train_and_evaluate(color_folder, tmp_path):
                "--strategy-ddp", "ddp", "--out", str(tmp_path / "ddp"), "--quiet",
                "--no-report",
                *sum((["--set", s] for s in ("train.workers=0", "data.decode_workers=1", "model.pretrained=false",
-                                             "strategy.head_warmup_epochs=1")), [])]
+                                             "strategy.fine_tune.head_warmup_epochs=1")), [])]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
@@ -246,7 +246,7 @@ def test_a_run_config_reproduces_the_run(color_folder, tmp_path):
 
 def test_feature_extraction_with_augmented_views(color_folder, tmp_path):
 
-    config = tiny_config("strategy.name=feature-extraction", "train.epochs=2", "strategy.feature_views=2",
+    config = tiny_config("strategy.name=feature-extraction", "train.epochs=2", "strategy.feature_extraction.views=2",
                          "augment.preset=standard")
     run = run_training(str(color_folder), config, out=tmp_path / "v", progress=False)
     metrics = json.loads((run / "metrics.json").read_text())
@@ -262,7 +262,7 @@ def test_a_winning_warmup_stage_keeps_the_backbone_it_was_trained_on(color_folde
     its head AND the untouched backbone, not the head on the fine-tuned backbone."""
     from transferlab.models.backbone import create_backbone
 
-    config = tiny_config("strategy.name=fine-tune", "strategy.head_warmup_epochs=3", "train.epochs=2",
+    config = tiny_config("strategy.name=fine-tune", "strategy.fine_tune.head_warmup_epochs=3", "train.epochs=2",
                          "optim.lr=3.0", "train.monitor=val_loss", "augment.preset=none")
     run = run_training(str(color_folder), config, out=tmp_path / "run", progress=False)
     metrics = json.loads((run / "metrics.json").read_text())

@@ -1,233 +1,332 @@
 """Typed configuration: defaults live in code, a YAML file and `--set a.b=c` only override them.
 
-Every section is a dataclass. `load_config` starts from the defaults, applies the YAML file,
-then the command-line overrides, and checks every key and type on the way, so a typo is an
-error naming the key instead of a setting silently ignored. `dump_config` writes the resolved
-config, which `load_config` reads back to reproduce a run.
+Every section is a dataclass and every setting is declared once, here, with `setting()`: its
+default, its allowed interval, whether a resumed run may change it, and its help text. The
+type check (`typecheck.merge`), the command line's flags (choices, number ranges, help) and the
+resume check all read these declarations. `load_config` applies the defaults, the YAML file,
+then the overrides, naming the key and where a bad value came from; `dump_config` writes the
+resolved config, which `load_config` reads back to reproduce a run.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 
 from transferlab.errors import ConfigError
 from transferlab.typecheck import merge
 
-__all__ = ["Config", "ConfigError", "load_config", "dump_config", "merge", "apply_override", "read_yaml", "to_dict"]
+__all__ = ["Config", "ConfigError", "load_config", "dump_config", "merge", "apply_override", "read_yaml", "to_dict",
+           "setting", "ENGINES", "budget_seconds", "resume_safe_keys"]
 
 ResizeMode = Literal["stretch", "crop", "pad"]
 Interpolation = Literal["nearest", "bilinear", "bicubic"]
 Normalization = Literal["model", "imagenet", "zscore", "minmax"]
 CacheMode = Literal["auto", "memory", "disk", "none"]
+Engine = Literal["auto", "torch", "onnxruntime", "openvino"]
+ENGINES = get_args(Engine)[1:]  # what runs a model (engines/); "auto" picks one by the documented rule
+WEIGHT_DECAY = {"adamw": 0.05, "sgd": 5e-4}  # optim.weight_decay when it is null
+
+
+def setting(default: Any = dataclasses.MISSING, interval: str | None = None, help: str = "", *,
+            factory: Any = dataclasses.MISSING, resume_safe: bool = False, check: Any = None) -> Any:
+    """A config field: its default (or `factory`), the interval its numbers (or its items' numbers)
+    must lie in ("[" / "]" inclusive, "(" / ")" not), whether a resumed run may change it (it does
+    not change results), an extra `check(value)` raising ValueError, and its help text."""
+    metadata = {"interval": interval, "help": help, "resume_safe": resume_safe, "check": check}
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def check_devices(text: str) -> None:
+    """auto, a number of devices, or a comma-separated list of device indices."""
+    if not (text in ("auto", "-1") or re.fullmatch(r"[1-9]\d*|\d+(,\d+)+,?", text)):
+        raise ValueError("is not auto, a number of devices (e.g. 2) or indices (e.g. 0,1)")
+
+
+def parse_budget(value: str | float) -> float | None:
+    """train.budget in seconds (None: no limit, `auto`: decided by the strategy); ValueError if not a duration."""
+    text = str(value).strip().lower()
+    if text in ("none", "0", "off", "auto"):
+        return None
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(s|sec|m|min|h)?", text)
+    if not match or float(match.group(1)) <= 0:
+        raise ValueError("is not a duration: give e.g. 90s, 10m, 1h, or none")
+    seconds = float(match.group(1)) * {"s": 1, "sec": 1, None: 1, "m": 60, "min": 60, "h": 3600}[match.group(2)]
+    if not math.isfinite(seconds) or seconds > 366 * 86400:
+        raise ValueError("is more than a year: give none for no limit")
+    return seconds
 
 
 @dataclass
 class DataConfig:
     """Where images come from, how they are validated and cached, how they are split."""
 
-    source: str | None = None  # DATA: a folder, a CSV manifest or builtin:NAME (recorded by every run)
-    subset: int | None = None  # keep at most this many images per class (seeded choice)
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    max_pixels: int = 89_478_485  # larger images are skipped as possible decompression bombs
-    max_file_mb: float = 512.0  # larger files are skipped without being read
-    min_side: int = 8  # images with a shorter side are skipped as unusable
-    alpha_background: tuple[int, int, int] = (255, 255, 255)  # transparent pixels become this
-    cache: CacheMode = "auto"  # auto: memory when it fits memory_limit_mb, else disk
-    cache_dir: str | None = None  # default: $TRANSFERLAB_CACHE or ~/.cache/transferlab
-    memory_limit_mb: int = 4096
-    disk_limit_gb: float = 50.0
-    decode_workers: int = 0  # processes decoding images; 0 = one per CPU core
-    group_column: str | None = None  # CSV manifest column whose rows must stay in one split
+    source: str | None = setting(None, help="DATA: a folder, a CSV manifest or builtin:NAME")
+    subset: int | None = setting(None, "[1, inf]", "keep at most this many images per class (seeded choice)")
+    val_fraction: float = setting(0.15, "[0, 1)", "fraction of each class held out for validation")
+    test_fraction: float = setting(0.15, "[0, 1)", "fraction of each class held out for the final test")
+    max_pixels: int = setting(89_478_485, "[1, inf]", "larger images are skipped as possible decompression bombs")
+    max_file_mb: float = setting(512.0, "(0, inf]", "larger files are skipped without being read")
+    min_side: int = setting(8, "[1, inf]", "images with a shorter side are skipped as unusable")
+    alpha_background: tuple[int, int, int] = setting((255, 255, 255), "[0, 255]", "transparent pixels become this")
+    cache: CacheMode = setting("auto", help="auto: memory when it fits memory_limit_mb, else disk", resume_safe=True)
+    cache_dir: str | None = setting(None, help="default: $TRANSFERLAB_CACHE or ~/.cache/transferlab", resume_safe=True)
+    memory_limit_mb: int = setting(4096, "[0, inf]", "largest decoded set kept in memory", resume_safe=True)
+    disk_limit_gb: float = setting(50.0, "(0, inf]", "the cache folder is trimmed to this", resume_safe=True)
+    decode_workers: int = setting(0, "[0, 256]", "processes decoding images; 0 = one per CPU core", resume_safe=True)
+    group_column: str | None = setting(None, help="CSV manifest column whose rows must stay in one split")
 
 
 @dataclass
 class PreprocessConfig:
     """Deterministic resize and normalization, applied the same way to every split."""
 
-    size: int | None = None  # square input side; None = the backbone's input size
-    resize_mode: ResizeMode = "crop"  # stretch | crop (shorter side, then centre crop) | pad
-    interpolation: Interpolation | None = None  # None = the backbone's own
-    crop_pct: float = 1.0  # with resize_mode=crop: resize the shorter side to size / crop_pct
-    pad_fill: tuple[int, int, int] = (0, 0, 0)  # with resize_mode=pad: colour of the bars
-    normalize: Normalization = "model"
+    size: int | None = setting(None, "[8, 4096]", "input side in pixels (default: the backbone's)")
+    resize_mode: ResizeMode = setting("crop", help="stretch | crop (shorter side, then centre crop) | pad")
+    interpolation: Interpolation | None = setting(None, help="default: the backbone's own")
+    crop_pct: float = setting(1.0, "(0.05, 1]", "with resize_mode=crop: the centred square kept of the shorter side")
+    pad_fill: tuple[int, int, int] = setting((0, 0, 0), "[0, 255]", "with resize_mode=pad: colour of the bars")
+    normalize: Normalization = setting("model", help="model | imagenet | zscore (training split) | minmax")
 
 
 @dataclass
 class AugmentConfig:
     """Training-time augmentation (see augment.py for every op and its keys)."""
 
-    preset: Literal["none", "light", "standard", "heavy"] = "standard"
-    ops: list[Any] | None = None  # replaces the preset's list: [{op: rotate, degrees: [-10, 10], p: 0.5}, ...]
-    mixup_alpha: float | None = None  # None = the preset's; 0 = off; lambda ~ Beta(alpha, alpha)
-    cutmix_alpha: float | None = None
-    mix_prob: float = 1.0  # probability that a batch is mixed at all
-    switch_prob: float = 0.5  # with both on: probability of CutMix instead of MixUp
+    preset: Literal["none", "light", "standard", "heavy"] = setting("standard", help="augmentation preset")
+    ops: list[Any] | None = setting(None, help="replaces the preset's list: [{op: rotate, degrees: [-10, 10]}, ...]")
+    mixup_alpha: float | None = setting(None, "[0, inf]", "None = the preset's; 0 = off; lambda ~ Beta(alpha, alpha)")
+    cutmix_alpha: float | None = setting(None, "[0, inf]", "None = the preset's; 0 = off")
+    mix_prob: float = setting(1.0, "[0, 1]", "probability that a batch is mixed at all")
+    switch_prob: float = setting(0.5, "[0, 1]", "with both on: probability of CutMix instead of MixUp")
 
 
 @dataclass
 class ModelConfig:
     """Backbone choice and weights; the preprocessing defaults come from its pretrained_cfg."""
 
-    name: str = "tf_efficientnet_lite0"  # any timm model name
-    pretrained: bool = True  # False: train from scratch (a baseline)
-    weights: str | None = None  # a local .pth / .safetensors file instead of the bundled or hub weights
-    dropout: float = 0.2  # before the new linear head
-    drop_path: float | None = None  # timm's stochastic depth rate, for fine-tuning
+    name: str = setting("tf_efficientnet_lite0", help="timm backbone name")
+    pretrained: bool = setting(True, help="False: train from scratch (a baseline)")
+    weights: str | None = setting(None, help="a local .pth / .safetensors file instead of the bundled or hub weights")
+    dropout: float = setting(0.2, "[0, 1)", "dropout before the new linear head")
+    drop_path: float | None = setting(None, "[0, 1)", "timm's stochastic depth rate, for fine-tuning")
 
 
 @dataclass
 class GradualStep:
     """From `epoch` (1-based) on, `groups` train too, at `lr` (None = each group's own rate)."""
 
-    epoch: int = 1
-    groups: list[str] = field(default_factory=lambda: ["head"])
-    lr: float | None = None
+    epoch: int = setting(1, "[1, 10000]")
+    groups: list[str] = setting(factory=lambda: ["head"])
+    lr: float | None = setting(None, "(0, inf]")
+
+
+@dataclass
+class FineTuneSettings:
+    """`fine-tune` (strategies/fine_tune.py)."""
+
+    epochs: int = setting(10, "[1, inf]", "epochs of the main stage (train.epochs overrides)")
+    head_warmup_epochs: int = setting(5, "[0, 10000]", "first train the head on cached features (LP-FT)")
+    train_groups: list[str] = setting(factory=lambda: ["early", "middle", "late", "head"],
+                                      help="the layer groups that train; the rest stay frozen")
+
+
+@dataclass
+class GradualSettings:
+    """`gradual` (strategies/gradual.py): layer groups join on a schedule."""
+
+    epochs: int = setting(20, "[1, inf]", "epochs, at least 4 after the last step (train.epochs overrides)")
+    steps: list[GradualStep] = setting(factory=lambda: [GradualStep(1, ["head"]), GradualStep(6, ["late"]),
+                                                        GradualStep(11, ["middle", "early"])],
+                                       help="[{epoch, groups, lr}]: from epoch on, groups train too")
+
+
+@dataclass
+class FeatureExtractionSettings:
+    """`feature-extraction` (strategies/feature_extraction.py)."""
+
+    epochs: int = setting(30, "[1, inf]", "epochs of the head (train.epochs overrides)")
+    views: int = setting(0, "[0, 100]", "K augmented views per training image, besides the plain one")
+
+
+@dataclass
+class LinearProbeSettings:
+    """`linear-probe` (strategies/linear_probe.py)."""
+
+    refit_on_val: bool = setting(False, help="fit on train + val (C comes from inner cross-validation)")
 
 
 @dataclass
 class AutoConfig:
-    """`strategy.name: auto`: a measured search under train.budget, ordered by the 2x2 rule on
-    measured size and transferability (strategies/auto.py)."""
+    """`strategy.name: auto`: the search (search/) under train.budget, ordered by the 2x2 rule."""
 
-    # what the search tries (each on the validation split): any of linear-probe, feature-extraction,
-    # fine-tune-late (the last blocks with the head), fine-tune (every group, differential rates), gradual
-    candidates: list[str] = field(default_factory=lambda: ["linear-probe", "feature-extraction", "fine-tune-late",
-                                                           "fine-tune", "gradual"])
-    sizes: list[int] | None = None  # input sizes tried; None: 96, 128, 160, 224 up to the backbone's, unless --size
-    noise: float = 1.0  # a candidate within this many standard errors of the best counts as as good
-    score: Literal["logme", "leep"] = "logme"  # leep needs the backbone's ImageNet classifier
-    small_per_class: int = 200  # median TRAINING images per class below this: a small data set
-    similar_logme: float = 0.8  # LogME at or above: features fit the task (similar domain)
-    similar_leep: float = 0.7  # LEEP normalised by chance, 1 - LEEP / log(1/K), at or above: similar
-    max_images: int = 10000  # the score uses at most this many training images (seeded choice)
-    refit: bool = True  # a winning linear probe is refit on train + val (strategy.refit_on_val)
+    candidates: list[str] = setting(factory=lambda: ["linear-probe", "feature-extraction", "fine-tune-late",
+                                                     "fine-tune", "gradual"],
+                                    help="what the search tries: registered strategies and their variants")
+    sizes: list[int] | None = setting(None, "[8, 4096]", "input sizes tried; None: 96, 128, 160, 224 up to the "
+                                                         "backbone's, unless --size")
+    noise: float = setting(1.0, "[0, 10]", "a candidate within this many standard errors of the best is as good")
+    score: Literal["logme", "leep"] = setting("logme", help="leep needs the backbone's ImageNet classifier")
+    small_per_class: int = setting(200, "[1, inf]", "median TRAINING images per class below this: a small set")
+    similar_logme: float = setting(0.8, help="LogME at or above: features fit the task (similar domain)")
+    similar_leep: float = setting(0.7, help="LEEP normalised by chance at or above: similar domain")
+    max_images: int = setting(10000, "[2, inf]", "the transferability score uses at most this many training images")
+    refit: bool = setting(True, help="a winning linear probe is refit on train + val")
+
+
+STRATEGY_EPOCHS = {name: {f.name: f for f in dataclasses.fields(section)}["epochs"] for name, section in (
+    ("feature_extraction", FeatureExtractionSettings), ("fine_tune", FineTuneSettings), ("gradual", GradualSettings))}
 
 
 @dataclass
 class StrategyConfig:
-    """How the pretrained network is adapted (strategies/)."""
+    """How the pretrained network is adapted (strategies/); each strategy's own settings are its section."""
 
-    name: str = "auto"  # auto, or a strategy of strategies/ (feature-extraction, fine-tune, gradual, linear-probe, ...)
-    # learning rate of each layer group = optim.lr x its multiplier (fine-tune and gradual)
-    lr_mult: dict[str, float] = field(
-        default_factory=lambda: {"early": 0.01, "middle": 0.1, "late": 1.0, "head": 1.0})
-    layer_decay: float | None = None  # instead of lr_mult: lr x decay^(depth from the head)
-    head_warmup_epochs: int = 5  # fine-tune: first train the head on cached features (LP-FT)
-    feature_views: int = 0  # feature-extraction: K augmented views per training image, besides the plain one
-    train_bn: bool = True  # unfrozen BatchNorm layers update their statistics
-    # linear-probe: fit on train + val (its C comes from inner CV, so no validation split is needed to
-    # choose it); the validation images then train the model and the run reports no validation metrics
-    refit_on_val: bool = False
-    train_groups: list[str] = field(default_factory=lambda: ["early", "middle", "late", "head"])  # fine-tune
-    auto: AutoConfig = field(default_factory=AutoConfig)
-    gradual: list[GradualStep] = field(default_factory=lambda: [
-        GradualStep(1, ["head"]), GradualStep(6, ["late"]), GradualStep(11, ["middle", "early"])])
+    name: str = setting("auto", help="auto, or a registered strategy")
+    lr_mult: dict[str, float] = setting(factory=lambda: {"early": 0.01, "middle": 0.1, "late": 1.0, "head": 1.0},
+                                        interval="[0, inf]", help="each layer group's rate = optim.lr x this")
+    layer_decay: float | None = setting(None, "(0, 1]", "instead of lr_mult: lr x decay^(depth from the head)")
+    train_bn: bool = setting(True, help="unfrozen BatchNorm layers update their statistics")
+    fine_tune: FineTuneSettings = setting(factory=FineTuneSettings)
+    gradual: GradualSettings = setting(factory=GradualSettings)
+    feature_extraction: FeatureExtractionSettings = setting(factory=FeatureExtractionSettings)
+    linear_probe: LinearProbeSettings = setting(factory=LinearProbeSettings)
+    auto: AutoConfig = setting(factory=AutoConfig)
 
 
 @dataclass
 class OptimConfig:
-    name: Literal["adamw", "sgd"] = "adamw"
-    lr: float = 1e-3  # peak learning rate of the head; groups scale it (strategy.lr_mult)
-    weight_decay: float | None = None  # None: 0.05 for adamw, 5e-4 for sgd; never on biases and norms
-    momentum: float = 0.9  # sgd
-    nesterov: bool = True  # sgd
-    betas: tuple[float, float] = (0.9, 0.999)  # adamw
-    label_smoothing: float = 0.0
+    name: Literal["adamw", "sgd"] = setting("adamw", help="optimizer")
+    lr: float = setting(1e-3, "(0, inf]", "peak learning rate of the head; groups scale it (strategy.lr_mult)")
+    weight_decay: float | None = setting(None, "[0, inf]", "default: " + ", ".join(
+        f"{v:g} for {k}" for k, v in WEIGHT_DECAY.items()) + "; never on biases and norms")
+    momentum: float = setting(0.9, "[0, 1)", "sgd")
+    nesterov: bool = setting(True, help="sgd")
+    betas: tuple[float, float] = setting((0.9, 0.999), "[0, 1)", "adamw")
+    label_smoothing: float = setting(0.0, "[0, 1)")
+
+    def decay(self) -> float:
+        return WEIGHT_DECAY[self.name] if self.weight_decay is None else self.weight_decay
 
 
 @dataclass
 class ScheduleConfig:
     """Learning-rate schedule; every group's rate is multiplied by the same factor."""
 
-    name: Literal["cosine", "step", "cyclic", "onecycle", "constant"] = "cosine"
-    warmup_epochs: float = 1.0  # linear warm-up (cosine, step, constant)
-    min_lr_ratio: float = 0.01  # cosine: final rate as a fraction of the peak
-    step_epochs: float = 5.0  # step: multiply by gamma every step_epochs
-    gamma: float = 0.1
-    cycle_epochs: float = 2.0  # cyclic (triangular): epochs per full cycle
-    cycle_min_ratio: float = 0.1  # cyclic: bottom of the cycle as a fraction of the peak
-    pct_start: float = 0.3  # onecycle: fraction of training spent rising
-    div_factor: float = 25.0  # onecycle: start at peak / div_factor
-    final_div_factor: float = 1e4  # onecycle: end at start / final_div_factor
+    name: Literal["cosine", "step", "cyclic", "onecycle", "constant"] = setting("cosine", help="schedule")
+    warmup_epochs: float = setting(1.0, "[0, inf]", "linear warm-up (cosine, step, constant)")
+    min_lr_ratio: float = setting(0.01, "[0, 1]", "cosine: final rate as a fraction of the peak")
+    step_epochs: float = setting(5.0, "(0, inf]", "step: multiply by gamma every step_epochs")
+    gamma: float = setting(0.1, "(0, 1]")
+    cycle_epochs: float = setting(2.0, "(0, inf]", "cyclic (triangular): epochs per full cycle")
+    cycle_min_ratio: float = setting(0.1, "[0, 1]", "cyclic: bottom of the cycle as a fraction of the peak")
+    pct_start: float = setting(0.3, "(0, 1)", "onecycle: fraction of training spent rising")
+    div_factor: float = setting(25.0, "[1, inf]", "onecycle: start at peak / div_factor")
+    final_div_factor: float = setting(1e4, "[1, inf]", "onecycle: end at start / final_div_factor")
 
 
 @dataclass
 class TrainConfig:
-    epochs: int | None = None  # None: feature-extraction 30, fine-tune 10, gradual 20
-    budget: str | float = "auto"  # wall time of a fit (search + training): 90s, 10m, 1h, seconds, or none; auto: 10m for auto, none else
-    batch_size: int = 32
-    workers: int | None = None  # DataLoader workers; None = cores - 1 (at most 8)
-    imbalance: Literal["auto", "none", "weights", "sampler"] = "auto"  # auto: weights if largest/smallest >= 3
-    early_stopping: int | None = 10  # patience in epochs without improvement of `monitor`; null = off
-    monitor: Literal["val_loss", "val_accuracy", "val_balanced_accuracy", "val_f1_macro"] = "val_loss"
-    grad_clip: float | None = None  # clip the gradient norm
-    precision: str = "32-true"  # Lightning precision: 32-true, 16-mixed, bf16-mixed
-    accelerator: str = "auto"  # cpu, gpu, mps, auto
-    devices: str = "auto"  # number or list of devices, or auto
-    ddp: str | None = None  # Lightning strategy for several devices: ddp, ddp_spawn, fsdp, ...
-    num_nodes: int = 1
-    channels_last: bool = True  # memory format of convolutional backbones
-    find_lr: bool = False  # run Lightning's LR finder first and use its suggestion
-    eval_batch_size: int = 64
-    engine: Literal["auto", "torch", "onnxruntime", "openvino"] = "auto"  # feature extraction (engines/)
-    report: bool = True  # draw the figures and write report.html when the run ends
+    epochs: int | None = setting(None, "[1, inf]", "epochs (default: each strategy's own, " + ", ".join(
+        f"{name.replace('_', '-')} {f.default}" for name, f in STRATEGY_EPOCHS.items()) + ")")
+    budget: str | float = setting("auto", help="wall time of the run, search included: 90s, 10m, 1h or none "
+                                               "(default: 10m for auto, none for other strategies)",
+                                  check=parse_budget)
+    batch_size: int = setting(32, "[1, inf]", "batch size")
+    workers: int | None = setting(None, "[0, 256]", "DataLoader workers (default: cores - 1)", resume_safe=True)
+    imbalance: Literal["auto", "none", "weights", "sampler"] = setting(
+        "auto", help="auto: class weights when the largest class is >= 3x the smallest")
+    early_stopping: int | None = setting(10, "[1, inf]", "patience in epochs without improvement of monitor")
+    monitor: Literal["val_loss", "val_accuracy", "val_balanced_accuracy", "val_f1_macro"] = setting(
+        "val_loss", help="the best checkpoint's and early stopping's metric")
+    grad_clip: float | None = setting(None, "(0, inf]", "clip the gradient norm")
+    precision: Literal["32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "transformer-engine",
+                       "32", "16", "bf16", "64"] = setting("32-true", help="Lightning precision")
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps", "tpu"] = setting("auto", help="Lightning accelerator")
+    devices: str = setting("auto", help="number of devices, indices (0,1) or auto", check=check_devices)
+    ddp: str | None = setting(None, help="Lightning distributed strategy, e.g. ddp")
+    num_nodes: int = setting(1, "[1, inf]", "machines taking part (torchrun / SLURM)")
+    channels_last: bool = setting(True, help="memory format of convolutional backbones")
+    find_lr: bool = setting(False, help="run Lightning's LR finder first and use its suggestion")
+    eval_batch_size: int = setting(64, "[1, inf]", "batch size of inference", resume_safe=True)
+    engine: Engine = setting("auto", help="what computes cached features (default auto)", resume_safe=True)
+    report: bool = setting(True, help="draw the figures and write report.html at the end", resume_safe=True)
 
 
 @dataclass
 class CVConfig:
     """Cross-validation (`transferlab cv`)."""
 
-    folds: int = 5
-    repeats: int = 1  # > 1: RepeatedStratifiedKFold, a different shuffle per repeat
+    folds: int = setting(5, "[2, 1000]", "number of folds K")
+    repeats: int = setting(1, "[1, 1000]", "repeat the K folds R times with different shuffles")
 
 
 @dataclass
 class TrackingConfig:
     """Where a run is tracked besides its own folder (tracking.py); the CSV logs are always written."""
 
-    tracker: Literal["tensorboard", "csv", "mlflow"] = "tensorboard"  # csv: the run folder only
-    uri: str | None = None  # mlflow: tracking URI; None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here
-    experiment: str = "transferlab"  # mlflow experiment the run is logged to
+    tracker: Literal["tensorboard", "csv", "mlflow"] = setting("tensorboard", help="where the run is tracked")
+    uri: str | None = setting(None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    experiment: str = setting("transferlab", help="MLflow experiment")
 
 
 @dataclass
 class Config:
     """A whole run. `seed` drives every random step."""
 
-    seed: int = 0
-    data: DataConfig = field(default_factory=DataConfig)
-    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    strategy: StrategyConfig = field(default_factory=StrategyConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    cv: CVConfig = field(default_factory=CVConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    seed: int = setting(0, "[0, 4294967295]", "seed of every random step")
+    data: DataConfig = setting(factory=DataConfig)
+    preprocess: PreprocessConfig = setting(factory=PreprocessConfig)
+    augment: AugmentConfig = setting(factory=AugmentConfig)
+    model: ModelConfig = setting(factory=ModelConfig)
+    strategy: StrategyConfig = setting(factory=StrategyConfig)
+    optim: OptimConfig = setting(factory=OptimConfig)
+    schedule: ScheduleConfig = setting(factory=ScheduleConfig)
+    train: TrainConfig = setting(factory=TrainConfig)
+    cv: CVConfig = setting(factory=CVConfig)
+    tracking: TrackingConfig = setting(factory=TrackingConfig)
+
+
+def setting_of(key: str) -> tuple[Any, dataclasses.Field]:
+    """(type annotation, field) of dotted config `key`, e.g. `optim.lr`."""
+    import typing
+
+    owner, *parents, name = [Config, *key.split(".")]
+    for part in parents:
+        owner = typing.get_type_hints(owner)[part]
+    return typing.get_type_hints(owner)[name], {f.name: f for f in dataclasses.fields(owner)}[name]
+
+
+def declared(cls: type = Config, prefix: str = "") -> dict[str, dataclasses.Field]:
+    """Every leaf setting by dotted key: `{"optim.lr": Field, ...}`."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        kind = f.type if isinstance(f.type, type) else globals().get(str(f.type))
+        if dataclasses.is_dataclass(kind) and kind is not GradualStep:
+            out.update(declared(kind, f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = f
+    return out
+
+
+def resume_safe_keys() -> frozenset[str]:
+    """Settings a resumed run may change: they never change what it computes."""
+    return frozenset(key for key, f in declared().items() if f.metadata.get("resume_safe"))
 
 
 def budget_seconds(config: Config) -> float | None:
     """train.budget in seconds (None: no limit); `auto` is 10 minutes for strategy auto, no limit otherwise."""
-    text = str(config.train.budget).strip().lower()
-    if text == "auto":
+    if str(config.train.budget).strip().lower() == "auto":
         return 600.0 if config.strategy.name == "auto" else None
-    if text in ("none", "0", "off"):
-        return None
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(s|sec|m|min|h)?", text)
-    if not match or float(match.group(1)) <= 0:
-        raise ConfigError(f"train.budget={config.train.budget!r} is not a duration: give e.g. 90s, 10m, 1h, or none")
-    seconds = float(match.group(1)) * {"s": 1, "sec": 1, None: 1, "m": 60, "min": 60, "h": 3600}[match.group(2)]
-    if seconds > 366 * 86400:
-        raise ConfigError(f"train.budget={config.train.budget!r} is more than a year: give none for no limit")
-    return seconds
+    return parse_budget(config.train.budget)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -270,10 +369,14 @@ def apply_override(config: Config, item: str, origin: str = "--set") -> Config:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
-    nested: Any = value
+    return merge(config, nested(key, value), origin=origin)
+
+
+def nested(key: str, value: Any) -> dict:
+    """`a.b.c`, v -> {a: {b: {c: v}}}."""
     for part in reversed(key.split(".")):
-        nested = {part: nested}
-    return merge(config, nested, origin=origin)
+        value = {part: value}
+    return value
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -293,7 +396,7 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 def dump_config(config: Config, path: str | Path) -> None:
     """Write the resolved config as YAML (atomically); `load_config(path)` gives the same config back."""
-    from transferlab.data.cache import atomic_write
+    from transferlab.io import atomic_write
 
     text = yaml.safe_dump(to_dict(config), sort_keys=False, allow_unicode=True).encode("utf-8")
     Path(path).parent.mkdir(parents=True, exist_ok=True)

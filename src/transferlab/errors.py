@@ -15,3 +15,7 @@ class DataError(TransferlabError):
 
 class DivergedError(TransferlabError):
     """Training whose loss stopped being a finite number: the run is marked failed."""
+
+
+class RunError(TransferlabError):
+    """A run directory that cannot be used as asked."""

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from transferlab.data.cache import atomic_write, trim_cache
+from transferlab.data.cache import trim_cache
+from transferlab.io import atomic_write
 
 
 @torch.no_grad()

@@ -149,7 +149,7 @@ class FitJob:
 
     def features(self) -> FeatureSet:
         """Pooled features of every image (computed once, cached on disk) by part; with
-        strategy.feature_views, K augmented views of each training image follow its rows."""
+        strategy.feature_extraction.views, K augmented views of each training image follow its rows."""
         if self._features is None:
             config, dataset, train = self.config, self.dataset, self.indices["train"]
             hashes = [r["sha256"] for r in dataset.records]
@@ -161,7 +161,7 @@ class FitJob:
                 info(f"features of {len(dataset):,} images read from the feature cache")
             parts = {name: every[idx] for name, idx in self.indices.items()}
             labels = {name: dataset.labels[idx] for name, idx in self.indices.items()}
-            views = config.strategy.feature_views
+            views = config.strategy.feature_extraction.views
             if views > 0:
                 from transferlab.augment import build_train_transform
 
@@ -376,9 +376,9 @@ def fit(job: FitJob, *, state: dict, requested: str) -> FitResult:
         job.deadline = time.monotonic() + budget - state.get("seconds", 0.0)
     strategy, decision = settle_strategy(job, requested, state)
     job.config = strategy.config
-    if job.config.strategy.refit_on_val:
+    if job.config.strategy.linear_probe.refit_on_val:
         if not strategy.refits_on_val:
-            raise ConfigError(f"strategy.refit_on_val applies to linear-probe only (it chooses its regularisation "
+            raise ConfigError(f"strategy.linear_probe.refit_on_val applies to linear-probe only (it chooses its regularisation "
                               f"by inner cross-validation); {strategy.name} chooses its checkpoint on the "
                               f"validation split")
         job.fold_val_into_train()

@@ -36,12 +36,6 @@ def all_trainable(model: nn.Module):
             param.requires_grad_(flag)
 
 
-def weight_decay_for(config: Config) -> float:
-    if config.optim.weight_decay is not None:
-        return config.optim.weight_decay
-    return 0.05 if config.optim.name == "adamw" else 5e-4
-
-
 def model_no_weight_decay(model: nn.Module) -> set[str]:
     """The model's own no-weight-decay names (timm's `no_weight_decay()`: tokens, position embeddings)."""
     method = getattr(model, "no_weight_decay", None)
@@ -66,7 +60,7 @@ def param_groups(classifier: nn.Module, config: Config, lr: float, scales: dict[
     """Named optimizer groups over EVERY parameter of `classifier` (a Classifier): base rate `lr`,
     `lr_scale` per layer group from `scales` (default strategy.lr_mult), or geometric per timm
     layer with strategy.layer_decay; weight decay by timm's rule."""
-    decay = weight_decay_for(config)
+    decay = config.optim.decay()
     params = dict(classifier.named_parameters())
     groups_by_name = group_of(classifier)
     if config.strategy.layer_decay is not None:
@@ -101,7 +95,7 @@ def param_groups(classifier: nn.Module, config: Config, lr: float, scales: dict[
 
 def head_param_groups(head: nn.Module, config: Config, lr: float) -> list[dict]:
     """The head alone (a stage on cached features), with timm's weight-decay rule."""
-    built = param_groups_weight_decay(head, weight_decay_for(config))
+    built = param_groups_weight_decay(head, config.optim.decay())
     return [{"params": g["params"], "lr": lr, "lr_scale": 1.0, "weight_decay": g["weight_decay"],
              "name": "head" if g["weight_decay"] else "head/no_decay"} for g in built if g["params"]]
 

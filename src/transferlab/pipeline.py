@@ -29,7 +29,6 @@ from transferlab.errors import DataError, DivergedError
 from transferlab.evaluate import evaluate_parts
 from transferlab.fit import FitJob, FitResult, fit
 from transferlab.metrics import headline
-from transferlab.optim import weight_decay_for
 from transferlab.preprocess import backbone_defaults
 from transferlab.record import RunRecord, StrategyRecord, save_record
 from transferlab.strategies.auto import SIZES
@@ -51,7 +50,7 @@ def resolve_config(config: Config, data: str) -> Config:
         size = max(sizes) if size is None or size not in sizes else size
     pre = dataclasses.replace(config.preprocess, size=defaults["size"] if size is None else size,
                               interpolation=config.preprocess.interpolation or defaults["interpolation"])
-    optim = dataclasses.replace(config.optim, weight_decay=weight_decay_for(config))
+    optim = dataclasses.replace(config.optim, weight_decay=config.optim.decay())
     data_config = dataclasses.replace(config.data, source=data)
     config = dataclasses.replace(config, preprocess=pre, optim=optim, data=data_config)
     budget_seconds(config)  # a bad --budget fails before a run directory exists

@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 
-from transferlab.data.cache import atomic_write
-from transferlab.errors import ConfigError, TransferlabError
+from transferlab.errors import ConfigError, RunError, TransferlabError
+from transferlab.io import atomic_write, read_json, write_json
 
 try:
     import fcntl
@@ -31,10 +31,6 @@ except ImportError:  # Windows: no advisory locks; runs are not protected agains
 
 RUN_DIR_ENV = "TRANSFERLAB_RUN_DIR"  # lets DDP worker processes find the directory rank 0 made
 LOCK_FILE = ".lock"
-
-
-class RunError(TransferlabError):
-    """A run directory that cannot be used as asked."""
 
 
 def slug(text: str) -> str:
@@ -187,26 +183,6 @@ class RunLock:
 HELD_LOCKS: set[int] = set()  # lock descriptors this process holds; a forked child closes its copies
 
 
-@rank_zero_only
-def write_json(path: str | Path, data) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False, default=str)
-    atomic_write(path, lambda handle: handle.write(text.encode("utf-8")), durable=True)
-
-
-def read_json(path: str | Path) -> dict:
-    """A JSON file of a run; a damaged one is a RunError naming it."""
-    path = Path(path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RunError(f"{path} is missing: the run is incomplete or was edited") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RunError(f"{path} is damaged (not valid JSON: {str(exc)[:80]}): restore it from a backup, "
-                       "or train again") from None
-
-
 def environment() -> dict:
     """Versions and machine facts for the reproducibility section."""
     import importlib.metadata as md
@@ -353,12 +329,6 @@ def load_model(run: str | Path, device: str | torch.device | None = None) -> Tra
                         device=device)
 
 
-# settings that never change what a run computes: a resumed run may differ in these
-SAFE_ON_RESUME = frozenset({"train.workers", "train.report", "train.eval_batch_size", "train.engine",
-                            "data.decode_workers",
-                            "data.cache", "data.cache_dir", "data.memory_limit_mb", "data.disk_limit_gb"})
-
-
 @rank_zero_only
 def save_run_config(run_dir: Path, config, state: dict, state_name: str = "state.json") -> None:
     """config.yaml (for people and reruns) and the same settings in the run's state (what a resume
@@ -383,7 +353,7 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 def resume_config(run_dir: Path, state: dict, overrides: list[str] | tuple = ()):
     """The config of a run to resume: its config.yaml, refused when edited since the run started
     (beyond settings that do not change results), plus the honoured `overrides`."""
-    from transferlab.config import apply_override, load_config, to_dict
+    from transferlab.config import apply_override, load_config, resume_safe_keys, to_dict
     from transferlab.console import info
 
     path = run_dir / "config.yaml"
@@ -391,10 +361,10 @@ def resume_config(run_dir: Path, state: dict, overrides: list[str] | tuple = ())
         raise RunError(f"{path} is missing: --resume needs the settings the run started with; restore the file, or "
                        "start a new run")
     config = load_config(path)
-    recorded = state.get("config")
+    recorded, safe = state.get("config"), resume_safe_keys()
     if recorded is not None:
         before, now = flatten(recorded), flatten(to_dict(config))
-        changed = [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k) and k not in SAFE_ON_RESUME]
+        changed = [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k) and k not in safe]
         if changed:
             shown = "; ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:4])
             raise RunError(f"{path} was edited since the run started ({shown}{' ...' if len(changed) > 4 else ''}): "

@@ -33,7 +33,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from transferlab.augment import build_batch_mix, build_train_transform
 from transferlab.config import Config
-from transferlab.data.cache import ImageStore, atomic_write
+from transferlab.data.cache import ImageStore
+from transferlab.io import atomic_write
 from transferlab.data.loader import (CachedImageDataset, EpochLoader, EpochSampler, FeatureDataset, default_workers,
                                      item_seed)
 from transferlab.errors import DivergedError

@@ -4,14 +4,15 @@ several commands share, and how flags become config overrides (with their own na
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
-import re
 import typing
 from collections.abc import Callable
 from pathlib import Path
+from typing import get_args
 
-from transferlab.config import Config, load_config, merge
+from transferlab.config import Config, Engine, load_config, merge, nested, resume_safe_keys, setting_of
 from transferlab.errors import TransferlabError
 from transferlab.strategies import strategy_names
 
@@ -65,37 +66,44 @@ EXAMPLES = {
   transferlab preview labels.csv --set augment.cutmix_alpha=1.0""",
 }
 
-# flag -> config key it overrides
-FLAG_KEYS = {
-    "seed": "seed",
-    "subset": "data.subset",
-    "size": "preprocess.size",
-    "model": "model.name",
-    "weights": "model.weights",
-    "strategy": "strategy.name",
-    "epochs": "train.epochs",
-    "batch_size": "train.batch_size",
-    "lr": "optim.lr",
-    "precision": "train.precision",
-    "accelerator": "train.accelerator",
-    "devices": "train.devices",
-    "strategy_ddp": "train.ddp",
-    "workers": "train.workers",
-    "budget": "train.budget",
-    "engine": "train.engine",
-    "folds": "cv.folds",
-    "repeats": "cv.repeats",
-    "tracker": "tracking.tracker",
-    "tracker_uri": "tracking.uri",
-    "experiment": "tracking.experiment",
-}
+# flag -> the config key it sets; its type, choices, range, help and default come from the key's declaration
+FLAG_KEYS = {"seed": "seed", "subset": "data.subset", "size": "preprocess.size", "model": "model.name",
+             "weights": "model.weights", "strategy": "strategy.name", "epochs": "train.epochs",
+             "batch_size": "train.batch_size", "lr": "optim.lr", "precision": "train.precision",
+             "accelerator": "train.accelerator", "devices": "train.devices", "strategy_ddp": "train.ddp",
+             "workers": "train.workers", "budget": "train.budget", "engine": "train.engine", "folds": "cv.folds",
+             "repeats": "cv.repeats", "tracker": "tracking.tracker", "tracker_uri": "tracking.uri",
+             "experiment": "tracking.experiment"}
+SWITCHES = {"no_pretrained": ("model.pretrained", False), "find_lr": ("train.find_lr", True),
+            "no_report": ("train.report", False)}  # flags without a value
 
 
-# flags that never change what a run computes: honoured by --resume (everything else is refused there)
-RESUME_SAFE_FLAGS = {"workers": "train.workers", "no_report": "train.report", "engine": "train.engine"}
-PRECISIONS = ("64", "32", "16", "bf16", "64-true", "32-true", "16-true", "bf16-true", "16-mixed", "bf16-mixed",
-              "transformer-engine")
-ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+def add_setting(parser: argparse.ArgumentParser, flag: str, *, metavar: str | None = None, **extra) -> None:
+    """The flag of a config key, as the key's declaration says: its type or choices, range and help."""
+    key = FLAG_KEYS[flag.removeprefix("--").replace("-", "_")]
+    annotation, field = setting_of(key)
+    kinds = [a for a in (typing.get_args(annotation) or (annotation,)) if a is not type(None)]
+    options: dict = {"metavar": metavar}
+    if typing.get_origin(kinds[0]) is typing.Literal:
+        options = {"choices": typing.get_args(kinds[0])}
+    elif kinds[0] in (int, float) and len(kinds) == 1:
+        options["type"] = number_type(kinds[0], interval=field.metadata["interval"], what=extra.pop("what", ""))
+    elif field.metadata["check"] is not None:
+        options["type"] = checked(field.metadata["check"])
+    default = field.default if field.default is not dataclasses.MISSING else None
+    shown = "" if default is None or "default" in field.metadata["help"] else f" (default {default})"
+    parser.add_argument(flag, help=extra.pop("help", field.metadata["help"]) + shown, **options, **extra)
+
+
+def checked(check: Callable) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        try:
+            check(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{text!r} {exc}") from None
+        return text
+
+    return parse
 
 
 class Parser(argparse.ArgumentParser):
@@ -106,8 +114,12 @@ class Parser(argparse.ArgumentParser):
 
 
 def number_type(kind: type, low: float | None = None, high: float | None = None, *, low_open: bool = False,
-                what: str = "") -> Callable[[str], float]:
-    """An argparse type: a finite `kind` number in [low, high] (low excluded with `low_open`)."""
+                interval: str | None = None, what: str = "") -> Callable[[str], float]:
+    """An argparse type: a finite `kind` number in [low, high] (low excluded with `low_open`), or in a
+    declared `interval` such as "(0, inf]"."""
+    if interval is not None:
+        low, high = (float(v) for v in interval[1:-1].split(","))
+        low_open, high = interval[0] == "(", None if math.isinf(high) else high
 
     def parse(text: str):
         try:
@@ -128,41 +140,30 @@ def number_type(kind: type, low: float | None = None, high: float | None = None,
 
 
 POSITIVE_INT = number_type(int, 1)
-NONNEGATIVE_INT = number_type(int, 0)
-POSITIVE_FLOAT = number_type(float, 0, low_open=True)
 SIZE = number_type(int, 8, 4096, what="between 8 and 4096 pixels")
-SEED = number_type(int, 0, 2**32 - 1)
-
-
-def devices_type(text: str) -> str:
-    """auto, a number of devices, or a comma-separated list of device indices."""
-    if text == "auto" or text == "-1" or re.fullmatch(r"[1-9]\d*|\d+(,\d+)+,?", text):
-        return text
-    raise argparse.ArgumentTypeError(f"expects auto, a number of devices (e.g. 2) or indices (e.g. 0,1), got {text!r}")
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="YAML file overriding the defaults")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config key, e.g. --set data.val_fraction=0.2 (repeatable)")
-    parser.add_argument("--seed", type=SEED, help="seed of every random step (default 0)")
+    add_setting(parser, "--seed")
 
 
 def add_data_options(parser: argparse.ArgumentParser, *, optional: bool = False) -> None:
     """DATA (optional where --resume or a config's data.source can stand in) and the data flags."""
     parser.add_argument("data", metavar="DATA", nargs="?" if optional else None,
                         help="class-folder tree, CSV manifest (path,label[,group]) or builtin:NAME")
-    parser.add_argument("--subset", type=POSITIVE_INT, metavar="N", help="keep at most N images per class (seeded)")
-    parser.add_argument("--size", type=SIZE, metavar="PX",
-                        help="input side in pixels, 8-4096 (default: the backbone's)")
-    parser.add_argument("--model", metavar="NAME", help="timm backbone name (default tf_efficientnet_lite0)")
+    add_setting(parser, "--subset", metavar="N")
+    add_setting(parser, "--size", metavar="PX", what="between 8 and 4096 pixels")
+    add_setting(parser, "--model", metavar="NAME")
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
     """Defaults < --config file < --set overrides < explicit flags (--aug last of all)."""
     config = load_config(getattr(args, "config", None), list(getattr(args, "overrides", []) or []))
     for flag, key, value in flag_values(args):
-        config = merge(config, nest(key, value), origin=f"--{flag.replace('_', '-')}")
+        config = merge(config, nested(key, value), origin=f"--{flag.replace('_', '-')}")
     if getattr(args, "aug", None):
         from transferlab.augment import augment_from_arg
 
@@ -174,18 +175,7 @@ def flag_values(args: argparse.Namespace) -> list[tuple[str, str, object]]:
     """(flag, config key, value) of every config-changing flag given on the command line."""
     found = [(flag, key, getattr(args, flag)) for flag, key in FLAG_KEYS.items()
              if getattr(args, flag, None) is not None]
-    for flag, key, value in (("no_pretrained", "model.pretrained", False), ("find_lr", "train.find_lr", True),
-                             ("no_report", "train.report", False)):
-        if getattr(args, flag, False):
-            found.append((flag, key, value))
-    return found
-
-
-def nest(key: str, value) -> dict:
-    nested = value
-    for part in reversed(key.split(".")):
-        nested = {part: nested}
-    return nested
+    return found + [(flag, key, value) for flag, (key, value) in SWITCHES.items() if getattr(args, flag, False)]
 
 
 def add_aug_option(parser: argparse.ArgumentParser) -> None:
@@ -218,7 +208,7 @@ def unused_path(path: Path) -> Path:
 
 
 def add_inference_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--engine", default="auto", choices=["auto", "torch", "onnxruntime", "openvino"],
+    parser.add_argument("--engine", default="auto", choices=get_args(Engine),
                         help="what runs the model (default auto: onnxruntime on a CPU for 2,000 images or more, or "
                              "when its export is cached; else torch)")
     parser.add_argument("--tta", nargs="?", const="", metavar="VIEWS",
@@ -227,32 +217,14 @@ def add_inference_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_train_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--weights", metavar="FILE", help="local .pth / .safetensors backbone weights")
-    parser.add_argument("--no-pretrained", action="store_true", help="train from scratch (a baseline)")
     parser.add_argument("--strategy", choices=["auto", *strategy_names()],
                         help="how to adapt the backbone (default auto)")
-    parser.add_argument("--epochs", type=POSITIVE_INT,
-                        help="epochs (default: 30 feature-extraction, 10 fine-tune, 20 gradual)")
-    parser.add_argument("--batch-size", type=POSITIVE_INT, help="batch size (default 32)")
-    parser.add_argument("--lr", type=POSITIVE_FLOAT, help="peak learning rate of the head (default 1e-3)")
+    for flag in ("--weights", "--epochs", "--batch-size", "--lr", "--precision", "--accelerator", "--devices",
+                 "--strategy-ddp", "--workers", "--budget", "--engine", "--tracker", "--tracker-uri", "--experiment"):
+        add_setting(parser, flag, metavar=flag.removeprefix("--").split("-")[0].upper())
+    parser.add_argument("--no-pretrained", action="store_true", help="train from scratch (a baseline)")
     parser.add_argument("--out", metavar="RUN", help="run directory (default runs/<time>-<data>-<strategy>)")
     parser.add_argument("--find-lr", action="store_true", help="run Lightning's LR finder first and use its pick")
-    parser.add_argument("--precision", choices=PRECISIONS, metavar="P",
-                        help="Lightning precision: 32-true (default), 16-mixed, bf16-mixed, ...")
-    parser.add_argument("--accelerator", choices=ACCELERATORS, help="cpu, gpu, mps or auto (default)")
-    parser.add_argument("--devices", type=devices_type, help="number of devices, indices (0,1) or auto (default)")
-    parser.add_argument("--strategy-ddp", metavar="NAME", help="Lightning distributed strategy, e.g. ddp")
-    parser.add_argument("--workers", type=NONNEGATIVE_INT, help="DataLoader workers (default: cores - 1)")
-    parser.add_argument("--budget", metavar="TIME", help="wall time of the run, search included: 90s, 10m, 1h or "
-                                                         "none (default: 10m for auto, none for other strategies)")
-    parser.add_argument("--engine", choices=["auto", "torch", "onnxruntime", "openvino"],
-                        help="what computes cached features (default auto)")
-    parser.add_argument("--tracker", choices=["tensorboard", "csv", "mlflow"],
-                        help="where the run is tracked besides its folder (default tensorboard; mlflow needs "
-                             "pip install 'transferlab[mlflow]')")
-    parser.add_argument("--tracker-uri", metavar="URI",
-                        help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
-    parser.add_argument("--experiment", metavar="NAME", help="MLflow experiment (default transferlab)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--no-report", action="store_true", help="skip the figures and report.html at the end")
 
@@ -266,9 +238,11 @@ def colormap_type(name: str) -> str:
 
 
 def resume_overrides(args: argparse.Namespace, command: str) -> list[str]:
-    """The flags a --resume honours (they do not change results); any other setting is refused
-    with one line, since the run continues with the settings it started with."""
-    refused = [f"--{flag.replace('_', '-')}" for flag, _, _ in flag_values(args) if flag not in RESUME_SAFE_FLAGS]
+    """The flags a --resume honours (their keys are declared resume-safe: they do not change
+    results); any other setting is refused with one line, since the run continues with the
+    settings it started with."""
+    safe = resume_safe_keys()
+    refused = [f"--{flag.replace('_', '-')}" for flag, key, _ in flag_values(args) if key not in safe]
     refused += [name for name, given in (("--config", args.config), ("--set", args.overrides),
                                          ("--aug", getattr(args, "aug", None)), ("DATA", args.data)) if given]
     if refused:
@@ -276,4 +250,4 @@ def resume_overrides(args: argparse.Namespace, command: str) -> list[str]:
             f"--resume continues {args.resume} with the settings in its config.yaml; {', '.join(refused)} would change "
             f"them: drop {'it' if len(refused) == 1 else 'them'}, or start a new run with those settings: "
             f"`transferlab {command} --config {Path(args.resume) / 'config.yaml'} ... --out NEW`")
-    return [f"{key}={json.dumps(value)}" for flag, key, value in flag_values(args) if flag in RESUME_SAFE_FLAGS]
+    return [f"{key}={json.dumps(value)}" for flag, key, value in flag_values(args) if key in safe]

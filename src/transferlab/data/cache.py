@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 from pathlib import Path
 
 import numpy as np
 
+from transferlab.io import atomic_write
 from transferlab.preprocess import ResizeSpec
 
 CACHE_VERSION = 1  # bump when decoding changes what pixels a file gives
@@ -136,23 +136,3 @@ def trim_cache(root: Path, limit_bytes: int, keep: set[Path] = frozenset(),
                 victim.unlink(missing_ok=True)
             freed += size
     return freed
-
-
-def atomic_write(path: Path, write, *, durable: bool = False) -> None:
-    """Write through a temporary file in the same folder and rename, so readers never see half a
-    file (and a full disk leaves the previous version intact); `durable` also syncs it to disk
-    first (run state, checkpoints, models). The temporary file is created with mode 0o666 and the
-    process umask applies, like any file the user's tools write."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with open(fd, "wb") as handle:
-            write(handle)
-            if durable:
-                handle.flush()
-                os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise

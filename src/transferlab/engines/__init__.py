@@ -174,7 +174,7 @@ def published(folder: Path, engine: str, source: str, build) -> None:
     """`build(tmp)` writes the files of `engine` into a private folder; they are moved into
     `folder`, then the manifest with their digests is written last. An interrupted or failed
     export (a refused onnx.checker, Ctrl-C) leaves nothing that a later run would trust."""
-    from transferlab.data.cache import atomic_write
+    from transferlab.io import atomic_write
 
     folder.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(folder)

@@ -53,7 +53,7 @@ def build_report(run_dir: str | Path) -> Path:
                  f"{len(data.get('classes', []))} classes · {run.config.get('model', {}).get('name', '')} · {strategy}",
         headline=headline(run), sections=sections)
     out = run.dir / "report.html"
-    from transferlab.data.cache import atomic_write
+    from transferlab.io import atomic_write
 
     atomic_write(out, lambda handle: handle.write(html.encode("utf-8")))
     return out

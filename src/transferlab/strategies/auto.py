@@ -36,7 +36,7 @@ MIN_FINAL_EPOCHS = 3  # an expensive candidate is tried only if its rung and thi
 QUADRANTS: dict[tuple[bool, bool], tuple[str, str, dict]] = {
     (True, True): ("feature-extraction", "feature extraction, head only", {}),
     (True, False): ("fine-tune", "feature extraction, then the last blocks (late group) train with the head",
-                    {"strategy.train_groups": ["late", "head"],
+                    {"strategy.fine_tune.train_groups": ["late", "head"],
                      "strategy.lr_mult": {"early": 0.0, "middle": 0.0, "late": 0.3, "head": 1.0}}),
     (False, True): ("fine-tune", "fine-tune everything at a low learning rate (backbone 1-10% of the head's)",
                     {"strategy.lr_mult": {"early": 0.01, "middle": 0.03, "late": 0.1, "head": 1.0}}),
@@ -136,10 +136,14 @@ def measure(job) -> tuple[np.ndarray, np.ndarray, float, float | None]:
 
 
 def nested(overrides: dict) -> dict:
+    """{"a.b.c": v, ...} -> {a: {b: {c: v}}, ...}."""
     out: dict = {}
     for key, value in overrides.items():
-        section, _, rest = key.partition(".")
-        out.setdefault(section, {})[rest] = value
+        *parents, last = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
     return out
 
 
@@ -362,7 +366,7 @@ def final_strategy(job, candidate: Candidate, decision: Decision, search: Search
     name, overrides = candidate_settings(candidate.name, decision)
     settings = nested(overrides) | {"preprocess": {"size": candidate.size}}
     if name == "linear-probe" and job.config.strategy.auto.refit:  # its C needs no validation split
-        settings["strategy"] = settings.get("strategy", {}) | {"refit_on_val": True}
+        settings["strategy"] = settings.get("strategy", {}) | {"linear_probe": {"refit_on_val": True}}
     config = merge(job.config, settings, origin=f"auto ({candidate.label})")
     strategy = get_strategy(name, config)
     if candidate.name not in CHEAP and math.isfinite(search.left()):
@@ -410,8 +414,8 @@ def choose(job):
                 f"{job.config.strategy.auto.noise:g} standard error(s) of the best"
                 + ("" if agreed else ": the evidence overrules the rule")
                 + (f"; refit on train + val ({len(job.indices['train']) + len(search.val):,} images)"
-                   if strategy.config.strategy.refit_on_val else "")))
-    record["refit_on_val"] = strategy.config.strategy.refit_on_val
+                   if strategy.config.strategy.linear_probe.refit_on_val else "")))
+    record["refit_on_val"] = strategy.config.strategy.linear_probe.refit_on_val
     if job.progress:
         info(f"auto: {record['reason']}")
     return strategy, record

@@ -31,8 +31,7 @@ class Strategy:
     """Subclass, set the class attributes, say the stages; override what differs."""
 
     name: ClassVar[str] = ""
-    default_epochs: ClassVar[int] = 10
-    refits_on_val: ClassVar[bool] = False  # needs no validation split to choose (strategy.refit_on_val)
+    refits_on_val: ClassVar[bool] = False  # needs no validation split to choose (strategy.linear_probe.refit_on_val)
 
     @property
     def summary(self) -> str:
@@ -45,8 +44,13 @@ class Strategy:
         self.config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=epochs),
                                           strategy=dataclasses.replace(config.strategy, name=self.name))
 
+    @property
+    def settings(self):
+        """This strategy's own config section (strategy.fine_tune, strategy.gradual, ...)."""
+        return getattr(self.config.strategy, self.name.replace("-", "_"))
+
     def epochs_default(self, config: Config) -> int:
-        return self.default_epochs
+        return getattr(config.strategy, self.name.replace("-", "_")).epochs
 
     def stages(self) -> list[Stage]:
         raise NotImplementedError

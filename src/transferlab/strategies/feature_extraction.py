@@ -9,11 +9,10 @@ from transferlab.strategies.base import Stage, Strategy
 
 @register
 class FeatureExtraction(Strategy):
-    """The head only, on pooled features computed once per image and cached; strategy.feature_views: K
+    """The head only, on pooled features computed once per image and cached; strategy.feature_extraction.views: K
     adds K augmented views per training image."""
 
     name = "feature-extraction"
-    default_epochs = 30
 
     def stages(self) -> list[Stage]:
         return [Stage("head", "features", self.config.train.epochs)]

@@ -1,4 +1,4 @@
-"""Fine-tuning: the groups of strategy.train_groups train from the start, each at its own rate,
+"""Fine-tuning: the groups of strategy.fine_tune.train_groups train from the start, each at its own rate,
 after a warm-up of the head on cached features (LP-FT: a random head must not wreck the
 pretrained features); the stage that scores best on validation is kept."""
 
@@ -11,23 +11,22 @@ from transferlab.strategies.base import Stage, Strategy, check_groups
 
 @register
 class FineTune(Strategy):
-    """Every group of strategy.train_groups at its own rate (optim.lr x strategy.lr_mult, or
-    strategy.layer_decay), after strategy.head_warmup_epochs of the head on cached features."""
+    """Every group of strategy.fine_tune.train_groups at its own rate (optim.lr x strategy.lr_mult, or
+    strategy.layer_decay), after strategy.fine_tune.head_warmup_epochs of the head on cached features."""
 
     name = "fine-tune"
-    default_epochs = 10
 
     def __init__(self, config):
-        check_groups(config.strategy.train_groups, "strategy.train_groups")
+        check_groups(config.strategy.fine_tune.train_groups, "strategy.fine_tune.train_groups")
         super().__init__(config)
 
     def stages(self) -> list[Stage]:
-        warmup = self.config.strategy.head_warmup_epochs
+        warmup = self.config.strategy.fine_tune.head_warmup_epochs
         main = [Stage("main", "images", self.config.train.epochs)]
         return ([Stage("warmup", "features", warmup, find_lr=False)] if warmup > 0 else []) + main
 
     def trainable(self, epoch: int) -> list[str]:
-        return [g for g in GROUP_NAMES if g in self.config.strategy.train_groups]
+        return [g for g in GROUP_NAMES if g in self.config.strategy.fine_tune.train_groups]
 
     def label(self) -> str:
         groups = self.trainable(0)

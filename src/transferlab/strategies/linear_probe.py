@@ -25,11 +25,13 @@ class LinearProbe(Strategy):
     the training features; its weights become the head."""
 
     name = "linear-probe"
-    default_epochs = 1  # no epochs: the fit is one convex solve
     refits_on_val = True  # C comes from inner cross-validation of the training features
 
+    def epochs_default(self, config) -> int:
+        return 1  # no epochs: the fit is one convex solve
+
     def label(self) -> str:
-        return self.name + (" (refit on train + val)" if self.config.strategy.refit_on_val else "")
+        return self.name + (" (refit on train + val)" if self.config.strategy.linear_probe.refit_on_val else "")
 
     def stages(self) -> list[Stage]:
         return [Stage("probe", "probe", 0, find_lr=False)]
