@@ -9,6 +9,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -24,6 +26,8 @@ from transferlab.pipeline import run_training
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 SCRIPT = Path(sys.executable).with_name("transferlab")
+PREDICTED = "(predicted class)"
+JSON = {"Content-Type": "application/json"}
 
 
 @pytest.fixture(scope="module")
@@ -205,3 +209,285 @@ def test_a_missing_serve_extra_is_one_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "gradio", None)  # what an environment without the extra looks like
     with pytest.raises(ServeError, match=r"pip install 'transferlab\[serve\]'"):
         requirements()
+
+
+def file_data(path: str, **extra) -> dict:
+    """A Gradio file payload naming a path on the server (what an attacker sends instead of an upload)."""
+    return {"path": path, "meta": {"_type": "gradio.FileData"}, **extra}
+
+
+def http(url: str, body: dict | None = None, timeout: float = 60) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(), headers=JSON,
+                                     method="GET" if body is None else "POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def gradio_call(url: str, api: str, data: list, timeout: float = 60) -> tuple[bool, str]:
+    """POST /gradio_api/call/API, then read its event stream: (completed, the last data line)."""
+    _, body = http(f"{url}gradio_api/call/{api}", {"data": data}, timeout)
+    _, stream = http(f"{url}gradio_api/call/{api}/{json.loads(body)['event_id']}", timeout=timeout)
+    lines = stream.decode().splitlines()
+    events, data = ([x for x in lines if x.startswith(field)] for field in ("event:", "data:"))
+    return events[-1] == "event: complete", data[-1]
+
+
+def queue_join(url: str, fn_index: int, data: list) -> tuple[bool, str]:
+    """What the page and gradio_client do: join the queue, then read the session's event stream."""
+    session = uuid.uuid4().hex
+    http(url + "gradio_api/queue/join", {"data": data, "fn_index": fn_index, "session_hash": session,
+                                         "event_data": None, "trigger_id": None})
+    with urllib.request.urlopen(f"{url}gradio_api/queue/data?session_hash={session}", timeout=60) as stream:
+        for line in stream:
+            message = json.loads(line[5:]) if line.startswith(b"data:") else {}
+            if message.get("msg") == "process_completed":
+                return bool(message.get("success")), json.dumps(message.get("output"))
+    return False, ""
+
+
+def every_call(url: str, payload: dict) -> dict[str, tuple[bool, str]]:
+    """`payload` sent as the file of every function of the app, through every route that runs one."""
+    config = json.loads(http(url + "config")[1])
+    kinds = {c["id"]: c["type"] for c in config["components"]}
+    shaped = {"image": payload, "file": [payload], "dropdown": PREDICTED, "dataset": payload}
+    answers = {}
+    for fn in config["dependencies"]:
+        data = [shaped.get(kinds[i], payload) for i in fn["inputs"]]
+        answers[f"queue/join {fn['id']} {fn['api_name']}"] = queue_join(url, fn["id"], data)
+        if fn.get("api_visibility") == "public":
+            answers[f"call/{fn['api_name']}"] = gradio_call(url, fn["api_name"], data)
+            for route in ("run", "api"):
+                status, body = http(f"{url}gradio_api/{route}/{fn['api_name']}", {"data": data})
+                answers[f"{route}/{fn['api_name']}"] = status == 200, body.decode()
+    return answers
+
+
+def files_under(*folders: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for folder in folders for p in Path(folder).rglob("*") if p.is_file()}
+
+
+def healthy(url: str, timeout: float = 5) -> bool:
+    try:
+        return http(url + "api/health", timeout=timeout) == (200, b'{"status":"ok"}')
+    except OSError:  # refused, timed out
+        return False
+
+
+def test_the_app_reads_no_file_it_was_not_sent(server, trained, tmp_path):
+    """issue 19.1: a server-side path in a Gradio payload is never read, copied or served, through
+    any route or function of the app, with or without Gradio's file marker, whatever the path."""
+    from gradio.utils import get_upload_folder
+
+    with Image.open(trained["photos"]["coffee"]) as photo:  # a photo nobody uploaded
+        photo.save(secret_image := tmp_path / "held-out.jpg", quality=70)
+    secret_text = tmp_path / "secret.txt"
+    secret_text.write_text(f"the secret {uuid.uuid4().hex}\n")
+    (outside_link := tmp_path / "link.png").symlink_to(secret_image)
+    planted = Path(get_upload_folder()) / "planted"  # as if a link had got into the app's own folder
+    planted.mkdir(parents=True, exist_ok=True)
+    (inside_link := planted / "link.png").symlink_to(secret_image)
+    dots = f"{get_upload_folder()}/{'../' * 12}{str(secret_image).lstrip('/')}"
+    secrets = {p: Path(p).read_bytes() for p in (secret_image, secret_text, "/etc/passwd", "/proc/self/environ")}
+    paths = [str(p) for p in secrets] + [str(outside_link), str(inside_link), dots]
+    answers = {}
+    try:
+        for path in paths:
+            for variant, payload in (("marked", file_data(path)), ("bare", {"path": path}),
+                                     ("stream", file_data(path, is_stream=True))):
+                for route, answer in every_call(server.url, payload).items():
+                    answers[path, variant, route] = answer
+        served = {path: http(f"{server.url}gradio_api/{route}{path}")[0] for path in paths + [str(secret_text)[1:]]
+                  for route in ("file=", "file/")}
+    finally:
+        shutil.rmtree(planted)
+    read = [key for key, (ok, _) in answers.items() if ok]
+    assert not read, f"{len(read)} calls answered on a file the app was not sent, e.g. {read[:3]}"
+    assert len({route for _, _, route in answers}) >= 8  # queue/join x4, call, run and api of both APIs
+    assert set(served.values()) == {403}
+    assert http(server.url + "gradio_api/process_recording", {})[0] == 404  # a Gradio route the app does not use
+    copies = files_under(server.folder, get_upload_folder())
+    assert not [p for p, data in copies.items() for secret in secrets.values() if secret.strip() and secret in data]
+    # Gradio's own check is on (build_app), ours refuses what it lets through: a bare path, a URL
+    assert "not uploaded by a user" in answers[str(secret_image), "marked", "call/predict"][1]
+    assert "reads only images uploaded" in answers[str(secret_image), "bare", "call/predict"][1]
+    fetched = gradio_call(server.url, "predict", [file_data("https://example.com/photo.jpg"), PREDICTED])
+    assert "reads only images uploaded" in fetched[1]
+    # the errors are the same whether the file exists or not: nothing to probe the disk with
+    missing = str(tmp_path / "missing.png")
+    for variant, payload in (("marked", file_data(missing)), ("bare", {"path": missing})):
+        gone = gradio_call(server.url, "predict", [payload, PREDICTED])[1].replace(missing, "PATH")
+        assert gone == answers[str(secret_image), variant, "call/predict"][1].replace(str(secret_image), "PATH")
+
+
+def test_gradio_client_reads_only_its_uploads(server, trained):
+    """issue 19.1 through gradio_client: a client that sends a server path instead of uploading
+    gets an error; the same file uploaded by the client is classified."""
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    client = Client(server.url, verbose=False)
+    photo = trained["photos"]["chelsea"]
+    label, _ = client.predict(handle_file(str(photo)), PREDICTED, api_name="/predict")
+    for endpoint in client.endpoints.values():  # send file payloads as they are, as an attacker would
+        endpoint._upload_file = lambda payload, data_index: payload
+    for path in (str(photo), "/etc/passwd", "/proc/self/environ"):
+        with pytest.raises(AppError, match="not uploaded by a user|reads only images uploaded"):
+            client.predict(file_data(path), PREDICTED, api_name="/predict")
+        with pytest.raises(AppError):
+            client.predict([file_data(path)], api_name="/predict_many")
+    assert label["label"] in ("red", "green", "blue")
+
+
+def test_one_request_cannot_stop_the_server(server, trained, monkeypatch):
+    """issue 19.2: /dev/zero as the path, and work that outlasts its time: /api/health answers
+    during and after, and the late request gets 503."""
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    from transferlab.serve import predictor
+
+    answers = []
+    attacks = [lambda: answers.append(gradio_call(server.url, "predict", [file_data("/dev/zero"), PREDICTED])),
+               lambda: answers.append(gradio_call(server.url, "predict", [{"path": "/dev/zero"}, PREDICTED])),
+               lambda: answers.append(gradio_call(server.url, "predict_many", [[file_data("/dev/zero")]]))]
+    threads = [threading.Thread(target=attack, daemon=True) for attack in attacks]
+    for thread in threads:
+        thread.start()
+    assert all(healthy(server.url) for _ in range(5))
+    for thread in threads:
+        thread.join(60)
+    assert len(answers) == 3 and not any(ok for ok, _ in answers) and healthy(server.url)
+
+    monkeypatch.setattr(predictor, "TIMEOUT_S", 1)
+    release = threading.Event()
+    for _ in range(predictor.WORKERS):  # work that does not finish in time holds every worker
+        server.predictor.workers.submit(release.wait, 60)
+    photo = trained["photos"]["chelsea"]
+    try:
+        status, answer = post_image(server.url, "image", "chelsea.jpg", photo.read_bytes())
+        with pytest.raises(AppError, match="busy"):
+            Client(server.url, verbose=False).predict(handle_file(str(photo)), PREDICTED, api_name="/predict")
+        assert healthy(server.url)
+    finally:
+        release.set()
+    assert status == 503 and "busy, try again" in answer["error"]
+    assert post_image(server.url, "image", "chelsea.jpg", photo.read_bytes())[0] == 200
+
+
+def test_the_app_folder_is_swept_while_serving(server, trained, monkeypatch):
+    """issue 19.3: what the app writes (uploads of any kind, answers) is deleted once old, and the
+    oldest first once the folder is over its size; the examples stay."""
+    from gradio_client import Client, handle_file
+
+    examples = {p: data for p, data in files_under(server.folder).items() if str(p) in server.kept}
+    assert examples  # the run's held-out images, and Gradio's copies of them
+    client = Client(server.url, verbose=False)
+    for photo in trained["photos"].values():
+        client.predict(handle_file(str(photo)), PREDICTED, api_name="/predict")
+    stored = upload(server.url, "notes.txt", uuid.uuid4().bytes)
+    assert Path(stored).is_relative_to(server.folder) and http(f"{server.url}gradio_api/file={stored}")[0] == 200
+    assert len(files_under(server.folder)) >= len(examples) + 3  # uploads and overlays
+    monkeypatch.setattr(server, "keep_s", 1)
+    monkeypatch.setattr(server, "every_s", 0.2)
+    assert until(lambda: {str(p) for p in server.folder.rglob("*")} == server.kept)  # emptied folders too
+    assert files_under(server.folder) == examples and http(f"{server.url}gradio_api/file={stored}")[0] == 403
+
+    monkeypatch.setattr(server, "keep_s", 3600)
+    monkeypatch.setattr(server, "max_bytes", 250_000)
+    stored = [upload(server.url, f"blob{k}.bin", os.urandom(100_000)) for k in range(6)]
+    assert until(lambda: sum(len(d) for p, d in files_under(server.folder).items() if p not in examples) <= 250_000)
+    assert [Path(p).exists() for p in stored] == [False] * 4 + [True] * 2  # the newest stay
+
+
+def upload(url: str, name: str, data: bytes) -> str:
+    """POST a file to Gradio's upload route (what the page does first); the path it was stored at."""
+    boundary = uuid.uuid4().hex
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
+            f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    request = urllib.request.Request(url + "gradio_api/upload", data=body, method="POST",
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())[0]
+
+
+def until(condition, timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def test_sigterm_stops_the_console_script_and_leaves_no_files(trained, tmp_path):
+    """issue 19.3: SIGTERM (a service manager's stop) is a Ctrl-C: the server stops, says so, exits
+    0, and every file it and Gradio wrote (in TMPDIR) is gone."""
+    from gradio_client import Client, handle_file
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    process = subprocess.Popen([str(SCRIPT), "serve", str(trained["run"]), "--port", "0", "--engine", "torch"],
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, "TMPDIR": str(temp)})
+    try:
+        lines = []
+        for line in process.stderr:
+            lines.append(line)
+            if "serving" in line or len(lines) > 50:
+                break
+        url = next(line for line in lines if "serving" in line).split("open ")[1].split(" ")[0]
+        Client(url, verbose=False).predict(handle_file(str(trained["photos"]["coffee"])), PREDICTED,
+                                           api_name="/predict")
+        assert [p.name[:18] for p in temp.iterdir()] == ["transferlab-serve-"]
+        assert len(files_under(temp)) >= 2  # the upload and the overlay, at least
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=60)
+    assert code == 0 and "stopped" in process.stderr.read()
+    assert not list(temp.iterdir())
+
+
+def peak_growth_mb(action) -> float:
+    """How far this process's resident memory peaks above where it was while `action` runs (the
+    server runs in this process); Linux's /proc/self/clear_refs resets the peak."""
+    def peak() -> int:
+        return int(next(x for x in Path("/proc/self/status").read_text().splitlines()
+                        if x.startswith("VmHWM")).split()[1])
+
+    Path("/proc/self/clear_refs").write_text("5")
+    before = peak()
+    action()
+    return (peak() - before) / 1024
+
+
+@pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="needs Linux's /proc/self/clear_refs")
+def test_large_images_are_refused_or_decoded_small(server, trained, tmp_path):
+    """issue 19.4: a 9,400 x 9,400 PNG of a few hundred KB is over serve's own pixel limit and
+    refused before it is decoded; a 37 Mpx JPEG under it is decoded at reduced scale, with the
+    same answer as `predict` on the full image."""
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    from transferlab.predict import predict_files
+
+    Image.new("RGB", (9400, 9400), (200, 40, 30)).save(png := tmp_path / "wide.png")
+    assert png.stat().st_size < 400_000
+    answers = []
+    growth = peak_growth_mb(lambda: answers.append(post_image(server.url, "image", "wide.png", png.read_bytes())))
+    assert answers[0][0] == 413 and "exceeds --max-pixels=40000000" in answers[0][1]["error"]
+    assert growth < 50, f"refusing the PNG took {growth:.0f} MB"
+    with pytest.raises(AppError, match="--max-pixels"):
+        Client(server.url, verbose=False).predict(handle_file(str(png)), PREDICTED, api_name="/predict")
+
+    gradient = np.stack([*np.meshgrid(np.linspace(0, 255, 64), np.linspace(255, 0, 64)), np.full((64, 64), 90.0)], -1)
+    big = Image.fromarray(gradient.astype(np.uint8)).resize((6200, 6000), Image.BILINEAR)
+    big.save(jpeg := tmp_path / "big.jpg", quality=85)
+    del big
+    growth = peak_growth_mb(lambda: answers.append(post_image(server.url, "image", "big.jpg", jpeg.read_bytes())))
+    status, answer = answers[1]
+    assert status == 200 and growth < 60, f"the 37 Mpx JPEG took {growth:.0f} MB"  # 110 MB decoded in full
+    expected = predict_files(trained["run"], [jpeg], top_k=3, engine="torch")[0]["top"]
+    assert [t["class"] for t in answer["top"]] == [t["class"] for t in expected]
+    assert np.allclose([t["probability"] for t in answer["top"]], [t["probability"] for t in expected], atol=0.02)

@@ -123,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="what runs the model (default auto: the documented rule of `predict`)")
     serve.add_argument("--max-upload-mb", type=number_type(float, 0.001, 2048), default=20.0, metavar="MB",
                        help="largest upload accepted, in MB (default 20)")
+    serve.add_argument("--max-pixels", type=number_type(int, 1, 2**40), default=40_000_000, metavar="N",
+                       help="largest image accepted, in pixels (default 40000000: photos up to 40 Mpx)")
 
     demo = command("demo", cmd_demo, "the whole path on a built-in data set, on a CPU, in minutes")
     demo.add_argument("--out", metavar="RUN", help="run directory (default runs/<time>-demo-...)")

@@ -224,7 +224,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from transferlab.serve import serve
 
     quiet_lightning()
-    serve(args.run, host=args.host, port=args.port, engine=args.engine, max_upload_mb=args.max_upload_mb)
+    serve(args.run, host=args.host, port=args.port, engine=args.engine, max_upload_mb=args.max_upload_mb,
+          max_pixels=args.max_pixels)
     return 0
 
 

@@ -126,8 +126,20 @@ def too_large(width: int, height: int, max_pixels: int) -> BadImage:
                     "too-large")
 
 
-def open_image(data: bytes, limits: Limits = Limits()) -> tuple[Image.Image, dict]:
-    """Fully decoded, EXIF-oriented image from encoded `data`, and what it was."""
+def reduction(width: int, height: int, fit: tuple[int, int]) -> int:
+    """The largest of 2, 4 and 8 that keeps a width x height image at least twice `fit` (its longer
+    side, its shorter side) after dividing both sides by it; else 1."""
+    factor = 1
+    while factor < 8 and max(width, height) >= 4 * factor * fit[0] and min(width, height) >= 4 * factor * fit[1]:
+        factor *= 2
+    return factor
+
+
+def open_image(data: bytes, limits: Limits = Limits(), fit: tuple[int, int] | None = None) -> tuple[Image.Image, dict]:
+    """Fully decoded, EXIF-oriented image from encoded `data`, and what it was. With `fit` (the
+    smallest longer and shorter side the caller needs), an image more than twice as large is
+    decoded smaller: a JPEG at 1/2, 1/4 or 1/8 scale by PIL's draft, others reduced right after
+    decoding; without it (or an image not that large) the pixels are exactly the file's."""
     with own_bomb_check():
         try:
             image = Image.open(io.BytesIO(data))
@@ -139,10 +151,15 @@ def open_image(data: bytes, limits: Limits = Limits()) -> tuple[Image.Image, dic
         if width * height > limits.max_pixels:
             raise too_large(width, height, limits.max_pixels)
         meta = {"format": image.format or "", "mode": image.mode, "width": width, "height": height}
+        factor = reduction(width, height, fit) if fit else 1
+        if factor > 1 and image.format == "JPEG":
+            image.draft(image.mode, (width // factor, height // factor))
         try:
             image.load()
         except Exception as exc:
             raise BadImage(f"truncated or corrupt {image.format or 'image'} data: {str(exc)[:200]}") from None
+    if factor > 1 and image.size == (width, height) and image.mode in ("L", "LA", "RGB", "RGBA", "I", "F"):
+        image = image.reduce(factor)
     try:
         orientation = image.getexif().get(0x0112, 1)
     except Exception:
@@ -196,9 +213,10 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_rgb(data: bytes, limits: Limits, background: tuple[int, int, int]) -> tuple[Image.Image, dict]:
+def load_rgb(data: bytes, limits: Limits, background: tuple[int, int, int], fit: tuple[int, int] | None = None
+             ) -> tuple[Image.Image, dict]:
     """Checked, oriented RGB picture of encoded `data` (what explain and serve show), and its metadata."""
-    image, meta = open_image(data, limits)
+    image, meta = open_image(data, limits, fit)
     try:
         rgb = to_rgb(image, background)
     except Exception as exc:

@@ -17,17 +17,19 @@ MAX_SIDE = 768  # overlays of huge photos are drawn at most this large
 MIN_SIDE = 256  # and of tiny images (a 28x28 scan) at least this large, by whole pixels
 
 
-def picture(data: bytes, spec, limits) -> tuple[np.ndarray, np.ndarray]:
+def picture(data: bytes, spec, limits, *, reduce: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(original: oriented RGB with its longer side at most MAX_SIDE and, for small images, blown
     up by a whole factor to at least MIN_SIDE with nearest-neighbour so each pixel stays visible,
     model input) of encoded image `data`, through the one decode path with the run's limits
-    (raises BadImage): what explain and serve show."""
+    (raises BadImage): what explain and serve show. `reduce` (serve): an image over twice the
+    size both need is decoded at a reduced scale (open_image's `fit`); others stay exact."""
     from PIL import Image
 
     from transferlab.data.decode import load_rgb
     from transferlab.preprocess import resize_image
 
-    rgb, _ = load_rgb(data, limits, spec.alpha_background)
+    fit = (MAX_SIDE, int(spec.size / spec.crop_pct) + 1) if reduce else None
+    rgb, _ = load_rgb(data, limits, spec.alpha_background, fit)
     longer = max(rgb.size)
     if longer > MAX_SIDE:
         scale = MAX_SIDE / longer

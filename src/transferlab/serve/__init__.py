@@ -3,17 +3,21 @@ process, one model.
 
     with Server(run, port=0) as server:       # a server in a background thread (tests, notebooks)
         server.url                             # http://127.0.0.1:PORT/
-    serve(run, host=..., port=...)             # the command: serves until Ctrl-C
+    serve(run, host=..., port=...)             # the command: serves until Ctrl-C or SIGTERM
 
 Binds to 127.0.0.1 unless told otherwise; uploads are limited in size before they are parsed,
-and files are read only from what was uploaded (plus the example images copied at start).
-Needs the `serve` extra: pip install 'transferlab[serve]'.
+and in pixels before they are decoded. Everything the app writes (Gradio's uploads and answers,
+the example images) lives in one private folder per server, swept while it serves and removed
+when it stops, and files are read only from there. Needs the `serve` extra: pip install
+'transferlab[serve]'.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import tempfile
 import threading
@@ -23,6 +27,11 @@ from pathlib import Path
 from transferlab.errors import TransferlabError
 
 PUBLIC_HOSTS = ("0.0.0.0", "::", "")
+MAX_PIXELS = 40_000_000  # the default pixel limit of an upload (--max-pixels): a photo, not a scan
+KEEP_S = 600  # what the app wrote is deleted after 10 minutes,
+FOLDER_MB = 512  # and the oldest first once the folder holds more than this
+SWEEP_S = 5  # checked this often
+GRADIO_ENV = ("GRADIO_TEMP_DIR", "GRADIO_EXAMPLES_CACHE")  # where Gradio writes, and serves from
 
 
 class ServeError(TransferlabError):
@@ -59,41 +68,61 @@ def check_port(host: str, port: int) -> None:
                                 else f"{exc.strerror or exc}; check --host")) from None
 
 
-def build_app(predictor, *, max_upload_mb: float, examples: list[Path], example_dir: Path | None):
-    """The ASGI application: the JSON routes first, the Gradio app mounted at /."""
+def build_app(predictor, *, max_upload_mb: float, examples: list[Path], folder: Path):
+    """The ASGI application (the JSON routes first, the Gradio app mounted at /) and the Gradio app."""
     import gradio as gr
 
     from transferlab.serve.api import build_api
     from transferlab.serve.ui import build_ui
 
     api = build_api(predictor, int(max_upload_mb * 2**20))
-    return gr.mount_gradio_app(api, build_ui(predictor, examples), path="/", max_file_size=int(max_upload_mb * 2**20),
-                               allowed_paths=[str(example_dir)] if example_dir else [], show_error=True,
-                               ssr_mode=False)
+    blocks = build_ui(predictor, examples, folder)
+    app = gr.mount_gradio_app(api, blocks, path="/", max_file_size=int(max_upload_mb * 2**20), show_error=True,
+                              ssr_mode=False, run_history=False)
+    # Gradio checks that an input file was uploaded (rather than any path the server can read) only
+    # once `has_launched` is set: launch() sets it, mount_gradio_app does not
+    blocks.has_launched = True
+    return app, blocks
 
 
 class Server:
-    """The app and API of a run on host:port (port 0: any free port), in a background thread."""
+    """The app and API of a run on host:port (port 0: any free port), in a background thread.
+
+    Gradio takes its folder from the environment (GRADIO_ENV), so a server points it at its own
+    while it runs: of several servers in one process, the last one started takes Gradio uploads
+    (the others refuse them, never read elsewhere)."""
 
     def __init__(self, run: str | Path, *, host: str = "127.0.0.1", port: int = 7860, engine: str = "auto",
-                 max_upload_mb: float = 20.0, device: str | None = None):
+                 max_upload_mb: float = 20.0, max_pixels: int = MAX_PIXELS, device: str | None = None):
         if not max_upload_mb > 0:
             raise ServeError(f"--max-upload-mb {max_upload_mb} must be positive")
-        requirements()
-        if port:
-            check_port(host, port)
-        import uvicorn
+        if not (isinstance(max_pixels, int) and max_pixels >= 1):
+            raise ServeError(f"--max-pixels {max_pixels} must be a whole number of at least 1")
+        self.folder = Path(tempfile.mkdtemp(prefix="transferlab-serve-")).resolve()
+        self.environ = {name: os.environ.get(name) for name in GRADIO_ENV}
+        os.environ.update(dict.fromkeys(GRADIO_ENV, str(self.folder / "gradio")))  # before Gradio is imported
+        self.stopping, self.thread, self.sweeper = threading.Event(), None, None
+        self.keep_s, self.max_bytes, self.every_s = KEEP_S, FOLDER_MB * 2**20, SWEEP_S
+        try:
+            requirements()
+            if port:
+                check_port(host, port)
+            import uvicorn
 
-        from transferlab.serve.predictor import Predictor
+            from transferlab.serve.predictor import Predictor, example_images
 
-        self.predictor = Predictor(run, engine=engine, device=device)
-        self.example_dir = Path(tempfile.mkdtemp(prefix="transferlab-serve-"))
-        examples = self.predictor.examples(self.example_dir)
-        app = build_app(self.predictor, max_upload_mb=max_upload_mb, examples=examples, example_dir=self.example_dir)
+            self.predictor = Predictor(run, engine=engine, device=device, max_pixels=max_pixels)
+            examples = example_images(self.predictor.run, self.predictor.model.meta.get("source"),
+                                      self.folder / "examples")
+            app, self.blocks = build_app(self.predictor, max_upload_mb=max_upload_mb, examples=examples,
+                                         folder=self.folder)
+        except BaseException:
+            self.release()
+            raise
+        self.kept = {str(path) for path in self.folder.rglob("*")}  # the examples and Gradio's copies of them
         self.host = host
         self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
                                                     lifespan="on", timeout_graceful_shutdown=5))
-        self.thread: threading.Thread | None = None
 
     @property
     def port(self) -> int:
@@ -105,21 +134,67 @@ class Server:
         return f"http://{'[' + host + ']' if ':' in host else host}:{self.port}/"
 
     def start(self, timeout: float = 60.0) -> Server:
-        self.thread = threading.Thread(target=self.server.run, name="transferlab-serve", daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + timeout
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise ServeError(f"the server did not start on {self.host} (is the port free?)")
-            time.sleep(0.05)
+        try:
+            self.thread = threading.Thread(target=self.server.run, name="transferlab-serve", daemon=True)
+            self.thread.start()
+            deadline = time.monotonic() + timeout
+            while not self.server.started:
+                if not self.thread.is_alive() or time.monotonic() > deadline:
+                    raise ServeError(f"the server did not start on {self.host} (is the port free?)")
+                time.sleep(0.05)
+        except BaseException:  # Ctrl-C included: nothing is left behind
+            self.stop()
+            raise
+        self.sweeper = threading.Thread(target=self.sweep_until_stopped, name="transferlab-sweep", daemon=True)
+        self.sweeper.start()
         return self
 
+    def sweep_until_stopped(self) -> None:
+        while not self.stopping.wait(self.every_s):
+            self.sweep()
+
+    def sweep(self) -> None:
+        """Delete what the app wrote more than keep_s ago, then the oldest of the rest beyond
+        max_bytes, then emptied folders; the examples stay."""
+        now, files, folders, gone = time.time(), [], [], set()
+        for root, dirs, names in os.walk(self.folder, topdown=False):
+            for found, entries in ((files, names), (folders, dirs)):
+                for path in (os.path.join(root, name) for name in entries):
+                    with contextlib.suppress(OSError):  # gone meanwhile
+                        if path not in self.kept:
+                            found.append(((info := os.lstat(path)).st_ctime, info.st_size, path))
+        total = 0
+        for created, size, path in sorted(files, reverse=True):  # newest first
+            total += size
+            if now - created > self.keep_s or total > self.max_bytes:
+                with contextlib.suppress(OSError):
+                    os.remove(path)
+                    gone.add(path)
+        for changed, _, path in folders:  # one just made for an upload is left alone
+            if now - changed > self.every_s:
+                with contextlib.suppress(OSError):
+                    os.rmdir(path)  # only an empty one goes
+        for written in getattr(self.blocks, "temp_file_sets", []):  # Gradio's own list of its files
+            written -= gone
+
+    def release(self) -> None:
+        """Remove the folder; Gradio's environment as it was, unless a later server took it."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+        if os.environ.get(GRADIO_ENV[0]) == str(self.folder / "gradio"):
+            for name, value in self.environ.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
     def stop(self) -> None:
+        self.stopping.set()
         self.server.should_exit = True
-        if self.thread is not None:
-            self.thread.join(10)
-        shutil.rmtree(self.example_dir, ignore_errors=True)
+        for thread in (self.thread, self.sweeper):
+            if thread is not None:
+                thread.join(10)
+        self.predictor.workers.shutdown(wait=False, cancel_futures=True)
+        self.release()
 
     def __enter__(self) -> Server:
         return self.start()
@@ -129,21 +204,23 @@ class Server:
 
 
 def serve(run: str | Path, *, host: str = "127.0.0.1", port: int = 7860, engine: str = "auto",
-          max_upload_mb: float = 20.0) -> None:
-    """Serve until interrupted, saying where and how."""
+          max_upload_mb: float = 20.0, max_pixels: int = MAX_PIXELS) -> None:
+    """Serve until Ctrl-C or SIGTERM (a service manager's stop), saying where and how; either
+    stops the server and removes its folder."""
     from transferlab.console import info, warn
 
     if host in PUBLIC_HOSTS:
         warn(f"--host {host or '0.0.0.0'}: the app is reachable from other machines on your network, with no "
              "login; serve on 127.0.0.1 (the default) unless that is what you want")
-    server = Server(run, host=host, port=port, engine=engine, max_upload_mb=max_upload_mb)
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM is a Ctrl-C from here on
     try:
-        server.start()
-        info(f"serving {server.predictor.run} on {server.predictor.engine_name}: open {server.url} "
-             f"(JSON API: curl -F image=@photo.jpg {server.url}api/predict); Ctrl-C stops")
-        while server.thread.is_alive():
-            server.thread.join(0.5)
+        with Server(run, host=host, port=port, engine=engine, max_upload_mb=max_upload_mb,
+                    max_pixels=max_pixels) as server:
+            info(f"serving {server.predictor.run} on {server.predictor.engine_name}: open {server.url} "
+                 f"(JSON API: curl -F image=@photo.jpg {server.url}api/predict); Ctrl-C stops")
+            while server.thread.is_alive():
+                server.thread.join(0.5)
     except KeyboardInterrupt:
         info("stopped")
     finally:
-        server.stop()
+        signal.signal(signal.SIGTERM, previous)

@@ -5,6 +5,7 @@
     GET  /api/info      classes, model, engine and the model card
     GET  /api/health    {"status": "ok"}
     GET  /report        the run's report.html
+    (Gradio's /gradio_api/process_recording answers 404: the app records nothing)
 
 Errors are JSON {"error": "..."}: 400 malformed request, 413 too large (body or pixels),
 415 not an image, 422 an image that cannot be used. The body limit is enforced while the body
@@ -18,7 +19,7 @@ import asyncio
 from fastapi import FastAPI, Request  # serve/ is imported only once the serve extra is known to be there
 from fastapi.responses import FileResponse, JSONResponse
 
-STATUS = {"too-large": 413, "not-an-image": 415}  # BadImage.kind -> HTTP status; any other: 422
+STATUS = {"too-large": 413, "not-an-image": 415, "busy": 503}  # BadImage.kind -> HTTP status; any other: 422
 DRAIN_LIMIT = 64 * 2**20  # an oversized body is read and dropped up to this, then the connection is cut
 
 
@@ -74,6 +75,10 @@ def build_api(predictor, max_bytes: int):
     @api.get("/api/health")
     def health():
         return {"status": "ok"}
+
+    @api.post("/gradio_api/process_recording")  # Gradio's screen recording (ffmpeg on uploads): not used here
+    def no_recording():
+        return error(404, "this app records nothing")
 
     @api.get("/api/info")
     def info():

@@ -3,28 +3,58 @@ image bytes through the same decode path and limits as `predict` and `explain`.
 
 The class probabilities run on the chosen engine; Grad-CAM needs gradients, so it runs on the
 torch classifier. Both are serialised by one lock: a server's requests come from many threads,
-and a CAM hooks the shared model while it runs.
+and a CAM hooks the shared model while it runs. The work of a request (decode, model, CAM) runs
+on WORKERS threads, so at most that many pictures are decoded at once, and its caller waits at
+most TIMEOUT_S for the answer.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import re
 import threading
+from concurrent import futures
 from pathlib import Path
 
 import numpy as np
 
-from transferlab.data.decode import check_size, read_file
+from transferlab.data.decode import BadImage, check_size, read_file
 from transferlab.run import load_model, read_json
 
 MAX_EXAMPLES = 8
 SAFE_NAME = re.compile(r"[^\w.-]+")
+WORKERS = 2  # pictures decoded (and explained) at once: a large one takes a few hundred MB while it is
+TIMEOUT_S = 60  # the longest a request waits for its turn and its answer
+
+
+class Busy(BadImage):
+    """No answer within TIMEOUT_S: the server is busy (not the image's fault); HTTP 503."""
+
+    def __init__(self):
+        super().__init__(f"no answer within {TIMEOUT_S} s: the server is busy, try again", "busy")
+
+
+def bounded(method):
+    """`method` run on the predictor's workers; its caller waits at most TIMEOUT_S (then Busy)."""
+
+    @functools.wraps(method)
+    def run(self, *args):
+        future = self.workers.submit(method, self, *args)
+        try:
+            return future.result(TIMEOUT_S)
+        except futures.TimeoutError:
+            future.cancel()
+            raise Busy() from None
+
+    return run
 
 
 class Predictor:
     """A run's classifier on an engine, with its model card and example images."""
 
-    def __init__(self, run: str | Path, *, engine: str = "auto", device: str | None = None):
+    def __init__(self, run: str | Path, *, engine: str = "auto", device: str | None = None,
+                 max_pixels: int | None = None):
         from transferlab.engines import AUTO_MIN_IMAGES
         from transferlab.predict import model_engine
 
@@ -34,6 +64,8 @@ class Predictor:
         self.engine = model_engine(self.model, engine, images=AUTO_MIN_IMAGES, batch=1)
         self.engine_name = self.engine.name
         self.lock = threading.Lock()
+        self.workers = futures.ThreadPoolExecutor(WORKERS, thread_name_prefix="transferlab-decode")
+        self.limits = dataclasses.replace(self.model.limits, max_pixels=max_pixels or self.model.limits.max_pixels)
         self.card = model_card(self.run, self.model.meta)
 
     @property
@@ -44,8 +76,11 @@ class Predictor:
         """(original picture, model input) of `data`; BadImage says why it cannot be used."""
         from transferlab.interpret.explanation import picture
 
-        check_size(data, self.model.limits.max_bytes)  # an upload did not come through read_file
-        return picture(data, self.model.spec, self.model.limits)
+        check_size(data, self.limits.max_bytes)  # an upload did not come through read_file
+        try:
+            return picture(data, self.model.spec, self.limits, reduce=True)
+        except BadImage as exc:  # the pixel limit of a server is its own option
+            raise BadImage(str(exc).replace("data.max_pixels", "--max-pixels"), exc.kind) from None
 
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
         """Class probabilities (K,) of one model-ready image, on the engine."""
@@ -54,6 +89,7 @@ class Predictor:
         with self.lock:
             return predict_pixels(self.model, pixels[None], engine=self.engine)[0]
 
+    @bounded
     def predict(self, data: bytes, top_k: int = 5) -> list[dict]:
         """The top `top_k` classes of encoded image `data` with their probabilities."""
         from transferlab.predict import top_classes
@@ -61,6 +97,7 @@ class Predictor:
         _, pixels = self.decode(data)
         return top_classes(self.probabilities(pixels), self.classes, max(1, min(top_k, len(self.classes))))
 
+    @bounded
     def explain(self, data: bytes, class_name: str | None = None) -> tuple[dict[str, float], np.ndarray, str]:
         """({class: probability}, the Grad-CAM overlay on the original picture, the class it
         explains: `class_name`, or the predicted one)."""
@@ -75,11 +112,6 @@ class Predictor:
         height, width = original.shape[:2]
         blended = overlay(original, to_original(result["cams"][0], (width, height), self.model.spec))
         return {c: float(p) for c, p in zip(self.classes, probs)}, blended, self.classes[target]
-
-    def examples(self, folder: Path) -> list[Path]:
-        """Up to MAX_EXAMPLES images of the run's test split (else validation), one per class,
-        copied into `folder` (the app serves nothing from the user's data folder)."""
-        return example_images(self.run, self.model.meta.get("source"), folder)
 
 
 def model_card(run: Path, meta: dict) -> dict:
@@ -100,7 +132,8 @@ def model_card(run: Path, meta: dict) -> dict:
 
 
 def example_images(run: Path, source: str | None, folder: Path) -> list[Path]:
-    """Images of the held-out split named in split.csv, one per class, written to `folder`."""
+    """Up to MAX_EXAMPLES images of the held-out split named in split.csv (test, else validation),
+    one per class, copied into `folder` (the app serves nothing from the user's data folder)."""
     from PIL import Image
 
     from transferlab.data.sources import open_source

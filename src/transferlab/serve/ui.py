@@ -4,6 +4,7 @@ and the model card with a link to the run's report."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 PREDICTED = "(predicted class)"
@@ -27,22 +28,51 @@ def card_markdown(card: dict) -> str:
     return "\n\n".join(lines)
 
 
-def untouched_upload(image) -> None:
-    """Let the uploads of a gr.Image reach our decode path untouched: Gradio's own preprocessing
-    opens the file with PIL first, which answers a non-image or a bomb with an error naming its
-    internal paths instead of ours. (Set on the instance: a subclass of a Gradio component makes
-    Gradio write a .pyi stub next to our module.)"""
+def inside(folder: Path, path) -> str:
+    """`path` resolved (symlinks, `..`) if it is a file in the server's `folder`; else a gr.Error."""
     import gradio as gr
 
+    from transferlab.serve import KEEP_S
+
+    try:
+        real = Path(os.path.realpath(path))
+    except (TypeError, ValueError):  # not a string, a NUL in it
+        real = Path("/")
+    if not real.is_relative_to(folder):
+        raise gr.Error("this app reads only images uploaded to it (and its examples)", print_exception=False)
+    if not real.is_file():
+        raise gr.Error(f"the upload is gone (kept {KEEP_S // 60} minutes): upload it again", print_exception=False)
+    return str(real)
+
+
+def files_only_from(app, folder: Path) -> None:
+    """No block of `app` copies (or downloads: a URL) a file into Gradio's cache unless it is
+    already in `folder`. Gradio's own check (see build_app) refuses other paths before this, for
+    payloads with its file marker; this one also refuses URLs."""
+    for block in app.blocks.values():
+        async def guarded(path, move=block.async_move_resource_to_block_cache):
+            return await move(inside(folder, path))
+
+        block.async_move_resource_to_block_cache = guarded
+
+
+def uploads_only(component, folder: Path, many: bool = False) -> None:
+    """Pass `component`'s files to our decode path as paths in `folder`, untouched: Gradio's Image
+    takes a bare {"path": ...} without any check, its preprocessing opens the file with PIL first
+    (a bomb or a non-image gets an error naming internal paths), and gr.File's leaves an empty temp
+    file per call. (Set on the instance: a subclass of a Gradio component makes Gradio write a
+    .pyi stub next to our module.)"""
+
     def preprocess(payload):
-        if payload is None or (payload.url or "").startswith("data:"):  # a pasted data URL: Gradio writes it
-            return gr.Image.preprocess(image, payload)
-        return payload.path
+        if payload is None:
+            return None
+        paths = [inside(folder, item.path) for item in getattr(payload, "root", None) or [payload]]
+        return paths if many else paths[0]
 
-    image.preprocess = preprocess
+    component.preprocess = preprocess
 
 
-def build_ui(predictor, examples: list[Path]):
+def build_ui(predictor, examples: list[Path], folder: Path):
     import gradio as gr
 
     from transferlab.data.decode import BadImage, read_file
@@ -81,7 +111,7 @@ def build_ui(predictor, examples: list[Path]):
                 with gr.Column():
                     image = gr.Image(type="filepath", label="Image (drop, paste or click to upload)",
                                      sources=["upload", "clipboard"], elem_id="input-image", height=320)
-                    untouched_upload(image)
+                    uploads_only(image, folder)
                     target = gr.Dropdown([PREDICTED, *predictor.classes], value=PREDICTED,
                                          label="Class to explain", elem_id="target-class")
                     button = gr.Button("Classify", variant="primary", elem_id="classify")
@@ -98,6 +128,7 @@ def build_ui(predictor, examples: list[Path]):
         with gr.Tab("Several images"):
             files = gr.File(file_count="multiple", file_types=["image"], type="filepath", label="Images",
                             elem_id="input-files")
+            uploads_only(files, folder, many=True)
             run_all = gr.Button("Classify all", variant="primary", elem_id="classify-all")
             gallery = gr.Gallery(label="Grad-CAM of the predicted class", columns=4, elem_id="gallery")
             table = gr.Dataframe(headers=["file", "predicted", "probability", "problem"], interactive=False,
@@ -105,4 +136,5 @@ def build_ui(predictor, examples: list[Path]):
             run_all.click(several, [files], [gallery, table], api_name="predict_many")
         with gr.Accordion("Model card", open=True):
             gr.Markdown(card_markdown(predictor.card), elem_id="model-card")
+    files_only_from(app, folder)
     return app
