@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import hashlib
 import json
 import os
 import secrets
+import sys
 from pathlib import Path
 
 from lightning.fabric.utilities.rank_zero import rank_zero_only
@@ -51,3 +55,42 @@ def read_json(path: str | Path) -> dict:
     except (ValueError, UnicodeDecodeError) as exc:
         raise RunError(f"{path} is damaged (not valid JSON: {str(exc)[:80]}): restore it from a backup, "
                        "or train again") from None
+
+
+def digest_key(parts: dict) -> str:
+    """A short stable key for a mapping of what decides a cached result."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+class _SignalStack(ctypes.Structure):
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+@contextlib.contextmanager
+def signal_stack_kept():
+    """Put back the thread's alternate signal stack after OpenVINO compiles a model. Its CPU plugin
+    installs a stack of its own there and, when the model is freed, restores the one it found; freed
+    in another order than created, a stack already freed stays installed, and the next signal Python
+    handles (a DataLoader worker's SIGCHLD) kills the process with SIGSEGV. Restored at once, every
+    model finds, and later restores, the stack that was there before."""
+    if not sys.platform.startswith("linux"):
+        yield
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    before = _SignalStack()
+    libc.sigaltstack(None, ctypes.byref(before))
+    try:
+        yield
+    finally:
+        libc.sigaltstack(ctypes.byref(before), None)
+
+
+SIGNAL_STACK = ctypes.create_string_buffer(1 << 16)
+
+
+def own_signal_stack() -> None:
+    """Install a signal stack this process owns (before starting worker processes whose SIGCHLD
+    Python handles on it): whatever a library left installed may already be freed."""
+    if sys.platform.startswith("linux"):
+        stack = _SignalStack(ctypes.cast(SIGNAL_STACK, ctypes.c_void_p), 0, len(SIGNAL_STACK))
+        ctypes.CDLL(None, use_errno=True).sigaltstack(ctypes.byref(stack), None)

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from transferlab.data.cache import ImageStore
+from transferlab.io import own_signal_stack
 
 
 def default_workers() -> int:
@@ -120,4 +121,6 @@ class EpochLoader(DataLoader):
     at epoch e > 0 with worker processes got epoch 0's order and augmentation in epoch e."""
 
     def __iter__(self):
+        if self.num_workers:
+            own_signal_stack()  # their SIGCHLD is handled on it (a library's may be freed: SIGSEGV)
         yield from super().__iter__()

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from transferlab.io import signal_stack_kept
+
 
 def threads() -> int:
     return max(1, torch.get_num_threads())
@@ -68,11 +70,13 @@ class OpenVinoEngine:
         import openvino.properties.hint as hints
 
         core = ov.Core()
-        self.compiled = core.compile_model(core.read_model(str(xml)), "CPU", {
-            hints.performance_mode: hints.PerformanceMode.LATENCY, props.inference_num_threads: threads(),
-            hints.inference_precision: ov.Type.f32})
-        self.request = self.compiled.create_infer_request()
+        with signal_stack_kept():
+            self.compiled = core.compile_model(core.read_model(str(xml)), "CPU", {
+                hints.performance_mode: hints.PerformanceMode.LATENCY, props.inference_num_threads: threads(),
+                hints.inference_precision: ov.Type.f32})
+            self.request = self.compiled.create_infer_request()
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         self.request.infer({0: np.ascontiguousarray(images, dtype=np.uint8)})
         return self.request.get_output_tensor(0).data.copy()  # the buffer is reused by the next call
+
