@@ -33,6 +33,7 @@ demo: $(VENV)/.installed
 	$(BIN)/transferlab demo
 
 test: $(VENV)/.installed-dev
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 test-slow: $(VENV)/.installed-dev

@@ -39,7 +39,7 @@ from _report import report  # noqa: E402
 from transferlab.cli import quiet_lightning  # noqa: E402
 from transferlab.config import load_config  # noqa: E402
 from transferlab.evaluate import evaluate_run  # noqa: E402
-from transferlab.pipeline import run_training  # noqa: E402
+from transferlab.run import run_training  # noqa: E402
 
 FIXED = {"linear-probe": ["strategy.name=linear-probe"], "feature-extraction": ["strategy.name=feature-extraction"],
          "fine-tune-late": ["strategy.name=fine-tune", "strategy.fine_tune.train_groups=[late, head]",

@@ -19,7 +19,7 @@ from _report import report  # noqa: E402
 from transferlab.cli import quiet_lightning  # noqa: E402
 from transferlab.config import load_config  # noqa: E402
 from transferlab.data.builtins import fashion_mnist_or_digits  # noqa: E402
-from transferlab.pipeline import run_training  # noqa: E402
+from transferlab.run import run_training  # noqa: E402
 
 EPOCHS = 30  # the strategy's default
 

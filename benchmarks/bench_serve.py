@@ -58,7 +58,7 @@ def photos(folder: Path) -> list[Path]:
 
 def train_small(folder: Path) -> Path:
     from transferlab.config import load_config
-    from transferlab.pipeline import run_training
+    from transferlab.run import run_training
 
     rng = np.random.default_rng(0)
     for k, name in enumerate(("red", "green", "blue")):

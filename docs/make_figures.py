@@ -19,7 +19,7 @@ from transferlab.interpret import explain
 from transferlab.interpret.cam import METHODS, compute_cams, overlay
 from transferlab.interpret.explanation import load_pictures
 from transferlab.figures import subplots
-from transferlab.run import load_model
+from transferlab.rundir import load_model
 
 OUT = Path(__file__).parent / "images"
 

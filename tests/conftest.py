@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import signal
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ TINY = ["train.report=false", "model.name=test_efficientnet", "model.pretrained=
         "train.batch_size=8", "train.workers=0", "data.decode_workers=1", "train.early_stopping=null",
         "data.val_fraction=0.2", "data.test_fraction=0.2", "augment.preset=none"]
 TINY_FLAGS = [arg for item in TINY for arg in ("--set", item)]
+SCRIPT = Path(sys.executable).with_name("transferlab")  # the console script pip installed
 
 
 def interactive_sigint() -> None:
@@ -150,11 +152,20 @@ def colour_images(root: Path, per_class: int = 8, classes=("red", "blue")) -> Pa
     return root
 
 
+@pytest.fixture
+def isolated(tmp_path, monkeypatch):
+    """A cache of the test's own and no run directory inherited from the environment."""
+    from transferlab.rundir import RUN_DIR_ENV
+
+    monkeypatch.setenv("TRANSFERLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(RUN_DIR_ENV, raising=False)
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """A finished tiny run (feature extraction, 1 epoch) that read-only tests copy or read: (run, data)."""
-    from transferlab.pipeline import run_training
-    from transferlab.run import RUN_DIR_ENV
+    from transferlab.run import run_training
+    from transferlab.rundir import RUN_DIR_ENV
 
     tmp = tmp_path_factory.mktemp("tiny-run")
     saved = {k: os.environ.get(k) for k in ("TRANSFERLAB_CACHE", RUN_DIR_ENV)}

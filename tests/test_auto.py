@@ -8,15 +8,19 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from scipy.optimize import minimize
 from scipy.stats import multivariate_normal
 
 from transferlab.cli import main
 from transferlab.config import load_config
-from transferlab.pipeline import run_training
+from transferlab.run import run_training
 from transferlab.rank import parse_models, rank_models
-from transferlab.run import RUN_DIR_ENV
-from transferlab.strategies.auto import decide
+from transferlab.rundir import RUN_DIR_ENV
+from transferlab.search import resolvable_gain
+from transferlab.search.ensemble import select
+from transferlab.search.rule import decide
+from transferlab.strategies.linear_probe import C_GRID, logistic_path
 from transferlab.transferability import leep, logme, logme_single
 
 
@@ -92,49 +96,41 @@ def test_logme_ranks_informative_features_above_noise():
 
 
 # what each quadrant of the rule must do, written out (not read from the table under test)
-EXPECTED = {
-    (True, True): ("feature-extraction", {}),
-    (True, False): ("fine-tune", {"strategy.fine_tune.train_groups": ["late", "head"],
-                                  "strategy.lr_mult": {"early": 0.0, "middle": 0.0, "late": 0.3, "head": 1.0}}),
-    (False, True): ("fine-tune", {"strategy.lr_mult": {"early": 0.01, "middle": 0.03, "late": 0.1, "head": 1.0}}),
-    (False, False): ("fine-tune", {"strategy.lr_mult": {"early": 0.1, "middle": 0.3, "late": 1.0, "head": 1.0}}),
-}
-
-
 @pytest.mark.parametrize("per_class,score,expected", [
     (50, 1.2, (True, True)), (50, 0.3, (True, False)), (500, 1.2, (False, True)), (500, 0.3, (False, False)),
     (200, 0.8, (False, True)),  # thresholds are inclusive: 200 per class is not small, 0.8 is similar
 ])
 def test_decision_table_covers_each_quadrant(per_class, score, expected):
-    config = load_config()
     labels = np.repeat(np.arange(4), per_class)
-    decision = decide(config, labels, logme_score=score)
-    assert (decision.small, decision.similar) == expected
-    assert (decision.strategy, decision.overrides) == EXPECTED[expected]
-    assert decision.per_class == per_class and decision.images == 4 * per_class
-    assert f"{4 * per_class:,} training images" in decision.reason and "LogME" in decision.reason
-    assert ("small" if expected[0] else "large") in decision.reason
-    assert ("similar" if expected[1] else "different") in decision.reason
+    prior = decide(load_config().strategy.auto, labels, logme_score=score)
+    assert (prior.small, prior.similar) == expected
+    assert prior.candidate == {(True, True): "linear-probe", (True, False): "fine-tune-late",
+                               (False, True): "fine-tune-low", (False, False): "fine-tune"}[expected]
+    assert prior.fine_tuning_worth_trying == (expected != (True, True))
+    assert prior.per_class == per_class and prior.images == 4 * per_class
+    assert f"{4 * per_class:,} training images" in prior.reason and "LogME" in prior.reason
+    assert ("small" if expected[0] else "large") in prior.reason
+    assert ("similar" if expected[1] else "different") in prior.reason
 
 
 def test_decision_thresholds_are_configurable_and_leep_is_normalised():
     config = load_config(overrides=["strategy.auto.small_per_class=10", "strategy.auto.similar_logme=2.0"])
-    decision = decide(config, np.repeat(np.arange(2), 50), logme_score=1.5)
-    assert not decision.small and not decision.similar
-    leep_config = load_config(overrides=["strategy.auto.score=leep"])
+    prior = decide(config.strategy.auto, np.repeat(np.arange(2), 50), logme_score=1.5)
+    assert not prior.small and not prior.similar
+    auto = load_config(overrides=["strategy.auto.score=leep"]).strategy.auto
     # 4 classes: chance log-likelihood log(1/4); LEEP -0.2 is 1 - 0.2 / log(4) = 0.856 of the way to 0
-    decision = decide(leep_config, np.repeat(np.arange(4), 30), logme_score=0.1, leep_score=-0.2)
-    assert decision.score == pytest.approx(1 - 0.2 / math.log(4)) and decision.similar
+    prior = decide(auto, np.repeat(np.arange(4), 30), logme_score=0.1, leep_score=-0.2)
+    assert prior.score == pytest.approx(1 - 0.2 / math.log(4)) and prior.similar
     from transferlab.errors import ConfigError
 
     with pytest.raises(ConfigError, match="ImageNet classifier"):
-        decide(leep_config, np.repeat(np.arange(4), 30), logme_score=0.1)
+        decide(auto, np.repeat(np.arange(4), 30), logme_score=0.1)
 
 
 @pytest.fixture
 def muddled_folder(tmp_path):
     """Three colour classes of 12 images whose colours overlap, two of each class mislabelled: no
-    candidate can get every validation image right."""
+    candidate can get every image right."""
     from PIL import Image
 
     rng = np.random.default_rng(1)
@@ -150,63 +146,89 @@ def muddled_folder(tmp_path):
     return tmp_path / "muddled"
 
 
-def test_auto_searches_on_validation_and_records_every_candidate(muddled_folder, tmp_path):
-    config = load_config(overrides=["preprocess.size=32", "train.workers=0", "data.decode_workers=1",
+def test_auto_scores_every_candidate_out_of_fold_and_records_the_ensemble(muddled_folder, tmp_path):
+    """Every cheap candidate is scored on out-of-fold predictions of ALL training + validation
+    images (not a 6-image validation split); the ensemble's members, weights and the selection
+    score (marked optimistic) are recorded; config.yaml holds the concrete ensemble, so a rerun
+    from it repeats the final fit, without the search, to the same predictions."""
+    config = load_config(overrides=["strategy.auto.sizes=[32, 48]", "train.workers=0", "data.decode_workers=1",
                                     "train.report=false", "train.early_stopping=null"])
     run = run_training(str(muddled_folder), config, out=tmp_path / "auto", progress=False)
-    strategy = json.loads((run / "metrics.json").read_text())["strategy"]
-    decision = strategy["decision"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    decision = metrics["strategy"]["decision"]
     prior = decision["prior"]
-    for key in ("images", "per_class", "score", "method", "similar", "decision", "reason", "candidate"):
-        assert key in prior, key
-    assert strategy["requested"] == "auto" and prior["method"] == "logme"
-    assert prior["images"] == 24 and prior["per_class"] == 8.0  # the training split only
-    assert prior["leep"] is not None  # the bundled backbone has its ImageNet head
-    assert decision["validation_images"] == 6 and decision["budget"]["seconds"] == 600
-    assert all(c["accuracy"] is None or c["accuracy"] < 1 for c in decision["candidates"])
-    scored = [c for c in decision["candidates"] if c["accuracy"] is not None]
-    assert {c["name"] for c in scored} >= {"linear-probe", "feature-extraction"}
-    assert {c["size"] for c in decision["candidates"]} == {32}  # --size given: no size search
-    for c in scored:  # every score with its uncertainty and its cost
-        assert 0 <= c["accuracy"] <= 1 and c["se"] >= 0 and c["seconds"] >= 0
-    winner = next(c for c in scored if (c["name"], c["size"]) == (decision["chosen"], decision["size"])
-                  and not c["status"].startswith("superseded"))
-    best = max(c["accuracy"] for c in scored if not c["status"].startswith("superseded"))
-    assert winner["accuracy"] >= best - 1.0 * max(winner["behind_best_se"], 1e-12) - 1e-9
-    assert decision["agreed_with_rule"] == (decision["chosen"] == prior["candidate"])
-    saved = load_config(run / "config.yaml")  # the concrete choice: a rerun repeats the final training
-    assert saved.strategy.name == strategy["name"] and saved.train.epochs is not None
-    assert saved.preprocess.size == decision["size"]
+    assert metrics["strategy"]["requested"] == "auto" and prior["method"] == "logme"
+    assert prior["images"] == 24 and prior["per_class"] == 8.0 and prior["leep"] is not None  # training part only
+    probes = [c for c in decision["candidates"] if c["strategy"] == "linear-probe"]
+    assert {(c["size"], c["settings"]["strategy.linear_probe.C"]) for c in probes} == {
+        (s, c) for s in (32, 48) for c in C_GRID}
+    assert all(c["rows"] == "train+val" and 0 <= c["accuracy"] <= 1 and c["se"] > 0 for c in probes)
+    assert decision["evidence"]["images"] == 30  # 24 train + 6 val, out of fold
+    assert sum(m["weight"] for m in decision["members"]) == pytest.approx(1.0)
+    assert "optimistic" in decision["ensemble"]["note"]
+    assert all(c["status"].startswith("skipped") for c in decision["candidates"] if c["strategy"] != "linear-probe")
+    saved = load_config(run / "config.yaml")
+    assert saved.strategy.name == "ensemble" and saved.preprocess.size == 48
+    assert [(m.size, m.weight) for m in saved.strategy.ensemble.members] == [
+        (m["size"], m["weight"]) for m in decision["members"]]
+    again = run_training(str(muddled_folder), saved, out=tmp_path / "again", progress=False)
+    assert (again / "predictions.csv").read_text() == (run / "predictions.csv").read_text()
+    assert "decision" not in json.loads((again / "metrics.json").read_text())["strategy"] or \
+        json.loads((again / "metrics.json").read_text())["strategy"]["decision"] is None
 
 
-def test_the_noise_aware_choice_prefers_the_cheaper_within_a_standard_error():
-    from transferlab.strategies.auto import Candidate, Search, paired_difference
-
-    # paired difference by hand: best right on 8 of 10, other on 7; they disagree on 3 images (2 vs 1)
-    best = np.array([1, 1, 1, 1, 1, 1, 1, 1, 0, 0], dtype=bool)
-    other = np.array([1, 1, 1, 1, 1, 1, 0, 0, 1, 0], dtype=bool)
-    diff, se = paired_difference(best, other)
-    assert diff == pytest.approx(0.1) and se == pytest.approx(math.sqrt(3 - 1 / 10) / 10)
-    search = Search.__new__(Search)
-    search.auto = load_config().strategy.auto
-    expensive = Candidate("fine-tune", 224, accuracy=0.8, correct=best, final_seconds=300)
-    cheap = Candidate("linear-probe", 224, accuracy=0.7, correct=other, final_seconds=10)
-    search.tried = [expensive, cheap]
-    assert search.choose() is cheap  # 0.1 behind, within one standard error (0.17) of the best
-    clear = np.array([1, 0, 0, 0, 0, 0, 0, 0, 0, 0], dtype=bool)  # 7 behind on 10 images: beyond noise
-    search.tried = [expensive, Candidate("linear-probe", 224, accuracy=0.1, correct=clear, final_seconds=10)]
-    assert search.choose() is expensive
+def test_ensemble_selection_by_hand():
+    """Caruana's greedy selection with replacement: two complementary candidates average to a lower
+    log loss than either; a useless one is never added."""
+    labels = np.array([0, 1])
+    a = np.array([[0.9, 0.1], [0.6, 0.4]])  # right on the first image, wrong on the second
+    b = np.array([[0.4, 0.6], [0.1, 0.9]])  # the other way round
+    noise = np.array([[0.5, 0.5], [0.5, 0.5]])
+    weights, history = select([a, b, noise], labels)
+    assert weights.tolist() == [0.5, 0.5, 0.0]
+    assert history[0] == pytest.approx(-(np.log(0.9) + np.log(0.4)) / 2)  # a alone (a and b tie; first wins)
+    assert history[-1] == pytest.approx(-np.log(0.65))  # the average: 0.65 on both images
+    only, _ = select([a], labels)
+    assert only.tolist() == [1.0]
 
 
-def test_a_tight_budget_skips_expensive_candidates_and_says_so(color_folder, tmp_path):
+def test_the_torch_probe_solves_scikit_learns_objective():
+    """The probe's L-BFGS minimises scikit-learn's objective (C x summed cross-entropy + half the
+    squared weights, intercept free): the same coefficients as LogisticRegression, on real-shaped
+    data, including class weights."""
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    x = np.abs(rng.normal(size=(120, 16))).astype(np.float32)
+    y = (x[:, 0] + x[:, 1] > np.median(x[:, 0] + x[:, 1])).astype(int) + (x[:, 2] > 1.2)
+    for balanced in (False, True):
+        (w, b), = logistic_path(x, y, 3, [0.3], balanced=balanced)
+        ref = LogisticRegression(C=0.3, max_iter=10000, tol=1e-10, class_weight="balanced" if balanced else None
+                                 ).fit(x.astype(np.float64), y)
+        probs = torch.softmax(torch.from_numpy(x) @ w.T + b, dim=1).numpy()
+        np.testing.assert_allclose(probs, ref.predict_proba(x), atol=2e-3)
+
+
+def test_resolvable_gain_by_hand():
+    # p = 0.8 on 400 images: 2 * sqrt(2 * 0.16 / 400) = 0.0566
+    assert resolvable_gain(0.8, 400) == pytest.approx(2 * math.sqrt(0.32 / 400))
+    assert resolvable_gain(0.8, 0) == math.inf
+
+
+def test_a_tight_budget_or_a_small_validation_split_skips_fine_tuning_and_says_why(color_folder, tmp_path):
     config = load_config(overrides=["preprocess.size=32", "train.workers=0", "data.decode_workers=1",
-                                    "train.report=false", "train.budget=2s"])
+                                    "train.report=false", "train.budget=20s", "strategy.auto.resolvable=1"])
     run = run_training(str(color_folder), config, out=tmp_path / "auto", progress=False)
     decision = json.loads((run / "metrics.json").read_text())["strategy"]["decision"]
-    statuses = {c["name"]: c["status"] for c in decision["candidates"]}
-    assert statuses["linear-probe"] == "scored"  # always one measured candidate
-    assert decision["budget"]["seconds"] == 2
-    assert all(statuses[n].startswith("skipped") for n in ("fine-tune-late", "fine-tune", "gradual") if n in statuses)
+    assert decision["budget"]["seconds"] <= 20
+    expensive = [c for c in decision["candidates"] if c["strategy"] != "linear-probe"]
+    assert expensive and all(c["status"].startswith("skipped") or c["rows"] == "val" for c in expensive)
+    small = load_config(overrides=["preprocess.size=32", "train.workers=0", "data.decode_workers=1",
+                                   "train.report=false"])
+    decision = json.loads((run_training(str(color_folder), small, out=tmp_path / "small", progress=False)
+                           / "metrics.json").read_text())["strategy"]["decision"]
+    assert all("cannot tell a gain below" in c["status"] or "does not pay" in c["status"]
+               for c in decision["candidates"] if c["strategy"] != "linear-probe")
 
 
 def test_rank_orders_backbones_by_the_logme_of_their_own_features(color_folder, tmp_path, capsys):
@@ -258,52 +280,26 @@ def test_the_demo_runs_the_default_auto_strategy_end_to_end(tmp_path, monkeypatc
     metrics = json.loads((run / "metrics.json").read_text())
     config = load_config(run / "config.yaml")
     assert metrics["strategy"]["requested"] == "auto" and metrics["strategy"]["decision"]["reason"]
-    assert config.data.subset == 60 and config.preprocess.size == 128 and config.augment.preset == "light"
+    assert config.data.subset == 60 and config.preprocess.size == 224 and config.augment.preset == "light"
     assert metrics["data"]["source"] in ("builtin:fashion-mnist", "builtin:digits")
     assert metrics["test"]["accuracy"] > 0.6 and (run / "report.html").is_file()
 
 
-def test_a_winning_linear_probe_is_refit_on_train_and_val(color_folder, tmp_path):
-    """The probe picks C by inner cross-validation, so once auto has chosen it on validation
-    evidence its final fit uses the validation images too; the run then claims no validation
-    metrics (they would not be held out), and the test split stays untouched."""
+def test_probe_members_are_refit_on_train_and_val(color_folder, tmp_path):
+    """A probe's C needs no validation split, so once the search has chosen it its final fit uses the
+    validation images too; the run then claims no validation metrics (they would not be held out),
+    and the test split stays untouched."""
     config = load_config(overrides=["preprocess.size=32", "train.workers=0", "data.decode_workers=1",
                                     "train.report=false", "strategy.auto.candidates=[linear-probe]"])
     run = run_training(str(color_folder), config, out=tmp_path / "auto", progress=False)
     metrics = json.loads((run / "metrics.json").read_text())
-    decision = metrics["strategy"]["decision"]
-    assert decision["chosen"] == "linear-probe" and decision["refit_on_val"] is True
-    assert "refit on train + val (24 images)" in decision["reason"]
-    assert metrics["data"]["splits"] == {"train": 24, "val": 0, "test": 6}
-    assert metrics["strategy"]["stages"]["probe"]["groups"]["head"]["images"] == 24
+    assert metrics["data"]["splits"] == {"train": 18, "val": 6, "test": 6}
+    probe = next(v for k, v in metrics["strategy"]["stages"].items() if k.endswith("/probe"))
+    assert probe["groups"]["head"]["images"] == 24  # train + val
     assert "val" not in metrics and metrics["test"]["n"] == 6
-    assert load_config(run / "config.yaml").strategy.linear_probe.refit_on_val  # a rerun repeats the refit
     held = load_config(overrides=["preprocess.size=32", "train.workers=0", "data.decode_workers=1",
                                   "train.report=false", "strategy.auto.candidates=[linear-probe]",
                                   "strategy.auto.refit=false"])
     kept = json.loads((run_training(str(color_folder), held, out=tmp_path / "held", progress=False)
                        / "metrics.json").read_text())
-    assert kept["data"]["splits"]["val"] == 6 and "val" in kept
-
-
-def test_refit_on_val_is_refused_for_a_strategy_that_chooses_on_validation(color_folder, tmp_path):
-    from transferlab.errors import ConfigError
-
-    config = load_config(overrides=["preprocess.size=32", "train.workers=0", "data.decode_workers=1",
-                                    "train.report=false", "strategy.name=feature-extraction",
-                                    "strategy.linear_probe.refit_on_val=true"])
-    with pytest.raises(ConfigError, match="linear-probe only"):
-        run_training(str(color_folder), config, out=tmp_path / "fe", progress=False)
-
-
-def test_the_search_stops_once_a_candidate_gets_every_validation_image_right(color_folder, tmp_path):
-    """No candidate can be shown better than a perfect one, and among equals the cheaper wins: the
-    search ends there (the colour task is separable by the probe at the first size)."""
-    config = load_config(overrides=["preprocess.size=32", "train.workers=0", "data.decode_workers=1",
-                                    "train.report=false"])
-    run = run_training(str(color_folder), config, out=tmp_path / "auto", progress=False)
-    decision = json.loads((run / "metrics.json").read_text())["strategy"]["decision"]
-    scored = [c for c in decision["candidates"] if c["accuracy"] is not None]
-    assert [(c["name"], c["accuracy"]) for c in scored] == [("linear-probe", 1.0)]
-    assert decision["candidates"][-1]["status"] == "skipped: a candidate already scored every validation image right"
-    assert decision["chosen"] == "linear-probe"
+    assert "val" in kept and kept["val"]["n"] == 6

@@ -8,9 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
-from conftest import BAD_FILES, TINY_FLAGS, one_error_line
+from conftest import BAD_FILES, SCRIPT, TINY_FLAGS, one_error_line, save
 from transferlab.cli import main
+
+COMMANDS = ("inspect", "train", "cv", "evaluate", "explain", "report", "rank", "predict", "demo", "preview")
 
 
 def test_inspect_lists_every_bad_file_and_exits_0(bad_folder, capsys):
@@ -79,3 +82,126 @@ def test_an_out_that_cannot_be_created_is_one_line_in_every_command(where, tiny_
         assert main(argv) == 2, argv
         one_error_line(capsys, "cannot be created", "choose a writable folder")
     assert {p.name for p in tmp_path.iterdir()} <= {"a-file", "cache"}  # nothing left behind
+
+
+# --- the console script's --help -------------------------------------------------------------
+
+def test_installed_console_script_prints_help_for_every_command(isolated):
+    assert SCRIPT.is_file(), f"the console script is not installed next to {sys.executable}"
+    for args in (["--help"], ["-h"], *([c, "--help"] for c in COMMANDS)):
+        result = subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0 and result.stdout.startswith("usage: transferlab"), (args, result.stderr[-500:])
+    assert "95% CI" in subprocess.run([str(SCRIPT), "--help"], capture_output=True, text=True).stdout
+
+
+# --- featuremaps --top -1 ---------------------------------------------------------------------
+
+@pytest.mark.timeout(60)
+def test_featuremaps_with_a_negative_top_is_refused_at_once(tiny_run, capsys, isolated):
+    run, data = tiny_run
+    assert main(["explain", str(run), str(data / "red" / "000.png"), "--method", "featuremaps", "--top", "-1"]) == 2
+    one_error_line(capsys, "--top", "-1")
+    from transferlab.interpret import ExplainError, explain
+
+    with pytest.raises(ExplainError, match="--top 0"):
+        explain(run, [data / "red" / "000.png"], method="featuremaps", top=0)
+
+
+# --- numeric options and names validated at parse time ----------------------------------------
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["train", "builtin:digits", "--batch-size", "0"], "argument --batch-size: must be >= 1"),
+    (["train", "builtin:digits", "--lr", "-1"], "argument --lr: must be > 0"),
+    (["train", "builtin:digits", "--lr", "0"], "argument --lr: must be > 0"),
+    (["train", "builtin:digits", "--lr", "nan"], "argument --lr: must be a finite number"),
+    (["train", "builtin:digits", "--seed", "-1"], "argument --seed"),
+    (["train", "builtin:digits", "--size", "0"], "argument --size: must be between 8 and 4096"),
+    (["train", "builtin:digits", "--size", "100000"], "argument --size: must be between 8 and 4096"),
+    (["train", "builtin:digits", "--subset", "0"], "argument --subset: must be >= 1"),
+    (["train", "builtin:digits", "--epochs", "-1"], "argument --epochs: must be >= 1"),
+    (["cv", "builtin:digits", "--folds", "1"], "argument --folds"),
+    (["predict", "runs/x", "a.png", "--top-k", "0"], "argument --top-k: must be >= 1"),
+    (["preview", "builtin:digits", "--rows", "0"], "argument --rows"),
+    (["preview", "builtin:digits", "--n", "-2"], "argument --n"),
+    (["explain", "runs/x", "a.png", "--colormap", "bogus"], "'bogus' is not a matplotlib colormap"),
+    (["explain", "runs/x", "a.png", "--alpha", "2"], "argument --alpha"),
+    (["train", "builtin:digits", "--model", "tf_efficientnet_lite0.bogus"], "unknown pretrained tag 'bogus'"),
+    (["train", "builtin:digits", "--model", "resnt18"], "did you mean resnet18"),
+    (["train", "builtin:digits", "--set", "train.batch_size=0"], "--set: config key 'train.batch_size' must be in [1"),
+    (["train", "builtin:digits", "--set", "optim.lr=.nan"], "'optim.lr' must be a finite number"),
+    (["train", "builtin:digits", "--set", "strategy.gradual.steps=[{epoch: 0}]"], "'strategy.gradual.steps[0].epoch'"),
+])
+def test_bad_numbers_and_names_are_one_line_and_exit_2(argv, fragment, tmp_path, monkeypatch, capsys, isolated):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    one_error_line(capsys, fragment)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_non_utf8_config_file_is_one_line(tmp_path, capsys, isolated):
+    config = tmp_path / "c.yaml"
+    config.write_bytes(b"seed: 1\n# caf\xe9\n")
+    assert main(["train", "builtin:digits", "--config", str(config)]) == 2
+    one_error_line(capsys, "is not UTF-8 text")
+
+
+# --- errors give the right advice -------------------------------------------------------------
+
+def test_errors_give_the_right_advice(tmp_path, tiny_run, monkeypatch, capsys, isolated):
+    monkeypatch.chdir(tmp_path)
+    run, data = tiny_run
+    image = str(data / "red" / "000.png")
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert main(["predict", str(plain), image]) == 2
+    one_error_line(capsys, "is not a transferlab run directory", absent=("--resume",))
+    (tmp_path / "good.png").write_bytes(b"x")
+    assert main(["train", str(data), "--out", str(tmp_path / "good.png")]) == 2
+    one_error_line(capsys, "is an existing file", absent=("run directory good.png", "--resume"))
+    (plain / "notes.txt").write_text("mine")
+    assert main(["evaluate", str(run), str(data), "--out", str(plain)]) == 2
+    one_error_line(capsys, "already exists and is not empty", absent=("--resume",))
+    assert main(["demo", "--out", str(plain)]) == 2
+    one_error_line(capsys, "already exists and is not empty", absent=("--resume",))
+    assert main(["train", str(data), "--out", str(run)]) == 2
+    one_error_line(capsys, "holds a finished run", absent=("--resume",))
+    assert main(["train", str(data), "--config", str(tmp_path)]) == 2
+    one_error_line(capsys, "is a folder: give the path of a YAML file")
+    assert main(["train", str(data), "--lr", "nan"]) == 2
+    one_error_line(capsys, "argument --lr", absent=("--set",))
+    assert main(["train", str(data), "--set", "optim.lr=0"]) == 2
+    one_error_line(capsys, "--set: config key 'optim.lr'")
+
+
+# --- importing transferlab leaves process-wide state alone ------------------------------------
+
+def test_importing_and_using_transferlab_leaves_global_state_as_it_was(tmp_path, isolated):
+    probe = """
+import os, sys, warnings, pkgutil, importlib
+import matplotlib
+matplotlib.use("svg")
+from PIL import Image
+Image.MAX_IMAGE_PIXELS = 12345678
+# the libraries transferlab builds on set warning filters of their own when imported: import them first
+import torch, torchvision, timm, lightning.pytorch, sklearn.metrics, scipy.stats, pytorch_grad_cam, safetensors
+before = (Image.MAX_IMAGE_PIXELS, os.umask(0o027), list(warnings.filters), matplotlib.get_backend())
+import transferlab
+for module in pkgutil.walk_packages(transferlab.__path__, "transferlab."):
+    if not module.name.endswith("__main__"):
+        importlib.import_module(module.name)
+from transferlab.data.decode import Limits, open_image
+from transferlab.report.plots import class_counts
+open_image(open(sys.argv[1], "rb").read(), Limits(max_pixels=10**9))
+class_counts({"a": 1, "b": 2}, __import__("pathlib").Path(sys.argv[2]))
+after = (Image.MAX_IMAGE_PIXELS, os.umask(0o027), list(warnings.filters), matplotlib.get_backend())
+assert before[0] == after[0], ("PIL.Image.MAX_IMAGE_PIXELS", before[0], after[0])
+assert after[1] == 0o027, ("umask", oct(after[1]))
+assert before[2] == after[2], "warning filters changed"
+assert before[3] == after[3] == "svg", ("matplotlib backend", before[3], after[3])
+print("clean")
+"""
+    image = save(Image.new("RGB", (40, 30)), tmp_path / "a.png")
+    result = subprocess.run([sys.executable, "-c", probe, str(image), str(tmp_path / "plot.png")], capture_output=True,
+                            text=True, timeout=300)
+    assert result.stdout.strip() == "clean", result.stderr[-3000:]
+

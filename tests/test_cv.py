@@ -15,12 +15,12 @@ from PIL import Image
 from conftest import save
 from transferlab.cli import main
 from transferlab.config import load_config
-from transferlab.cv import run_cv
+from transferlab.run import run_cv
 from transferlab.data import load_dataset
 from transferlab.errors import DataError
 from transferlab.evaluate import evaluate_run
-from transferlab.pipeline import run_training
-from transferlab.run import RUN_DIR_ENV
+from transferlab.run import run_training
+from transferlab.rundir import RUN_DIR_ENV
 
 TINY = ["train.report=false", "model.name=test_efficientnet", "model.pretrained=false", "preprocess.size=32", "train.batch_size=8",
         "train.workers=0", "data.decode_workers=1", "train.early_stopping=null", "train.epochs=2", "cv.folds=3"]
@@ -96,16 +96,16 @@ def test_no_fold_statistics_use_its_test_part(tmp_path):
 
 
 def test_feature_extraction_runs_the_backbone_once_for_the_whole_cv(color_folder, tmp_path, monkeypatch):
-    import transferlab.fit as fit_module
+    from transferlab.features import FeatureStore
 
     calls = []
-    original = fit_module.extract_features
+    original = FeatureStore.compute
 
-    def counting(*args, **kwargs):
-        calls.append(len(args[2]))
-        return original(*args, **kwargs)
+    def counting(self, indices, *args, **kwargs):
+        calls.append(len(indices))
+        return original(self, indices, *args, **kwargs)
 
-    monkeypatch.setattr(fit_module, "extract_features", counting)
+    monkeypatch.setattr(FeatureStore, "compute", counting)
     config = load_config(overrides=TINY + ["strategy.name=feature-extraction", "train.epochs=3"])
     run_cv(str(color_folder), config, out=tmp_path / "cv", progress=False)
     assert calls == [30]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import BAD_FILES, IGNORED_FILES, pattern, save
+from conftest import BAD_FILES, IGNORED_FILES, TINY, colour_images, pattern, save
+from transferlab.cli import main
 from transferlab.config import load_config
 from transferlab.data import load_dataset
 from transferlab.data.cache import DiskStore, MemoryStore
@@ -18,6 +20,7 @@ from transferlab.data.decode import to_rgb
 from transferlab.data.builtins import read_idx
 from transferlab.data.sources import open_source
 from transferlab.errors import DataError
+from transferlab.run import run_training
 
 
 def tree_digest(root: Path) -> dict[str, str]:
@@ -247,3 +250,83 @@ def test_digits_builtin_is_offline_and_complete(small_config):
     ds = load_dataset("builtin:digits", small_config, progress=False)
     assert len(ds) == 1797 and ds.classes == [str(d) for d in range(10)]
     assert ds.images[0].shape == (32, 32, 3)
+
+
+# --- symlinks: followed once, loops detected, never out of DATA -------------------------------
+
+@pytest.mark.timeout(60)
+def test_symlink_loops_aliases_and_escapes_are_listed_not_followed(tmp_path, isolated):
+    root = colour_images(tmp_path / "data")
+    outside = colour_images(tmp_path / "elsewhere", classes=("green",))
+    (root / "red" / "up").symlink_to("..")  # a loop back to the data root
+    (root / "blue" / "again").symlink_to(root / "blue")  # a loop onto its own folder
+    (root / "disk").symlink_to("/")  # a class folder that would walk the whole disk
+    (root / "green").symlink_to(outside / "green")  # a class folder outside DATA
+    (root / "red" / "alias.png").symlink_to(root / "red" / "000.png")  # the same file twice
+    (root / "blue" / "gone.png").symlink_to(tmp_path / "nowhere.png")  # a broken link
+    inner = colour_images(root / ".pool", per_class=2, classes=("x",))  # hidden: not a class of its own
+    (root / "red" / "shared").symlink_to(inner / "x")  # a link to a folder inside DATA: followed
+
+    source = open_source(str(root))
+    labels = {}
+    for item in source.items:
+        labels.setdefault(item.label, []).append(item.path)
+    assert sorted(labels) == ["blue", "red"]
+    assert len(labels["blue"]) == 8 and all(p.startswith("blue/") for p in labels["blue"])
+    assert len(labels["red"]) == 10  # its 8 files and the 2 behind the inner link, the alias once
+    reasons = {entry["path"]: entry["reason"] for entry in source.ignored}
+    assert "folder already read" in reasons["red/up"] and "folder already read" in reasons["blue/again"]
+    assert "outside DATA" in reasons["disk"] and "outside DATA" in reasons["green"]
+    assert "same file as red/000.png" in reasons["red/alias.png"]
+    assert {e["path"]: e["reason"] for e in source.skipped}["blue/gone.png"].startswith("broken symlink")
+    assert any("class folder 'disk' is not read" in w for w in source.warnings)
+    # DATA itself may be a link: the user named it
+    (tmp_path / "link-to-data").symlink_to(outside)
+    assert [i.label for i in open_source(str(tmp_path / "link-to-data")).items] == ["green"] * 8
+
+
+# --- special files: only regular files are read, with a size limit, in every command ----------
+
+@pytest.mark.timeout(120)
+def test_fifos_devices_and_huge_files_never_hang_or_fill_memory(tmp_path, tiny_run, capsys, isolated):
+    root = colour_images(tmp_path / "data")
+    os.mkfifo(root / "red" / "pipe.png")
+    manifest = tmp_path / "m.csv"
+    rows = [f"{p.relative_to(tmp_path)},{p.parent.name}" for p in sorted(root.rglob("0*.png"))]
+    (tmp_path / "zero.png").symlink_to("/dev/zero")
+    big = tmp_path / "big.png"
+    with open(big, "wb") as handle:  # a sparse 2 GB file named like an image
+        handle.truncate(2 * 2**30)
+    manifest.write_text("path,label\n" + "\n".join(rows + ["zero.png,red", "big.png,blue", "data/red/pipe.png,red"])
+                        + "\n")
+    config = load_config(overrides=["preprocess.size=32", "data.decode_workers=1"])
+    dataset = load_dataset(str(manifest), config, progress=False)
+    reasons = {s["path"]: s["reason"] for s in dataset.skipped}
+    assert reasons["zero.png"].startswith("not a regular file (a character device)")
+    assert reasons["data/red/pipe.png"].startswith("not a regular file (a FIFO")
+    assert reasons["big.png"].startswith("file too large: 2048 MB exceeds data.max_file_mb=512")
+    assert len(dataset) == 16
+    assert main(["inspect", str(root), "--size", "32"]) == 0  # the FIFO inside a class folder: listed, no hang
+    assert "pipe.png" in capsys.readouterr().out
+    run, data = tiny_run
+    good = data / "red" / "000.png"
+    (tmp_path / "folder.png").mkdir()
+    assert main(["predict", str(run), str(good), str(root / "red" / "pipe.png"), str(tmp_path / "zero.png"),
+                 str(tmp_path / "folder.png"), "--json"]) == 2
+    results = json.loads(capsys.readouterr().out)
+    assert "top" in results[0] and "FIFO" in results[1]["error"] and "character device" in results[2]["error"]
+    assert results[3]["error"].startswith("not a regular file (a folder)")
+
+
+# --- non-UTF-8 file names ---------------------------------------------------------------------
+
+def test_a_non_utf8_file_name_trains_and_is_recorded_escaped(tmp_path, isolated):
+    root = colour_images(tmp_path / "data")
+    Image.open(root / "red" / "000.png").transpose(Image.Transpose.ROTATE_90).save(
+        os.fsdecode(bytes(root / "red") + b"/caf\xe9.png"))
+    run = run_training(str(root), load_config(overrides=[*TINY, "strategy.name=feature-extraction", "train.epochs=1"]),
+                       out=tmp_path / "run", progress=False)
+    split = (run / "split.csv").read_text(encoding="utf-8")
+    assert "red/caf\\xe9.png" in split and len(split.splitlines()) == 18
+    assert json.loads((run / "metrics.json").read_text())["data"]["n_images"] == 17
+

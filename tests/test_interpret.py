@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from conftest import save
+from conftest import one_error_line, save
 from transferlab.cli import main
 from transferlab.config import load_config
 from transferlab.interpret import (ExplainError, attention_maps, attention_rollout, compute_cams, feature_maps,
@@ -16,7 +16,7 @@ from transferlab.interpret import (ExplainError, attention_maps, attention_rollo
 from transferlab.preprocess import to_original as cam_to_original
 from transferlab.models.backbone import Classifier, create_backbone
 from transferlab.preprocess import ResizeSpec
-from transferlab.run import RUN_DIR_ENV
+from transferlab.rundir import RUN_DIR_ENV
 
 SIZE, SIDE = 32, 8
 
@@ -182,7 +182,7 @@ def test_cam_maps_back_onto_the_original_picture(mode):
 
 @pytest.fixture
 def trained_run(tmp_path, monkeypatch, color_folder):
-    from transferlab.pipeline import run_training
+    from transferlab.run import run_training
 
     monkeypatch.setenv("TRANSFERLAB_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv(RUN_DIR_ENV, raising=False)
@@ -207,3 +207,18 @@ def test_explain_cli_writes_readable_pngs(trained_run, color_folder, tmp_path, c
     assert main(["explain", str(trained_run), str(photo), "--class", "purple"]) == 2
     assert main(["explain", str(trained_run), str(tmp_path / "missing.jpg")]) == 2
     assert len(list((trained_run / "explanations").iterdir())) == 2
+
+
+# --- one decode path: explain refuses a decompression bomb as predict does ---------------------
+
+def test_explain_and_predict_refuse_the_same_decompression_bomb(tmp_path, tiny_run, capsys, isolated):
+    run, _ = tiny_run
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (16000, 16000)).save(bomb)  # a few hundred KB declaring 256 Mpx
+    assert bomb.stat().st_size < 1_000_000
+    assert main(["explain", str(run), str(bomb), "--out", str(tmp_path / "x")]) == 2
+    one_error_line(capsys, "bomb.png", "too large: 16000x16000", "data.max_pixels")
+    assert main(["predict", str(run), str(bomb)]) == 2
+    one_error_line(capsys, "too large: 16000x16000")
+    assert not (tmp_path / "x").exists()
+

@@ -75,8 +75,8 @@ def normalized_by_the_model(color_folder, tmp_path, normalize: str) -> torch.Ten
     the statistics a fit computes, saved with the model, applied by Classifier.normalize)."""
     import json
 
-    from transferlab.pipeline import run_training
-    from transferlab.run import load_model
+    from transferlab.run import run_training
+    from transferlab.rundir import load_model
 
     config = load_config(overrides=["preprocess.size=16", "data.decode_workers=1", "train.workers=0",
                                     "train.report=false", "strategy.name=linear-probe",

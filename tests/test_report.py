@@ -12,10 +12,10 @@ import pytest
 
 from transferlab.cli import main
 from transferlab.config import load_config
-from transferlab.cv import run_cv
-from transferlab.pipeline import run_training
+from transferlab.run import run_cv
+from transferlab.run import run_training
 from transferlab.report import SECTIONS, build_report
-from transferlab.run import RUN_DIR_ENV
+from transferlab.rundir import RUN_DIR_ENV
 
 TINY = ["model.name=test_efficientnet", "model.pretrained=false", "preprocess.size=32", "train.batch_size=8",
         "train.workers=0", "data.decode_workers=1", "train.early_stopping=null", "train.epochs=2", "cv.folds=3",

@@ -22,7 +22,7 @@ from PIL import Image
 
 from conftest import interactive_sigint
 from transferlab.config import load_config
-from transferlab.pipeline import run_training
+from transferlab.run import run_training
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 SCRIPT = Path(sys.executable).with_name("transferlab")
@@ -99,12 +99,15 @@ def test_the_json_api_answers_like_predict_and_refuses_bad_files_while_serving_o
         "huge body": post_image(server.url, "image", "big.png", b"\0" * (2 * 2**20)),  # over --max-upload-mb 1
         "no field": post_image(server.url, "file", "chelsea.jpg", photo.read_bytes()),
         "bad top_k": post_image(server.url, "image", "chelsea.jpg", photo.read_bytes(), {"top_k": "0"}),
+        "superscript top_k": post_image(server.url, "image", "chelsea.jpg", photo.read_bytes(), {"top_k": "\u00b2"}),
+        "huge top_k": post_image(server.url, "image", "chelsea.jpg", photo.read_bytes(), {"top_k": "9" * 5000}),
     }
     assert refusals["text"][0] == 415 and "not an image" in refusals["text"][1]["error"]
     assert refusals["bomb"][0] == 413 and "decompression bomb" in refusals["bomb"][1]["error"]
     assert refusals["huge body"][0] == 413 and "limit of 1 MB" in refusals["huge body"][1]["error"]
     assert refusals["no field"][0] == 400 and "'image'" in refusals["no field"][1]["error"]
-    assert refusals["bad top_k"][0] == 400
+    for bad in ("bad top_k", "superscript top_k", "huge top_k"):  # "²".isdigit() is True, int("²") is not
+        assert refusals[bad][0] == 400 and "top_k must be a whole number" in refusals[bad][1]["error"], bad
     with urllib.request.urlopen(server.url + "api/info", timeout=30) as response:  # still serving
         info = json.loads(response.read())
     assert info["classes"] == ["blue", "green", "red"] and info["card"]["evaluated_on"] == "test"

@@ -15,12 +15,11 @@ import torch
 from transferlab.config import load_config
 from transferlab.data.cache import MemoryStore
 from transferlab.errors import ConfigError
-from transferlab.features import extract_features
 from transferlab.models.backbone import Classifier, create_backbone
 from transferlab.models.groups import named_groups
 from transferlab.optim import build_optimizer, build_scheduler, param_groups, scheduler_step
-from transferlab.pipeline import run_training
-from transferlab.run import RUN_DIR_ENV
+from transferlab.run import run_training
+from transferlab.rundir import RUN_DIR_ENV
 from transferlab.strategies import get_strategy, strategy_names
 from transferlab.train import ClassifierModule, TrainableGroups, TransferDataModule, build_trainer
 
@@ -145,7 +144,7 @@ def colour_data(tmp_path, per_class: int = 10):
 
 
 def run_weights(run) -> dict[str, torch.Tensor]:
-    from transferlab.run import load_model
+    from transferlab.rundir import load_model
 
     return load_model(run).classifier.state_dict()
 
@@ -209,7 +208,8 @@ def test_layer_decay_through_training_gives_each_layer_its_logged_rate(tmp_path)
 
 def test_the_balanced_sampler_balances_what_training_sees(tmp_path):
     from transferlab.data import load_dataset
-    from transferlab.fit import FitJob
+    from transferlab.features import FeatureStore
+    from transferlab.fit import FitContext, Fitting
 
     root = colour_data(tmp_path, per_class=4)
     from PIL import Image
@@ -220,11 +220,11 @@ def test_the_balanced_sampler_balances_what_training_sees(tmp_path):
     config = load_config(overrides=[*TINY, "train.imbalance=sampler", "data.val_fraction=0", "data.test_fraction=0"])
     dataset = load_dataset(str(root), config, progress=False)
     every = np.arange(len(dataset))
-    job = FitJob(dataset, {"train": every, "val": every[:0], "test": every[:0]}, config, tmp_path / "fit",
-                 progress=False)
-    assert job.imbalance == "sampler"
-    loader = TransferDataModule(config, dataset.labels, job.indices, store=dataset.images,
-                                sample_weights=job.sample_weights).train_dataloader()
+    indices = {"train": every, "val": every[:0], "test": every[:0]}
+    fitting = Fitting(FitContext(dataset, indices, config, tmp_path / "fit", FeatureStore(dataset, config)))
+    assert fitting.imbalance == "sampler"
+    loader = TransferDataModule(config, dataset.labels, indices, store=dataset.images,
+                                sample_weights=fitting.sample_weights).train_dataloader()
     seen = np.concatenate([y.numpy() for epoch in range(20) for _, y in (loader.sampler.set_epoch(epoch) or loader)])
     shares = np.bincount(seen, minlength=3) / len(seen)
     assert np.bincount(dataset.labels)[dataset.classes.index("red")] == 40
@@ -279,12 +279,21 @@ def test_gradual_unfreezing_switches_at_the_configured_epochs(tmp_path):
     assert changed(2, 3, groups["early"])
 
 
-def test_cached_features_equal_live_features():
-    model = tiny().eval()
-    images = MemoryStore(np.random.default_rng(1).integers(0, 256, (10, 32, 32, 3), dtype=np.uint8))
-    cached = extract_features(model, images, np.arange(10), batch_size=4, progress=False)
-    with torch.no_grad():
-        live = model.features(torch.from_numpy(images.array).permute(0, 3, 1, 2))
-        assert torch.allclose(cached, live, atol=1e-5)
-        assert torch.allclose(model.head(cached), model(torch.from_numpy(images.array).permute(0, 3, 1, 2)),
-                              atol=1e-5)
+def test_the_feature_store_equals_the_fits_own_backbone_on_the_images(color_folder, tmp_path):
+    """Heads train on stored features and then predict from images: the store's backbone (a seeded
+    random one here) must be exactly the one every fit builds, at any size the model sees."""
+    from transferlab.data import load_dataset
+    from transferlab.features import FeatureStore
+    from transferlab.fit import FitContext, new_classifier
+
+    config = load_config(overrides=[*TINY, "preprocess.size=48"])
+    dataset = load_dataset(str(color_folder), config, progress=False)
+    every = np.arange(len(dataset))
+    store = FeatureStore(dataset, config, progress=False)
+    images = torch.from_numpy(dataset.images.take(every)).permute(0, 3, 1, 2)
+    for size in (48, 32):  # 32: the model resizes the stored 48 px images inside, as the store does
+        ctx = FitContext(dataset, {"train": every, "val": every[:0], "test": every[:0]},
+                         load_config(overrides=[*TINY, "preprocess.size=48", f"model.size={size}"]), tmp_path, store)
+        model = new_classifier(ctx).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(store.get(every, size=size), model.features(images), atol=1e-5, rtol=1e-4)

@@ -31,7 +31,7 @@ def test_a_train_run_is_logged_with_params_curves_metrics_and_artifacts(color_fo
     from mlflow import MlflowClient
 
     from transferlab.evaluate import evaluate_run
-    from transferlab.pipeline import run_training
+    from transferlab.run import run_training
 
     run = run_training(str(color_folder), tracked(store), out=tmp_path / "run", progress=False)
     metrics = json.loads((run / "metrics.json").read_text())
@@ -67,18 +67,17 @@ def test_a_train_run_is_logged_with_params_curves_metrics_and_artifacts(color_fo
 def test_auto_logs_its_decision(color_folder, tmp_path, store):
     from mlflow import MlflowClient
 
-    from transferlab.pipeline import run_training
+    from transferlab.run import run_training
 
-    config = tracked(store, "strategy.name=auto", "strategy.auto.candidates=[linear-probe, feature-extraction]",
-                     "train.epochs=null")
+    config = tracked(store, "strategy.name=auto", "strategy.auto.candidates=[linear-probe]", "train.epochs=null")
     run = run_training(str(color_folder), config, out=tmp_path / "auto", progress=False)
     decision = json.loads((run / "metrics.json").read_text())["strategy"]["decision"]
     run_id = json.loads((run / "state.json").read_text())["tracking"]["run_id"]
     logged = MlflowClient(store).get_run(run_id)
-    assert logged.data.params["auto.chosen"] == decision["chosen"]
-    assert logged.data.params["strategy.name"] == decision["chosen"]  # the concrete config, not "auto"
-    probe = next(c for c in decision["candidates"] if c["name"] == "linear-probe")
-    key = f"search/linear-probe_{probe['size']}px/val_accuracy"
+    assert logged.data.params["auto.chosen"] == "; ".join(decision["chosen"])
+    assert logged.data.params["strategy.name"] == "ensemble"  # the concrete config, not "auto"
+    probe = next(c for c in decision["candidates"] if c["strategy"] == "linear-probe")
+    key = f"search/linear-probe_C{probe['settings']['strategy.linear_probe.C']:g}_{probe['size']}px/accuracy"
     assert logged.data.metrics[key] == pytest.approx(probe["accuracy"])
     assert "auto_decision.json" in {a.path for a in MlflowClient(store).list_artifacts(run_id)}
 
@@ -86,12 +85,12 @@ def test_auto_logs_its_decision(color_folder, tmp_path, store):
 def test_cv_logs_a_parent_with_a_child_per_fold(color_folder, tmp_path, store):
     from mlflow import MlflowClient
 
-    from transferlab.cv import run_cv
+    from transferlab.run import run_cv
 
     run = run_cv(str(color_folder), tracked(store, "cv.folds=2", "strategy.name=feature-extraction"),
                  out=tmp_path / "cv", progress=False)
     record = json.loads((run / "cv_metrics.json").read_text())
-    parent_id = json.loads((run / "cv_state.json").read_text())["tracking"]["run_id"]
+    parent_id = json.loads((run / "state.json").read_text())["tracking"]["run_id"]
     client = MlflowClient(store)
     parent = client.get_run(parent_id)
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")

@@ -19,9 +19,9 @@ import yaml
 
 from transferlab.cli import main
 from transferlab.config import load_config
-from transferlab.pipeline import run_training
+from transferlab.run import run_training
 from transferlab.predict import predict_files
-from transferlab.run import RUN_DIR_ENV, RunError, load_model
+from transferlab.rundir import RUN_DIR_ENV, RunError, load_model
 
 TINY = ["train.report=false", "model.name=test_efficientnet", "model.pretrained=false", "preprocess.size=32", "train.batch_size=8",
         "train.workers=0", "data.decode_workers=1", "train.early_stopping=null", "data.val_fraction=0.2",
@@ -74,7 +74,7 @@ def test_each_strategy_leaves_a_run_whose_files_agree_with_its_model(color_folde
     for row, result in zip(test_rows, predicted):
         for entry in result["top"]:
             assert entry["probability"] == pytest.approx(float(row[f"p_{entry['class']}"]), abs=1e-4)
-    assert json.loads((run / "state.json").read_text())["stage"] == "done"
+    assert json.loads((run / "state.json").read_text())["finished"] is True
 
 
 def test_feature_extraction_learns_a_colour_task_with_the_bundled_backbone(color_folder, tmp_path):

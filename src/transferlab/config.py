@@ -116,6 +116,8 @@ class ModelConfig:
     name: str = setting("tf_efficientnet_lite0", help="timm backbone name")
     pretrained: bool = setting(True, help="False: train from scratch (a baseline)")
     weights: str | None = setting(None, help="a local .pth / .safetensors file instead of the bundled or hub weights")
+    size: int | None = setting(None, "[8, 4096]", "the model's own input side (default: preprocess.size); smaller: "
+                                                  "the model resizes the images inside (auto's smaller members)")
     dropout: float = setting(0.2, "[0, 1)", "dropout before the new linear head")
     drop_path: float | None = setting(None, "[0, 1)", "timm's stochastic depth rate, for fine-tuning")
 
@@ -161,16 +163,37 @@ class FeatureExtractionSettings:
 class LinearProbeSettings:
     """`linear-probe` (strategies/linear_probe.py)."""
 
+    C: float | None = setting(None, "(0, inf]", "inverse regularisation strength; None: chosen by inner cross-validation")
     refit_on_val: bool = setting(False, help="fit on train + val (C comes from inner cross-validation)")
+
+
+@dataclass
+class EnsembleMember:
+    """One member of `strategy.ensemble.members`: a strategy at its own input size, with its own
+    config overrides (dotted keys), and its weight in the average of probabilities."""
+
+    strategy: str = setting("linear-probe")
+    size: int | None = setting(None, "[8, 4096]")
+    weight: float = setting(1.0, "(0, inf]")
+    settings: dict[str, Any] = setting(factory=dict)
+
+
+@dataclass
+class EnsembleSettings:
+    """`ensemble` (strategies/ensemble.py): what auto's search chose, as config.yaml records it."""
+
+    members: list[EnsembleMember] = setting(factory=list, help="[{strategy, size, weight, settings}]")
 
 
 @dataclass
 class AutoConfig:
     """`strategy.name: auto`: the search (search/) under train.budget, ordered by the 2x2 rule."""
 
-    candidates: list[str] = setting(factory=lambda: ["linear-probe", "feature-extraction", "fine-tune-late",
-                                                     "fine-tune", "gradual"],
-                                    help="what the search tries: registered strategies and their variants")
+    candidates: list[str] = setting(factory=lambda: ["linear-probe", "fine-tune-late", "fine-tune", "gradual"],
+                                    help="what the search tries: the probe, and registry variants that train the "
+                                         "backbone")
+    resolvable: float = setting(0.05, "(0, 1]", "a backbone-training candidate is tried only when the validation "
+                                                "split can tell an accuracy gain this large from noise")
     sizes: list[int] | None = setting(None, "[8, 4096]", "input sizes tried; None: 96, 128, 160, 224 up to the "
                                                          "backbone's, unless --size")
     noise: float = setting(1.0, "[0, 10]", "a candidate within this many standard errors of the best is as good")
@@ -199,6 +222,7 @@ class StrategyConfig:
     gradual: GradualSettings = setting(factory=GradualSettings)
     feature_extraction: FeatureExtractionSettings = setting(factory=FeatureExtractionSettings)
     linear_probe: LinearProbeSettings = setting(factory=LinearProbeSettings)
+    ensemble: EnsembleSettings = setting(factory=EnsembleSettings)
     auto: AutoConfig = setting(factory=AutoConfig)
 
 
@@ -310,7 +334,7 @@ def declared(cls: type = Config, prefix: str = "") -> dict[str, dataclasses.Fiel
     out = {}
     for f in dataclasses.fields(cls):
         kind = f.type if isinstance(f.type, type) else globals().get(str(f.type))
-        if dataclasses.is_dataclass(kind) and kind is not GradualStep:
+        if dataclasses.is_dataclass(kind):
             out.update(declared(kind, f"{prefix}{f.name}."))
         else:
             out[f"{prefix}{f.name}"] = f
@@ -374,9 +398,18 @@ def apply_override(config: Config, item: str, origin: str = "--set") -> Config:
 
 def nested(key: str, value: Any) -> dict:
     """`a.b.c`, v -> {a: {b: {c: v}}}."""
-    for part in reversed(key.split(".")):
-        value = {part: value}
-    return value
+    return unflatten({key: value})
+
+
+def unflatten(settings: dict) -> dict:
+    """{"a.b": 1, "a.c": 2} -> {a: {b: 1, c: 2}}: dotted overrides as the nested mapping merge takes."""
+    out: dict = {}
+    for key, value in settings.items():
+        node, (*parents, last) = out, key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return out
 
 
 def to_dict(config: Any) -> dict[str, Any]:

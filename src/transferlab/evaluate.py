@@ -16,7 +16,8 @@ from transferlab.data import load_dataset
 from transferlab.data.sources import check_spec
 from transferlab.errors import DataError
 from transferlab.metrics import compute_metrics, scalar_metrics, write_predictions
-from transferlab.run import check_out_dir, load_model, new_run_dir, read_json, write_json
+from transferlab.io import write_json
+from transferlab.rundir import STATE_FILE, check_out_dir, load_model, new_run_dir
 
 
 @dataclass
@@ -42,17 +43,16 @@ class Predictions:
                           extra={column: self.part} if column != "index" else {"index": self.index})
 
 
-def evaluate_parts(result, parts=("val", "test")) -> tuple[dict, dict, Predictions]:
-    """Every metric, the ROC / calibration curves and the predictions of each non-empty part of a
-    fit (`FitResult`), by the model it kept."""
-    job = result.job
-    dataset = job.dataset
+def evaluate_parts(result, ctx, parts=("val", "test")) -> tuple[dict, dict, Predictions]:
+    """Every metric, the ROC / calibration curves and the predictions of each non-empty part of the
+    fit context `ctx` by the model a fit (`FitResult`) kept."""
+    dataset = ctx.dataset
     metrics, curves, rows = {}, {}, Predictions()
     for part in parts:
-        idx = job.indices.get(part, np.zeros(0, dtype=np.int64))
+        idx = ctx.indices.get(part, np.zeros(0, dtype=np.int64))
         if len(idx) == 0:
             continue
-        probs = result.probabilities(part)
+        probs = result.probabilities(ctx, part)
         scored = compute_metrics(dataset.labels[idx], probs, dataset.classes)
         curves[part] = {"roc": scored.pop("roc_curves"), "calibration": scored.pop("calibration")}
         metrics[part] = scored
@@ -155,12 +155,13 @@ def track_evaluation(run: Path, config, out_dir: Path, metrics: dict, *, data: s
     its experiment (the store and run id come from the run's state.json)."""
     from transferlab.tracking import Tracker
 
-    state = read_json(run / "state.json") if (run / "state.json").is_file() else {}
-    if config.tracking.tracker != "mlflow" or not state.get("tracking"):
+    from transferlab.rundir import RunState
+
+    state = RunState.load(run / STATE_FILE) if (run / STATE_FILE).is_file() else RunState()
+    if config.tracking.tracker != "mlflow" or not state.tracking:
         return
-    parent = Tracker("mlflow", state["tracking"]["uri"], state["tracking"]["run_id"])
-    child: dict = {}
-    tracker = Tracker.open(config, child, name=f"evaluate {data}", parent=parent,
+    parent = Tracker("mlflow", state.tracking["uri"], state.tracking["run_id"])
+    tracker = Tracker.open(config, RunState(), name=f"evaluate {data}", parent=parent,
                            tags={"transferlab.kind": "evaluation", "transferlab.run_dir": str(run.resolve())})
     tracker.params({"data": data, "engine": engine, "tta": ",".join(tta) if tta else "none"}, prefix="evaluate.")
     tracker.metrics(scalar_metrics(metrics), prefix="test_")

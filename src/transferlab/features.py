@@ -1,108 +1,149 @@
-"""Pooled backbone features, computed once per image and cached on disk.
+"""The feature store: pooled features of a data set's images by the pretrained backbone, the one
+service that `rank`, auto's search and every fit share.
 
-Feature extraction, the fine-tune warm-up, auto's measurements, cross-validation folds, `rank`
-and re-runs all read the same cache: the key is the backbone's identity (name, weights and their
-version), the resize and normalization settings, the content hash of every image, and for
-augmented views the augmentation and seed. The cache is trimmed to data.disk_limit_gb, least
-recently used first.
+Features are computed once per (input size, normalization, augmented view) for every image, on
+the engine that pays (`train.engine`: an export to onnxruntime or OpenVINO once there are enough
+images), kept in memory for the process and on disk under the cache folder: the key is the
+backbone's identity (name, weights and their version), the resize settings, the input size, the
+normalization, the content hash of every image, and for augmented views the augmentation and seed.
+The cache is trimmed with the rest of the cache folder (data.disk_limit_gb).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import dataclasses
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
 
+from transferlab.config import Config
 from transferlab.data.cache import trim_cache
-from transferlab.io import atomic_write
+from transferlab.io import atomic_write, digest_key
 
 
-@torch.no_grad()
-def extract_features(classifier: nn.Module, images, indices, *, batch_size: int = 64,
-                     device: torch.device | str = "cpu", transform=None, seed: int = 0,
-                     channels_last: bool = False, progress: bool = True, label: str = "Extracting features"
-                     ) -> torch.Tensor:
-    """Pooled backbone features (len(indices), D) of cached images, the classifier in eval mode.
+class FeatureStore:
+    """Features of `dataset`'s images under `config` (its model, engine, cache folder and seed)."""
 
-    With `transform`, each image is augmented first, seeded per image so views are reproducible.
-    """
-    from transferlab.console import progress_bar
-    from transferlab.data.loader import item_seed
+    def __init__(self, dataset, config: Config, *, progress: bool = True):
+        from transferlab.data.sources import cache_root
+        from transferlab.models import device_for
 
-    was_training = classifier.training
-    classifier.eval()
-    out = []
-    indices = np.asarray(indices)
-    try:
-        with progress_bar(label, total=len(indices), enabled=progress) as advance:
-            for start in range(0, len(indices), batch_size):
-                part = indices[start : start + batch_size]
-                batch = torch.from_numpy(images.take(part)).permute(0, 3, 1, 2)
-                if transform is not None:
-                    views = []
-                    for i, image in zip(part, batch):
-                        torch.manual_seed(item_seed(seed, 0, int(i)))
-                        views.append(transform(image))
-                    batch = torch.stack(views)
-                batch = batch.to(device)
-                if channels_last:
-                    batch = batch.contiguous(memory_format=torch.channels_last)
-                out.append(classifier.features(batch).float().cpu())
-                advance(len(part))
-    finally:
-        classifier.train(was_training)
-    width = getattr(classifier, "num_features", 0)
-    return torch.cat(out) if out else torch.empty(0, width)
+        self.dataset, self.config, self.progress = dataset, config, progress
+        self.device = device_for(config.train.accelerator)
+        self.root = Path(config.data.cache_dir).expanduser() if config.data.cache_dir else cache_root()
+        self.memory: dict[str, torch.Tensor] = {}
+        self.timing: dict[int, float] = {}
+        self.identity = backbone_identity(config.model, config.seed)
 
+    @property
+    def size(self) -> int:
+        """The input size of the images the store reads (the largest any model of the run takes)."""
+        return self.dataset.spec.size
 
-def cache_key(parts: dict) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+    def get(self, indices=None, *, size: int | None = None, normalize: tuple | None = None,
+            view: int | None = None) -> torch.Tensor:
+        """Features (len(indices), D) of the images at `indices` (all by default) seen at input `size`
+        (default: the store's), normalized by (mean, std) (default: the backbone's); with `view`
+        k, the k-th augmented view of each (seeded per image; computed for `indices` only)."""
+        every = np.arange(len(self.dataset))
+        indices = every if indices is None else np.asarray(indices, dtype=np.int64)
+        size = size or self.size
+        mean, std = normalize or self.default_normalization()
+        hashes = [r["sha256"] for r in self.dataset.records]
+        key = {"model": self.identity, "resize": self.dataset.spec.key(), "size": size, "input": self.size,
+               "normalize": {"mean": list(mean), "std": list(std)}}
+        if view is None:
+            return self.cached(key | {"images": hashes}, every, size, (mean, std))[indices]
+        augment = dataclasses.asdict(self.config.augment)
+        key |= {"images": [hashes[i] for i in indices], "view": view, "seed": self.config.seed, "augment": augment}
+        return self.cached(key, indices, size, (mean, std), view=view)
 
+    def default_normalization(self) -> tuple:
+        """The config's normalization; for z-score, statistics of every image (what `rank` uses: a
+        fit always passes its own training part's)."""
+        from transferlab.preprocess import build_normalizer, channel_stats
 
-class FeatureCache:
-    """`<root>/features/<key>.npy` files of float32 features, written atomically, trimmed LRU."""
+        zscore = self.config.preprocess.normalize == "zscore"
+        normalizer = build_normalizer(self.config, channel_stats(self.dataset.images) if zscore else None)
+        return normalizer.mean, normalizer.std
 
-    def __init__(self, root: Path, limit_bytes: int | None = None):
-        self.root = Path(root) / "features"
-        self.limit_bytes = limit_bytes
-
-    def path(self, key: str) -> Path:
-        return self.root / f"{key}.npy"
-
-    def get(self, key: str, rows: int) -> torch.Tensor | None:
-        path = self.path(key)
-        if not path.is_file():
-            return None
+    def cached(self, parts: dict, indices: np.ndarray, size: int, normalize: tuple, view: int | None = None
+               ) -> torch.Tensor:
+        key = digest_key(parts)
+        if key in self.memory:
+            return self.memory[key]
+        path = self.root / "features" / f"{key}.npy"
         try:
-            array = np.load(path, allow_pickle=False)
+            found = np.load(path, allow_pickle=False)
             os.utime(path)  # recency, for trimming
         except (OSError, ValueError):
-            return None
-        return torch.from_numpy(array) if len(array) == rows else None
+            found = None
+        if found is not None and found.shape[0] == len(indices):
+            features = torch.from_numpy(found)
+            if self.progress:
+                from transferlab.console import info
 
-    def put(self, key: str, features: torch.Tensor) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.path(key), lambda handle: np.save(handle, features.numpy(), allow_pickle=False))
-        if self.limit_bytes is not None:
-            trim_cache(self.root.parent, self.limit_bytes, keep={self.path(key)}, deletable=("features", "engines"))
+                info(f"features of {len(indices):,} images at {size} px read from the feature cache")
+        else:
+            features = self.compute(indices, size, normalize, view)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, lambda handle: np.save(handle, features.numpy(), allow_pickle=False))
+            trim_cache(self.root, int(self.config.data.disk_limit_gb * 1e9), keep={path},
+                       deletable=("features", "engines"))
+        self.memory[key] = features
+        return features
 
+    def module(self, size: int, normalize: tuple) -> torch.nn.Module:
+        """The pretrained backbone seeing the stored images at `size` (a random one is seeded, so it
+        equals every fit's)."""
+        from transferlab.engines import Features
+        from transferlab.models import Classifier, create_backbone
 
-def cached_features(cache: FeatureCache | None, key_parts: dict, compute) -> tuple[torch.Tensor, bool]:
-    """Features from the cache under `key_parts`, or `compute()`d and stored; (features, was_cached)."""
-    key = cache_key(key_parts)
-    if cache is not None:
-        hit = cache.get(key, key_parts["rows"])
-        if hit is not None:
-            return hit, True
-    features = compute()
-    if cache is not None:
-        cache.put(key, features)
-    return features, False
+        config = self.config
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            backbone = create_backbone(config.model.name, pretrained=config.model.pretrained,
+                                       weights=config.model.weights, img_size=size)
+        return Features(Classifier(backbone, 1, *normalize, size=size, input_size=self.size)).eval()
+
+    def seconds_per_image(self, size: int) -> float:
+        """One image's backbone pass at `size` on torch, timed once on a few stored images (what the
+        search plans fine-tuning with: its training costs about three such passes per image)."""
+        import time
+
+        if size not in self.timing:
+            module, sample = self.module(size, self.default_normalization()), np.arange(min(8, len(self.dataset)))
+            batch = torch.from_numpy(self.dataset.images.take(sample)).permute(0, 3, 1, 2)
+            with torch.no_grad():
+                module(batch[:1])
+                started = time.perf_counter()
+                module(batch)
+            self.timing[size] = (time.perf_counter() - started) / max(1, len(sample))
+        return self.timing[size]
+
+    def compute(self, indices: np.ndarray, size: int, normalize: tuple, view: int | None) -> torch.Tensor:
+        """Run the pretrained backbone over the images (on an engine when it pays and no view is asked)."""
+        from transferlab.engines import cache_folder, compile_engine, exported, resolve, run_batches
+
+        config = self.config
+        module = self.module(size, normalize)
+        folder = cache_folder({"kind": "features", "model": self.identity, "normalize": [list(v) for v in normalize],
+                               "size": size, "input": self.size}, self.root)
+        engine = "torch" if view is not None else resolve(config.train.engine, device=self.device, images=len(indices),
+                                                          cached=exported(folder, "onnxruntime"))
+        compiled = compile_engine(engine, module, self.size, folder, device=self.device,
+                                  channels_last=config.train.channels_last)
+        transform = None
+        if view is not None:
+            from transferlab.augment import build_train_transform
+
+            transform = build_train_transform(config.augment, self.size)
+        label = f"Features at {size} px" + (f", augmented view {view + 1}" if view is not None else "")
+        return torch.from_numpy(run_batches(compiled, self.dataset.images, indices, config.train.eval_batch_size,
+                                            transform=transform, seed=config.seed + 1 + (view or 0),
+                                            label=label if self.progress else None))
 
 
 def backbone_identity(model_config, seed: int) -> str:

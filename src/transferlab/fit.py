@@ -1,62 +1,93 @@
-"""Fit ONE model on given indices into a directory: the one path `train` takes once and `cv`
-takes once per fold (as scikit-learn's `cross_validate` relates to `fit`).
+"""Fit ONE model from a frozen context: the one path every `train` split and every `cv` fold takes
+(as scikit-learn's `_fit_and_score` is to `cross_validate`).
 
-    result = fit(dataset, {"train": i, "val": j, "test": k}, config, directory, requested="auto")
+    result = fit(ctx, strategy, run)      # ctx: FitContext; run: the RunDir whose state records the stages
 
 In order: the statistics of THIS training part (z-score normalization, class weights or the
-balanced sampler), a fresh classifier from the pretrained weights, the strategy settled (`auto`
-decides from this training part only) and recorded in directory/config.yaml and state.json,
-every stage run (a finished stage is read back, an interrupted one continues from its last
+balanced sampler), a fresh classifier from the pretrained weights, every stage of the strategy
+run (a finished stage is read back from the state, an interrupted one continues from its last
 checkpoint), and the stage that scores best on validation kept.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from transferlab.config import Config, budget_seconds
+from transferlab.config import Config
 from transferlab.console import info
-from transferlab.data import ImageDataset, load_dataset
-from transferlab.errors import ConfigError, DataError, DivergedError
-from transferlab.features import FeatureCache, backbone_identity, cached_features, extract_features
-from transferlab.metrics import MONITOR_MODE, better, monitored_values
-from transferlab.models.backbone import Classifier, create_backbone
-from transferlab.preprocess import build_normalizer, channel_stats
-from transferlab.run import device_for, is_worker_process, save_run_config, write_json
-from transferlab.strategies import get_strategy
-from transferlab.strategies.base import Stage, Strategy
-from transferlab.train import (ClassifierModule, HeadModule, TrainableGroups, TransferDataModule, build_trainer,
-                               find_lr, first_epochs, predict_proba, read_checkpoint)
-from transferlab.train import fit as lightning_fit
+from transferlab.errors import DataError
+from transferlab.metrics import better, monitored_values
+from transferlab.models import Classifier, create_backbone, device_for
+from transferlab.train import (ClassifierModule, HeadModule, StageResult, TrainableGroups, TransferDataModule,
+                               first_epochs, read_checkpoint, run_stage)
 
 
-@dataclass
-class StageResult:
-    """What a stage left: its best weights and how it got there (kept in state.json)."""
+@dataclass(frozen=True)
+class FitContext:
+    """Everything one fit reads, fixed before it starts: the data, which images form each part, the
+    config, the folder it writes, its deadline and tracker, and the feature store it shares."""
 
-    name: str
-    kind: str  # "head": head weights over the untouched backbone; "classifier": the whole classifier
-    weights: str  # the file holding the best weights
-    score: float | None  # best value of train.monitor on validation
-    epochs_run: int
-    lr: float  # the base rate it trained at (the LR finder's pick when it ran)
-    groups: dict = field(default_factory=dict)  # per layer group: lr_scale, peak_lr, first epoch it trained
-    seconds: float = 0.0  # wall time of the stage
+    dataset: object  # data.ImageDataset
+    indices: Mapping[str, np.ndarray]  # "train" / "val" / "test" -> positions in the dataset
+    config: Config
+    directory: Path
+    features: object  # features.FeatureStore
+    deadline: float | None = None  # time.monotonic() by which every stage must have stopped (train.budget)
+    tracker: object = None  # tracking.Tracker
+    progress: bool = True
+    callbacks: tuple = ()
 
+    def replace(self, **changes) -> FitContext:
+        return dataclasses.replace(self, **changes)
 
-@dataclass
-class FeatureSet:
-    """Pooled features and labels of each part; `train` may carry augmented views after its rows."""
+    def seconds_left(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.monotonic()
 
-    features: dict[str, torch.Tensor]
-    labels: dict[str, np.ndarray]
-    plain_rows: int  # rows of `train` that are the images themselves (before the views)
+    @property
+    def has_val(self) -> bool:
+        return len(self.indices["val"]) > 0
+
+    @property
+    def size(self) -> int:
+        """The model's own input side (model.size; the images it reads may be larger)."""
+        return self.config.model.size or self.dataset.spec.size
+
+    @functools.cached_property
+    def normalizer(self):
+        """Normalization of THIS training part (z-score statistics never see val or test)."""
+        from transferlab.preprocess import build_normalizer, channel_stats
+
+        zscore = self.config.preprocess.normalize == "zscore"
+        return build_normalizer(self.config, channel_stats(self.dataset.images, self.indices["train"])
+                                if zscore else None)
+
+    @property
+    def normalization(self) -> dict:
+        extra = {"computed_on": "training part only"} if self.config.preprocess.normalize == "zscore" else {}
+        return self.normalizer.to_dict() | extra
+
+    def train_features(self) -> tuple[torch.Tensor, np.ndarray]:
+        """Pooled features and labels of the training part, then K augmented views of it
+        (strategy.feature_extraction.views) after its rows."""
+        train, labels = self.indices["train"], self.dataset.labels
+        norm = (self.normalizer.mean, self.normalizer.std)
+        views = self.config.strategy.feature_extraction.views if self.config.strategy.name == "feature-extraction" \
+            else 0
+        rows = [self.features.get(train, size=self.size, normalize=norm)]
+        rows += [self.features.get(train, size=self.size, normalize=norm, view=v) for v in range(views)]
+        return torch.cat(rows), np.concatenate([labels[train]] * (views + 1))
+
+    def part_features(self, part: str) -> torch.Tensor:
+        return self.features.get(self.indices[part], size=self.size,
+                                 normalize=(self.normalizer.mean, self.normalizer.std))
 
 
 def imbalance_weights(config: Config, labels: np.ndarray, num_classes: int) -> tuple[torch.Tensor | None,
@@ -73,217 +104,75 @@ def imbalance_weights(config: Config, labels: np.ndarray, num_classes: int) -> t
     return None, None, mode
 
 
-class FitJob:
-    """The shared machinery of one fit that strategies call: features, a head stage, a classifier
-    stage, and reading a finished stage's weights back."""
-
-    def __init__(self, dataset: ImageDataset, indices: dict[str, np.ndarray], config: Config, directory: Path | None,
-                 *, progress: bool = True, callbacks: list | None = None, deadline: float | None = None):
-        if len(indices["train"]) == 0:
-            raise DataError("the training split is empty: lower data.val_fraction / data.test_fraction")
-        # the directory may be given later: the job (and its weights) is built before a run directory exists
-        self.indices, self.config, self.directory = indices, config, directory
-        self.progress, self.callbacks = progress and not is_worker_process(), list(callbacks or [])
-        self.deadline = deadline  # time.monotonic() by which every stage must have stopped (train.budget)
-        self.tracker = None  # tracking.Tracker of the run; None: config.tracking.tracker with no MLflow run
-        self.device = device_for(config.train.accelerator)
-        self.use(dataset)
-
-    def use(self, dataset: ImageDataset) -> None:
-        """Work on `dataset` (the same images at one input size): the statistics of the training
-        part, a fresh classifier from the pretrained weights, no features yet."""
-        config, train = self.config, self.indices["train"]
-        self.dataset = dataset
-        zscore = config.preprocess.normalize == "zscore"
-        normalizer = build_normalizer(config, channel_stats(dataset.images, train) if zscore else None)
-        self.normalize = normalizer.to_dict() | ({"computed_on": "training part only"} if zscore else {})
-        torch.manual_seed(config.seed)  # without pretrained weights, every fold starts from the same init too
+def new_classifier(ctx: FitContext) -> Classifier:
+    """A classifier from the pretrained weights (a random backbone is seeded, so it equals the
+    feature store's), taking the stored images and seeing them at the model's own size."""
+    config = ctx.config
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
         backbone = create_backbone(config.model.name, pretrained=config.model.pretrained, weights=config.model.weights,
-                                   drop_path=config.model.drop_path, img_size=dataset.spec.size)
-        self.classifier = Classifier(backbone, len(dataset.classes), normalizer.mean, normalizer.std,
-                                     dropout=config.model.dropout)
-        if config.train.channels_last:
-            self.classifier = self.classifier.to(memory_format=torch.channels_last)
+                                   drop_path=config.model.drop_path, img_size=ctx.size)
+        model = Classifier(backbone, len(ctx.dataset.classes), ctx.normalizer.mean, ctx.normalizer.std,
+                           dropout=config.model.dropout, size=ctx.size, input_size=ctx.dataset.spec.size)
+    return model.to(memory_format=torch.channels_last) if config.train.channels_last else model
+
+
+class Fitting:
+    """The model of one fit as its stages train it: what a strategy's `run` calls."""
+
+    def __init__(self, ctx: FitContext):
+        if len(ctx.indices["train"]) == 0:
+            raise DataError("the training split is empty: lower data.val_fraction / data.test_fraction")
+        self.ctx = ctx
+        self.classifier = new_classifier(ctx)
         self.initial_backbone = {k: v.detach().clone() for k, v in self.classifier.backbone.state_dict().items()}
         self.class_weights, self.sample_weights, self.imbalance = imbalance_weights(
-            config, dataset.labels[train], len(dataset.classes))
-        self._features: FeatureSet | None = None
+            ctx.config, ctx.dataset.labels[ctx.indices["train"]], len(ctx.dataset.classes))
 
-    def at_size(self, size: int, directory: Path | None = None, *, config: Config | None = None) -> FitJob:
-        """A job on the same images and parts at input side `size` (decoded anew unless it is
-        this job's size), with its own classifier: what auto's search tries candidates on."""
-        config = dataclasses.replace(config or self.config,
-                                     preprocess=dataclasses.replace(self.config.preprocess, size=size))
-        dataset = self.dataset if size == self.dataset.spec.size else load_dataset(
-            config.data.source, config, progress=False)
-        if dataset.paths != self.dataset.paths:
-            raise DataError(f"the images of {config.data.source} changed while they were read at {size} px")
-        return FitJob(dataset, self.indices, config, directory or self.directory, progress=False,
-                      deadline=self.deadline)
-
-    def seconds_left(self) -> float | None:
-        return None if self.deadline is None else self.deadline - time.monotonic()
-
-    @property
-    def has_val(self) -> bool:
-        return len(self.indices["val"]) > 0
-
-    def fold_val_into_train(self) -> None:
-        """The validation images join the training part (a model whose choices need no validation
-        split): features already computed are reused, class weights follow the new part."""
-        if not self.has_val:
-            return
-        train, val = self.indices["train"], self.indices["val"]
-        self.indices = dict(self.indices, train=np.concatenate([train, val]), val=val[:0])
-        self.class_weights, self.sample_weights, self.imbalance = imbalance_weights(
-            self.config, self.dataset.labels[self.indices["train"]], len(self.dataset.classes))
-        done = self._features
-        if done is not None and done.plain_rows == len(done.labels["train"]):  # no augmented views to redo
-            parts = dict(done.features, train=torch.cat([done.features["train"], done.features["val"]]),
-                         val=done.features["val"][:0])
-            labels = dict(done.labels, train=np.concatenate([done.labels["train"], done.labels["val"]]),
-                          val=done.labels["val"][:0])
-            self._features = FeatureSet(parts, labels, plain_rows=len(self.indices["train"]))
-        else:
-            self._features = None
-
-    def features(self) -> FeatureSet:
-        """Pooled features of every image (computed once, cached on disk) by part; with
-        strategy.feature_extraction.views, K augmented views of each training image follow its rows."""
-        if self._features is None:
-            config, dataset, train = self.config, self.dataset, self.indices["train"]
-            hashes = [r["sha256"] for r in dataset.records]
-            key = {"model": backbone_identity(config.model, config.seed), "resize": dataset.spec.key(),
-                   "normalize": {k: self.normalize[k] for k in ("mean", "std")}, "images": hashes,
-                   "rows": len(dataset)}
-            every, hit = self._extract(key, np.arange(len(dataset)))
-            if hit and self.progress:
-                info(f"features of {len(dataset):,} images read from the feature cache")
-            parts = {name: every[idx] for name, idx in self.indices.items()}
-            labels = {name: dataset.labels[idx] for name, idx in self.indices.items()}
-            views = config.strategy.feature_extraction.views
-            if views > 0:
-                from transferlab.augment import build_train_transform
-
-                transform = build_train_transform(config.augment, dataset.spec.size)
-                extra = [self._extract(dict(key, images=[hashes[i] for i in train], rows=len(train), view=view,
-                                            seed=config.seed, augment=dataclasses.asdict(config.augment)),
-                                       train, transform=transform, seed=config.seed + 1 + view,
-                                       label=f"Augmented view {view + 1}/{views}")[0] for view in range(views)]
-                parts["train"] = torch.cat([parts["train"], *extra])
-                labels["train"] = np.concatenate([labels["train"]] * (views + 1))
-            self._features = FeatureSet(parts, labels, plain_rows=len(train))
-        return self._features
-
-    def _extract(self, key: dict, indices: np.ndarray, **kwargs) -> tuple[torch.Tensor, bool]:
-        """Features of `indices` by the pretrained backbone (whatever a stage did to it since),
-        from the feature cache or computed and stored there, on the engine train.engine names."""
-        from transferlab.data.sources import cache_root
-        from transferlab.engines import Features, cache_folder, compile_engine, exported, resolve, run_batches
-
-        config = self.config
-        root = Path(config.data.cache_dir).expanduser() if config.data.cache_dir else cache_root()
-        cache = FeatureCache(root, limit_bytes=int(config.data.disk_limit_gb * 1e9))
-        model = self.classifier.to(self.device)
-        folder = None if "transform" in kwargs else cache_folder(  # augmented views need torch: no export
-            {"kind": "features", "model": key["model"], "normalize": key["normalize"], "size": self.dataset.spec.size},
-            root)
-        engine = "torch" if folder is None else resolve(
-            config.train.engine, device=self.device, images=len(indices), cached=exported(folder, "onnxruntime"))
-
-        def compute() -> torch.Tensor:
-            current = {k: v.detach().clone() for k, v in model.backbone.state_dict().items()}
-            model.backbone.load_state_dict(self.initial_backbone)
-            try:
-                if engine == "torch":
-                    return extract_features(model, self.dataset.images, indices, device=self.device,
-                                            batch_size=config.train.eval_batch_size,
-                                            channels_last=config.train.channels_last, progress=self.progress,
-                                            **kwargs)
-                compiled = compile_engine(engine, Features(model.to(memory_format=torch.contiguous_format)),
-                                          self.dataset.spec.size, folder)
-                return torch.from_numpy(run_batches(compiled, self.dataset.images, np.asarray(indices),
-                                                    config.train.eval_batch_size))
-            finally:
-                model.backbone.load_state_dict(current)
-                if config.train.channels_last:
-                    model.to(memory_format=torch.channels_last)
-
-        return cached_features(cache, key, compute)
-
-    # --- stages through Lightning ---------------------------------------------------------------
-
-    def train_head(self, stage: Stage) -> StageResult:
+    def train_head(self, stage) -> StageResult:
         """The head alone on cached features."""
-        features = self.features()
-        weights = None if self.sample_weights is None else np.tile(self.sample_weights, len(features.labels["train"])
-                                                                  // len(self.indices["train"]))
-        datamodule = TransferDataModule(self.config, self.dataset.labels, self.indices, features=features.features,
-                                        feature_labels=features.labels, sample_weights=weights)
-        module = HeadModule(self.classifier.head, self.config, class_weights=self.class_weights)
-        return self._run(stage, module, datamodule, [], rows=len(features.labels["train"]), kind="head",
-                         groups={"head": {"lr_scale": 1.0, "trains_from_epoch": 1}})
-
-    def train_classifier(self, stage: Stage, *, schedule, scales: dict[str, float], train_bn: bool) -> StageResult:
-        """The whole classifier on images; `schedule(epoch)` names the layer groups that train."""
-        datamodule = TransferDataModule(self.config, self.dataset.labels, self.indices, store=self.dataset.images,
-                                        sample_weights=self.sample_weights)
-        module = ClassifierModule(self.classifier, self.config, num_classes=len(self.dataset.classes),
-                                  lr_scales=scales, class_weights=self.class_weights)
-        starts = first_epochs(schedule, stage.epochs)
-        scale_of = scales if self.config.strategy.layer_decay is None else {}
-        groups = {g: {"lr_scale": scale_of.get(g), "trains_from_epoch": starts.get(g)} for g in scales}
-        return self._run(stage, module, datamodule, [TrainableGroups(schedule, train_bn=train_bn)],
-                         rows=len(self.indices["train"]), kind="classifier", groups=groups)
-
-    def _run(self, stage: Stage, module, datamodule, callbacks: list, *, rows: int, kind: str,
-             groups: dict) -> StageResult:
-        config, started = self.config, time.monotonic()
-        steps = max(1, rows // config.train.batch_size)
-        last = self.directory / "checkpoints" / stage.name / "last.ckpt"
-        resume_from = last if last.is_file() else None
-
-        def trainer():
-            left = self.seconds_left()
-            return build_trainer(config, self.directory, stage.name, epochs=stage.epochs, has_val=self.has_val,
-                                 progress=self.progress, callbacks=callbacks + self.callbacks, steps_per_epoch=steps,
-                                 max_seconds=None if left is None else max(1.0, left), tracker=self.tracker)
-
-        built, checkpoint = trainer()
-        if config.train.find_lr and stage.find_lr and resume_from is None:
-            plot = self.directory / "plots" / f"lr_find_{stage.name}.png"
-            suggestion = find_lr(built, module, datamodule, plot)
-            if suggestion and self.progress:
-                info(f"LR finder suggests lr={suggestion:.2e} (plot: {plot})")
-            built, checkpoint = trainer()
-        try:
-            lightning_fit(built, module, datamodule, resume_from)
-        except DivergedError as exc:
-            raise DivergedError(f"stage {stage.name}: {exc}") from None
-        best = checkpoint.best_model_path or checkpoint.last_model_path
-        for entry in groups.values():
-            entry["peak_lr"] = None if entry.get("lr_scale") is None else module.lr * entry["lr_scale"]
-        result = StageResult(stage.name, kind, str(best), None if checkpoint.best_model_score is None else
-                             float(checkpoint.best_model_score), int(built.current_epoch), float(module.lr), groups,
-                             round(time.monotonic() - started, 2))
-        if config.strategy.layer_decay is not None and kind == "classifier":
-            result.groups["layer_decay"] = {"factor": config.strategy.layer_decay, "peak_lr": {
-                g["name"]: module.lr * g["lr_scale"] for g in built.optimizers[0].param_groups}}
+        ctx = self.ctx
+        features, labels = ctx.train_features()
+        weights = None if self.sample_weights is None else np.tile(self.sample_weights,
+                                                                   len(labels) // len(ctx.indices["train"]))
+        datamodule = TransferDataModule(ctx.config, ctx.dataset.labels, ctx.indices, sample_weights=weights,
+                                        features={"train": features, "val": ctx.part_features("val")},
+                                        feature_labels={"train": labels,
+                                                        "val": ctx.dataset.labels[ctx.indices["val"]]})
+        module = HeadModule(self.classifier.head, ctx.config, class_weights=self.class_weights)
+        result = run_stage(ctx, stage, module, datamodule, [], rows=len(labels), kind="head",
+                           groups={"head": {"lr_scale": 1.0, "trains_from_epoch": 1}})
         self.restore(result)
         return result
 
-    def head_result(self, stage: Stage, head_state: dict[str, torch.Tensor], groups: dict | None = None) -> StageResult:
+    def train_classifier(self, stage, *, schedule, scales: dict[str, float], train_bn: bool) -> StageResult:
+        """The whole classifier on images; `schedule(epoch)` names the layer groups that train."""
+        ctx = self.ctx
+        datamodule = TransferDataModule(ctx.config, ctx.dataset.labels, ctx.indices, store=ctx.dataset.images,
+                                        sample_weights=self.sample_weights)
+        module = ClassifierModule(self.classifier, ctx.config, num_classes=len(ctx.dataset.classes),
+                                  lr_scales=scales, class_weights=self.class_weights)
+        starts = first_epochs(schedule, stage.epochs)
+        scale_of = scales if ctx.config.strategy.layer_decay is None else {}
+        groups = {g: {"lr_scale": scale_of.get(g), "trains_from_epoch": starts.get(g)} for g in scales}
+        result = run_stage(ctx, stage, module, datamodule, [TrainableGroups(schedule, train_bn=train_bn)],
+                           rows=len(ctx.indices["train"]), kind="classifier", groups=groups)
+        self.restore(result)
+        return result
+
+    def head_result(self, stage, head_state: dict[str, torch.Tensor], groups: dict | None = None) -> StageResult:
         """Save the weights a custom stage gave the head (over the untouched backbone) and score them."""
         from safetensors.torch import save_file
 
-        path = self.directory / "checkpoints" / stage.name / "head.safetensors"
+        path = self.ctx.directory / "checkpoints" / stage.name / "head.safetensors"
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in head_state.items()}, str(path))
         result = StageResult(stage.name, "head", str(path), None, 0, 0.0, groups or {})
         self.restore(result)
-        if self.has_val:
-            result.score = monitored_values(self.dataset.labels[self.indices["val"]],
-                                            self.probabilities("val", result))[self.config.train.monitor]
+        if self.ctx.has_val:
+            result.score = monitored_values(self.ctx.dataset.labels[self.ctx.indices["val"]],
+                                            probabilities(self.ctx, self.classifier, result.kind, "val"))[
+                self.ctx.config.train.monitor]
         return result
 
     def restore(self, result: StageResult) -> None:
@@ -302,103 +191,113 @@ class FitJob:
         else:
             self.classifier.load_state_dict(weights)
 
-    def probabilities(self, part: str, result: StageResult) -> np.ndarray:
-        """Class probabilities of a part by the restored model: through the cached features when
-        only the head trained (exactly what the images would give, without the backbone pass)."""
-        classifier = self.classifier.to(self.device).eval()
-        if result.kind == "head":
-            rows = self.features().features[part]
-            if part == "train":
-                rows = rows[: self.features().plain_rows]
-            with torch.no_grad():
-                return classifier.head(rows.to(self.device)).float().softmax(dim=1).cpu().numpy()
-        return predict_proba(classifier, self.dataset.images, self.indices[part],
-                             batch_size=self.config.train.eval_batch_size, device=self.device,
-                             channels_last=self.config.train.channels_last)
+
+def probabilities(ctx: FitContext, model: torch.nn.Module, kind: str, part: str) -> np.ndarray:
+    """Class probabilities of a part by `model`: through the stored features when only its head
+    trained (exactly what the images would give, without the backbone pass), else the images."""
+    from transferlab.engines import Probabilities, run_batches
+    from transferlab.engines.runtime import TorchEngine
+
+    device = device_for(ctx.config.train.accelerator)
+    if kind == "head":
+        with torch.no_grad():
+            return model.head.eval().to(device)(ctx.part_features(part).to(device)).float().softmax(dim=1).cpu().numpy()
+    engine = TorchEngine(Probabilities(model), device=device, channels_last=ctx.config.train.channels_last)
+    return run_batches(engine, ctx.dataset.images, ctx.indices[part], ctx.config.train.eval_batch_size)
 
 
 @dataclass
 class FitResult:
     """The kept model and everything the record says about how it was made."""
 
-    job: FitJob
-    strategy: Strategy
-    decision: dict | None
+    classifier: torch.nn.Module
+    strategy: object  # strategies.Strategy
     stages: dict[str, StageResult]
     selected: str
+    imbalance: str
     seconds: float
-
-    @property
-    def classifier(self) -> Classifier:
-        return self.job.classifier
+    ctx: FitContext | None = None  # the context it was fitted in (its parts, size and normalization)
+    members: list = dataclasses.field(default_factory=list)  # an ensemble's (weight, FitResult)
 
     @property
     def config(self) -> Config:
         return self.strategy.config
 
-    def probabilities(self, part: str) -> np.ndarray:
-        return self.job.probabilities(part, self.stages[self.selected])
+    @property
+    def trained_on_val(self) -> bool:
+        """The validation images trained it (a refit): its validation metrics would not be honest."""
+        return any(m.trained_on_val for _, m in self.members) if self.members else not self.ctx.has_val
 
-    def record(self, requested: str) -> dict:
+    def probabilities(self, ctx: FitContext, part: str) -> np.ndarray:
+        """Probabilities of `ctx`'s part (an ensemble: its members' weighted average, each on its own features)."""
+        if self.members:
+            return sum(w * m.probabilities(m.ctx, part) for w, m in self.members)
+        return probabilities(self.ctx, self.classifier, self.stages[self.selected].kind, part)
+
+    def record(self, requested: str, decision: dict | None) -> dict:
         """The `strategy` entry of metrics.json: what was asked, chosen and why, and each stage's
         settings as they were actually used."""
         scored = {n: r.score for n, r in self.stages.items() if r.score is not None}
         return {"name": self.strategy.name, "requested": requested, "label": self.strategy.label(),
-                "summary": self.strategy.summary, "decision": self.decision,
+                "summary": self.strategy.summary, "decision": decision,
                 "stages": {n: dataclasses.asdict(r) for n, r in self.stages.items()},
                 "selected": {"stage": self.selected, "by": self.config.train.monitor, "scores": scored},
-                "imbalance": self.job.imbalance, "seconds": round(self.seconds, 1)}
+                "imbalance": self.imbalance, "seconds": round(self.seconds, 1)}
 
 
-def settle_strategy(job: FitJob, requested: str, state: dict) -> tuple[Strategy, dict | None]:
-    """The strategy of this fit: read back from its state, or settled now (`auto` decides from the
-    training part) and recorded, with the concrete config, before any stage runs."""
-    if "strategy" in state:
-        return get_strategy(state["strategy"], job.config), state.get("decision")
-    if requested == "auto":
-        from transferlab.strategies.auto import choose
-
-        strategy, decision = choose(job)
-    else:
-        strategy, decision = get_strategy(requested, job.config), None
-    state.update(strategy=strategy.name, decision=decision)
-    save_run_config(job.directory, strategy.config, state)
-    return strategy, decision
-
-
-def fit(job: FitJob, *, state: dict, requested: str) -> FitResult:
-    """Fit one model on the job's training part (checkpoints chosen on its validation part) into
-    its directory, whose `state` (state.json) says what is already done."""
-    started = time.time() - state.get("seconds", 0.0)
-    budget = budget_seconds(dataclasses.replace(job.config, strategy=dataclasses.replace(job.config.strategy,
-                                                                                          name=requested)))
-    if job.deadline is None and budget is not None:  # train.budget bounds the search and the training
-        job.deadline = time.monotonic() + budget - state.get("seconds", 0.0)
-    strategy, decision = settle_strategy(job, requested, state)
-    job.config = strategy.config
-    if job.config.strategy.linear_probe.refit_on_val:
-        if not strategy.refits_on_val:
-            raise ConfigError(f"strategy.linear_probe.refit_on_val applies to linear-probe only (it chooses its regularisation "
-                              f"by inner cross-validation); {strategy.name} chooses its checkpoint on the "
-                              f"validation split")
-        job.fold_val_into_train()
-    done = state.setdefault("stage_info", {})
+def fit(ctx: FitContext, strategy, run) -> FitResult:
+    """Fit `strategy` on the context's training part (checkpoints chosen on its validation part)
+    into its directory; `run` (a RunDir) records each finished stage, so a resumed fit skips it."""
+    if hasattr(strategy, "members"):
+        return fit_members(ctx, strategy, run)
+    started = time.time() - run.state.seconds
+    ctx = ctx.replace(config=strategy.config)
+    if getattr(strategy.settings, "refit_on_val", False):  # its choices need no validation split
+        merged = np.concatenate([ctx.indices["train"], ctx.indices["val"]])
+        ctx = ctx.replace(indices={**ctx.indices, "train": merged, "val": merged[:0]})
+    fitting = Fitting(ctx)
     results: dict[str, StageResult] = {}
     for stage in strategy.stages():
-        if stage.name in done:
-            results[stage.name] = StageResult(**done[stage.name])
-            job.restore(results[stage.name])
+        if stage.name in run.state.stages:
+            results[stage.name] = StageResult(**run.state.stages[stage.name])
+            fitting.restore(results[stage.name])
             continue
-        results[stage.name] = strategy.run(stage, job)
-        done[stage.name] = dataclasses.asdict(results[stage.name])
-        state.update(stage=stage.name, seconds=round(time.time() - started, 1))
-        write_json(job.directory / "state.json", state)
-    selected = select_stage(results, job.config.train.monitor)
-    job.restore(results[selected])
-    if selected != list(results)[-1] and job.progress:
-        info(f"the {selected} stage scored best on validation ({job.config.train.monitor} "
+        results[stage.name] = strategy.run(stage, fitting)
+        run.state.stages[stage.name] = dataclasses.asdict(results[stage.name])
+        run.state.stage, run.state.seconds = stage.name, round(time.time() - started, 1)
+        run.save_state()
+    selected = select_stage(results, ctx.config.train.monitor)
+    fitting.restore(results[selected])
+    if selected != list(results)[-1] and ctx.progress:
+        info(f"the {selected} stage scored best on validation ({ctx.config.train.monitor} "
              f"{results[selected].score:.4f}): its weights are kept")
-    return FitResult(job, strategy, decision, results, selected, time.time() - started)
+    return FitResult(fitting.classifier, strategy, results, selected, fitting.imbalance, time.time() - started, ctx)
+
+
+def fit_members(ctx: FitContext, strategy, run) -> FitResult:
+    """An ensemble: each member fitted in its own folder (resumable as any fit), then one model whose
+    members on the pretrained backbone share it."""
+    from transferlab.models import Ensemble
+    from transferlab.rundir import STATE_FILE, RunDir, RunState
+
+    started, members, shared = time.time(), [], None
+    for name, member, weight in strategy.members():
+        folder = ctx.directory / "members" / name
+        state = RunState.load(folder / STATE_FILE) if (folder / STATE_FILE).is_file() else RunState(kind="member")
+        result = fit(ctx.replace(directory=folder), member, RunDir(folder, state))
+        if result.stages[result.selected].kind == "head":  # the untouched pretrained backbone: one copy for all
+            shared = shared or result.classifier.backbone
+            result.classifier.backbone = shared
+        members.append((weight, result))
+    total = sum(w for w, _ in members)
+    members = [(w / total, r) for w, r in members]
+    model = members[0][1].classifier if len(members) == 1 else Ensemble([r.classifier for _, r in members],
+                                                                         [w for w, _ in members])
+    stages = {f"{name}/{stage}": result for (name, _, _), (_, r) in zip(strategy.members(), members)
+              for stage, result in r.stages.items()}
+    run.state.stage, run.state.seconds = "members", round(time.time() - started, 1)
+    return FitResult(model, strategy, stages, next(iter(stages)), members[0][1].imbalance, time.time() - started,
+                     ctx, members)
 
 
 def select_stage(results: dict[str, StageResult], monitor: str) -> str:
@@ -413,4 +312,4 @@ def select_stage(results: dict[str, StageResult], monitor: str) -> str:
     return chosen
 
 
-__all__ = ["fit", "FitJob", "FitResult", "StageResult", "FeatureSet", "imbalance_weights", "MONITOR_MODE"]
+__all__ = ["fit", "FitContext", "FitResult", "Fitting", "StageResult", "imbalance_weights", "probabilities"]

@@ -14,7 +14,7 @@ import numpy as np
 from transferlab.data.decode import BadImage, decode_file
 from transferlab.data.sources import display_name
 from transferlab.errors import ConfigError
-from transferlab.run import TrainedModel, load_model
+from transferlab.rundir import TrainedModel, load_model
 
 
 def top_classes(probs: np.ndarray, classes: list[str], k: int) -> list[dict]:

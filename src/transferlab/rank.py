@@ -31,10 +31,10 @@ def parse_models(text: str) -> list[tuple[str, str | None]]:
 
 
 def score_model(data: str, config: Config, name: str, weights: str | None, *, progress: bool) -> dict:
-    """LogME (and LEEP) of one backbone on DATA, with the time it took: the same measurement
-    `auto` makes, on the same feature cache as training."""
-    from transferlab.fit import FitJob
-    from transferlab.strategies.auto import measure
+    """LogME (and LEEP) of one backbone on DATA, with the time it took: the same measurement auto's
+    rule makes, from the same feature store and cache as training."""
+    from transferlab.features import FeatureStore
+    from transferlab.search.rule import measure
 
     started = time.perf_counter()
     model = dataclasses.replace(config.model, name=name, weights=weights)
@@ -43,10 +43,12 @@ def score_model(data: str, config: Config, name: str, weights: str | None, *, pr
     dataset = load_dataset(data, cfg, progress=progress)
     dataset.require_classes()
     every = np.arange(len(dataset))
-    job = FitJob(dataset, {"train": every, "val": every[:0], "test": every[:0]}, cfg, None, progress=progress)
-    features, labels, logme_score, leep_score = measure(job)
+    if len(every) > cfg.strategy.auto.max_images:  # a seeded subsample, as auto's rule takes
+        every = np.sort(np.random.default_rng(cfg.seed).choice(every, cfg.strategy.auto.max_images, replace=False))
+    features = FeatureStore(dataset, cfg, progress=progress).get(every).numpy()
+    logme_score, leep_score = measure(features, dataset.labels[every], cfg)
     return {"model": name, "weights": weights or ("pretrained" if cfg.model.pretrained else "random"),
-            "size": size, "images": int(len(labels)), "features": int(features.shape[1]), "logme": logme_score,
+            "size": size, "images": int(len(every)), "features": int(features.shape[1]), "logme": logme_score,
             "leep": leep_score, "seconds": round(time.perf_counter() - started, 2)}
 
 

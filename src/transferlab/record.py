@@ -13,7 +13,33 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transferlab.run import environment, read_json, write_json
+from transferlab.io import read_json, write_json
+
+BOOTSTRAP = 1000  # resamples of the out-of-fold predictions behind every interval of cv
+
+
+def environment() -> dict:
+    """Versions and machine facts for the reproducibility section."""
+    import importlib.metadata as md
+    import os
+    import platform
+    import sys
+
+    import torch
+
+    versions = {}
+    for package in ("transferlab", "torch", "torchvision", "timm", "lightning", "scikit-learn", "numpy", "pillow",
+                    "grad-cam", "matplotlib"):
+        try:
+            versions[package] = md.version(package)
+        except md.PackageNotFoundError:
+            pass
+    return {
+        "python": sys.version.split()[0], "platform": platform.platform(), "packages": versions,
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu",
+        "cpu_count": os.cpu_count(), "command": " ".join(sys.argv),
+    }
 
 
 @dataclass
@@ -137,3 +163,160 @@ def load_record(run_dir: str | Path) -> RunRecord | CVRecord:
 
 def save_record(record: RunRecord | CVRecord | FoldRecord, path: Path) -> None:
     write_json(path, record.to_json())
+
+
+# --- what a finished fit writes -------------------------------------------------------------------
+
+def model_meta(result, ctx) -> dict:
+    """model.json of a fit's model: one classifier at its size, or an ensemble's members (those on
+    the untouched pretrained backbone share backbone 0)."""
+    config, dataset = result.config, ctx.dataset
+    meta = {"model": config.model.name, "classes": dataset.classes, "normalize": ctx.normalization,
+            "resize": dataclasses.asdict(dataset.spec), "dropout": config.model.dropout,
+            "strategy": result.strategy.name, "label": result.strategy.label(), "source": config.data.source,
+            "size": ctx.size}
+    if len(result.members) == 1:
+        member = result.members[0][1]
+        return meta | {"size": member.ctx.size, "dropout": member.config.model.dropout, "label": member.strategy.label(),
+                       "strategy": member.strategy.name}
+    if result.members:
+        own = iter(range(1, len(result.members) + 1))
+        meta["members"] = [{"size": m.ctx.size, "weight": round(w, 6), "strategy": m.strategy.name,
+                            "label": m.strategy.label(),
+                            "backbone": 0 if m.stages[m.selected].kind == "head" else next(own)}
+                           for w, m in result.members]
+    return meta
+
+
+def finish_train(result, ctx, run, decision: dict | None, started: float, pictures) -> None:
+    """Evaluate the kept model on val and test; write model/, metrics.json, curves.json,
+    predictions.csv, dataset.json, the pictures that need the images, and the report."""
+    import time
+
+    from transferlab.evaluate import evaluate_parts
+    from transferlab.rundir import is_worker_process, save_model
+    from transferlab.tracking import run_summary
+
+    if is_worker_process():
+        return
+    dataset = ctx.dataset
+    write_json(run.path / "dataset.json", dataset.summary(parts=ctx.indices, normalization=ctx.normalization))
+    parts = ("test",) if result.trained_on_val else ("val", "test")
+    metrics, curves, rows = evaluate_parts(result, ctx, parts)
+    gallery = "val" if "val" in metrics else "test"
+    record = RunRecord(metrics=metrics, strategy=StrategyRecord(**result.record(run.state.requested, decision)),
+                       data={"source": result.config.data.source, "n_images": len(dataset),
+                             "splits": {k: int(len(v)) for k, v in ctx.indices.items()}, "classes": dataset.classes},
+                       train_seconds=round(time.time() - started, 1),
+                       gallery={"val": "validation", "test": "test"}[gallery])
+    save_record(record, run.path / "metrics.json")
+    write_json(run.path / "curves.json", curves)
+    if rows.paths:
+        rows.write(run.path / "predictions.csv", dataset.classes)
+    save_model(run.path / "model", result.classifier, model_meta(result, ctx))
+    pictures(run.path, dataset, result.config, result.classifier.eval(), rows.of(gallery))
+    run_summary(ctx.tracker, result.config, read_json(run.path / "metrics.json"), run.path)
+
+
+def finish_fold(result, ctx, fold, decision: dict | None, pictures) -> None:
+    """A cv fold: its held-out part scored, its record, predictions and error examples written."""
+    from transferlab.evaluate import evaluate_parts
+    from transferlab.tracking import fold_summary
+
+    metrics, _, rows = evaluate_parts(result, ctx, ("test",))
+    indices = ctx.indices
+    save_record(FoldRecord(name=fold.name, repeat=fold.repeat + 1, fold=fold.fold + 1,
+                           n_train=int(len(indices["train"])), n_val=int(len(indices["val"])),
+                           n_test=int(len(indices["test"])), test=metrics["test"],
+                           strategy=StrategyRecord(**result.record(fold.run.state.requested, decision)),
+                           normalization=ctx.normalization), fold.run.path / "metrics.json")
+    rows.write(fold.run.path / "predictions.csv", ctx.dataset.classes, column="index")
+    pictures(fold.run.path, ctx.dataset, result.config, result.classifier.cpu().eval(), rows.of("test"), report=False)
+    fold_summary(ctx.tracker, result.config, read_json(fold.run.path / "metrics.json"))
+    ctx.tracker.finish()
+    fold.run.state.finished = True
+    fold.run.save_state()
+
+
+def read_fold_probs(fold_dir: Path, classes: list[str]):
+    import csv
+
+    import numpy as np
+
+    with open(fold_dir / "predictions.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    index = np.array([int(r["index"]) for r in rows], dtype=np.int64)
+    return index, np.array([[float(r[f"p_{c}"]) for c in classes] for r in rows])
+
+
+def finish_cv(run, dataset, config, folds: list[tuple[int, int, str]], started: float, tracker, pictures) -> None:
+    """cv_metrics.json (per fold, aggregated, out of fold), the out-of-fold predictions.csv, the report."""
+    import time
+
+    import numpy as np
+
+    from transferlab.evaluate import aggregate_folds
+    from transferlab.metrics import bootstrap_intervals, compute_metrics, scalar_metrics, write_predictions
+    from transferlab.tracking import cv_summary
+
+    run_dir, requested = run.path, run.state.requested
+
+    repeats = config.cv.repeats
+    records, oof = [], {"paths": [], "labels": [], "probs": [], "repeat": [], "fold": []}
+    pooled: dict = {}
+    for repeat, fold, name in folds:
+        fold_dir = run_dir / "folds" / name
+        records.append(FoldRecord.from_json(read_json(fold_dir / "metrics.json")))
+        index, probs = read_fold_probs(fold_dir, dataset.classes)
+        pooled.setdefault(repeat, np.zeros((len(dataset), len(dataset.classes))))[index] = probs
+        oof["paths"] += [dataset.paths[i] for i in index]
+        oof["labels"] += list(dataset.labels[index])
+        oof["probs"].append(probs)
+        oof["repeat"] += [repeat + 1] * len(index)
+        oof["fold"] += [fold + 1] * len(index)
+    summary = aggregate_folds([r.test for r in records])
+    out_of_fold = compute_metrics(dataset.labels, pooled[0], dataset.classes, curves=True)
+    intervals, class_intervals = bootstrap_intervals(dataset.labels, pooled[0], dataset.classes, seed=config.seed,
+                                                     resamples=BOOTSTRAP if len(dataset) <= 20_000 else 200)
+    for name, entry in summary["metrics"].items():
+        entry["ci95"] = intervals.get(name)
+    for name, entries in summary["per_class"].items():
+        for key, entry in entries.items():
+            entry["ci95"] = class_intervals[name].get(key)
+    curves = {"roc": out_of_fold.pop("roc_curves"), "calibration": out_of_fold.pop("calibration")}
+    grouped = len(np.unique(dataset.groups)) < len(dataset)
+    record = CVRecord(
+        folds=[{"name": r.name, "repeat": r.repeat, "fold": r.fold, "n_train": r.n_train, "n_val": r.n_val,
+                "n_test": r.n_test, "metrics": scalar_metrics(r.test), "per_class": r.test.get("per_class", {}),
+                "strategy": r.strategy.label} for r in records],
+        aggregate=summary["metrics"], per_class=summary["per_class"], out_of_fold=out_of_fold,
+        cv={"folds": config.cv.folds, "repeats": repeats, "seed": config.seed, "inner_val_fraction": config.data.val_fraction,
+            "splitter": "StratifiedGroupKFold" if grouped else ("RepeatedStratifiedKFold" if repeats > 1
+                                                                else "StratifiedKFold"),
+            "interval": f"95% percentile bootstrap of the out-of-fold predictions ({BOOTSTRAP:,} resamples of the "
+                        "images); mean and std are over folds",
+            "note": "folds share training data, so the spread over folds understates the spread over new training sets"},
+        strategy=cv_strategy(records, requested),
+        data={"source": config.data.source, "n_images": len(dataset), "classes": dataset.classes},
+        seconds=round(time.time() - started, 1))
+    save_record(record, run_dir / "cv_metrics.json")
+    write_json(run_dir / "curves.json", {"out_of_fold": curves})
+    write_predictions(run_dir / "predictions.csv", oof["paths"], np.array(oof["labels"]), np.concatenate(oof["probs"]),
+                      dataset.classes, extra={"repeat": oof["repeat"], "fold": oof["fold"]})
+    pictures(run_dir, dataset, config)
+    cv_summary(tracker, config, read_json(run_dir / "cv_metrics.json"), run_dir)
+
+
+def cv_strategy(records: list[FoldRecord], requested: str) -> dict:
+    """The folds' strategies (auto decides per fold, from that fold's training part)."""
+    names = [r.strategy.name for r in records]
+    decisions = [r.strategy.decision for r in records if r.strategy.decision]
+    out = {"name": names[0] if len(set(names)) == 1 else "mixed", "requested": requested,
+           "per_fold": names, "labels": [r.strategy.label for r in records],
+           "settings": [r.strategy.stages for r in records]}
+    if decisions:
+        agree = len({tuple(d.get("chosen") or ()) for d in decisions}) == 1
+        out["reason"] = f"fold 1: {decisions[0]['reason']}" + ("; every fold decided the same" if agree
+                                                               else "; the folds decided differently")
+        out["folds"] = decisions
+    return out

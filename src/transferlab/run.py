@@ -1,398 +1,324 @@
-"""The run directory: created fresh (never over an earlier run), locked while a process works in
-it, written atomically, read back by predict / evaluate / explain / report / serve.
+"""`transferlab train` and `transferlab cv`: one entry point. Training is cross-validation with one
+split, in the shape of scikit-learn's `cross_validate -> _fit_and_score`: a splitter yields folds
+(train: one stratified hold-out split whose folder is the run itself; cv: K stratified folds,
+each with an inner validation split, in folds/<name>/), each fold is fitted and scored the same
+way, and one context manager opens or resumes the run, holds its lock and closes its tracker on
+error.
 
-    runs/<name>/config.yaml split.csv dataset.json model/ metrics.json predictions.csv
-                checkpoints/ logs/ plots/ report.html state.json .lock
+    run_training(DATA, config, out=...) -> runs/<name>/     run_cv(DATA, config, out=...) -> runs/<name>/
+
+Everything that can be checked is checked before the run directory exists (config, --out, the
+data, the weights); from the moment it exists it holds config.yaml, split.csv and state.json, so
+a run stopped at any point resumes (`resume=RUN`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
-import math
-import os
-import platform
-import re
-import stat
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from lightning.fabric.utilities.rank_zero import rank_zero_only
+import lightning as L
+import numpy as np
 
-from transferlab.errors import ConfigError, RunError, TransferlabError
-from transferlab.io import atomic_write, read_json, write_json
+from transferlab.config import Config, budget_seconds, load_config, merge, unflatten
+from transferlab.console import info, warn
+from transferlab.data import holdout_split, load_dataset, stratified_folds, write_split_csv
+from transferlab.data.splits import check_folds, read_split_csv
+from transferlab.errors import DataError, DivergedError, RunError
+from transferlab.features import FeatureStore
+from transferlab.fit import FitContext, fit
+from transferlab.preprocess import backbone_defaults
+from transferlab.rundir import STATE_FILE, RunDir, RunState, check_out_dir, is_worker_process, resume_config
+from transferlab.tracking import Tracker, check_tracking, run_tags
 
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory locks; runs are not protected against a second process there
-    fcntl = None
-
-RUN_DIR_ENV = "TRANSFERLAB_RUN_DIR"  # lets DDP worker processes find the directory rank 0 made
-LOCK_FILE = ".lock"
-
-
-def slug(text: str) -> str:
-    text = text.removeprefix("builtin:").rstrip("/")
-    name = Path(text).stem if "/" in text or "\\" in text else text
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")[:40] or "data"
+SIZES = (96, 128, 160, 224)  # input sizes auto's search tries up to the backbone's own, unless --size
 
 
-def is_worker_process() -> bool:
-    """True in distributed processes other than the first (they share its run directory and
-    leave every write to it: the writers here are `rank_zero_only`)."""
-    return rank_zero_only.rank > 0 or os.environ.get("NODE_RANK", "0") not in ("", "0")
+@dataclass
+class Fold:
+    """One split of the data: its parts, where it is written, how it is named."""
+
+    name: str
+    run: RunDir  # the fold's own folder and state (train: the run itself)
+    indices: dict[str, np.ndarray]
+    repeat: int = 0
+    fold: int = 0
 
 
-def used_dir_advice(path: Path) -> str:
-    """What to do about an existing, non-empty `path` that a new run was asked to use."""
-    for state_name, command, results in (("state.json", "train", "metrics.json"),
-                                         ("cv_state.json", "cv", "cv_metrics.json")):
-        state = path / state_name
-        if state.is_file():
-            try:
-                data = json.loads(state.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                data = {}
-            if data.get("stage") == "done" or data.get("finished"):
-                return f"{path} holds a finished run (results in {path / results}): choose another --out"
-            return (f"{path} holds an unfinished run: continue it with `transferlab {command} --resume {path}`, "
-                    "or choose another --out")
-    return f"{path} already exists and is not empty: choose another --out (a new run never writes into a used folder)"
+def run_training(data: str | None, config: Config, **options) -> Path:
+    """Train a classifier on DATA (one stratified train / val / test split); returns the run directory."""
+    return run_experiment("train", data, config, **options)
 
 
-def check_out_dir(out: str | Path | None) -> None:
-    """Refuse an unusable --out at once, before any data is loaded."""
-    if out is None or is_worker_process():
-        return
-    path = Path(out).expanduser()
-    probe_writable(path, folder=True)
-    if path.exists() and not path.is_dir():
-        raise RunError(f"--out {path} is an existing file: give a folder for the run directory")
-    if path.is_dir() and any(path.iterdir()):
-        raise RunError(used_dir_advice(path))
+def run_cv(data: str | None, config: Config, **options) -> Path:
+    """Cross-validate on DATA (K stratified folds); returns the run directory with cv_metrics.json."""
+    return run_experiment("cv", data, config, **options)
 
 
-def probe_writable(path: Path, *, folder: bool) -> None:
-    """Refuse an output path that cannot be created (under a file, in /proc, a name too long, a
-    read-only folder) with one line, by creating what is missing and removing it again."""
-    path = Path(path).absolute()
-    made: list[Path] = []
-    try:
-        missing = [p for p in (path, *path.parents) if not os.path.lexists(p)][::-1]
-        for part in missing if folder else missing[:-1]:
-            part.mkdir()
-            made.append(part)
-        if not folder and not path.exists():
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            made.append(path)
-    except OSError as exc:
-        raise RunError(f"--out {path} cannot be created ({exc.strerror or exc}"
-                       f"{f': {exc.filename}' if exc.filename and Path(exc.filename) != path else ''}): "
-                       "choose a writable folder") from None
-    finally:
-        for part in reversed(made):
-            part.unlink() if part.is_file() else part.rmdir()
+def run_experiment(kind: str, data: str | None, config: Config, *, out: str | Path | None = None,
+                   resume: str | Path | None = None, progress: bool = True, extra_callbacks: list | None = None,
+                   resume_overrides: list[str] | tuple = ()) -> Path:
+    """Open or resume a run, fit and score each of its folds, write what it found."""
+    from transferlab.record import finish_cv
 
-
-def new_run_dir(out: str | Path | None, data: str, strategy: str, base: str | Path = "runs") -> Path:
-    """A new, empty run directory: `out`, or runs/<time>-<data>-<strategy>. Never reuses a used one."""
-    if is_worker_process() and os.environ.get(RUN_DIR_ENV):
-        return Path(os.environ[RUN_DIR_ENV])
-    if out is not None:
-        path = Path(out).expanduser()
-        if is_worker_process():
-            path.mkdir(parents=True, exist_ok=True)
-            return path
-        check_out_dir(path)
-    else:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        path = Path(base) / f"{stamp}-{slug(data)}-{strategy}"
-        k = 1
-        while path.exists():
-            k += 1
-            path = Path(base) / f"{stamp}-{slug(data)}-{strategy}-{k}"
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise RunError(f"cannot create {path}: a file is in the way; choose another --out") from None
-    os.environ[RUN_DIR_ENV] = str(path.resolve())
-    return path
-
-
-class RunLock:
-    """An exclusive lock on a run directory while a train or cv process works in it.
-
-    The lock is an advisory `flock` on RUN/.lock, which also records the owner (pid, command,
-    start time) so a second process can say who holds it. The kernel drops the lock when its
-    process ends, however it ends, so a stale lock file never blocks anyone.
-    """
-
-    def __init__(self, run_dir: Path):
-        self.run_dir = Path(run_dir)
-        self.fd: int | None = None
-
-    def __enter__(self) -> RunLock:
-        if fcntl is None or is_worker_process():
-            return self
-        path = self.run_dir / LOCK_FILE
-        not_a_lock = (f"{path} is not a lock file ({{}}): transferlab never writes through it; remove it, then run "
-                      "the same command again")
-        try:  # never through a symlink (it would overwrite its target), never blocking on a FIFO
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | os.O_NONBLOCK, 0o666)
-        except PermissionError:
-            raise RunError(f"cannot write to {self.run_dir} (permission denied or read-only): copy the run "
-                           "somewhere writable, or start a new run with --out") from None
-        except OSError as exc:  # ELOOP: a symlink; EISDIR: a folder
-            kind = "a symlink" if os.path.islink(path) else "a folder" if path.is_dir() else exc.strerror
-            raise RunError(not_a_lock.format(kind)) from None
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise RunError(not_a_lock.format("a FIFO or device"))
+    started, show = time.time(), progress and not is_worker_process()
+    with contextlib.ExitStack() as stack:
+        run, config, dataset = open_run(stack, kind, data, config, out, resume, resume_overrides, show)
+        L.seed_everything(config.seed, workers=True, verbose=False)
+        tracker = Tracker.open(config, run.state, name=run.path.name,
+                               tags={**run_tags(config, run.path), "transferlab.kind": "cv" if kind == "cv" else "run"})
+        run.save_state()
+        folds = split(kind, dataset, config, run, fresh=resume is None, show=show)
+        store = FeatureStore(dataset, config, progress=show)
+        budget = budget_seconds(merge(config, {"strategy": {"name": run.state.requested}}, origin=kind))
+        if show and tracker.describe():
+            info(tracker.describe())
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            owner = os.read(fd, 4096).decode("utf-8", "replace")
-            os.close(fd)
-            try:
-                who = json.loads(owner)
-                detail = f"process {who['pid']} (`{who['command']}`, since {who['since']})"
-            except (ValueError, KeyError, TypeError):
-                detail = "another process"
-            raise RunError(f"{self.run_dir} is in use by {detail}: wait for it to finish or stop it; two "
-                           "processes must never write one run") from None
-        owner = json.dumps({"pid": os.getpid(), "command": " ".join(sys.argv) or "python",
-                            "since": time.strftime("%Y-%m-%d %H:%M:%S")})
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, owner.encode(), 0)
-        self.fd = fd
-        if not HELD_LOCKS:  # forked children (DataLoader workers) must not keep the lock alive after a kill -9
-            os.register_at_fork(after_in_child=lambda: [os.close(held) for held in HELD_LOCKS])
-        HELD_LOCKS.add(fd)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.fd is not None:
-            HELD_LOCKS.discard(self.fd)
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
-
-
-HELD_LOCKS: set[int] = set()  # lock descriptors this process holds; a forked child closes its copies
-
-
-def environment() -> dict:
-    """Versions and machine facts for the reproducibility section."""
-    import importlib.metadata as md
-
-    versions = {}
-    for package in ("transferlab", "torch", "torchvision", "timm", "lightning", "scikit-learn", "numpy", "pillow",
-                    "grad-cam", "matplotlib"):
-        try:
-            versions[package] = md.version(package)
-        except md.PackageNotFoundError:
-            pass
-    return {
-        "python": sys.version.split()[0], "platform": platform.platform(), "packages": versions,
-        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu",
-        "cpu_count": os.cpu_count(), "command": " ".join(sys.argv),
-    }
+            for number, fold in enumerate(folds, start=1):
+                if fold.name in run.state.done:
+                    continue
+                if kind == "cv" and show:
+                    info(f"[{number}/{len(folds)}] {fold.name}: train {len(fold.indices['train']) + len(fold.indices['val']):,}, "
+                         f"test {len(fold.indices['test']):,}")
+                share = None if budget is None else budget / len(folds) - fold.run.state.seconds
+                ctx = FitContext(dataset, fold.indices, config, fold.run.path, store,
+                                 deadline=None if share is None else time.monotonic() + share, progress=progress,
+                                 callbacks=tuple(extra_callbacks or ()),
+                                 tracker=tracker if kind == "train" else Tracker.open(
+                                     config, fold.run.state, name=fold.name, parent=tracker,
+                                     tags={"transferlab.kind": "fold"}))
+                fit_and_score(kind, ctx, fold, started)
+                run.state.done.append(fold.name)
+                run.save_state()
+            if kind == "cv" and not is_worker_process():
+                finish_cv(run, dataset, config, [(f.repeat, f.fold, f.name) for f in folds], started, tracker,
+                          pictures)
+        except BaseException as exc:
+            if not is_worker_process():
+                interrupted = isinstance(exc, KeyboardInterrupt)
+                if interrupted:
+                    warn(f"interrupted: continue with `transferlab {kind} --resume {run.path}`")
+                tracker.finish("KILLED" if interrupted else "FAILED")
+                if isinstance(exc, DivergedError):  # resuming with the same settings would diverge again
+                    run.state.failed = str(exc)
+                    run.save_state()
+            raise
+        run.state.finished = True
+        run.save_state()
+        tracker.finish()
+    return run.path
 
 
-def device_for(accelerator: str = "auto") -> torch.device:
-    """The torch device for a Lightning-style accelerator name (cpu, gpu/cuda, mps, auto)."""
-    if accelerator == "cpu":
-        return torch.device("cpu")
-    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
-        return torch.device("cuda")
-    if accelerator in ("auto", "mps") and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+def open_run(stack, kind: str, data, config: Config, out, resume, overrides, show: bool):
+    """(run, config, dataset) of a new run (everything checked before its folder exists) or a resumed one."""
+    if resume is not None:
+        run, config = RunDir.reopen(stack, resume, overrides)
+        return run, config, load_dataset(config.data.source, config, progress=show)
+    if data is None:
+        raise DataError("no DATA given: pass a folder, a CSV manifest or builtin:NAME")
+    requested = config.strategy.name
+    config = resolve_config(config, data)
+    check_out_dir(out)
+    check_tracking(config)
+    dataset = load_dataset(data, config, progress=show)
+    dataset.require_classes()
+    if kind == "cv":
+        check_folds(dataset.labels, config.cv.folds, dataset.classes)
+    from transferlab.models import create_backbone
+
+    create_backbone(config.model.name, pretrained=config.model.pretrained, weights=config.model.weights,
+                    img_size=dataset.spec.size)  # unusable weights fail before a run directory exists
+    label = f"cv{config.cv.folds}-{requested}" if kind == "cv" else requested
+    run = RunDir.create(stack, out, label, config, RunState(kind=kind, data=data, requested=requested))
+    if show:
+        for message in dataset.warnings:
+            warn(message)
+        if dataset.skipped:
+            warn(f"{len(dataset.skipped)} file(s) skipped (listed in {run.path / 'dataset.json'})")
+    return run, config, dataset
 
 
-@rank_zero_only
-def save_model(directory: Path, classifier: torch.nn.Module, meta: dict) -> None:
-    """model/weights.safetensors (no pickled code) and model/model.json (what rebuilds it)."""
-    from safetensors.torch import save
+def resolve_config(config: Config, data: str) -> Config:
+    """The config with every default that depends on the data or the backbone filled in (the
+    strategy fills its own when it is settled): the image size (auto: the largest size its search
+    tries), the interpolation, the weight decay."""
+    defaults = backbone_defaults(config.model.name)
+    size = config.preprocess.size
+    if config.strategy.name == "auto":  # the sizes auto's search tries; the images are stored at the largest
+        sizes = config.strategy.auto.sizes or ([size] if size is not None else [
+            s for s in SIZES if s < defaults["size"]] + [min(defaults["size"], max(SIZES))])
+        config = merge(config, {"strategy": {"auto": {"sizes": sorted(set(sizes))}}}, origin="auto")
+        size = max(sizes)
+    pre = dataclasses.replace(config.preprocess, size=defaults["size"] if size is None else size,
+                              interpolation=config.preprocess.interpolation or defaults["interpolation"])
+    optim = dataclasses.replace(config.optim, weight_decay=config.optim.decay())
+    config = dataclasses.replace(config, preprocess=pre, optim=optim,
+                                 data=dataclasses.replace(config.data, source=data))
+    if config.strategy.name != "auto":
+        from transferlab.strategies import get_strategy
 
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in classifier.state_dict().items()}
-    blob = save(state)
-    atomic_write(directory / "weights.safetensors", lambda handle: handle.write(blob), durable=True)
-    write_json(directory / "model.json", meta)
-
-
-def missing_model_advice(run: Path) -> str:
-    if not run.exists():
-        return f"run directory {run} does not exist: give the folder `transferlab train` printed"
-    if not run.is_dir():
-        return f"{run} is a file, not a run directory: give the folder `transferlab train` printed"
-    if (run / "state.json").is_file():
-        return (f"{run} has no trained model yet (model/model.json): the run did not finish; continue it with "
-                f"`transferlab train --resume {run}`")
-    if (run / "cv_state.json").is_file():
-        return (f"{run} is a cross-validation run: it scores a way of training and keeps no single model; "
-                "train one with `transferlab train` to predict")
-    return (f"{run} is not a transferlab run directory (no model/model.json): give the folder `transferlab train` "
-            "printed")
-
-
-@dataclasses.dataclass
-class TrainedModel:
-    """A run's trained classifier with everything needed to feed it: what predict, evaluate,
-    explain, export and serve share."""
-
-    run: Path
-    classifier: torch.nn.Module
-    meta: dict
-    spec: object  # preprocess.ResizeSpec
-    limits: object  # data.decode.Limits
-    device: torch.device
-
-    @property
-    def classes(self) -> list[str]:
-        return self.meta["classes"]
-
-
-REQUIRED_META = ("model", "classes", "normalize", "resize")
-
-
-def check_meta(meta: dict, spec, origin: str) -> None:
-    """model.json's values under the constraints of the config keys they come from (a resize of
-    100,000 px or -5, a std of 0, duplicate class names are refused before anything is built)."""
-    from transferlab.config import Config, merge
-
-    merge(Config(), {"preprocess": {"size": spec.size, "resize_mode": spec.mode, "interpolation": spec.interpolation,
-                                    "crop_pct": spec.crop_pct, "pad_fill": list(spec.pad_fill)},
-                     "data": {"alpha_background": list(spec.alpha_background)},
-                     "model": {"dropout": meta.get("dropout", 0.0)}}, origin=origin)
-    classes, norm = meta["classes"], meta["normalize"]
-    if not classes or len(set(classes)) != len(classes) or not all(isinstance(c, str) and c for c in classes):
-        raise ValueError("classes must be distinct, non-empty names")
-    values = [*norm["mean"], *norm["std"]]
-    if len(values) != 6 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values) \
-            or min(norm["std"]) <= 0:
-        raise ValueError("normalize needs 3 finite means and 3 positive standard deviations")
-
-
-def load_model(run: str | Path, device: str | torch.device | None = None) -> TrainedModel:
-    """The trained classifier of a run (eval mode), its preprocessing and decode limits."""
-    from safetensors.torch import load_file
-
-    from transferlab.config import load_config
-    from transferlab.data.decode import Limits
-    from transferlab.models.backbone import Classifier, create_backbone
-    from transferlab.preprocess import ResizeSpec
-
-    run = Path(run)
-    model_dir = run / "model"
-    if not (model_dir / "model.json").is_file():
-        raise RunError(missing_model_advice(run))
-    meta = read_json(model_dir / "model.json")
-    missing = [k for k in REQUIRED_META if k not in meta] + [
-        f"normalize.{k}" for k in ("mean", "std") if k not in meta.get("normalize", {})]
-    if missing or not isinstance(meta.get("classes"), list):
-        raise RunError(f"{model_dir / 'model.json'} lacks {', '.join(missing) or 'a list of classes'}: the file is "
-                       "damaged or not from transferlab; restore it or train again")
-    config = load_config(run / "config.yaml") if (run / "config.yaml").is_file() else load_config()
-    try:
-        spec = ResizeSpec.from_dict(meta["resize"])
-        check_meta(meta, spec, str(model_dir / "model.json"))
-    except (TypeError, ValueError, ConfigError) as exc:
-        why = str(exc).removeprefix(f"{model_dir / 'model.json'}: ")[:160]
-        raise RunError(f"{model_dir / 'model.json'} is damaged ({why}): restore it, or train again") from None
-    backbone = create_backbone(meta["model"], pretrained=False, img_size=spec.size)
-    classifier = Classifier(backbone, len(meta["classes"]), meta["normalize"]["mean"], meta["normalize"]["std"],
-                            dropout=meta.get("dropout", 0.0))
-    weights = model_dir / "weights.safetensors"
-    try:
-        state = load_file(str(weights))
-    except FileNotFoundError:
-        raise RunError(f"{weights} is missing: restore it, or train again") from None
-    except Exception as exc:  # safetensors raises its own error types for truncated or foreign files
-        raise RunError(f"{weights} is damaged ({str(exc)[:100]}): restore it, or train again") from None
-    if not all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):
-        raise RunError(f"{weights} holds NaN or infinite weights (its training diverged): train again with a lower "
-                       "learning rate")
-    try:
-        classifier.load_state_dict(state)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)[:120]
-        raise RunError(f"{weights} does not fit {model_dir / 'model.json'} ({meta['model']}, {len(meta['classes'])} "
-                       f"classes): {first[:160]}; the two files come from different runs") from None
-    device = torch.device(device) if device is not None else device_for(config.train.accelerator)
-    classifier.to(device).eval()
-    return TrainedModel(run=run, classifier=classifier, meta=meta, spec=spec, limits=Limits.of(config.data),
-                        device=device)
-
-
-@rank_zero_only
-def save_run_config(run_dir: Path, config, state: dict, state_name: str = "state.json") -> None:
-    """config.yaml (for people and reruns) and the same settings in the run's state (what a resume
-    checks config.yaml against), written together."""
-    from transferlab.config import dump_config, to_dict
-
-    dump_config(config, run_dir / "config.yaml")
-    state["config"] = to_dict(config)
-    write_json(run_dir / state_name, state)
-
-
-def flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and key != "lr_mult":
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def resume_config(run_dir: Path, state: dict, overrides: list[str] | tuple = ()):
-    """The config of a run to resume: its config.yaml, refused when edited since the run started
-    (beyond settings that do not change results), plus the honoured `overrides`."""
-    from transferlab.config import apply_override, load_config, resume_safe_keys, to_dict
-    from transferlab.console import info
-
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        raise RunError(f"{path} is missing: --resume needs the settings the run started with; restore the file, or "
-                       "start a new run")
-    config = load_config(path)
-    recorded, safe = state.get("config"), resume_safe_keys()
-    if recorded is not None:
-        before, now = flatten(recorded), flatten(to_dict(config))
-        changed = [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k) and k not in safe]
-        if changed:
-            shown = "; ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:4])
-            raise RunError(f"{path} was edited since the run started ({shown}{' ...' if len(changed) > 4 else ''}): "
-                           "--resume continues with the settings it started with; undo the edit, or start a new run "
-                           f"with `transferlab train --config {path} --out NEW`")
-    for item in overrides:
-        config = apply_override(config, item, origin="--resume")
-        info(f"resume: {item} honoured (it does not change results)")
+        get_strategy(config.strategy.name, config)  # an unknown name or bad settings fail before anything runs
     return config
 
 
-def start_run(stack, out, data: str, label: str, config, state: dict, state_name: str = "state.json") -> Path:
-    """A new run directory, locked, holding config.yaml and its state from the first moment (so a
-    run stopped at any point resumes)."""
-    run_dir = new_run_dir(out, data, label)
-    stack.enter_context(RunLock(run_dir))
-    save_run_config(run_dir, config, state, state_name)
-    return run_dir
+def split(kind: str, dataset, config: Config, run: RunDir, *, fresh: bool, show: bool) -> list[Fold]:
+    """The folds of a run: written to split.csv when it starts, read back from it when it resumes."""
+    if kind == "train":
+        if fresh:
+            parts = holdout_split(dataset.labels, dataset.groups, val_fraction=config.data.val_fraction,
+                                  test_fraction=config.data.test_fraction, seed=config.seed, classes=dataset.classes)
+            write_split_csv(run.path / "split.csv", dataset.paths, [dataset.classes[i] for i in dataset.labels],
+                            {"split": list(parts)})
+        else:
+            parts = read_split(dataset, run.path)
+        indices = {name: np.flatnonzero(parts == name) for name in ("train", "val", "test")}
+        write_dataset_json(run.path, dataset, indices)
+        if show:
+            info(f"{len(dataset):,} images, {len(dataset.classes)} classes; split "
+                 + ", ".join(f"{k} {len(v):,}" for k, v in indices.items()) + f"; run directory {run.path}")
+        return [Fold("run", run, indices)]
+    folds, repeats = config.cv.folds, config.cv.repeats
+    splits = stratified_folds(dataset.labels, dataset.groups, folds=folds, repeats=repeats, seed=config.seed,
+                              classes=dataset.classes)
+    if fresh:
+        write_cv_split(run.path, dataset, splits, repeats)
+        write_dataset_json(run.path, dataset, {f"fold{k + 1}": test for r, k, _, test in splits if r == 0})
+    if show:
+        info(f"{len(dataset):,} images, {len(dataset.classes)} classes; {folds}-fold CV"
+             + (f" x {repeats} repeats" if repeats > 1 else "") + f"; strategy {run.state.requested}; "
+             f"run directory {run.path}")
+    return [cv_fold(dataset, config, run, repeat, fold, train, test) for repeat, fold, train, test in splits]
 
 
-def reopen_run(stack, resume, overrides=(), state_name: str = "state.json"):
-    """(run directory, state, config) of a run to resume, locked; a finished run is refused."""
-    run_dir = Path(resume)
-    stack.enter_context(RunLock(run_dir))
-    state = read_json(run_dir / state_name)
-    if state.get("stage") == "done" or state.get("finished"):
-        results = "cv_metrics.json" if state_name == "cv_state.json" else "metrics.json"
-        raise RunError(f"{run_dir} already finished: its results are in {run_dir / results}")
-    if state.get("failed"):
-        raise RunError(f"{run_dir} failed and cannot be resumed with the same settings: {state['failed']}")
-    return run_dir, state, resume_config(run_dir, state, overrides)
+def cv_fold(dataset, config: Config, run: RunDir, repeat: int, fold: int, train: np.ndarray,
+            test: np.ndarray) -> Fold:
+    """A cv fold: its training part cut into train and an inner validation split (that picks its
+    checkpoint), its held-out part, and its own folder and state."""
+    name = f"r{repeat + 1}-fold{fold + 1}" if config.cv.repeats > 1 else f"fold{fold + 1}"
+    inner = (holdout_split(dataset.labels[train], dataset.groups[train], val_fraction=config.data.val_fraction,
+                           test_fraction=0.0, seed=config.seed + 1000 * repeat + fold, classes=dataset.classes)
+             if config.data.val_fraction > 0 else np.array(["train"] * len(train)))
+    indices = {"train": train[inner == "train"], "val": train[inner == "val"], "test": test}
+    folder = run.path / "folds" / name
+    state = RunState.load(folder / STATE_FILE) if (folder / STATE_FILE).is_file() else \
+        RunState(kind="fold", requested=run.state.requested)
+    if not (folder / "split.csv").is_file():
+        order = np.concatenate(list(indices.values()))
+        folder.mkdir(parents=True, exist_ok=True)
+        write_split_csv(folder / "split.csv", [dataset.paths[i] for i in order],
+                        [dataset.classes[dataset.labels[i]] for i in order],
+                        {"part": [k for k, v in indices.items() for _ in v]})
+    return Fold(name, RunDir(folder, state), indices, repeat, fold)
+
+
+def write_cv_split(run_dir: Path, dataset, splits, repeats: int) -> None:
+    """split.csv: path, label and the fold each image is tested in (one column per repeat)."""
+    columns: dict[str, list] = {}
+    for repeat, fold, _, test in splits:
+        column = columns.setdefault("fold" if repeats == 1 else f"fold_r{repeat + 1}", [0] * len(dataset))
+        for i in test:
+            column[i] = fold + 1
+    write_split_csv(run_dir / "split.csv", dataset.paths, [dataset.classes[i] for i in dataset.labels], columns)
+
+
+def write_dataset_json(run_dir: Path, dataset, parts: dict, normalization: dict | None = None) -> None:
+    from transferlab.io import write_json
+
+    write_json(run_dir / "dataset.json", dataset.summary(parts=parts, normalization=normalization))
+
+
+def read_split(dataset, run_dir: Path) -> np.ndarray:
+    """The hold-out split of a run being resumed, from its split.csv."""
+    path = run_dir / "split.csv"
+    if not path.is_file():
+        raise RunError(f"{path} is missing: a resumed run must keep its split; restore the file, or start a new run")
+    try:
+        by_path = {row["path"]: row["split"] for row in read_split_csv(path)}
+    except (KeyError, ValueError, UnicodeDecodeError):
+        raise RunError(f"{path} is damaged (not a path,label,split table): restore it, or start a new run") from None
+    missing = [p for p in dataset.paths if p not in by_path]
+    if missing or len(by_path) != len(dataset):
+        raise RunError(f"the data changed since {run_dir} started ({len(missing)} images not in its split.csv): "
+                       "resume with the same data, or start a new run")
+    return np.array([by_path[p] for p in dataset.paths])
+
+
+def settle(ctx: FitContext, run: RunDir):
+    """The strategy of a fold: read back from its state, or settled now (auto searches on this
+    fold's training part only) and recorded, with the concrete config, before any stage runs."""
+    from transferlab.strategies import get_strategy
+
+    state = run.state
+    if state.strategy:
+        return get_strategy(state.strategy, ctx.config), state.decision
+    if state.requested == "auto":
+        from transferlab.search import choose
+
+        choice = choose(ctx)
+        config = merge(ctx.config, unflatten(choice.overrides | {"strategy.name": choice.strategy}), origin="auto")
+        strategy, decision = get_strategy(choice.strategy, config), choice.record
+    else:
+        strategy, decision = get_strategy(state.requested, ctx.config), None
+    state.strategy, state.decision = strategy.name, decision
+    run.save_config(strategy.config)
+    return strategy, decision
+
+
+def fit_and_score(kind: str, ctx: FitContext, fold: Fold, started: float) -> None:
+    """Settle the fold's strategy, fit it, and write what it scored (train: the run's model, record
+    and report; cv: the fold's record and out-of-fold predictions)."""
+    from transferlab.record import finish_fold, finish_train
+
+    if kind == "cv" and fold.run.state.strategy:  # the fold's own config holds what its strategy decision set
+        ctx = ctx.replace(config=resume_config(fold.run.path, fold.run.state))
+    strategy, decision = settle(ctx, fold.run)
+    result = fit(ctx, strategy, fold.run)
+    if kind == "train":
+        finish_train(result, ctx, fold.run, decision, started, pictures)
+    else:
+        finish_fold(result, ctx, fold, decision, pictures)
+
+
+def pictures(run_dir: Path, dataset, config: Config, model=None, examples=None, *, report: bool = True) -> None:
+    """What needs the images (the dataset's pictures, the model's error examples) and the report."""
+    if not config.train.report:
+        return
+    from transferlab.report import safe_build_report
+    from transferlab.report.gallery import dataset_pictures, save_error_examples
+
+    if examples is not None:
+        save_error_examples(model, dataset, *examples, run_dir / "errors.npz", seed=config.seed)
+    if report:
+        dataset_pictures(run_dir, dataset, config)
+        safe_build_report(run_dir)
+
+
+def summary_line(run_dir: Path) -> str:
+    """`test: accuracy 0.912, f1_macro 0.910, ...` of the test split (or val) of a finished run."""
+    from transferlab.io import read_json
+    from transferlab.metrics import headline
+
+    metrics = read_json(Path(run_dir) / "metrics.json")
+    part = "test" if "test" in metrics else "val"
+    if part not in metrics:
+        return "no evaluation split"
+    return f"{part}: " + ", ".join(f"{k} {v:.3f}" for k, v in headline(metrics[part]).items() if v is not None)
+
+
+def demo_config() -> Config:
+    """The demo's settings: a stratified subset, light augmentation, the default strategy, 3 minutes."""
+    return load_config(overrides=["data.subset=60", "augment.preset=light", "train.budget=3m"])
+
+
+def run_demo(out: str | Path | None = None, progress: bool = True) -> Path:
+    """The whole path on Fashion-MNIST (a stratified subset; digits if it is not installed) on a CPU
+    in minutes, with the default `auto` strategy, so the demo shows the measured decision too."""
+    from transferlab.data.builtins import fashion_mnist_or_digits
+
+    data, why = fashion_mnist_or_digits()
+    if why:
+        warn(why)
+    return run_training(data, demo_config(), out=out, progress=progress)

@@ -103,16 +103,15 @@ class Tracker:
         self.kind, self.uri, self.run_id = kind, uri, run_id
 
     @classmethod
-    def open(cls, config, state: dict, *, name: str, parent: Tracker | None = None, tags: dict | None = None
-             ) -> Tracker:
-        """The tracker a run's `state` names, or a new one (an MLflow run created and its id put in
-        `state["tracking"]`, which the caller writes)."""
+    def open(cls, config, state, *, name: str, parent: Tracker | None = None, tags: dict | None = None) -> Tracker:
+        """The tracker a run's `state` (a RunState) names, or a new one (an MLflow run created and its
+        id put in `state.tracking`, which the caller saves)."""
         kind = config.tracking.tracker
         if kind != "mlflow":
             return cls(kind)
         require_mlflow()
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-        saved = state.get("tracking")
+        saved = state.tracking
         if saved:
             return cls(kind, saved["uri"], saved["run_id"])
         from mlflow import MlflowClient
@@ -130,7 +129,7 @@ class Tracker:
         except Exception as exc:  # an unreachable server, a read-only store, a bad URI
             raise ConfigError(f"MLflow tracking store {uri} cannot be used ({str(exc).splitlines()[0][:160]}): "
                               "check --tracker-uri / MLFLOW_TRACKING_URI") from None
-        state["tracking"] = {"uri": uri, "run_id": run.info.run_id}
+        state.tracking = {"uri": uri, "run_id": run.info.run_id}
         return cls(kind, uri, run.info.run_id)
 
     def describe(self) -> str | None:
@@ -226,7 +225,7 @@ def run_summary(tracker: Tracker, config, record: dict, run_dir: Path) -> None:
     import dataclasses
 
     from transferlab.metrics import scalar_metrics
-    from transferlab.run import flatten
+    from transferlab.rundir import flatten
 
     tracker.params(flatten(dataclasses.asdict(config)))
     strategy = record.get("strategy", {})
@@ -234,14 +233,12 @@ def run_summary(tracker: Tracker, config, record: dict, run_dir: Path) -> None:
                     "selected_stage": (strategy.get("selected") or {}).get("stage")}, prefix="transferlab.")
     decision = strategy.get("decision")
     if decision:
-        tracker.params({"chosen": decision.get("chosen"), "size": decision.get("size"),
-                        "rule": (decision.get("prior") or {}).get("candidate"),
-                        "agreed_with_rule": decision.get("agreed_with_rule"),
-                        "refit_on_val": decision.get("refit_on_val")}, prefix="auto.")
+        tracker.params({"chosen": "; ".join(decision.get("chosen") or []),
+                        "rule": (decision.get("prior") or {}).get("candidate")}, prefix="auto.")
         for candidate in decision.get("candidates") or []:
             if candidate.get("accuracy") is not None:
-                key = f"search/{candidate['name']}_{candidate['size']}px"
-                tracker.metrics({"val_accuracy": candidate["accuracy"], "seconds": candidate["seconds"]},
+                key = "search/" + candidate["label"].replace(" C=", "_C").replace(" @ ", "_").replace(" px", "px")
+                tracker.metrics({"accuracy": candidate["accuracy"], "seconds": candidate["seconds"]},
                                 prefix=key + "/")
         tracker.text(decision, "auto_decision.json")
     for name, stage in (strategy.get("stages") or {}).items():
@@ -262,7 +259,7 @@ def cv_summary(tracker: Tracker, config, record: dict, run_dir: Path) -> None:
     import dataclasses
 
     from transferlab.metrics import scalar_metrics
-    from transferlab.run import flatten
+    from transferlab.rundir import flatten
 
     tracker.params(flatten(dataclasses.asdict(config)))
     tracker.params({"strategy": (record.get("strategy") or {}).get("label"), "folds": config.cv.folds,
@@ -284,7 +281,7 @@ def fold_summary(tracker: Tracker, config, record: dict) -> None:
     import dataclasses
 
     from transferlab.metrics import scalar_metrics
-    from transferlab.run import flatten
+    from transferlab.rundir import flatten
 
     tracker.params(flatten(dataclasses.asdict(config)))
     strategy = record.get("strategy") or {}

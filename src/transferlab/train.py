@@ -17,8 +17,10 @@ import contextlib
 import io
 import pickle
 import signal
+import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
@@ -34,10 +36,10 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from transferlab.augment import build_batch_mix, build_train_transform
 from transferlab.config import Config
 from transferlab.data.cache import ImageStore
-from transferlab.io import atomic_write
 from transferlab.data.loader import (CachedImageDataset, EpochLoader, EpochSampler, FeatureDataset, default_workers,
                                      item_seed)
-from transferlab.errors import DivergedError
+from transferlab.errors import DivergedError, RunError
+from transferlab.io import atomic_write
 from transferlab.metrics import MONITOR_MODE, monitored_values
 from transferlab.models.groups import named_groups
 from transferlab.optim import build_optimizer, build_scheduler, head_param_groups, param_groups, scheduler_step
@@ -265,8 +267,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 def read_checkpoint(path: str | Path) -> dict:
     """A Lightning checkpoint's contents, loaded with weights_only=True: a file holding code or a
     damaged file is a RunError saying what to do (never "try weights_only=False")."""
-    from transferlab.run import RunError
-
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
@@ -295,10 +295,7 @@ def build_trainer(config: Config, run_dir: Path, stage: str, *, epochs: int, has
         every.append(EarlyStopping(monitor=monitor, mode=MONITOR_MODE[monitor], patience=config.train.early_stopping))
     logs = run_dir / "logs"
     version = next_version(logs / stage)
-    from transferlab.tracking import Tracker
-
-    tracker = tracker or Tracker(config.tracking.tracker)
-    loggers = [CSVLogger(logs, name=stage, version=version), *tracker.loggers(logs, stage, version)]
+    loggers = [CSVLogger(logs, name=stage, version=version), *(tracker.loggers(logs, stage, version) if tracker else [])]
     devices = config.train.devices
     trainer = L.Trainer(
         max_epochs=epochs, accelerator=config.train.accelerator,
@@ -358,15 +355,54 @@ def find_lr(trainer: L.Trainer, module: Stage, datamodule: TransferDataModule, p
     return suggestion
 
 
-@torch.no_grad()
-def predict_proba(classifier: torch.nn.Module, images: ImageStore, indices: np.ndarray, *, batch_size: int = 64,
-                  device: str | torch.device = "cpu", channels_last: bool = False) -> np.ndarray:
-    """Class probabilities (len(indices), K) of cached images."""
-    classifier.eval()
-    out = []
-    for start in range(0, len(indices), batch_size):
-        batch = torch.from_numpy(images.take(indices[start : start + batch_size])).permute(0, 3, 1, 2).to(device)
-        if channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        out.append(classifier(batch).float().softmax(dim=1).cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, 0))
+@dataclass
+class StageResult:
+    """What a stage left: its best weights and how it got there (kept in state.json)."""
+
+    name: str
+    kind: str  # "head": head weights over the untouched backbone; "classifier": the whole classifier
+    weights: str  # the file holding the best weights
+    score: float | None  # best value of train.monitor on validation
+    epochs_run: int
+    lr: float  # the base rate it trained at (the LR finder's pick when it ran)
+    groups: dict = field(default_factory=dict)  # per layer group: lr_scale, peak_lr, first epoch it trained
+    seconds: float = 0.0  # wall time of the stage
+
+
+def run_stage(ctx, stage, module: Stage, datamodule: TransferDataModule, callbacks: list, *, rows: int, kind: str,
+              groups: dict) -> StageResult:
+    """One stage on Lightning in the fit's directory (resumed from its last checkpoint when there is
+    one), bounded by the fit's deadline; its best checkpoint and what it trained."""
+    config, started = ctx.config, time.monotonic()
+    last = ctx.directory / "checkpoints" / stage.name / "last.ckpt"
+    resume_from = last if last.is_file() else None
+
+    def trainer():
+        left = ctx.seconds_left()
+        return build_trainer(config, ctx.directory, stage.name, epochs=stage.epochs, has_val=ctx.has_val,
+                             progress=ctx.progress, callbacks=callbacks + list(ctx.callbacks),
+                             steps_per_epoch=max(1, rows // config.train.batch_size),
+                             max_seconds=None if left is None else max(1.0, left), tracker=ctx.tracker)
+
+    built, checkpoint = trainer()
+    if config.train.find_lr and stage.find_lr and resume_from is None:
+        plot = ctx.directory / "plots" / f"lr_find_{stage.name}.png"
+        suggestion = find_lr(built, module, datamodule, plot)
+        if suggestion and ctx.progress:
+            from transferlab.console import info
+
+            info(f"LR finder suggests lr={suggestion:.2e} (plot: {plot})")
+        built, checkpoint = trainer()
+    try:
+        fit(built, module, datamodule, resume_from)
+    except DivergedError as exc:
+        raise DivergedError(f"stage {stage.name}: {exc}") from None
+    for entry in groups.values():
+        entry["peak_lr"] = None if entry.get("lr_scale") is None else module.lr * entry["lr_scale"]
+    result = StageResult(stage.name, kind, str(checkpoint.best_model_path or checkpoint.last_model_path),
+                         None if checkpoint.best_model_score is None else float(checkpoint.best_model_score),
+                         int(built.current_epoch), float(module.lr), groups, round(time.monotonic() - started, 2))
+    if config.strategy.layer_decay is not None and kind == "classifier":
+        result.groups["layer_decay"] = {"factor": config.strategy.layer_decay, "peak_lr": {
+            g["name"]: module.lr * g["lr_scale"] for g in built.optimizers[0].param_groups}}
+    return result

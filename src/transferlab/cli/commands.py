@@ -57,12 +57,9 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", ".*(does not have many workers|LeafSpec|TensorBoard|litlogger).*")
 
 
-FITS = {"train": ("state.json", "metrics.json"), "cv": ("cv_state.json", "cv_metrics.json")}
-
-
 def cmd_fit(args: argparse.Namespace) -> int:
     """`train` and `cv`: a new run from DATA, or --resume RUN."""
-    from transferlab.run import check_out_dir, is_worker_process
+    from transferlab.rundir import check_out_dir, is_worker_process
 
     command = args.command
     if args.resume:
@@ -75,10 +72,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
             raise TransferlabError("give DATA (a folder, a CSV manifest or builtin:NAME), or --resume RUN")
         check_spec(data)  # a missing folder is reported before the heavy imports
         check_out_dir(args.out)
-    if command == "train":
-        from transferlab.pipeline import run_training as runner
-    else:
-        from transferlab.cv import run_cv as runner
+    from transferlab.run import run_cv, run_training
+
+    runner = run_training if command == "train" else run_cv
     quiet_lightning()
     if args.resume:
         run_dir = runner(None, load_config(), resume=args.resume, progress=not args.quiet, resume_overrides=overrides)
@@ -91,12 +87,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 def print_results(run_dir: Path, command: str) -> None:
     if command == "cv":
-        from transferlab.cv import print_cv_table
-
         print_cv_table(run_dir)
         print(f"run directory: {run_dir}")
     else:
-        from transferlab.pipeline import summary_line
+        from transferlab.run import summary_line
 
         print(f"run directory: {run_dir}")
         print(summary_line(run_dir))
@@ -117,28 +111,27 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def check_resumable(run: str, command: str = "train") -> None:
-    from transferlab.run import read_json
+    """A run of this command that is neither finished nor failed (one line otherwise)."""
+    from transferlab.rundir import RESULTS, STATE_FILE, RunState
 
     path = Path(run)
-    state_name, results = FITS[command]
     if not path.is_dir():
         raise TransferlabError(f"--resume {run}: no such run directory")
-    if not (path / state_name).is_file():
-        other = "cv" if command == "train" else "train"
-        if (path / FITS[other][0]).is_file():
-            raise TransferlabError(f"{run} is a {'cross-validation' if other == 'cv' else 'training'} run: resume it "
-                                   f"with `transferlab {other} --resume {run}`")
-        raise TransferlabError(f"{run} is not a {command} run that can be resumed (no {state_name})")
-    state = read_json(path / state_name)
-    if state.get("stage") == "done" or state.get("finished"):
-        raise TransferlabError(f"{run} already finished: its results are in {path / results}")
+    if not (path / STATE_FILE).is_file():
+        raise TransferlabError(f"{run} is not a {command} run that can be resumed (no {STATE_FILE})")
+    state = RunState.load(path / STATE_FILE)
+    if state.kind != command:
+        raise TransferlabError(f"{run} is a {'cross-validation' if state.kind == 'cv' else 'training'} run: resume it "
+                               f"with `transferlab {state.kind} --resume {run}`")
+    if state.finished:
+        raise TransferlabError(f"{run} already finished: its results are in {path / RESULTS[command]}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     check_spec(args.data)
     from transferlab.evaluate import evaluate_run
     from transferlab.metrics import headline
-    from transferlab.run import read_json
+    from transferlab.io import read_json
 
     out = evaluate_run(args.run, args.data, out=args.out, subset=args.subset, progress=not args.quiet,
                        engine=args.engine, tta=tta_views(args))
@@ -170,7 +163,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def cmd_rank(args: argparse.Namespace) -> int:
     check_spec(args.data)
     from transferlab.rank import parse_models, print_ranking, rank_models
-    from transferlab.run import slug, write_json
+    from transferlab.io import write_json
+    from transferlab.rundir import slug
 
     models = parse_models(args.models)
     config = config_from_args(args)
@@ -230,10 +224,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from transferlab.pipeline import run_demo
-    from transferlab.run import check_out_dir
+    from transferlab.rundir import check_out_dir
+    from transferlab.run import run_demo
 
     check_out_dir(args.out)
     quiet_lightning()
     print_results(run_demo(out=args.out, progress=not args.quiet), "train")
     return 0
+
+
+def print_cv_table(run_dir: Path) -> None:
+    """mean ± std, 95% CI and per-fold values of the headline metrics."""
+    from rich.table import Table
+
+    from transferlab.console import stdout
+    from transferlab.metrics import LABELS
+    from transferlab.record import load_record
+
+    record = load_record(run_dir)
+    table = Table(title=f"{record.cv['folds']}-fold cross-validation"
+                  + (f" x {record.cv['repeats']}" if record.cv["repeats"] > 1 else "")
+                  + f" ({record.display}, {record.data['n_images']:,} images)", title_justify="left")
+    for column in ("metric", "mean ± std", "95% CI", *(f["name"] for f in record.folds)):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for name in [m for m in LABELS if m in record.aggregate and record.aggregate[m]["mean"] is not None]:
+        agg = record.aggregate[name]
+        spread = f"{agg['mean']:.3f} ± {agg['std']:.3f}" if agg["std"] is not None else f"{agg['mean']:.3f}"
+        ci = f"[{agg['ci95'][0]:.3f}, {agg['ci95'][1]:.3f}]" if agg["ci95"] else "-"
+        table.add_row(name, spread, ci, *("-" if v is None else f"{v:.3f}" for v in agg["values"]))

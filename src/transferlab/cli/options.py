@@ -188,7 +188,7 @@ def writable_output(out: str | None, default: str, *, force: bool) -> Path:
     if out is None:
         return unused_path(Path(default))
     path = Path(out).expanduser()
-    from transferlab.run import probe_writable
+    from transferlab.rundir import probe_writable
 
     probe_writable(path, folder=False)
     if path.is_dir():

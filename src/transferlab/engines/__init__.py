@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 
 from transferlab.errors import ConfigError
+from transferlab.io import digest_key
 
 ENGINES = ("torch", "onnxruntime", "openvino")
 MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
@@ -71,12 +72,12 @@ class Features(nn.Module):
 
     def __init__(self, classifier: nn.Module):
         super().__init__()
-        self.backbone = classifier.backbone
+        self.backbone, self.resize = classifier.backbone, classifier.resize
         self.register_buffer("mean", classifier.mean.clone())
         self.register_buffer("std", classifier.std.clone())
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.backbone((images.float() - self.mean) / self.std)
+        return self.backbone((self.resize(images.float()) - self.mean) / self.std)
 
 
 def versions() -> dict[str, str]:
@@ -94,9 +95,8 @@ def versions() -> dict[str, str]:
 def cache_folder(identity: dict, root: Path | None = None) -> Path:
     """`<cache>/engines/<key>`: where the exports of one model at one input size live."""
     from transferlab.data.sources import cache_root
-    from transferlab.features import cache_key
 
-    return (root or cache_root()) / "engines" / cache_key(identity | versions())[:24]
+    return (root or cache_root()) / "engines" / digest_key(identity | versions())[:24]
 
 
 FILES = {"onnxruntime": ("model.onnx",), "openvino": ("model.xml", "model.bin")}
@@ -189,8 +189,24 @@ def published(folder: Path, engine: str, source: str, build) -> None:
     atomic_write(folder / MANIFEST, lambda handle: handle.write(text))
 
 
-def run_batches(engine, images, indices, batch_size: int) -> np.ndarray:
-    """Outputs of `engine` for the cached images at `indices`, in batches."""
-    out = [engine(np.ascontiguousarray(images.take(indices[start : start + batch_size]).transpose(0, 3, 1, 2)))
-           for start in range(0, len(indices), batch_size)]
+def run_batches(engine, images, indices, batch_size: int, *, transform=None, seed: int = 0,
+                label: str | None = None) -> np.ndarray:
+    """Outputs of `engine` for the stored images at `indices`, in batches (the one inference loop);
+    with `transform`, each image is augmented first, seeded per image; with `label`, a progress bar."""
+    from transferlab.console import progress_bar
+    from transferlab.data.loader import item_seed
+
+    indices, out = np.asarray(indices, dtype=np.int64), []
+    with progress_bar(label or "", total=len(indices), enabled=label is not None) as advance:
+        for start in range(0, len(indices), batch_size):
+            part = indices[start : start + batch_size]
+            batch = np.ascontiguousarray(images.take(part).transpose(0, 3, 1, 2))
+            if transform is not None:
+                views = []
+                for i, image in zip(part, torch.from_numpy(batch)):
+                    torch.manual_seed(item_seed(seed, 0, int(i)))
+                    views.append(transform(image))
+                batch = torch.stack(views).numpy()
+            out.append(engine(batch))
+            advance(len(part))
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)

@@ -130,7 +130,8 @@ def export_run(run: str | Path, fmt: str, *, out: str | Path | None = None, samp
     import transferlab
     from transferlab.engines import Probabilities, versions
     from transferlab.engines.runtime import OnnxEngine, OpenVinoEngine, TorchEngine
-    from transferlab.run import check_out_dir, load_model, write_json
+    from transferlab.io import write_json
+    from transferlab.rundir import check_out_dir, load_model
 
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format '{fmt}': choose one of {', '.join(FORMATS)}")

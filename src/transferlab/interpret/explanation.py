@@ -96,7 +96,7 @@ def explain(run: str | Path, files: list[str | Path], *, method: str = "gradcam"
             class_name: str | None = None, out: str | Path | None = None, colormap: str = "jet",
             alpha: float = 0.45, top: int = 8) -> list[Path]:
     """Explain the predictions of a trained run for image files; returns the PNGs written."""
-    from transferlab.run import check_out_dir, load_model, new_run_dir
+    from transferlab.rundir import check_out_dir, load_model, new_run_dir
 
     check_options(method, colormap, alpha, top)
     check_out_dir(out)

@@ -29,20 +29,40 @@ class ModelError(ConfigError):
     """A model name timm does not know, or a pretrained tag it does not have."""
 
 
-class Classifier(nn.Module):
-    """Normalize -> backbone (pooled features) -> dropout -> linear."""
+class Resize(nn.Module):
+    """Antialiased bilinear resize of square images from `source` to `size` pixels, as two fixed
+    matrix products (torch's antialiased interpolation of the identity): the same numbers in
+    training, in every engine and in every export format."""
 
-    def __init__(self, backbone: nn.Module, num_classes: int, mean, std, dropout: float = 0.0):
+    def __init__(self, source: int, size: int):
+        super().__init__()
+        eye = torch.eye(source).view(1, 1, source, source)
+        matrix = nn.functional.interpolate(eye, size=(source, size), mode="bilinear", antialias=True,
+                                           align_corners=False)[0, 0].T.contiguous()
+        self.register_buffer("matrix", matrix, persistent=False)
+        self.size = size
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.matrix @ images @ self.matrix.T
+
+
+class Classifier(nn.Module):
+    """(Resize ->) normalize -> backbone (pooled features) -> dropout -> linear. Takes uint8 (or 0-255
+    float) images at `input_size`; with a smaller `size` it sees them resized to that, inside the model."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int, mean, std, dropout: float = 0.0, *,
+                 size: int | None = None, input_size: int | None = None):
         super().__init__()
         self.backbone = backbone
         self.num_features = int(backbone.num_features)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.num_features, num_classes))
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
+        self.resize = Resize(input_size, size) if size and input_size and size != input_size else nn.Identity()
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 or 0-255 float (N, 3, H, W) -> the backbone's normalized float input."""
-        return (images.float() - self.mean) / self.std
+        return (self.resize(images.float()) - self.mean) / self.std
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features (N, num_features) of raw images."""
@@ -64,6 +84,22 @@ class Classifier(nn.Module):
         """The backbone's own no-weight-decay parameters (timm: tokens, position embeddings)."""
         method = getattr(self.backbone, "no_weight_decay", None)
         return {f"backbone.{name}" for name in (method() if callable(method) else ())}
+
+
+class Ensemble(nn.Module):
+    """Members (classifiers at their own input sizes, possibly sharing one frozen backbone) combined
+    by weight. Its output is the log of the weighted mean of the members' probabilities, so a
+    softmax of it gives the ensemble's probabilities, and Grad-CAM explains its score like any
+    classifier's."""
+
+    def __init__(self, members: list[Classifier], weights: list[float]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.register_buffer("weights", torch.tensor(weights, dtype=torch.float32) / float(sum(weights)))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        probs = sum(w * m(images).float().softmax(dim=-1) for w, m in zip(self.weights, self.members))
+        return probs.clamp_min(1e-12).log()
 
 
 def pretrained_cfg(name: str) -> dict:

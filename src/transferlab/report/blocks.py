@@ -10,7 +10,8 @@ from pathlib import Path
 import yaml
 
 from transferlab.record import CVRecord, RunRecord
-from transferlab.run import RunError, read_json
+from transferlab.errors import RunError
+from transferlab.io import read_json
 
 # (id, title, builder) in page order; `@section` adds one
 REGISTRY: list[tuple[str, str, Callable]] = []

@@ -219,29 +219,27 @@ def fold_metrics(folds: list[dict], path: Path, names: list[str]) -> Path:
     return save(fig, path)
 
 
-def candidates(entries: list[dict], chosen: tuple[str, int], path: Path) -> Path | None:
-    """auto's candidates: validation accuracy (± one standard error) against the seconds each
-    would take to train in full, the chosen one marked."""
-    scored = [c for c in entries if c.get("accuracy") is not None and not c["status"].startswith("superseded")]
+def candidates(entries: list[dict], members: list[str], path: Path) -> Path | None:
+    """auto's candidates: each one's accuracy (± one standard error) on the evidence images, by input
+    size, one line per variant (the probe: one per C); the ensemble's members circled."""
+    scored = [c for c in entries if c.get("accuracy") is not None]
     if not scored:
         return None
     fig, ax = subplots(figsize=(7, 4.2), layout="constrained")
-    names = sorted({c["name"] for c in scored})
-    for k, name in enumerate(names):
-        group = [c for c in scored if c["name"] == name]
-        ax.errorbar([max(c["final_seconds"], 0.1) for c in group], [c["accuracy"] for c in group],
-                    yerr=[c["se"] for c in group], fmt="o", capsize=3, color=COLORS[k % len(COLORS)], label=name)
-        for c in group:
-            ax.annotate(f"{c['size']}px", (max(c["final_seconds"], 0.1), c["accuracy"]), fontsize=7,
-                        xytext=(4, 3), textcoords="offset points")
-    winner = [c for c in scored if (c["name"], c["size"]) == tuple(chosen)]
-    if winner:
-        ax.scatter([max(winner[0]["final_seconds"], 0.1)], [winner[0]["accuracy"]], s=260, facecolors="none",
-                   edgecolors="black", linewidths=1.5, label="chosen")
-    ax.set_xscale("log")
-    ax.set_xlabel("seconds to train in full (estimated; log scale)")
-    ax.set_ylabel("validation accuracy (± 1 SE)")
-    ax.set_title("auto: the candidates it measured")
-    ax.legend(fontsize=8)
+    lines: dict[str, list[dict]] = {}
+    for c in scored:
+        lines.setdefault(c["label"].rsplit(" @ ", 1)[0], []).append(c)
+    for k, (name, group) in enumerate(sorted(lines.items())):
+        group.sort(key=lambda c: c["size"])
+        ax.errorbar([c["size"] for c in group], [c["accuracy"] for c in group], yerr=[c["se"] for c in group],
+                    fmt="o-" if len(group) > 1 else "s", capsize=3, color=COLORS[k % len(COLORS)], label=name,
+                    alpha=0.8)
+    chosen = [c for c in scored if c["label"] in members]
+    ax.scatter([c["size"] for c in chosen], [c["accuracy"] for c in chosen], s=260, facecolors="none",
+               edgecolors="black", linewidths=1.5, label="ensemble members", zorder=5)
+    ax.set_xlabel("input size (px)")
+    ax.set_ylabel("accuracy on the evidence images (± 1 SE)")
+    ax.set_title("auto: the candidates it measured (out of fold; fine-tuning on the validation split)")
+    ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
     return save(fig, path)

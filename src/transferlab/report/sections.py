@@ -148,30 +148,35 @@ def section_strategy(run: Run) -> list[dict]:
 
 
 def search_blocks(run: Run, decision: dict) -> list[dict]:
-    """Rule against evidence: what the 2x2 rule said, what each candidate scored on validation,
-    what was chosen and whether the two agreed."""
+    """Rule against evidence: what the 2x2 rule said, what each candidate scored (out of fold, or on
+    the validation split), the ensemble's members with their weights, own scores and costs."""
     if not decision.get("candidates"):
         return []
-    prior, budget = decision["prior"], decision.get("budget") or {}
-    rows = [[c["name"], c["size"], c.get("epochs") or "its own", c["status"],
-             "" if c["accuracy"] is None else f"{c['accuracy']:.3f} ± {c['se']:.3f}",
-             "" if c.get("behind_best") is None else f"{c['behind_best']:.3f} ± {c['behind_best_se']:.3f}",
-             f"{c['seconds']:.0f}", f"{c['final_seconds']:.0f}"] for c in decision["candidates"]]
+    prior, budget, ensemble = decision["prior"], decision.get("budget") or {}, decision.get("ensemble") or {}
+    by_label = {c["label"]: c for c in decision["candidates"]}
+    cost = decision.get("inference_ms") or {}
+    members = [[label, f"{m['weight']:.2f}", score(by_label.get(label, {})), fmt(cost.get(str(m["size"])), 1)]
+               for label, m in zip(decision.get("chosen", []), decision.get("members", []))]
+    rows = [[c["label"], c["status"], c["rows"], score(c), fmt(c.get("log_loss"), 3), f"{c['seconds']:.1f}"]
+            for c in decision["candidates"]]
     limit = "no limit" if budget.get("seconds") is None else f"{budget['seconds']:.0f} s"
-    picture = plots.candidates(decision["candidates"], (decision["chosen"], decision["size"]),
-                               run.plots / "auto_candidates.png")
-    return [text("heading", "how auto decided: the rule, then the evidence"),
+    picture = plots.candidates(decision["candidates"], decision.get("chosen", []), run.plots / "auto_candidates.png")
+    return [text("heading", "how auto decided: the rule, then the evidence, then an ensemble"),
             table([], [["the rule says", f"{prior['candidate']} ({prior['quadrant']}, {prior['method']} "
                                          f"{prior['score']:.2f})"],
-                       ["the evidence chose", f"{decision['chosen']} at {decision['size']} px"],
-                       ["agreed", "yes" if decision.get("agreed_with_rule") else "no: the evidence overrules the rule"],
-                       ["validation images", fmt(decision.get("validation_images"))],
-                       ["budget", f"{limit} (search {budget.get('search_seconds', 0):.0f} s, final training "
-                                  f"{budget.get('final_epochs')} epochs)"]]),
-            table(["candidate", "px", "epochs", "status", "validation accuracy ± SE", "behind the best ± SE",
-                   "seconds", "full training (s)"], rows, (1, 6, 7)),
-            figures(figure(picture, "validation accuracy against the time to train in full; the chosen candidate "
-                                    "is the cheapest within one standard error of the best"))]
+                       ["evidence", f"{ensemble.get('images', 0):,} images, {ensemble.get('on')} predictions"],
+                       ["ensemble's selection score", f"accuracy {fmt(ensemble.get('accuracy'))}, log loss "
+                                                      f"{fmt(ensemble.get('log_loss'))} (chosen on these images: "
+                                                      "optimistic; the test split estimates it)"],
+                       ["budget", f"{limit} (search {budget.get('search_seconds', 0):.0f} s)"]]),
+            text("heading", "the ensemble: each member with its weight, its own score and its inference cost"),
+            table(["member", "weight", "its own accuracy ± SE", "backbone ms / image"], members, (1, 3)),
+            table(["candidate", "status", "scored on", "accuracy ± SE", "log loss", "seconds"], rows, (4, 5)),
+            figures(figure(picture, "each candidate's accuracy by input size; the ensemble's members circled"))]
+
+
+def score(candidate: dict) -> str:
+    return "" if candidate.get("accuracy") is None else f"{candidate['accuracy']:.3f} ± {candidate['se']:.3f}"
 
 
 def stage_summary(stages: dict) -> str:

@@ -15,6 +15,7 @@ streams in, before anything is parsed.
 from __future__ import annotations
 
 import asyncio
+import re
 
 from fastapi import FastAPI, Request  # serve/ is imported only once the serve extra is known to be there
 from fastapi.responses import FileResponse, JSONResponse
@@ -105,8 +106,8 @@ def build_api(predictor, max_bytes: int):
             if upload is None or isinstance(upload, str):
                 return error(400, "no file in the field 'image' (curl -F image=@photo.jpg URL/api/predict)")
             top_k = form.get("top_k", "5")
-            if not (isinstance(top_k, str) and top_k.isdigit() and int(top_k) >= 1):
-                return error(400, f"top_k must be a whole number of at least 1, not {top_k!r}")
+            if not (isinstance(top_k, str) and re.fullmatch("[0-9]{1,6}", top_k) and int(top_k) >= 1):
+                return error(400, f"top_k must be a whole number from 1 to 999999, not {top_k[:20]!r}")
             data = await upload.read()
             name = upload.filename
         finally:

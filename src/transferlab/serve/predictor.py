@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from transferlab.data.decode import BadImage, check_size, read_file
-from transferlab.run import load_model, read_json
+from transferlab.io import read_json
+from transferlab.rundir import load_model
 
 MAX_EXAMPLES = 8
 SAFE_NAME = re.compile(r"[^\w.-]+")

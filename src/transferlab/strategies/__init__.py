@@ -22,7 +22,7 @@ from pathlib import Path
 from transferlab.errors import ConfigError
 
 REGISTRY: dict[str, type] = {}
-NOT_STRATEGIES = {"base", "auto"}  # the base class and the automatic choice live here too
+NOT_STRATEGIES = {"base"}  # the base class lives here too
 
 
 def register(cls: type) -> type:
@@ -43,6 +43,12 @@ def load_all() -> dict[str, type]:
     for name in strategy_names():
         importlib.import_module(f"{__name__}.{name.replace('-', '_')}")
     return REGISTRY
+
+
+def variants(similar: bool) -> dict[str, tuple[str, dict]]:
+    """Every registered strategy's search candidates: name -> (strategy, dotted config overrides)."""
+    return {variant: (name, overrides) for name, cls in load_all().items()
+            for variant, overrides in cls.variants(similar).items()}
 
 
 def get_strategy(name: str, config):

@@ -5,14 +5,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 from transferlab.config import Config
 from transferlab.errors import ConfigError
 from transferlab.models.groups import GROUP_NAMES
-
-if TYPE_CHECKING:
-    from transferlab.fit import FitJob, StageResult
 
 
 @dataclass(frozen=True)
@@ -32,6 +29,18 @@ class Strategy:
 
     name: ClassVar[str] = ""
     refits_on_val: ClassVar[bool] = False  # needs no validation split to choose (strategy.linear_probe.refit_on_val)
+    cheap: ClassVar[bool] = False  # trains on cached features only: the search scores it out of fold
+
+    @classmethod
+    def variants(cls, similar: bool) -> dict[str, dict]:
+        """The search's candidates this strategy offers: name -> dotted config overrides (the measured
+        domain similarity may choose their rates)."""
+        return {cls.name: {}}
+
+    def train_seconds(self, images: int, forward: float) -> float:
+        """Estimated seconds to fit on `images` images when one image's backbone pass takes `forward`
+        seconds: about three passes (forward and backward) per image and epoch of each image stage."""
+        return sum(3 * forward * images * stage.epochs for stage in self.stages() if stage.kind == "images")
 
     @property
     def summary(self) -> str:
@@ -67,12 +76,12 @@ class Strategy:
         """The name with what makes this instance particular, e.g. `fine-tune (late, head)`."""
         return self.name
 
-    def run(self, stage: Stage, job: FitJob) -> StageResult:
+    def run(self, stage: Stage, fitting):
         if stage.kind == "features":
-            return job.train_head(stage)
+            return fitting.train_head(stage)
         if stage.kind == "images":
-            return job.train_classifier(stage, schedule=self.trainable, scales=self.lr_scales(),
-                                        train_bn=self.config.strategy.train_bn)
+            return fitting.train_classifier(stage, schedule=self.trainable, scales=self.lr_scales(),
+                                            train_bn=self.config.strategy.train_bn)
         raise NotImplementedError(f"strategy {self.name} has a stage of kind {stage.kind!r} and no run() for it")
 
 

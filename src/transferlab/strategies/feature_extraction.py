@@ -13,6 +13,7 @@ class FeatureExtraction(Strategy):
     adds K augmented views per training image."""
 
     name = "feature-extraction"
+    cheap = True
 
     def stages(self) -> list[Stage]:
         return [Stage("head", "features", self.config.train.epochs)]

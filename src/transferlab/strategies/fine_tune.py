@@ -16,6 +16,15 @@ class FineTune(Strategy):
 
     name = "fine-tune"
 
+    @classmethod
+    def variants(cls, similar: bool) -> dict[str, dict]:
+        """The last blocks with the head, and everything at rates for the measured domain (the rule's
+        rates: a similar domain moves the backbone at 1-10% of the head's rate, a far one at 10-100%)."""
+        rates = (0.01, 0.03, 0.1) if similar else (0.1, 0.3, 1.0)
+        return {"fine-tune-late": {"strategy.fine_tune.train_groups": ["late", "head"],
+                                   "strategy.lr_mult": {"early": 0.0, "middle": 0.0, "late": 0.3, "head": 1.0}},
+                "fine-tune": {"strategy.lr_mult": dict(zip(("early", "middle", "late", "head"), (*rates, 1.0)))}}
+
     def __init__(self, config):
         check_groups(config.strategy.fine_tune.train_groups, "strategy.fine_tune.train_groups")
         super().__init__(config)
