@@ -59,10 +59,7 @@ def damaged_files(draw) -> bytes:
     return bytes(data)
 
 
-@pytest.mark.timeout(600)
-@settings(max_examples=3000, deadline=2000, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
-@given(data=damaged_files())
-def test_any_damaged_file_ends_as_an_image_or_a_bad_image_with_a_reason(data):
+def check_damaged(data: bytes) -> None:
     try:
         pixels, meta = decode_bytes(data, SPEC, LIMITS)
     except BadImage as exc:
@@ -70,6 +67,20 @@ def test_any_damaged_file_ends_as_an_image_or_a_bad_image_with_a_reason(data):
         return
     assert pixels.shape == (16, 16, 3) and pixels.dtype == np.uint8
     assert meta["width"] * meta["height"] <= LIMITS.max_pixels
+
+
+@settings(max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+@given(data=damaged_files())
+def test_any_damaged_file_ends_as_an_image_or_a_bad_image_with_a_reason(data):
+    check_damaged(data)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@settings(max_examples=3000, deadline=2000, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+@given(data=damaged_files())
+def test_3000_damaged_files_end_as_an_image_or_a_bad_image_with_a_reason(data):
+    check_damaged(data)
 
 
 def test_memory_stays_bounded_over_many_damaged_files():

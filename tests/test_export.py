@@ -58,8 +58,12 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("TRANSFERLAB_CACHE", str(tmp_path / "cache"))
 
 
-@pytest.mark.parametrize("model", ["test_efficientnet", "test_vit"])
-@pytest.mark.parametrize("fmt", ["onnx", "openvino", "torchscript"])
+# the default suite exports each format once (the CNN) and the ViT to ONNX; the rest of the matrix is slow
+MATRIX = [pytest.param(model, fmt, marks=[] if model == "test_efficientnet" or fmt == "onnx" else pytest.mark.slow)
+          for model in ("test_efficientnet", "test_vit") for fmt in ("onnx", "openvino", "torchscript")]
+
+
+@pytest.mark.parametrize(("model", "fmt"), MATRIX)
 def test_an_export_matches_the_model_on_the_runs_test_images_at_any_batch(runs, model, fmt, tmp_path, capsys):
     run = runs[0][model]
     assert main(["export", str(run), "--format", fmt, "--out", str(tmp_path / "bundle")]) == 0

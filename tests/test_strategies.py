@@ -297,3 +297,42 @@ def test_the_feature_store_equals_the_fits_own_backbone_on_the_images(color_fold
         model = new_classifier(ctx).eval()
         with torch.no_grad():
             torch.testing.assert_close(store.get(every, size=size), model.features(images), atol=1e-5, rtol=1e-4)
+
+
+# what each registered strategy needs besides TINY to run in seconds; a new strategy runs here with no change
+QUICK = {"fine-tune": ["strategy.fine_tune.head_warmup_epochs=1", "train.epochs=2"],
+         "gradual": ["train.epochs=5", "strategy.gradual.steps=[{epoch: 1, groups: [head]}, {epoch: 2, groups: [late]}]"],
+         "feature-extraction": ["train.epochs=2"],
+         # members at two input sizes of one decoded cache (32 px): the 24 px member resizes in the graph
+         "ensemble": ["strategy.ensemble.members=[{strategy: linear-probe, size: 32, weight: 2}, "
+                      "{strategy: fine-tune, size: 24, weight: 1, settings: {train.epochs: 1, "
+                      "strategy.fine_tune.head_warmup_epochs: 0}}]"]}
+
+
+@pytest.mark.parametrize("name", strategy_names())
+def test_every_registered_strategy_trains_predicts_evaluates_and_explains(name, tmp_path, capsys):
+    """Like scikit-learn's check_estimator over every estimator: each registered strategy goes through
+    the real fit path and every command that takes a run handles what it saved."""
+    from transferlab.cli import main
+
+    data = colour_data(tmp_path)
+    config = load_config(overrides=[*TINY, f"strategy.name={name}", *QUICK.get(name, [])])
+    run = run_training(str(data), config, out=tmp_path / "run", progress=False)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["strategy"]["name"] == name and 0 <= metrics["test"]["accuracy"] <= 1
+    image = next((data / "red").iterdir())
+    capsys.readouterr()
+    assert main(["predict", str(run), str(image), "--json", "--top-k", "2", "--engine", "torch"]) == 0
+    top = json.loads(capsys.readouterr().out)[0]["top"]
+    assert len(top) == 2 and 0 <= top[1]["probability"] <= top[0]["probability"] <= 1
+    assert main(["evaluate", str(run), str(data), "--out", str(tmp_path / "eval")]) == 0
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["test"]["accuracy"] >= 0
+    assert main(["explain", str(run), str(image), "--out", str(tmp_path / "explain")]) == 0
+    assert list((tmp_path / "explain").glob("*.png"))
+    if name == "ensemble":
+        members = json.loads((run / "model" / "model.json").read_text())["members"]
+        assert [(m["strategy"], m["size"], m["weight"]) for m in members] == [
+            ("linear-probe", 32, pytest.approx(2 / 3, abs=1e-5)), ("fine-tune", 24, pytest.approx(1 / 3, abs=1e-5))]
+        assert main(["export", str(run), "--format", "onnx", "--out", str(tmp_path / "bundle")]) == 0
+        bundle = json.loads((tmp_path / "bundle" / "bundle.json").read_text())
+        assert bundle["parity"]["max_abs_diff"] <= 1e-4 and bundle["parity"]["top1_agreement"] == 1.0

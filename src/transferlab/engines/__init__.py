@@ -25,10 +25,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from transferlab.config import ENGINES
 from transferlab.errors import ConfigError
 from transferlab.io import digest_key
 
-ENGINES = ("torch", "onnxruntime", "openvino")
 MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 AUTO_MIN_IMAGES = 2000
 

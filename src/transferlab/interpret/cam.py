@@ -66,7 +66,7 @@ def find_target_layer(classifier: nn.Module, name: str | None = None, input_size
     CNNs: the last stage of timm's feature_info, or for small inputs the last stage whose map
     is still at least 4x4 cells (at 64 px a stride-32 stage is 2x2: too coarse to show anything).
     """
-    backbone = classifier.backbone
+    backbone = primary(classifier).backbone
     modules = dict(classifier.named_modules())
     if name is not None:
         if name not in modules:
@@ -103,6 +103,29 @@ def find_target_layer(classifier: nn.Module, name: str | None = None, input_size
     return modules[found[-1]], found[-1], None
 
 
+def primary(model: nn.Module) -> nn.Module:
+    """The classifier itself, or an ensemble's heaviest member (what feature maps and attention show)."""
+    members = getattr(model, "members", None)
+    return model if members is None else members[int(model.weights.argmax())]
+
+
+def target_layers(model: nn.Module, name: str | None, input_size: int) -> tuple[list[nn.Module], str, object]:
+    """(layers, their names, reshape) for CAM. An ensemble's map is Grad-CAM of the ensemble's own
+    score: each member's layer at that member's input size (a backbone that members share counts
+    once), each map scaled to the input and averaged by pytorch-grad-cam."""
+    members = getattr(model, "members", None)
+    if members is None or name is not None:
+        layer, found, reshape = find_target_layer(model, name, input_size)
+        return [layer], found, reshape
+    layers, names, reshape = [], [], None
+    for k, member in enumerate(members):
+        layer, found, reshape = find_target_layer(member, None, getattr(member.resize, "size", input_size))
+        if all(layer is not seen for seen in layers):
+            layers.append(layer)
+            names.append(f"members.{k}.{found}")
+    return layers, ", ".join(names), reshape
+
+
 def compute_cams(classifier: nn.Module, images: np.ndarray, *, method: str = "gradcam", layer: str | None = None,
                  target_classes: list[int] | None = None, batch_size: int = 16) -> dict:
     """CAMs in [0, 1] at the input size for uint8 images (N, H, W, 3).
@@ -113,7 +136,7 @@ def compute_cams(classifier: nn.Module, images: np.ndarray, *, method: str = "gr
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     classifier.eval()
-    module, layer_name, reshape = find_target_layer(classifier, layer, input_size=images.shape[1])
+    modules, layer_name, reshape = target_layers(classifier, layer, images.shape[1])
     device = next(classifier.parameters()).device
     x_all = torch.from_numpy(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2).float()  # a writable copy
     with torch.no_grad():
@@ -122,7 +145,7 @@ def compute_cams(classifier: nn.Module, images: np.ndarray, *, method: str = "gr
     pred = probs.argmax(axis=1)
     target = np.asarray(target_classes if target_classes is not None else pred, dtype=np.int64)
     cams = []
-    with cam_class(method)(model=classifier, target_layers=[module], reshape_transform=reshape) as cam:
+    with cam_class(method)(model=classifier, target_layers=modules, reshape_transform=reshape) as cam:
         for start in range(0, len(x_all), batch_size):
             batch = x_all[start : start + batch_size].to(device).requires_grad_(True)
             targets = [ClassifierOutputTarget(int(c)) for c in target[start : start + batch_size]]

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from transferlab.interpret.cam import ExplainError, is_vit
+from transferlab.interpret.cam import ExplainError, is_vit, primary
 
 
 def stage_names(backbone: nn.Module) -> list[str]:
@@ -25,6 +25,7 @@ def feature_maps(classifier: nn.Module, image: np.ndarray, *, layers: list[int] 
                  top: int = 8) -> list[dict]:
     """For each stage (or the given stage indices): the `top` most active channels of one uint8
     (H, W, 3) image, as {"name", "size", "channels", "maps" (top, h, w) in [0, 1]}."""
+    classifier = primary(classifier)
     backbone = classifier.backbone
     if not hasattr(backbone, "forward_intermediates"):
         raise ExplainError(f"{type(backbone).__name__} has no forward_intermediates in this timm version: "
@@ -81,6 +82,7 @@ def attention_maps(classifier: nn.Module, image: np.ndarray) -> dict:
     """
     from timm.utils import AttentionExtract
 
+    classifier = primary(classifier)
     backbone = classifier.backbone
     names = attention_modules(backbone)
     if not names or not is_vit(backbone):

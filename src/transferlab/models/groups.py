@@ -46,17 +46,3 @@ def named_groups(classifier: nn.Module) -> dict[str, list[str]]:
         "head": [f"head.{name}" for name, _ in classifier.head.named_parameters()],
     }
 
-
-def layer_depths(classifier: nn.Module) -> dict[str, int]:
-    """Parameter name -> distance from the head (head 0, last backbone group 1, ...) for layer decay."""
-    ordinal = ordinal_groups(classifier.backbone)
-    depths = {f"head.{name}": 0 for name, _ in classifier.head.named_parameters()}
-    for index, group in enumerate(ordinal):
-        for name in group:
-            depths[f"backbone.{name}"] = len(ordinal) - index
-    return depths
-
-
-def no_weight_decay(name: str, param: nn.Parameter) -> bool:
-    """Biases, norm scales and 1-d parameters (and timm's tokens / position embeddings) get no decay."""
-    return param.ndim <= 1 or name.endswith(".bias") or any(t in name for t in ("pos_embed", "cls_token", "reg_token"))
