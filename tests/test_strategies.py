@@ -303,8 +303,10 @@ def test_the_feature_store_equals_the_fits_own_backbone_on_the_images(color_fold
 QUICK = {"fine-tune": ["strategy.fine_tune.head_warmup_epochs=1", "train.epochs=2"],
          "gradual": ["train.epochs=5", "strategy.gradual.steps=[{epoch: 1, groups: [head]}, {epoch: 2, groups: [late]}]"],
          "feature-extraction": ["train.epochs=2"],
-         # members at two input sizes of one decoded cache (32 px): the 24 px member resizes in the graph
+         # members at two input sizes of one decoded cache (32 px): the 24 px ones resize in the graph; the
+         # two probes share one frozen backbone, stored once
          "ensemble": ["strategy.ensemble.members=[{strategy: linear-probe, size: 32, weight: 2}, "
+                      "{strategy: linear-probe, size: 24, weight: 1, settings: {strategy.linear_probe.C: 0.5}}, "
                       "{strategy: fine-tune, size: 24, weight: 1, settings: {train.epochs: 1, "
                       "strategy.fine_tune.head_warmup_epochs: 0}}]"]}
 
@@ -332,7 +334,9 @@ def test_every_registered_strategy_trains_predicts_evaluates_and_explains(name, 
     if name == "ensemble":
         members = json.loads((run / "model" / "model.json").read_text())["members"]
         assert [(m["strategy"], m["size"], m["weight"]) for m in members] == [
-            ("linear-probe", 32, pytest.approx(2 / 3, abs=1e-5)), ("fine-tune", 24, pytest.approx(1 / 3, abs=1e-5))]
+            ("linear-probe", 32, pytest.approx(0.5, abs=1e-5)), ("linear-probe", 24, pytest.approx(0.25, abs=1e-5)),
+            ("fine-tune", 24, pytest.approx(0.25, abs=1e-5))]
+        assert [m["backbone"] for m in members] == [0, 0, 1]
         assert main(["export", str(run), "--format", "onnx", "--out", str(tmp_path / "bundle")]) == 0
         bundle = json.loads((tmp_path / "bundle" / "bundle.json").read_text())
         assert bundle["parity"]["max_abs_diff"] <= 1e-4 and bundle["parity"]["top1_agreement"] == 1.0

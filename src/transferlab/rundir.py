@@ -368,10 +368,24 @@ def check_meta(meta: dict, spec, origin: str) -> None:
         raise ValueError("normalize needs 3 finite means and 3 positive standard deviations")
 
 
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    """Load model/weights.safetensors into `model`, where a tensor that members share is stored once
+    under one of its names. (safetensors' own load_model miscounts shared BatchNorm step counters:
+    torch fills a missing `num_batches_tracked` in, so a name it stored once looks unexpected.)"""
+    from safetensors.torch import load_file
+
+    state, own = load_file(str(path)), model.state_dict()
+    stored = {t.data_ptr() for name, t in own.items() if name in state}
+    unexpected = sorted(set(state) - set(own))
+    missing = [name for name, t in own.items() if name not in state and t.data_ptr() not in stored]
+    if unexpected or missing:
+        raise RuntimeError(f"weights do not fit\n{'Unexpected' if unexpected else 'Missing'} key(s) in state_dict: "
+                           + ", ".join(f'"{k}"' for k in (unexpected or missing)))
+    model.load_state_dict(state, strict=False)
+
+
 def load_model(run: str | Path, device: str | torch.device | None = None) -> TrainedModel:
     """The trained model of a run (eval mode), its preprocessing and decode limits."""
-    from safetensors.torch import load_model as load_tensors
-
     from transferlab.data.decode import Limits
     from transferlab.models import build_model, device_for
     from transferlab.preprocess import ResizeSpec
@@ -396,7 +410,7 @@ def load_model(run: str | Path, device: str | torch.device | None = None) -> Tra
     model = build_model(meta, spec.size)
     weights = model_dir / "weights.safetensors"
     try:
-        load_tensors(model, str(weights))
+        load_weights(model, weights)
     except FileNotFoundError:
         raise RunError(f"{weights} is missing: restore it, or train again") from None
     except RuntimeError as exc:
