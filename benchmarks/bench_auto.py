@@ -143,7 +143,9 @@ def contender(data: str, test: str, overrides: list[str], out: Path) -> tuple[fl
     """Held-out accuracy, wall seconds and strategy record of one `transferlab train` run."""
     # the test images are outside DATA, so no contender holds a test split of its own back (as the
     # script does not): every image of DATA is there to train and to choose on
-    config = load_config(overrides=["train.report=false", "data.test_fraction=0", *overrides])
+    # a cold cache of its own: every contender pays for its own decoding, features and exports
+    config = load_config(overrides=["train.report=false", "data.test_fraction=0", f"data.cache_dir={out}-cache",
+                                    *overrides])
     started = time.perf_counter()
     run = run_training(data, config, out=out, progress=False)
     seconds = time.perf_counter() - started

@@ -168,7 +168,7 @@ def test_auto_scores_every_candidate_out_of_fold_and_records_the_ensemble(muddle
     assert "optimistic" in decision["ensemble"]["note"]
     assert all(c["status"].startswith("skipped") for c in decision["candidates"] if c["strategy"] != "linear-probe")
     saved = load_config(run / "config.yaml")
-    assert saved.strategy.name == "ensemble" and saved.preprocess.size == 48
+    assert saved.strategy.name == "ensemble" and saved.preprocess.size == 24  # the 24 px images at their own size
     assert [(m.size, m.weight) for m in saved.strategy.ensemble.members] == [
         (m["size"], m["weight"]) for m in decision["members"]]
     again = run_training(str(muddled_folder), saved, out=tmp_path / "again", progress=False)

@@ -77,7 +77,7 @@ def test_no_fold_statistics_use_its_test_part(tmp_path):
             save(Image.fromarray(img), root / name / f"{i}.png")
     config = load_config(overrides=TINY + ["preprocess.normalize=zscore", "train.epochs=1"])
     run = run_cv(str(root), config, out=tmp_path / "cv", progress=False)
-    dataset = load_dataset(str(root), config, progress=False)
+    dataset = load_dataset(str(root), config, progress=False, compact=True)  # the pixels as the run stored them
     index = {p: i for i, p in enumerate(dataset.paths)}
     planted_test_folds = 0
     for fold in (1, 2, 3):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -330,3 +331,29 @@ def test_a_non_utf8_file_name_trains_and_is_recorded_escaped(tmp_path, isolated)
     assert "red/caf\\xe9.png" in split and len(split.splitlines()) == 18
     assert json.loads((run / "metrics.json").read_text())["data"]["n_images"] == 17
 
+
+
+def test_images_smaller_than_the_model_are_cached_at_their_own_size(tmp_path, monkeypatch, capsys):
+    """A set of 20 x 20 images for a 32 px model is stored at 20 x 20 (never more pixels than the
+    sources have; inspect says so, with the bytes per image) and the model resizes them in its
+    graph: predict on a file gives the probabilities the run itself recorded for it. A set with one
+    image larger than the model keeps the model's size."""
+    monkeypatch.setenv("TRANSFERLAB_CACHE", str(tmp_path / "cache"))
+    data = colour_images(tmp_path / "small", per_class=10)
+    assert main(["inspect", str(data), "--json", "--set", "preprocess.size=32"]) == 0
+    cached = json.loads(capsys.readouterr().out)["cached_as"]
+    assert (cached["size"], cached["bytes_per_image"]) == (20, 20 * 20 * 3)
+    config = load_config(overrides=[*TINY, "strategy.name=linear-probe"])
+    run = run_training(str(data), config, out=tmp_path / "run", progress=False)
+    meta = json.loads((run / "model" / "model.json").read_text())
+    assert meta["resize"]["size"] == 20 and meta["size"] == 32
+    saved = load_config(run / "config.yaml")
+    assert (saved.preprocess.size, saved.model.size) == (20, 32)
+    row = next(r for r in csv.DictReader((run / "predictions.csv").open()) if r["split"] == "test")
+    assert main(["predict", str(run), str(data / row["path"]), "--json", "--top-k", "2", "--engine", "torch"]) == 0
+    top = json.loads(capsys.readouterr().out)[0]["top"][0]
+    assert top["class"] == row["pred"] and top["probability"] == pytest.approx(float(row[f"p_{row['pred']}"]),
+                                                                                abs=1e-5)
+    save(pattern(99, (40, 30)), data / "red" / "large.png")
+    assert main(["inspect", str(data), "--json", "--set", "preprocess.size=32"]) == 0
+    assert json.loads(capsys.readouterr().out)["cached_as"]["size"] == 32

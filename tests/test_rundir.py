@@ -360,10 +360,34 @@ def test_resume_refuses_conflicting_flags_and_edits_and_honours_safe_ones(tmp_pa
     config.write_text(original.replace("seed: 0", "seed: 1"))
     assert main(["train", "--resume", str(run)]) == 2
     one_error_line(capsys, "was edited since the run started (seed: 0 -> 1)", absent=("data changed",))
-    config.write_text(original.replace("size: 32", "size: 64"))
+    config.write_text(original.replace("size: 32", "size: 64"))  # the model's size (its 20 px images are stored at 20)
     assert main(["train", "--resume", str(run)]) == 2
-    one_error_line(capsys, "preprocess.size: 32 -> 64")
+    one_error_line(capsys, "model.size: 32 -> 64")
     config.write_text(original)
     assert main(["train", "--resume", str(run), "--workers", "0", "--quiet"]) == 0
     assert "train.workers=0 honoured" in capsys.readouterr().err
 
+
+
+def test_a_process_that_opened_many_runs_forks_quietly(tmp_path):
+    """A notebook or a benchmark opens run after run in one process; a DataLoader worker forked
+    after that must close the held lock once, without 'Exception ignored ... Bad file descriptor'."""
+    import subprocess
+    import sys
+
+    code = f"""
+import os
+from pathlib import Path
+from transferlab.rundir import RunLock
+for k in range(3):
+    Path("{tmp_path}/run%d" % k).mkdir()
+    with RunLock(Path("{tmp_path}/run%d" % k)):
+        pass
+with RunLock(Path("{tmp_path}/run0")):
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "Exception ignored" not in done.stderr, done.stderr[-2000:]

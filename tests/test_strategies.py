@@ -5,6 +5,7 @@ schedule as the optimizer sees it, what trains in each epoch through the real tr
 from __future__ import annotations
 
 import csv
+import os
 import json
 
 import lightning as L
@@ -340,3 +341,49 @@ def test_every_registered_strategy_trains_predicts_evaluates_and_explains(name, 
         assert main(["export", str(run), "--format", "onnx", "--out", str(tmp_path / "bundle")]) == 0
         bundle = json.loads((tmp_path / "bundle" / "bundle.json").read_text())
         assert bundle["parity"]["max_abs_diff"] <= 1e-4 and bundle["parity"]["top1_agreement"] == 1.0
+
+
+SHARD_SCRIPT = """
+import os, sys
+import numpy as np
+import torch.distributed as dist
+from transferlab.config import load_config
+from transferlab.data import load_dataset
+from transferlab.engines.shard import init_from_environment
+from transferlab.features import FeatureStore
+
+init_from_environment()
+assert dist.is_initialized() and dist.get_world_size() == 2
+config = load_config(overrides=sys.argv[3:] + [f"data.cache_dir={sys.argv[2]}/cache{dist.get_rank()}"])
+dataset = load_dataset(sys.argv[1], config, progress=False)
+read, take = [], dataset.images.take
+dataset.images.take = lambda indices: read.extend(indices) or take(indices)  # which images this rank decodes
+features = FeatureStore(dataset, config, progress=False).get(np.arange(len(dataset)), size=32).numpy()
+np.save(f"{sys.argv[2]}/rank{dist.get_rank()}.npy", features)
+np.save(f"{sys.argv[2]}/read{dist.get_rank()}.npy", np.array(read))
+"""
+
+
+def test_the_frozen_pass_shards_across_two_processes_to_the_same_features(color_folder, tmp_path):
+    """torchrun with 2 gloo CPU processes: each rank runs the backbone over its share of the images,
+    the shares are gathered, and every rank holds features equal to one process's, in order."""
+    import subprocess
+    import sys
+
+    from transferlab.data import load_dataset
+    from transferlab.features import FeatureStore
+
+    overrides = [*TINY, "train.engine=torch"]
+    script = tmp_path / "shard.py"
+    script.write_text(SHARD_SCRIPT)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), str(color_folder), str(tmp_path), *overrides],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    config = load_config(overrides=overrides)
+    dataset = load_dataset(str(color_folder), config, progress=False)
+    alone = FeatureStore(dataset, config, progress=False).get(np.arange(len(dataset)), size=32).numpy()
+    for rank in (0, 1):
+        np.testing.assert_allclose(np.load(tmp_path / f"rank{rank}.npy"), alone, atol=1e-5, rtol=1e-4)
+    shares = [set(np.load(tmp_path / f"read{rank}.npy").tolist()) for rank in (0, 1)]
+    assert shares[0].isdisjoint(shares[1]) and len(shares[0]) == len(shares[1]) == len(dataset) // 2

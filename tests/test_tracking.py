@@ -41,7 +41,8 @@ def test_a_train_run_is_logged_with_params_curves_metrics_and_artifacts(color_fo
     assert logged.info.status == "FINISHED" and logged.info.run_name == run.name
     assert client.get_experiment(logged.info.experiment_id).name == "pets"
     params = logged.data.params
-    assert params["strategy.name"] == "fine-tune" and params["preprocess.size"] == "32"
+    assert params["strategy.name"] == "fine-tune" and params["model.size"] == "32"
+    assert params["preprocess.size"] == "24"  # the 24 px images are stored at their own size
     assert params["model.name"] == "test_efficientnet" and params["tracking.tracker"] == "mlflow"
     for name in ("accuracy", "f1_macro", "log_loss"):  # the final metrics, equal to metrics.json
         assert logged.data.metrics[f"test_{name}"] == pytest.approx(metrics["test"][name])

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 
 from rich.console import Console
@@ -14,11 +16,42 @@ console = Console(stderr=True, highlight=False)
 stdout = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
 
 
+LOG_EVERY = float(os.environ.get("TRANSFERLAB_LOG_EVERY", 30))  # seconds between progress lines in a log
+
+
+def duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class LogLines:
+    """Progress for a log (no terminal: CI, nohup, a notebook's captured output): one line every
+    LOG_EVERY seconds saying what, how far, the rate and the time left."""
+
+    def __init__(self, label: str, total: int, unit: str = "images"):
+        self.label, self.total, self.unit, self.done = label, total, unit, 0
+        self.started = self.last = time.monotonic()
+
+    def advance(self, n: int = 1, note: str = "") -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self.last >= LOG_EVERY and self.done < self.total:
+            self.last = now
+            rate = self.done / max(now - self.started, 1e-9)
+            info(f"{self.label}: {self.done:,}/{self.total:,} {self.unit} ({100 * self.done / self.total:.0f}%), "
+                 f"{rate:,.1f} {self.unit}/s, about {duration((self.total - self.done) / max(rate, 1e-9))} left"
+                 + (f"; {note}" if note else ""))
+
+
 @contextlib.contextmanager
 def progress_bar(label: str, total: int, *, enabled: bool = True) -> Iterator[Callable[[int], None]]:
-    """A progress bar for `total` steps; yields `advance(n)`."""
+    """A progress bar for `total` steps in a terminal, progress lines in a log; yields `advance(n)`."""
     if not enabled or total == 0:
         yield lambda n=1: None
+        return
+    if not console.is_terminal:
+        lines = LogLines(label, total)
+        yield lines.advance
         return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())

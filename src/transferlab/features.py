@@ -80,7 +80,9 @@ class FeatureStore:
             os.utime(path)  # recency, for trimming
         except (OSError, ValueError):
             found = None
-        if found is not None and found.shape[0] == len(indices):
+        from transferlab.engines.shard import everywhere
+
+        if everywhere(found is not None and found.shape[0] == len(indices)):
             features = torch.from_numpy(found)
             if self.progress:
                 from transferlab.console import info
@@ -143,7 +145,7 @@ class FeatureStore:
         label = f"Features at {size} px" + (f", augmented view {view + 1}" if view is not None else "")
         return torch.from_numpy(run_batches(compiled, self.dataset.images, indices, config.train.eval_batch_size,
                                             transform=transform, seed=config.seed + 1 + (view or 0),
-                                            label=label if self.progress else None))
+                                            label=label if self.progress else None, shard=True))
 
 
 def backbone_identity(model_config, seed: int) -> str:

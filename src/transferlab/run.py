@@ -123,14 +123,17 @@ def open_run(stack, kind: str, data, config: Config, out, resume, overrides, sho
     config = resolve_config(config, data)
     check_out_dir(out)
     check_tracking(config)
-    dataset = load_dataset(data, config, progress=show)
+    dataset = load_dataset(data, config, progress=show, compact=True)
     dataset.require_classes()
+    if dataset.spec.size < config.preprocess.size:  # stored at the images' own size; the model keeps its own
+        config = merge(config, {"model": {"size": config.model.size or config.preprocess.size},
+                                "preprocess": {"size": dataset.spec.size}}, origin="the images' own size")
     if kind == "cv":
         check_folds(dataset.labels, config.cv.folds, dataset.classes)
     from transferlab.models import create_backbone
 
     create_backbone(config.model.name, pretrained=config.model.pretrained, weights=config.model.weights,
-                    img_size=dataset.spec.size)  # unusable weights fail before a run directory exists
+                    img_size=config.model.size or dataset.spec.size)  # unusable weights fail before a run exists
     label = f"cv{config.cv.folds}-{requested}" if kind == "cv" else requested
     run = RunDir.create(stack, out, label, config, RunState(kind=kind, data=data, requested=requested))
     if show:

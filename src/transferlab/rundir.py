@@ -87,6 +87,14 @@ class RunLock:
     """
 
     held: set[int] = set()  # lock descriptors this process holds
+    registered = False
+
+    @staticmethod
+    def close_in_child() -> None:
+        for fd in RunLock.held:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        RunLock.held = set()
 
     def __init__(self, run_dir: Path):
         self.run_dir = Path(run_dir)
@@ -125,8 +133,9 @@ class RunLock:
                             "since": time.strftime("%Y-%m-%d %H:%M:%S")})
         os.ftruncate(fd, 0)
         os.pwrite(fd, owner.encode(), 0)
-        if not RunLock.held:
-            os.register_at_fork(after_in_child=lambda: [os.close(held) for held in RunLock.held])
+        if not RunLock.registered:  # once per process: a second handler would close the same descriptors again
+            os.register_at_fork(after_in_child=RunLock.close_in_child)
+            RunLock.registered = True
         self.fd = fd
         RunLock.held.add(fd)
         return self

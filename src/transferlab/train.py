@@ -281,6 +281,26 @@ def read_checkpoint(path: str | Path) -> dict:
                        "or start a new run") from None
 
 
+class LogProgress(L.Callback):
+    """Training progress as lines in a log (no terminal): every LOG_EVERY seconds the stage, epoch,
+    batch, rate and the time left of the stage, and the training loss."""
+
+    def __init__(self, stage: str):
+        self.stage, self.lines = stage, None
+
+    def on_train_start(self, trainer, module) -> None:
+        from transferlab.console import LogLines
+
+        total = trainer.num_training_batches * max(1, trainer.max_epochs - trainer.current_epoch)
+        self.lines = LogLines(f"training ({self.stage})", total, unit="batches")
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        metrics = trainer.callback_metrics
+        loss = metrics.get("train_loss_step", metrics.get("train_loss"))
+        self.lines.advance(1, f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"
+                              + ("" if loss is None else f", train loss {float(loss):.4f}"))
+
+
 def build_trainer(config: Config, run_dir: Path, stage: str, *, epochs: int, has_val: bool, progress: bool,
                   callbacks: list | None = None, steps_per_epoch: int | None = None,
                   max_seconds: float | None = None, tracker=None) -> tuple[L.Trainer, ModelCheckpoint]:
@@ -290,7 +310,11 @@ def build_trainer(config: Config, run_dir: Path, stage: str, *, epochs: int, has
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints" / stage, filename="best", monitor=monitor,
                                  mode=MONITOR_MODE.get(monitor or "", "min"), save_last=True, save_top_k=1,
                                  auto_insert_metric_name=False, enable_version_counter=False)
+    from transferlab.console import console
+
     every: list = [checkpoint, LearningRateMonitor(logging_interval="step")]
+    if progress and not console.is_terminal:
+        every.append(LogProgress(stage))
     if has_val and config.train.early_stopping:
         every.append(EarlyStopping(monitor=monitor, mode=MONITOR_MODE[monitor], patience=config.train.early_stopping))
     logs = run_dir / "logs"
@@ -303,7 +327,7 @@ def build_trainer(config: Config, run_dir: Path, stage: str, *, epochs: int, has
         precision=config.train.precision, callbacks=every + list(callbacks or []), logger=loggers,
         default_root_dir=run_dir, gradient_clip_val=config.train.grad_clip,
         log_every_n_steps=max(1, min(10, steps_per_epoch or 10)), enable_model_summary=False,
-        enable_progress_bar=progress, use_distributed_sampler=False, num_sanity_val_steps=0,
+        enable_progress_bar=progress and console.is_terminal, use_distributed_sampler=False, num_sanity_val_steps=0,
         limit_val_batches=1.0 if has_val else 0, plugins=[AtomicCheckpointIO()],
         max_time=None if max_seconds is None else {"seconds": max_seconds},
         **({"strategy": config.train.ddp} if config.train.ddp else {}),

@@ -167,6 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # a bad flag (2) or --help (0): a return code for callers of main(), like the shell's
         return int(exc.code or 0)
     try:
+        if args.command in ("train", "cv", "evaluate", "rank", "predict"):  # launched by torchrun or SLURM: shard
+            from transferlab.engines.shard import init_from_environment
+
+            init_from_environment()
         return args.handler(args)
     except TransferlabError as exc:
         print(f"transferlab {args.command}: error: {exc}", file=sys.stderr)

@@ -19,7 +19,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from transferlab.data.health import print_summary
 
     config = config_from_args(args)
-    dataset = load_dataset(args.data, config, progress=not args.json)
+    dataset = load_dataset(args.data, config, progress=not args.json, compact=True)
     summary = dataset.summary()
     if args.json:
         print(json.dumps(summary, indent=2, ensure_ascii=False))

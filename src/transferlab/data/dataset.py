@@ -8,6 +8,7 @@ in `skipped` with the reason; nothing is dropped without a line saying why.
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 from collections import Counter, defaultdict
@@ -87,7 +88,8 @@ class ImageDataset:
             "formats": dict(Counter(r["format"] for r in self.records).most_common()),
             "oriented_by_exif": sum(1 for r in self.records if "orientation" in r),
             "cached_as": {"size": self.spec.size, "resize_mode": self.spec.mode,
-                          "interpolation": self.spec.interpolation, "cache": self.cache},
+                          "interpolation": self.spec.interpolation, "cache": self.cache,
+                          "bytes_per_image": self.spec.size ** 2 * 3 if self.cache != "none" else 0},
             "skipped": self.skipped,
             "ignored": self.ignored,
             "duplicates": self.duplicates,
@@ -115,11 +117,16 @@ def stats_of(values: np.ndarray) -> dict | None:
     return {"min": int(values.min()), "median": float(np.median(values)), "max": int(values.max())}
 
 
-def load_dataset(spec: str, config: Config, *, progress: bool = True) -> ImageDataset:
-    """Validate, decode once and cache every image of DATA `spec` under `config`."""
+def load_dataset(spec: str, config: Config, *, progress: bool = True, compact: bool = False) -> ImageDataset:
+    """Validate, decode once and cache every image of DATA `spec` under `config`. With `compact`
+    (a new run, inspect), images that are all smaller than preprocess.size are stored at their own
+    longest side instead: never more pixels than the sources have (the model resizes them in its graph)."""
     source = open_source(spec, group_column=config.data.group_column)
     items = subset_items(source.items, config.data.subset, config.seed) if config.data.subset else source.items
     resize = resize_spec(config)
+    side = longest_side(source, items, resize.size) if compact else None
+    if side is not None:
+        resize = dataclasses.replace(resize, size=max(side, config.data.min_side))
     cache_mode = choose_cache(config, len(items), resize.size, source)
     disk = DiskCache(Path(config.data.cache_dir).expanduser() if config.data.cache_dir else cache_root(), resize)
     outcomes = decode_all(source, items, resize, config, cache_mode, disk, progress=progress)
@@ -162,6 +169,29 @@ def load_dataset(spec: str, config: Config, *, progress: bool = True) -> ImageDa
         records=records, spec=resize, cache=cache_mode, skipped=skipped, ignored=source.ignored,
         warnings=warnings, duplicates=duplicates, empty_classes=empty_classes,
     )
+
+
+def longest_side(source: Source, items: list[Item], limit: int) -> int | None:
+    """The longest side of any image of `items` when all are below `limit` pixels, else None. File
+    headers only; the first image that reaches `limit` ends the look (photos: one header)."""
+    from PIL import Image
+
+    side = 0
+    for item in items:
+        try:
+            if item.file is None:
+                height, width = source.arrays[item.index].shape[:2]
+            elif os.path.isfile(item.file):  # a regular file (or a link to one): no FIFO or device is opened
+                with Image.open(item.file) as image:
+                    width, height = image.size
+            else:
+                continue
+        except Exception:  # noqa: BLE001 - an unreadable file is the decode pass's to report
+            continue
+        side = max(side, width, height)
+        if side >= limit:
+            return None
+    return side or None
 
 
 def subset_items(items: list[Item], per_class: int, seed: int) -> list[Item]:

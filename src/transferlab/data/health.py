@@ -43,7 +43,8 @@ def print_summary(summary: dict, *, max_listed: int = 50) -> None:
         facts.add_row("channel std (R, G, B)", ", ".join(f"{v:.4f}" for v in summary["channel_std"]))
     cached = summary["cached_as"]
     facts.add_row("cached as", f"{cached['size']}x{cached['size']} ({cached['resize_mode']}, "
-                               f"{cached['interpolation']}), {cached['cache']} cache")
+                               f"{cached['interpolation']}), {cached['cache']} cache, "
+                               f"{cached.get('bytes_per_image', 0):,} bytes per image")
     facts.add_row("skipped / ignored files", f"{len(summary['skipped']):,} / {len(summary['ignored']):,}")
     dups = summary["duplicates"]
     facts.add_row("duplicate groups (label conflicts)",

@@ -114,8 +114,9 @@ def target_layers(model: nn.Module, name: str | None, input_size: int) -> tuple[
     score: each member's layer at that member's input size (a backbone that members share counts
     once), each map scaled to the input and averaged by pytorch-grad-cam."""
     members = getattr(model, "members", None)
-    if members is None or name is not None:
-        layer, found, reshape = find_target_layer(model, name, input_size)
+    if members is None or name is not None:  # the backbone's input: after the model's own resize
+        layer, found, reshape = find_target_layer(model, name, getattr(getattr(model, "resize", None), "size",
+                                                                       input_size))
         return [layer], found, reshape
     layers, names, reshape = [], [], None
     for k, member in enumerate(members):

@@ -33,6 +33,7 @@ from transferlab.search.ensemble import log_loss, select
 from transferlab.search.rule import Prior, decide, measure
 
 FINAL_SHARE = 0.1  # of the budget kept for the final fit and the evaluation
+PRIOR_SHARE = 0.15  # of the time left that the rule's measurement may take
 
 
 @dataclass
@@ -102,9 +103,13 @@ class Search:
         return self.ctx.features.get(rows, size=size, normalize=self.norm)
 
     def prior(self) -> Prior:
-        train = self.ctx.indices["train"]
-        sample, _ = subsample(train, self.ctx.dataset.labels, self.auto.max_images, self.ctx.config.seed)
-        features = self.features(self.ctx.dataset.spec.size, sample).numpy()
+        """The rule's measurement, on as many training images (up to strategy.auto.max_images) as
+        PRIOR_SHARE of the time left affords at the measured cost of one image's pass."""
+        train, labels = self.ctx.indices["train"], self.ctx.dataset.labels
+        affordable = PRIOR_SHARE * self.left() / self.ctx.features.seconds_per_image(self.ctx.size)
+        limit = int(min(self.auto.max_images, max(affordable, 20 * len(self.ctx.dataset.classes))))
+        sample, _ = subsample(train, labels, limit, self.ctx.config.seed)
+        features = self.features(self.ctx.size, sample).numpy()
         logme_score, leep_score = measure(features, self.ctx.dataset.labels[sample], self.ctx.config)
         return decide(self.auto, self.ctx.dataset.labels[train], logme_score=logme_score, leep_score=leep_score,
                       sampled=len(sample))
@@ -258,7 +263,7 @@ def choose(ctx) -> Choice:
     budget = "no limit" if ctx.deadline is None else f"{(ctx.deadline - search.started) / 60:.1f} min"
     search.say(f"the rule says {prior.candidate} ({prior.reason}); scoring candidates on {len(search.pool):,} "
                f"images{' (a stratified subsample)' if search.cut else ''} within {budget} (--budget to change)")
-    sizes = sorted(ctx.config.strategy.auto.sizes or [ctx.dataset.spec.size])
+    sizes = sorted(ctx.config.strategy.auto.sizes or [ctx.size])
     if "linear-probe" in ctx.config.strategy.auto.candidates:
         search.cheap(sizes)
     search.expensive(prior)
