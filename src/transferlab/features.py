@@ -128,6 +128,7 @@ class FeatureStore:
     def compute(self, indices: np.ndarray, size: int, normalize: tuple, view: int | None) -> torch.Tensor:
         """Run the pretrained backbone over the images (on an engine when it pays and no view is asked)."""
         from transferlab.engines import cache_folder, compile_engine, exported, resolve, run_batches
+        from transferlab.engines.shard import sharded
 
         config = self.config
         module = self.module(size, normalize)
@@ -143,9 +144,9 @@ class FeatureStore:
 
             transform = build_train_transform(config.augment, self.size)
         label = f"Features at {size} px" + (f", augmented view {view + 1}" if view is not None else "")
-        return torch.from_numpy(run_batches(compiled, self.dataset.images, indices, config.train.eval_batch_size,
-                                            transform=transform, seed=config.seed + 1 + (view or 0),
-                                            label=label if self.progress else None, shard=True))
+        return torch.from_numpy(sharded(lambda rows: run_batches(
+            compiled, self.dataset.images, rows, config.train.eval_batch_size, transform=transform,
+            seed=config.seed + 1 + (view or 0), label=label if self.progress else None), indices))
 
 
 def backbone_identity(model_config, seed: int) -> str:

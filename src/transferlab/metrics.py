@@ -76,92 +76,97 @@ def compute_metrics(y_true, probs, classes: list[str], *, curves: bool = True) -
     """Every metric of predicted class probabilities `probs` (N, K) against true labels `y_true` (N,)."""
     y_true = np.asarray(y_true, dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float64)
-    k = len(classes)
-    labels = np.arange(k)
-    y_pred = probs.argmax(axis=1)
-    present = np.bincount(y_true, minlength=k) > 0
-    predicted = np.bincount(y_pred, minlength=k) > 0
-    undefined: dict[str, str] = {}
-    out: dict = {"n": int(len(y_true))}
     if len(y_true) == 0:
         return {"n": 0, "undefined": {"all": "no samples"}}
-
+    undefined: dict[str, str] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        out["accuracy"] = float(skm.accuracy_score(y_true, y_pred))
-        out["balanced_accuracy"] = float(skm.balanced_accuracy_score(y_true, y_pred))
-        for top in (3, 5):
-            if k > top:
-                out[f"top{top}_accuracy"] = float(skm.top_k_accuracy_score(y_true, probs, k=top, labels=labels))
-        for average in ("macro", "weighted"):
-            p, r, f, _ = skm.precision_recall_fscore_support(y_true, y_pred, labels=labels, average=average,
-                                                             zero_division=0)
-            out[f"precision_{average}"], out[f"recall_{average}"], out[f"f1_{average}"] = float(p), float(r), float(f)
-        per_p, per_r, per_f, support = skm.precision_recall_fscore_support(y_true, y_pred, labels=labels,
-                                                                           zero_division=0)
-        if not present.all():
-            undefined["recall_macro"] = "averaged with 0 for classes absent from the true labels: " + \
-                ", ".join(classes[c] for c in labels[~present])
-        if not predicted.all():
-            undefined["precision_macro"] = "averaged with 0 for classes never predicted: " + \
-                ", ".join(classes[c] for c in labels[~predicted])
-        out["log_loss"] = clean(skm.log_loss(y_true, np.clip(probs, 1e-15, 1), labels=labels))
-        out["ece"] = expected_calibration_error(y_true, probs)
-        out["confusion_matrix"] = skm.confusion_matrix(y_true, y_pred, labels=labels).tolist()
-        counts = np.asarray(out["confusion_matrix"], dtype=float)
-        rows = counts.sum(axis=1, keepdims=True)
-        out["confusion_matrix_normalized"] = np.divide(counts, rows, out=np.zeros_like(counts),
-                                                       where=rows > 0).round(6).tolist()
-
-        per_class: dict[str, dict] = {}
-        roc_points: dict[str, dict] = {}
-        aucs: list[float | None] = []
-        for c in labels:
-            name = classes[c]
-            positive = y_true == c
-            entry = {"precision": float(per_p[c]) if predicted[c] else None,
-                     "recall": float(per_r[c]) if present[c] else None,
-                     "f1": float(per_f[c]) if present[c] or predicted[c] else None,
-                     "support": int(support[c])}
-            if not predicted[c]:
-                undefined[f"per_class.{name}.precision"] = "class never predicted"
-            if positive.all() or not positive.any():
-                entry["roc_auc"] = entry["pr_auc"] = None
-                why = "class absent from the true labels" if not positive.any() else "every sample is of this class"
-                undefined[f"per_class.{name}.roc_auc"] = why
-                aucs.append(None)
-            else:
-                entry["roc_auc"] = float(skm.roc_auc_score(positive, probs[:, c]))
-                entry["pr_auc"] = float(skm.average_precision_score(positive, probs[:, c]))
-                aucs.append(entry["roc_auc"])
-                if curves:
-                    fpr, tpr, _ = skm.roc_curve(positive, probs[:, c])
-                    roc_points[name] = {"fpr": fpr.round(6).tolist(), "tpr": tpr.round(6).tolist(),
-                                        "auc": entry["roc_auc"]}
-            per_class[name] = entry
-        out["per_class"] = per_class
-
-        if k == 2:
-            if present.all():
-                out["roc_auc"] = float(skm.roc_auc_score(y_true, probs[:, 1]))
-            else:
-                out["roc_auc"] = None
-                undefined["roc_auc"] = "only one class in the true labels"
-        else:
-            if present.all():
-                out["roc_auc_ovr_macro"] = float(skm.roc_auc_score(y_true, probs, multi_class="ovr",
-                                                                   average="macro", labels=labels))
-                out["roc_auc_ovr_weighted"] = float(skm.roc_auc_score(y_true, probs, multi_class="ovr",
-                                                                      average="weighted", labels=labels))
-            else:
-                out["roc_auc_ovr_macro"] = out["roc_auc_ovr_weighted"] = None
-                reason = "classes absent from the true labels: " + ", ".join(classes[c] for c in labels[~present])
-                undefined["roc_auc_ovr_macro"] = undefined["roc_auc_ovr_weighted"] = reason
+        out = {"n": int(len(y_true))} | overall(y_true, probs, classes, undefined)
+        out["per_class"], roc_points = per_class_metrics(y_true, probs, classes, undefined, curves=curves)
+        out |= roc_auc(y_true, probs, classes, undefined)
     if curves:
         out["roc_curves"] = roc_points
         out["calibration"] = calibration_curve(y_true, probs)
     out["undefined"] = undefined
     return out
+
+
+def overall(y_true: np.ndarray, probs: np.ndarray, classes: list[str], undefined: dict) -> dict:
+    """Accuracies, averaged precision / recall / F1, log loss, ECE and the confusion matrices."""
+    k, y_pred = len(classes), probs.argmax(axis=1)
+    labels = np.arange(k)
+    out = {"accuracy": float(skm.accuracy_score(y_true, y_pred)),
+           "balanced_accuracy": float(skm.balanced_accuracy_score(y_true, y_pred))}
+    for top in (3, 5):
+        if k > top:
+            out[f"top{top}_accuracy"] = float(skm.top_k_accuracy_score(y_true, probs, k=top, labels=labels))
+    for average in ("macro", "weighted"):
+        p, r, f, _ = skm.precision_recall_fscore_support(y_true, y_pred, labels=labels, average=average,
+                                                         zero_division=0)
+        out[f"precision_{average}"], out[f"recall_{average}"], out[f"f1_{average}"] = float(p), float(r), float(f)
+    present, predicted = np.bincount(y_true, minlength=k) > 0, np.bincount(y_pred, minlength=k) > 0
+    if not present.all():
+        undefined["recall_macro"] = "averaged with 0 for classes absent from the true labels: " + \
+            ", ".join(classes[c] for c in labels[~present])
+    if not predicted.all():
+        undefined["precision_macro"] = "averaged with 0 for classes never predicted: " + \
+            ", ".join(classes[c] for c in labels[~predicted])
+    out["log_loss"] = clean(skm.log_loss(y_true, np.clip(probs, 1e-15, 1), labels=labels))
+    out["ece"] = expected_calibration_error(y_true, probs)
+    out["confusion_matrix"] = skm.confusion_matrix(y_true, y_pred, labels=labels).tolist()
+    counts = np.asarray(out["confusion_matrix"], dtype=float)
+    rows = counts.sum(axis=1, keepdims=True)
+    out["confusion_matrix_normalized"] = np.divide(counts, rows, out=np.zeros_like(counts),
+                                                   where=rows > 0).round(6).tolist()
+    return out
+
+
+def per_class_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str], undefined: dict, *,
+                      curves: bool) -> tuple[dict, dict]:
+    """({class: precision, recall, F1, support, ROC AUC, PR AUC}, {class: ROC curve points})."""
+    k, y_pred = len(classes), probs.argmax(axis=1)
+    labels = np.arange(k)
+    present, predicted = np.bincount(y_true, minlength=k) > 0, np.bincount(y_pred, minlength=k) > 0
+    per_p, per_r, per_f, support = skm.precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    per_class: dict[str, dict] = {}
+    roc_points: dict[str, dict] = {}
+    for c in labels:
+        name, positive = classes[c], y_true == c
+        entry = {"precision": float(per_p[c]) if predicted[c] else None,
+                 "recall": float(per_r[c]) if present[c] else None,
+                 "f1": float(per_f[c]) if present[c] or predicted[c] else None, "support": int(support[c])}
+        if not predicted[c]:
+            undefined[f"per_class.{name}.precision"] = "class never predicted"
+        if positive.all() or not positive.any():
+            entry["roc_auc"] = entry["pr_auc"] = None
+            undefined[f"per_class.{name}.roc_auc"] = ("class absent from the true labels" if not positive.any()
+                                                      else "every sample is of this class")
+        else:
+            entry["roc_auc"] = float(skm.roc_auc_score(positive, probs[:, c]))
+            entry["pr_auc"] = float(skm.average_precision_score(positive, probs[:, c]))
+            if curves:
+                fpr, tpr, _ = skm.roc_curve(positive, probs[:, c])
+                roc_points[name] = {"fpr": fpr.round(6).tolist(), "tpr": tpr.round(6).tolist(),
+                                    "auc": entry["roc_auc"]}
+        per_class[name] = entry
+    return per_class, roc_points
+
+
+def roc_auc(y_true: np.ndarray, probs: np.ndarray, classes: list[str], undefined: dict) -> dict:
+    """ROC AUC: of class 1 for two classes, one-vs-rest macro and weighted for more."""
+    labels = np.arange(len(classes))
+    present = np.bincount(y_true, minlength=len(classes)) > 0
+    if len(classes) == 2:
+        if present.all():
+            return {"roc_auc": float(skm.roc_auc_score(y_true, probs[:, 1]))}
+        undefined["roc_auc"] = "only one class in the true labels"
+        return {"roc_auc": None}
+    if present.all():
+        return {f"roc_auc_ovr_{average}": float(skm.roc_auc_score(y_true, probs, multi_class="ovr", average=average,
+                                                                  labels=labels)) for average in ("macro", "weighted")}
+    reason = "classes absent from the true labels: " + ", ".join(classes[c] for c in labels[~present])
+    undefined["roc_auc_ovr_macro"] = undefined["roc_auc_ovr_weighted"] = reason
+    return {"roc_auc_ovr_macro": None, "roc_auc_ovr_weighted": None}
 
 
 def rank_auc(positive: np.ndarray, scores: np.ndarray) -> float | None:

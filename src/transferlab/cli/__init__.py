@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import errno
 import sys
-from collections.abc import Callable
 
 from transferlab import __version__
 from transferlab.cli.commands import (cmd_demo, cmd_evaluate, cmd_explain, cmd_export, cmd_fit, cmd_inspect,
@@ -17,40 +16,28 @@ from transferlab.cli.commands import (cmd_demo, cmd_evaluate, cmd_explain, cmd_e
 from transferlab.cli.options import (EXAMPLES, POSITIVE_INT, SIZE, Parser, add_aug_option, add_config_options,
                                      add_data_options, add_inference_options, add_train_options, colormap_type,
                                      number_type)
+from transferlab.config import ENGINES
 from transferlab.errors import TransferlabError
 from transferlab.interpret.methods import ALL_METHODS
 
 __all__ = ["main", "build_parser", "quiet_lightning"]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(
-        prog="transferlab",
-        description="Turn a folder of labelled images into an honestly evaluated, explainable classifier.",
-    )
-    parser.add_argument("--version", action="version", version=f"transferlab {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=Parser)
-
-    def command(name: str, handler: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
-        # argparse %-formats help strings: a literal % (as in "95% CI") must be doubled there
-        sub = commands.add_parser(name, help=help_text.replace("%", "%%"), description=help_text,
-                                  epilog=EXAMPLES.get(name), formatter_class=argparse.RawDescriptionHelpFormatter)
-        sub.set_defaults(handler=handler)
-        return sub
-
-    inspect = command("inspect", cmd_inspect, "dataset health and statistics: classes, sizes, bad files, duplicates")
+def _inspect_options(inspect: argparse.ArgumentParser) -> None:
     add_data_options(inspect)
     add_config_options(inspect)
     inspect.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
 
-    train = command("train", cmd_fit, "train a classifier by transfer learning and write a run directory")
+
+def _train_options(train: argparse.ArgumentParser) -> None:
     add_data_options(train, optional=True)
     add_train_options(train)
     add_aug_option(train)
     add_config_options(train)
     train.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint")
 
-    cv = command("cv", cmd_fit, "stratified K-fold cross-validation: mean ± std and 95% CI of every metric")
+
+def _cv_options(cv: argparse.ArgumentParser) -> None:
     add_data_options(cv, optional=True)
     cv.add_argument("--folds", type=number_type(int, 2, 1000), help="number of folds K (default 5)")
     cv.add_argument("--repeats", type=number_type(int, 1, 1000),
@@ -60,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(cv)
     cv.add_argument("--resume", metavar="RUN", help="continue an interrupted cross-validation at its fold")
 
-    evaluate = command("evaluate", cmd_evaluate, "metrics of a trained run on another labelled set")
+
+def _evaluate_options(evaluate: argparse.ArgumentParser) -> None:
     evaluate.add_argument("run", metavar="RUN", help="a run directory written by `transferlab train`")
     evaluate.add_argument("data", metavar="DATA", help="labelled images: folder, CSV manifest or builtin:NAME")
     evaluate.add_argument("--out", metavar="DIR", help="evaluation directory (default RUN/evaluations/<time>-...)")
@@ -68,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     add_inference_options(evaluate)
 
-    explain = command("explain", cmd_explain, "what the model looks at: Grad-CAM family, feature maps, attention")
+
+def _explain_options(explain: argparse.ArgumentParser) -> None:
     explain.add_argument("run", metavar="RUN", help="a run directory written by `transferlab train`")
     explain.add_argument("images", metavar="IMAGE", nargs="+", help="image files")
     explain.add_argument("--method", default="gradcam", choices=ALL_METHODS, help="what to show (default gradcam)")
@@ -82,10 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--top", type=number_type(int, 1, 4096), default=8,
                          help="featuremaps: channels per stage (default 8)")
 
-    report = command("report", cmd_report, "rebuild a run's report.html from its saved artifacts")
+
+def _report_options(report: argparse.ArgumentParser) -> None:
     report.add_argument("run", metavar="RUN", help="a run directory of `transferlab train` or `transferlab cv`")
 
-    rank = command("rank", cmd_rank, "rank candidate backbones by transferability (LogME), without fine-tuning")
+
+def _rank_options(rank: argparse.ArgumentParser) -> None:
     rank.add_argument("data", metavar="DATA", help="class-folder tree, CSV manifest or builtin:NAME")
     rank.add_argument("--models", required=True, metavar="A,B,C",
                       help="comma-separated timm names; NAME=FILE uses local weights")
@@ -97,14 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
     rank.add_argument("--quiet", action="store_true", help="no progress bars")
     add_config_options(rank)
 
-    predict = command("predict", cmd_predict, "top-k classes of image files with a trained run")
+
+def _predict_options(predict: argparse.ArgumentParser) -> None:
     predict.add_argument("run", metavar="RUN", help="a run directory written by `transferlab train`")
     predict.add_argument("images", metavar="IMAGE", nargs="+", help="image files")
     predict.add_argument("--top-k", type=POSITIVE_INT, default=5, help="classes to show per image (default 5)")
     predict.add_argument("--json", action="store_true", help="print JSON on stdout")
     add_inference_options(predict)
 
-    export = command("export", cmd_export, "export a trained run to ONNX, OpenVINO or TorchScript, parity checked")
+
+def _export_options(export: argparse.ArgumentParser) -> None:
     export.add_argument("run", metavar="RUN", help="a run directory written by `transferlab train`")
     export.add_argument("--format", required=True, choices=["onnx", "openvino", "torchscript"],
                         help="what to export to")
@@ -112,25 +105,28 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--check", type=number_type(int, 1, 10_000), default=64, metavar="N",
                         help="test images the export must match PyTorch on (default 64)")
 
-    serve = command("serve", cmd_serve, "try a trained run in the browser (Gradio app) and over HTTP (JSON API)")
+
+def _serve_options(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("run", metavar="RUN", help="a run directory written by `transferlab train`")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the "
                             "network, without a login)")
     serve.add_argument("--port", type=number_type(int, 0, 65535), default=7860,
                        help="port (default 7860; 0: any free port)")
-    serve.add_argument("--engine", default="auto", choices=["auto", "torch", "onnxruntime", "openvino"],
+    serve.add_argument("--engine", default="auto", choices=["auto", *ENGINES],
                        help="what runs the model (default auto: the documented rule of `predict`)")
     serve.add_argument("--max-upload-mb", type=number_type(float, 0.001, 2048), default=20.0, metavar="MB",
                        help="largest upload accepted, in MB (default 20)")
     serve.add_argument("--max-pixels", type=number_type(int, 1, 2**40), default=40_000_000, metavar="N",
                        help="largest image accepted, in pixels (default 40000000: photos up to 40 Mpx)")
 
-    demo = command("demo", cmd_demo, "the whole path on a built-in data set, on a CPU, in minutes")
+
+def _demo_options(demo: argparse.ArgumentParser) -> None:
     demo.add_argument("--out", metavar="RUN", help="run directory (default runs/<time>-demo-...)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    preview = command("preview", cmd_preview, "what the augmentation does, as a PNG grid")
+
+def _preview_options(preview: argparse.ArgumentParser) -> None:
     add_data_options(preview)
     add_aug_option(preview)
     add_config_options(preview)
@@ -141,6 +137,37 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--out", metavar="PNG", help="where to write the grid (default augment-preview.png, "
                                                      "never overwriting an existing one)")
     preview.add_argument("--force", action="store_true", help="replace --out if it exists")
+
+
+COMMANDS = [  # name, handler, help, its options: the order of `transferlab --help`
+    ("inspect", cmd_inspect, "dataset health and statistics: classes, sizes, bad files, duplicates", _inspect_options),
+    ("train", cmd_fit, "train a classifier by transfer learning and write a run directory", _train_options),
+    ("cv", cmd_fit, "stratified K-fold cross-validation: mean ± std and 95% CI of every metric", _cv_options),
+    ("evaluate", cmd_evaluate, "metrics of a trained run on another labelled set", _evaluate_options),
+    ("explain", cmd_explain, "what the model looks at: Grad-CAM family, feature maps, attention", _explain_options),
+    ("report", cmd_report, "rebuild a run's report.html from its saved artifacts", _report_options),
+    ("rank", cmd_rank, "rank candidate backbones by transferability (LogME), without fine-tuning", _rank_options),
+    ("predict", cmd_predict, "top-k classes of image files with a trained run", _predict_options),
+    ("export", cmd_export, "export a trained run to ONNX, OpenVINO or TorchScript, parity checked", _export_options),
+    ("serve", cmd_serve, "try a trained run in the browser (Gradio app) and over HTTP (JSON API)", _serve_options),
+    ("demo", cmd_demo, "the whole path on a built-in data set, on a CPU, in minutes", _demo_options),
+    ("preview", cmd_preview, "what the augmentation does, as a PNG grid", _preview_options),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="transferlab",
+        description="Turn a folder of labelled images into an honestly evaluated, explainable classifier.",
+    )
+    parser.add_argument("--version", action="version", version=f"transferlab {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=Parser)
+    for name, handler, help_text, options in COMMANDS:
+        # argparse %-formats help strings: a literal % (as in "95% CI") must be doubled there
+        sub = commands.add_parser(name, help=help_text.replace("%", "%%"), description=help_text,
+                                  epilog=EXAMPLES.get(name), formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub.set_defaults(handler=handler)
+        options(sub)
     return parser
 
 

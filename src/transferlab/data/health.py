@@ -24,6 +24,34 @@ def print_summary(summary: dict, *, max_listed: int = 50) -> None:
         classes.add_row(name, f"{count:,}", f"{100 * count / total:.1f}%", "█" * max(1, round(20 * count / peak)))
     stdout.print(classes)
 
+    stdout.print(facts_table(summary))
+    dups = summary["duplicates"]
+
+    for title, rows in (("skipped files", summary["skipped"]), ("ignored files", summary["ignored"])):
+        if not rows:
+            continue
+        table = Table(title=f"{title} ({len(rows):,})", title_justify="left")
+        table.add_column("file", overflow="fold")
+        table.add_column("reason", overflow="fold")
+        for row in rows[:max_listed]:
+            table.add_row(row["path"], row["reason"])
+        if len(rows) > max_listed:
+            reasons = Counter(r["reason"].split(":")[0] for r in rows[max_listed:])
+            table.add_row(f"... {len(rows) - max_listed:,} more", "; ".join(f"{r} ({n})" for r, n in reasons.items()))
+        stdout.print(table)
+    if dups:
+        table = Table(title=f"byte-identical duplicates ({len(dups):,} groups)", title_justify="left")
+        table.add_column("files", overflow="fold")
+        table.add_column("labels")
+        for dup in dups[:max_listed]:
+            table.add_row(", ".join(dup["paths"]), ("CONFLICT: " if dup["conflict"] else "") + ", ".join(dup["labels"]))
+        stdout.print(table)
+    for message in summary["warnings"]:
+        stdout.print(f"[yellow]warning:[/yellow] {message}")
+
+
+def facts_table(summary: dict) -> Table:
+    """Imbalance, sizes, modes, formats, channel statistics, the cache, skipped files and duplicates."""
     facts = Table(show_header=False, title="statistics", title_justify="left")
     facts.add_column("what")
     facts.add_column("value")
@@ -49,26 +77,4 @@ def print_summary(summary: dict, *, max_listed: int = 50) -> None:
     dups = summary["duplicates"]
     facts.add_row("duplicate groups (label conflicts)",
                   f"{len(dups):,} ({sum(1 for d in dups if d['conflict']):,})")
-    stdout.print(facts)
-
-    for title, rows in (("skipped files", summary["skipped"]), ("ignored files", summary["ignored"])):
-        if not rows:
-            continue
-        table = Table(title=f"{title} ({len(rows):,})", title_justify="left")
-        table.add_column("file", overflow="fold")
-        table.add_column("reason", overflow="fold")
-        for row in rows[:max_listed]:
-            table.add_row(row["path"], row["reason"])
-        if len(rows) > max_listed:
-            reasons = Counter(r["reason"].split(":")[0] for r in rows[max_listed:])
-            table.add_row(f"... {len(rows) - max_listed:,} more", "; ".join(f"{r} ({n})" for r, n in reasons.items()))
-        stdout.print(table)
-    if dups:
-        table = Table(title=f"byte-identical duplicates ({len(dups):,} groups)", title_justify="left")
-        table.add_column("files", overflow="fold")
-        table.add_column("labels")
-        for dup in dups[:max_listed]:
-            table.add_row(", ".join(dup["paths"]), ("CONFLICT: " if dup["conflict"] else "") + ", ".join(dup["labels"]))
-        stdout.print(table)
-    for message in summary["warnings"]:
-        stdout.print(f"[yellow]warning:[/yellow] {message}")
+    return facts

@@ -190,30 +190,26 @@ def published(folder: Path, engine: str, source: str, build) -> None:
 
 
 def run_batches(engine, images, indices, batch_size: int, *, transform=None, seed: int = 0,
-                label: str | None = None, shard: bool = False) -> np.ndarray:
+                label: str | None = None) -> np.ndarray:
     """Outputs of `engine` for the stored images at `indices`, in batches (the one inference loop);
-    with `transform`, each image is augmented first, seeded per image; with `label`, a progress bar.
-    With `shard` (a pass every rank runs) each rank of engines/shard.py runs its share and all get every output."""
-    from transferlab.engines.shard import rank_and_size, sharded
+    with `transform`, each image is augmented first, seeded per image; with `label`, a progress bar
+    (on rank 0 only, when engines/shard.py splits the pass across processes)."""
+    from transferlab.console import progress_bar
+    from transferlab.data.loader import item_seed
+    from transferlab.engines.shard import rank_and_size
 
-    def run(part_indices: np.ndarray) -> np.ndarray:
-        from transferlab.console import progress_bar
-        from transferlab.data.loader import item_seed
-
-        out = []
-        shown = label is not None and rank_and_size()[0] == 0
-        with progress_bar(label or "", total=len(part_indices), enabled=shown) as advance:
-            for start in range(0, len(part_indices), batch_size):
-                part = part_indices[start : start + batch_size]
-                batch = np.ascontiguousarray(images.take(part).transpose(0, 3, 1, 2))
-                if transform is not None:
-                    views = []
-                    for i, image in zip(part, torch.from_numpy(batch)):
-                        torch.manual_seed(item_seed(seed, 0, int(i)))
-                        views.append(transform(image))
-                    batch = torch.stack(views).numpy()
-                out.append(engine(batch))
-                advance(len(part))
-        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
-
-    return sharded(run, np.asarray(indices, dtype=np.int64)) if shard else run(np.asarray(indices, dtype=np.int64))
+    indices, out = np.asarray(indices, dtype=np.int64), []
+    shown = label is not None and rank_and_size()[0] == 0
+    with progress_bar(label or "", total=len(indices), enabled=shown) as advance:
+        for start in range(0, len(indices), batch_size):
+            part = indices[start : start + batch_size]
+            batch = np.ascontiguousarray(images.take(part).transpose(0, 3, 1, 2))
+            if transform is not None:
+                views = []
+                for i, image in zip(part, torch.from_numpy(batch)):
+                    torch.manual_seed(item_seed(seed, 0, int(i)))
+                    views.append(transform(image))
+                batch = torch.stack(views).numpy()
+            out.append(engine(batch))
+            advance(len(part))
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
