@@ -357,3 +357,17 @@ def test_images_smaller_than_the_model_are_cached_at_their_own_size(tmp_path, mo
     save(pattern(99, (40, 30)), data / "red" / "large.png")
     assert main(["inspect", str(data), "--json", "--set", "preprocess.size=32"]) == 0
     assert json.loads(capsys.readouterr().out)["cached_as"]["size"] == 32
+
+
+def test_a_decoded_cache_over_the_disk_limit_is_refused_before_anything_is_written(tmp_path, capsys):
+    """data.disk_limit_gb is the disk budget of the cache: a set whose decoded images cannot fit is
+    one line (exit 2) naming the limit and what to do, and nothing is written to the cache."""
+    data = colour_images(tmp_path / "data", per_class=10)
+    cache = tmp_path / "cache"
+    assert main(["inspect", str(data), "--set", "data.cache=disk", "--set", f"data.cache_dir={cache}",
+                 "--set", "data.disk_limit_gb=0.00001"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "data.disk_limit_gb=1e-05" in err and "data.cache=none" in err
+    assert not list(cache.rglob("*.npy"))
+    assert main(["inspect", str(data), "--set", "data.cache=disk", "--set", f"data.cache_dir={cache}"]) == 0
+    assert len(list(cache.rglob("*.npy"))) == 20

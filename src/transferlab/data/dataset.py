@@ -129,6 +129,8 @@ def load_dataset(spec: str, config: Config, *, progress: bool = True, compact: b
         resize = dataclasses.replace(resize, size=max(side, config.data.min_side))
     cache_mode = choose_cache(config, len(items), resize.size, source)
     disk = DiskCache(Path(config.data.cache_dir).expanduser() if config.data.cache_dir else cache_root(), resize)
+    if cache_mode == "disk":
+        check_disk(disk.root, len(items) * (resize.size ** 2 * 3 + 128), config.data.disk_limit_gb)
     outcomes = decode_all(source, items, resize, config, cache_mode, disk, progress=progress)
 
     kept = [i for i, o in enumerate(outcomes) if o["ok"]]
@@ -214,6 +216,21 @@ def class_order(source: Source, present: set[str]) -> list[str]:
     if source.classes:
         return [c for c in source.classes if c in present]
     return sorted(present)
+
+
+def check_disk(root: Path, needed: int, limit_gb: float) -> None:
+    """Refuse, before anything is written, a decoded cache that could not fit data.disk_limit_gb or
+    the free space of its disk."""
+    import shutil
+
+    root.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(root).free
+    if needed > limit_gb * 1e9 or needed > free:
+        raise DataError(f"the decoded images need {needed / 1e9:.1f} GB in {root}, more than "
+                        + (f"data.disk_limit_gb={limit_gb:g}" if needed > limit_gb * 1e9 else
+                           f"the {free / 1e9:.1f} GB free there")
+                        + ": raise data.disk_limit_gb, point data.cache_dir (or TRANSFERLAB_CACHE) at a larger disk, "
+                          "lower --size, or decode on every read with --set data.cache=none")
 
 
 def choose_cache(config: Config, n_items: int, size: int, source: Source) -> str:
