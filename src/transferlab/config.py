@@ -196,7 +196,6 @@ class AutoConfig:
                                                 "split can tell an accuracy gain this large from noise")
     sizes: list[int] | None = setting(None, "[8, 4096]", "input sizes tried; None: 96, 128, 160, 224 up to the "
                                                          "backbone's, unless --size")
-    noise: float = setting(1.0, "[0, 10]", "a candidate within this many standard errors of the best is as good")
     score: Literal["logme", "leep"] = setting("logme", help="leep needs the backbone's ImageNet classifier")
     small_per_class: int = setting(200, "[1, inf]", "median TRAINING images per class below this: a small set")
     similar_logme: float = setting(0.8, help="LogME at or above: features fit the task (similar domain)")

@@ -28,7 +28,6 @@ class Strategy:
     """Subclass, set the class attributes, say the stages; override what differs."""
 
     name: ClassVar[str] = ""
-    refits_on_val: ClassVar[bool] = False  # needs no validation split to choose (strategy.linear_probe.refit_on_val)
     cheap: ClassVar[bool] = False  # trains on cached features only: the search scores it out of fold
 
     @classmethod

@@ -31,7 +31,6 @@ class LinearProbe(Strategy):
 
     name = "linear-probe"
     cheap = True
-    refits_on_val = True  # C comes from inner cross-validation of the training features
 
     def epochs_default(self, config) -> int:
         return 1  # no epochs: the fit is one convex solve
