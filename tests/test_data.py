@@ -211,8 +211,8 @@ def test_disk_cache_trims_least_recently_used(tmp_path, color_folder):
     base = ["data.cache=disk", f"data.cache_dir={cache}", "data.decode_workers=1"]
     load_dataset(str(color_folder), load_config(overrides=["preprocess.size=16"] + base), progress=False)
     old = set(cache.rglob("*.npy"))
-    # a limit smaller than both sets: the new set is kept whole, the old one is trimmed away
-    load_dataset(str(color_folder), load_config(overrides=["preprocess.size=12", "data.disk_limit_gb=0.00001"] + base),
+    # a limit the new set's pixels fit (30 x 560 bytes), but with nothing else: the old set is trimmed away
+    load_dataset(str(color_folder), load_config(overrides=["preprocess.size=12", "data.disk_limit_gb=0.000017"] + base),
                  progress=False)
     remaining = set(cache.rglob("*.npy"))
     assert not (old & remaining)
