@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import sys
+import urllib.error
+import urllib.request
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -191,3 +195,20 @@ def one_error_line(capsys, *fragments: str, absent: tuple[str, ...] = ()) -> str
     for fragment in absent:
         assert fragment not in lines[0], (fragment, lines[0])
     return lines[0]
+
+
+def post_image(url: str, field: str, name: str, data: bytes, extra: dict | None = None) -> tuple[int, dict]:
+    """POST multipart/form-data with the standard library (what curl -F does)."""
+    boundary = uuid.uuid4().hex
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{name}"\r\n'
+             f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n"]
+    for key, value in (extra or {}).items():
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n'.encode())
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    request = urllib.request.Request(url + "api/predict", data=body, method="POST",
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import interactive_sigint
+from conftest import interactive_sigint, post_image
 from transferlab.config import load_config
 from transferlab.run import run_training
 
@@ -65,23 +65,6 @@ def server(trained):
 
     with Server(trained["run"], port=0, engine="torch", max_upload_mb=1) as running:
         yield running
-
-
-def post_image(url: str, field: str, name: str, data: bytes, extra: dict | None = None) -> tuple[int, dict]:
-    """POST multipart/form-data with the standard library (what curl -F does)."""
-    boundary = uuid.uuid4().hex
-    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{name}"\r\n'
-             f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n"]
-    for key, value in (extra or {}).items():
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n'.encode())
-    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
-    request = urllib.request.Request(url + "api/predict", data=body, method="POST",
-                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
 
 
 def test_the_json_api_answers_like_predict_and_refuses_bad_files_while_serving_on(server, trained):

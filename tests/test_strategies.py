@@ -341,6 +341,16 @@ def test_every_registered_strategy_trains_predicts_evaluates_and_explains(name, 
         assert main(["export", str(run), "--format", "onnx", "--out", str(tmp_path / "bundle")]) == 0
         bundle = json.loads((tmp_path / "bundle" / "bundle.json").read_text())
         assert bundle["parity"]["max_abs_diff"] <= 1e-4 and bundle["parity"]["top1_agreement"] == 1.0
+        from conftest import post_image
+
+        from transferlab.serve import Server
+
+        with Server(run, port=0, engine="torch") as server:  # the app answers like predict, Grad-CAM included
+            status, answer = post_image(server.url, "image", image.name, image.read_bytes(), {"top_k": "2"})
+            assert status == 200 and [t["class"] for t in answer["top"]] == [t["class"] for t in top]
+            assert np.allclose([t["probability"] for t in answer["top"]], [t["probability"] for t in top], atol=1e-5)
+            scores, overlay, _ = server.predictor.explain(image.read_bytes())  # what the page shows
+            assert max(scores, key=scores.get) == top[0]["class"] and overlay.dtype == np.uint8
 
 
 SHARD_SCRIPT = """
