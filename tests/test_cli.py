@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -205,3 +207,22 @@ print("clean")
                             text=True, timeout=300)
     assert result.stdout.strip() == "clean", result.stderr[-3000:]
 
+
+
+def test_without_a_terminal_long_steps_write_progress_lines(color_folder, tmp_path):
+    """The console script with its output in a pipe (CI, nohup, a log file): no progress bars, but
+    lines saying what runs, how far, the rate and the time left (TRANSFERLAB_LOG_EVERY shortens the
+    30 s interval so the tiny run shows them)."""
+    import subprocess
+
+    env = {**os.environ, "TRANSFERLAB_LOG_EVERY": "0.001", "TRANSFERLAB_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([str(SCRIPT), "train", str(color_folder), *TINY_FLAGS, "--strategy", "fine-tune",
+                           "--epochs", "2", "--set", "strategy.fine_tune.head_warmup_epochs=0", "--set",
+                           "data.cache=disk", "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    log = done.stdout + done.stderr
+    assert re.search(r"Decoding 30 images: \d+/30 images \(\d+%\), [0-9.,]+ images/s, about \d+m\d\ds left", log), log
+    assert re.search(r"training \(main\): \d+/\d+ batches \(\d+%\), [0-9.,]+ batches/s, about \d+m\d\ds left; "
+                     r"epoch [12]/2", log), log
+    assert "━" not in log  # no bar drawn into the log
