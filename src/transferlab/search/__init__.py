@@ -85,14 +85,17 @@ class Search:
         self.started = time.monotonic()
         self.tried: list[Candidate] = []
         self.forward: dict[int, float] = {}  # seconds of one image's backbone pass, by size
+        self.committed = 0.0  # seconds the final fit will need for the features of the searched sizes
         pool = np.concatenate([ctx.indices["train"], ctx.indices["val"]])
         self.pool, self.cut = subsample(pool, ctx.dataset.labels, self.auto.max_images, ctx.config.seed)
         self.labels = ctx.dataset.labels[self.pool]
         self.norm = (ctx.normalizer.mean, ctx.normalizer.std)
 
     def left(self) -> float:
+        """Seconds the search may still spend: the deadline's, less the final fit's share and the
+        feature passes over the images outside the evidence that the sizes already searched will need."""
         left = self.ctx.seconds_left()
-        return math.inf if left is None else left - FINAL_SHARE * (self.ctx.deadline - self.started)
+        return math.inf if left is None else left - FINAL_SHARE * (self.ctx.deadline - self.started) - self.committed
 
     def say(self, message: str) -> None:
         if self.ctx.progress:
@@ -122,10 +125,11 @@ class Search:
         balanced = self.ctx.config.train.imbalance in ("weights", "sampler")
         for size in sorted(sizes, reverse=True):
             cost = self.ctx.features.seconds_per_image(size) * len(self.ctx.dataset)
-            if size not in self.forward and cost > self.left() / 2:
+            if cost > self.left() / 2:  # its features for every image: the evidence now, the final fit later
                 self.tried.append(Candidate("linear-probe", "linear-probe", size, {}, status="skipped: its features "
                                             f"would take half of the {max(0, self.left()):.0f} s left"))
                 continue
+            self.committed += self.ctx.features.seconds_per_image(size) * (len(self.ctx.dataset) - len(self.pool))
             started = time.monotonic()
             x = self.features(size, self.pool)
             probs = out_of_fold(x, self.labels, len(self.ctx.dataset.classes), folds, C_GRID, balanced=balanced,
