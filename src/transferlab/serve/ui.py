@@ -72,7 +72,8 @@ def uploads_only(component, folder: Path, many: bool = False) -> None:
     component.preprocess = preprocess
 
 
-def build_ui(predictor, examples: list[Path], folder: Path):
+def handlers(predictor):
+    """(one, several): the app's two functions, each reading only the uploaded path it is given."""
     import gradio as gr
 
     from transferlab.data.decode import BadImage, read_file
@@ -103,6 +104,13 @@ def build_ui(predictor, examples: list[Path], folder: Path):
             rows.append([name, explained, round(probs[explained], 4), ""])
         return gallery, rows
 
+    return one, several
+
+
+def build_ui(predictor, examples: list[Path], folder: Path):
+    import gradio as gr
+
+    one, several = handlers(predictor)
     with gr.Blocks(title=f"transferlab · {predictor.run.name}", analytics_enabled=False) as app:
         gr.Markdown(f"# {predictor.run.name}\nA transferlab image classifier: "
                     f"{len(predictor.classes)} classes, running on {predictor.engine_name}.")
