@@ -205,7 +205,7 @@ def table(rows: list[dict]) -> None:
 
 def verdicts(rows: list[dict]) -> None:
     evaluation = [r for r in rows if r["group"] == "evaluation"] or rows
-    se = lambda r: math.sqrt(r["probe"][0] * (1 - r["probe"][0]) / r["tests"])  # noqa: E731
+    se = lambda r: max(math.sqrt(r["probe"][0] * (1 - r["probe"][0]) / r["tests"]), 1 / r["tests"])  # noqa: E731
     fashion = [r for r in evaluation if r["data"].startswith("fmnist")] or evaluation
     margin = min(r["auto"][0] - r["probe"][0] for r in fashion)
     clear = sum(r["auto"][0] - r["probe"][0] > se(r) for r in fashion)
