@@ -58,11 +58,12 @@ def dataset_pictures(run_dir: Path, dataset, config) -> None:
 
 
 def error_candidates(classifier, images, indices: np.ndarray, labels: np.ndarray, probs: np.ndarray, *,
-                     wrong: int = 8, right: int = 4, seed: int = 0) -> dict:
-    """The most confidently wrong and a few right images among `indices` (rows of `probs`), with
+                     seed: int = 0) -> dict:
+    """The 8 most confidently wrong and 4 right images among `indices` (rows of `probs`), with
     Grad-CAM overlays for the predicted class: arrays ready to keep and draw."""
     from transferlab.interpret.cam import compute_cams, overlay
 
+    wrong, right = 8, 4
     pred = probs.argmax(axis=1)
     confidence = probs.max(axis=1)
     truth = labels[indices]
