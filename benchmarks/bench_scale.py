@@ -52,8 +52,11 @@ def measured(command: list[str], log: Path, env: dict) -> tuple[float, float]:
     return seconds, int(done.stdout.strip().splitlines()[-1]) / 1024
 
 
-def strong_probe(per_class: int | None, seconds: float) -> tuple[float, int]:
-    """(held-out accuracy, training images used) of the 30-line probe within `seconds`."""
+def strong_probe(per_class: int | None, seconds: float, run: Path) -> tuple[float, int]:
+    """(held-out accuracy, training images used) of the 30-line probe within `seconds`, on the
+    images the run trained and chose on (not its own test split)."""
+    import csv
+
     import torch
     from sklearn.linear_model import LogisticRegressionCV
 
@@ -83,9 +86,11 @@ def strong_probe(per_class: int | None, seconds: float) -> tuple[float, int]:
     started = time.perf_counter()
     train = load("builtin:fashion-mnist", per_class)
     affordable = int((0.7 * seconds - (time.perf_counter() - started)) / per_image)
+    used = {r["path"] for r in csv.DictReader((run / "split.csv").open()) if r["split"] != "test"}
+    allowed = np.array([path in used for path in train.paths])
     rng = np.random.default_rng(5)
-    rows = np.sort(np.concatenate([rng.permutation(np.flatnonzero(train.labels == k))[: max(10, affordable // 10)]
-                                   for k in range(10)]))
+    rows = np.sort(np.concatenate([rng.permutation(np.flatnonzero((train.labels == k) & allowed))[
+        : max(10, affordable // 10)] for k in range(10)]))
     x = features(train, rows)
     classifier = LogisticRegressionCV(Cs=10, cv=5, scoring="neg_log_loss", max_iter=1000).fit(x, train.labels[rows])
     return float(np.mean(classifier.predict(x_test) == test.labels)), len(rows)
@@ -111,7 +116,7 @@ def one_size(images: int, tmp: Path) -> dict:
     decision = json.loads((run / "metrics.json").read_text())["strategy"].get("decision") or {}
     candidates = decision.get("candidates", [])
     cut = [c["label"] for c in candidates if c["status"].startswith("skipped")]
-    probe, probe_images = strong_probe(per_class, wall)
+    probe, probe_images = strong_probe(per_class, wall, run)
     prior = decision.get("prior", {})
     row = {"images": images, "wall": wall, "budget": budget_s, "decode": decode, "rss": rss,
            "bytes": cached["bytes_per_image"], "cache_mb": cached["bytes_per_image"] * images / 1e6,
