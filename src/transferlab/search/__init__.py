@@ -198,7 +198,9 @@ class Search:
 
         folder = self.ctx.directory / "members" / member_folder(candidate.strategy, candidate.size,
                                                                 candidate.overrides)
-        result = fit(self.ctx.replace(directory=folder), get_strategy(candidate.strategy, config),
+        # the trial stops where the search's time does: the final fit's share and the features it needs stay free
+        deadline = None if self.ctx.deadline is None else time.monotonic() + max(0.0, self.left())
+        result = fit(self.ctx.replace(directory=folder, deadline=deadline), get_strategy(candidate.strategy, config),
                      RunDir(folder, RunState(kind="member")))
         candidate.probs, candidate.seconds = result.probabilities(result.ctx, "val"), time.monotonic() - started
         candidate.score(self.ctx.dataset.labels[val])
