@@ -54,10 +54,13 @@ class FeatureStore:
         hashes = [r["sha256"] for r in self.dataset.records]
         key = {"model": self.identity, "resize": self.dataset.spec.key(), "size": size, "input": self.size,
                "normalize": {"mean": list(mean), "std": list(std)}}
-        if view is None:
-            return self.cached(key | {"images": hashes}, every, size, (mean, std))[indices]
-        augment = dataclasses.asdict(self.config.augment)
-        key |= {"images": [hashes[i] for i in indices], "view": view, "seed": self.config.seed, "augment": augment}
+        full = key | {"images": hashes}
+        if view is None and (2 * len(indices) >= len(every) or digest_key(full) in self.memory
+                             or (self.root / "features" / f"{digest_key(full)}.npy").is_file()):
+            return self.cached(full, every, size, (mean, std))[indices]  # every image once, kept for all uses
+        key |= {"images": [hashes[i] for i in indices]}  # a small part (a subsample): only its images
+        if view is not None:
+            key |= {"view": view, "seed": self.config.seed, "augment": dataclasses.asdict(self.config.augment)}
         return self.cached(key, indices, size, (mean, std), view=view)
 
     def default_normalization(self) -> tuple:
