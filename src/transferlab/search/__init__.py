@@ -125,7 +125,11 @@ class Search:
         balanced = self.ctx.config.train.imbalance in ("weights", "sampler")
         for size in sorted(sizes, reverse=True):
             cost = self.ctx.features.seconds_per_image(size) * len(self.ctx.dataset)
-            if cost > self.left() / 2:  # its features for every image: the evidence now, the final fit later
+            last = size == min(sizes) and not any(c.accuracy is not None for c in self.tried)
+            if last and cost > self.left() / 2:  # better a run a little over its budget than no model at all
+                self.say(f"{size} px: its features for every image take about {cost:.0f} s, more than half of the "
+                         f"{max(0, self.left()):.0f} s left; searched anyway, as the smallest size")
+            elif cost > self.left() / 2:  # its features for every image: the evidence now, the final fit later
                 self.tried.append(Candidate("linear-probe", "linear-probe", size, {}, status="skipped: its features "
                                             f"would take half of the {max(0, self.left()):.0f} s left"))
                 continue
