@@ -397,3 +397,22 @@ def test_the_frozen_pass_shards_across_two_processes_to_the_same_features(color_
         np.testing.assert_allclose(np.load(tmp_path / f"rank{rank}.npy"), alone, atol=1e-5, rtol=1e-4)
     shares = [set(np.load(tmp_path / f"read{rank}.npy").tolist()) for rank in (0, 1)]
     assert shares[0].isdisjoint(shares[1]) and len(shares[0]) == len(shares[1]) == len(dataset) // 2
+
+
+def test_a_small_subsample_costs_only_its_own_images_in_the_feature_store(color_folder):
+    """The rule's LogME sample of a large set must not start a pass over every image: a request for
+    under half of the images runs the backbone on those only, equal to the same rows of a full pass."""
+    from transferlab.data import load_dataset
+    from transferlab.features import FeatureStore
+
+    config = load_config(overrides=[*TINY, "train.engine=torch"])
+    dataset = load_dataset(str(color_folder), config, progress=False)
+    read, take = [], dataset.images.take
+    dataset.images.take = lambda indices: read.extend(indices) or take(indices)
+    store = FeatureStore(dataset, config, progress=False)
+    sample = np.array([1, 7, 12, 20, 28])
+    part = store.get(sample, size=32).numpy()
+    assert sorted(read) == sorted(sample.tolist())
+    whole = store.get(size=32).numpy()
+    assert len(read) == len(sample) + len(dataset)
+    np.testing.assert_allclose(part, whole[sample], atol=1e-5, rtol=1e-4)
