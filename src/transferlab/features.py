@@ -54,14 +54,17 @@ class FeatureStore:
         hashes = [r["sha256"] for r in self.dataset.records]
         key = {"model": self.identity, "resize": self.dataset.spec.key(), "size": size, "input": self.size,
                "normalize": {"mean": list(mean), "std": list(std)}}
-        full = key | {"images": hashes}
-        if view is None and (2 * len(indices) >= len(every) or digest_key(full) in self.memory
-                             or (self.root / "features" / f"{digest_key(full)}.npy").is_file()):
+        full = digest_key(key | {"images": hashes})
+        if view is None and (2 * len(indices) >= len(every) or full in self.memory or self.path(full).is_file()):
             return self.cached(full, every, size, (mean, std))[indices]  # every image once, kept for all uses
         key |= {"images": [hashes[i] for i in indices]}  # a small part (a subsample): only its images
         if view is not None:
             key |= {"view": view, "seed": self.config.seed, "augment": dataclasses.asdict(self.config.augment)}
-        return self.cached(key, indices, size, (mean, std), view=view)
+        return self.cached(digest_key(key), indices, size, (mean, std), view=view)
+
+    def path(self, key: str) -> Path:
+        """Where the features of digest `key` are cached on disk."""
+        return self.root / "features" / f"{key}.npy"
 
     def default_normalization(self) -> tuple:
         """The config's normalization; for z-score, statistics of every image (what `rank` uses: a
@@ -72,12 +75,11 @@ class FeatureStore:
         normalizer = build_normalizer(self.config, channel_stats(self.dataset.images) if zscore else None)
         return normalizer.mean, normalizer.std
 
-    def cached(self, parts: dict, indices: np.ndarray, size: int, normalize: tuple, view: int | None = None
+    def cached(self, key: str, indices: np.ndarray, size: int, normalize: tuple, view: int | None = None
                ) -> torch.Tensor:
-        key = digest_key(parts)
         if key in self.memory:
             return self.memory[key]
-        path = self.root / "features" / f"{key}.npy"
+        path = self.path(key)
         try:
             found = np.load(path, allow_pickle=False)
             os.utime(path)  # recency, for trimming

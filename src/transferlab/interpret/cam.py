@@ -120,7 +120,7 @@ def target_layers(model: nn.Module, name: str | None, input_size: int) -> tuple[
         return [layer], found, reshape
     layers, names, reshape = [], [], None
     for k, member in enumerate(members):
-        layer, found, reshape = find_target_layer(member, None, getattr(member.resize, "size", input_size))
+        (layer,), found, reshape = target_layers(member, None, input_size)
         if all(layer is not seen for seen in layers):
             layers.append(layer)
             names.append(f"members.{k}.{found}")

@@ -124,16 +124,17 @@ class Search:
         folds = evidence_folds(self.labels, self.ctx.dataset.groups[self.pool], self.ctx.config.seed)
         balanced = self.ctx.config.train.imbalance in ("weights", "sampler")
         for size in sorted(sizes, reverse=True):
-            cost = self.ctx.features.seconds_per_image(size) * len(self.ctx.dataset)
-            last = size == min(sizes) and not any(c.accuracy is not None for c in self.tried)
-            if last and cost > self.left() / 2:  # better a run a little over its budget than no model at all
+            per_image = self.ctx.features.seconds_per_image(size)
+            cost = per_image * len(self.ctx.dataset)  # features of every image: the evidence now, the final fit later
+            if cost > self.left() / 2:
+                if size != min(sizes) or any(c.accuracy is not None for c in self.tried):
+                    self.tried.append(Candidate("linear-probe", "linear-probe", size, {}, status="skipped: its "
+                                                f"features would take half of the {max(0, self.left()):.0f} s left"))
+                    continue
+                # better a run a little over its budget than no model at all
                 self.say(f"{size} px: its features for every image take about {cost:.0f} s, more than half of the "
                          f"{max(0, self.left()):.0f} s left; searched anyway, as the smallest size")
-            elif cost > self.left() / 2:  # its features for every image: the evidence now, the final fit later
-                self.tried.append(Candidate("linear-probe", "linear-probe", size, {}, status="skipped: its features "
-                                            f"would take half of the {max(0, self.left()):.0f} s left"))
-                continue
-            self.committed += self.ctx.features.seconds_per_image(size) * (len(self.ctx.dataset) - len(self.pool))
+            self.committed += per_image * (len(self.ctx.dataset) - len(self.pool))
             started = time.monotonic()
             x = self.features(size, self.pool)
             probs = out_of_fold(x, self.labels, len(self.ctx.dataset.classes), folds, C_GRID, balanced=balanced,
