@@ -371,6 +371,8 @@ dataset.images.take = lambda indices: read.extend(indices) or take(indices)  # w
 features = FeatureStore(dataset, config, progress=False).get(np.arange(len(dataset)), size=32).numpy()
 np.save(f"{sys.argv[2]}/rank{dist.get_rank()}.npy", features)
 np.save(f"{sys.argv[2]}/read{dist.get_rank()}.npy", np.array(read))
+dist.barrier()
+dist.destroy_process_group()  # gloo's threads torn down before exit, or a rank may abort at exit
 """
 
 
