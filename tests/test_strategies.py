@@ -261,8 +261,11 @@ def test_gradual_unfreezing_switches_at_the_configured_epochs(tmp_path):
     model = tiny()
     module = ClassifierModule(model, strategy.config, num_classes=3, lr_scales=strategy.lr_scales())
     recorder = RecordGroups()
-    trainer, _ = build_trainer(strategy.config, tmp_path, "main", epochs=4, has_val=True, progress=False,
-                               callbacks=[TrainableGroups(strategy.trainable), recorder])
+    from transferlab.fit import FitContext
+    from transferlab.strategies.base import Stage
+
+    ctx = FitContext(None, indices, strategy.config, tmp_path, None, progress=False)
+    trainer, _ = build_trainer(ctx, Stage("main", "images", 4), [TrainableGroups(strategy.trainable), recorder])
     trainer.fit(module, datamodule=datamodule)
     assert recorder.trainable[0] == ["head"] and recorder.trainable[1] == ["late", "head"]
     assert recorder.trainable[2] == recorder.trainable[3] == ["early", "middle", "late", "head"]

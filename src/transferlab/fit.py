@@ -140,7 +140,7 @@ class Fitting:
                                         feature_labels={"train": labels,
                                                         "val": ctx.dataset.labels[ctx.indices["val"]]})
         module = HeadModule(self.classifier.head, ctx.config, class_weights=self.class_weights)
-        result = run_stage(ctx, stage, module, datamodule, [], rows=len(labels), kind="head",
+        result = run_stage(ctx, stage, module, datamodule, [], rows=len(labels),
                            groups={"head": {"lr_scale": 1.0, "trains_from_epoch": 1}})
         self.restore(result)
         return result
@@ -156,7 +156,7 @@ class Fitting:
         scale_of = scales if ctx.config.strategy.layer_decay is None else {}
         groups = {g: {"lr_scale": scale_of.get(g), "trains_from_epoch": starts.get(g)} for g in scales}
         result = run_stage(ctx, stage, module, datamodule, [TrainableGroups(schedule, train_bn=train_bn)],
-                           rows=len(ctx.indices["train"]), kind="classifier", groups=groups)
+                           rows=len(ctx.indices["train"]), groups=groups)
         self.restore(result)
         return result
 

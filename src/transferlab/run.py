@@ -48,25 +48,40 @@ class Fold:
     fold: int = 0
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run is opened and watched (not what it computes: that is the config)."""
+
+    out: str | Path | None = None  # the run directory (default: runs/<date>-<strategy>)
+    resume: str | Path | None = None  # an interrupted run to continue, with the config it recorded
+    progress: bool = True
+    extra_callbacks: list | tuple = ()  # Lightning callbacks added to every stage
+    resume_overrides: list[str] | tuple = ()  # resume-safe `key=value` changes to a resumed run's config
+
+
 def run_training(data: str | None, config: Config, **options) -> Path:
-    """Train a classifier on DATA (one stratified train / val / test split); returns the run directory."""
-    return run_experiment("train", data, config, **options)
+    """Train a classifier on DATA (one stratified train / val / test split); returns the run directory.
+    `options` are RunOptions' fields."""
+    return run_experiment("train", data, config, RunOptions(**options))
 
 
 def run_cv(data: str | None, config: Config, **options) -> Path:
     """Cross-validate on DATA (K stratified folds); returns the run directory with cv_metrics.json."""
-    return run_experiment("cv", data, config, **options)
+    return run_experiment("cv", data, config, RunOptions(**options))
 
 
-def run_experiment(kind: str, data: str | None, config: Config, *, out: str | Path | None = None,
-                   resume: str | Path | None = None, progress: bool = True, extra_callbacks: list | None = None,
-                   resume_overrides: list[str] | tuple = ()) -> Path:
+def run_experiment(kind: str, data: str | None, config: Config, options: RunOptions) -> Path:
     """Open or resume a run, fit and score each of its folds, write what it found."""
     from transferlab.record import finish_cv
 
-    started, show = time.time(), progress and not is_worker_process()
+    started, progress, resume = time.time(), options.progress, options.resume
+    show = progress and not is_worker_process()
     with contextlib.ExitStack() as stack:
-        run, config, dataset = open_run(stack, kind, data, config, out, resume, resume_overrides, show)
+        if resume is not None:
+            run, config = RunDir.reopen(stack, resume, options.resume_overrides)
+            dataset = load_dataset(config.data.source, config, progress=show)
+        else:
+            run, config, dataset = new_run(stack, kind, data, config, options.out, show)
         L.seed_everything(config.seed, workers=True, verbose=False)
         tracker = Tracker.open(config, run.state, name=run.path.name,
                                tags={**run_tags(config, run.path), "transferlab.kind": "cv" if kind == "cv" else "run"})
@@ -86,7 +101,7 @@ def run_experiment(kind: str, data: str | None, config: Config, *, out: str | Pa
                 share = None if budget is None else budget / len(folds) - fold.run.state.seconds
                 ctx = FitContext(dataset, fold.indices, config, fold.run.path, store,
                                  deadline=None if share is None else time.monotonic() + share, progress=progress,
-                                 callbacks=tuple(extra_callbacks or ()),
+                                 callbacks=tuple(options.extra_callbacks),
                                  tracker=tracker if kind == "train" else Tracker.open(
                                      config, fold.run.state, name=fold.name, parent=tracker,
                                      tags={"transferlab.kind": "fold"}))
@@ -112,11 +127,8 @@ def run_experiment(kind: str, data: str | None, config: Config, *, out: str | Pa
     return run.path
 
 
-def open_run(stack, kind: str, data, config: Config, out, resume, overrides, show: bool):
-    """(run, config, dataset) of a new run (everything checked before its folder exists) or a resumed one."""
-    if resume is not None:
-        run, config = RunDir.reopen(stack, resume, overrides)
-        return run, config, load_dataset(config.data.source, config, progress=show)
+def new_run(stack, kind: str, data, config: Config, out, show: bool):
+    """(run, config, dataset) of a new run, everything checked before its folder exists."""
     if data is None:
         raise DataError("no DATA given: pass a folder, a CSV manifest or builtin:NAME")
     requested = config.strategy.name

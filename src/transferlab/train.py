@@ -301,35 +301,37 @@ class LogProgress(L.Callback):
                               + ("" if loss is None else f", train loss {float(loss):.4f}"))
 
 
-def build_trainer(config: Config, run_dir: Path, stage: str, *, epochs: int, has_val: bool, progress: bool,
-                  callbacks: list | None = None, steps_per_epoch: int | None = None,
-                  max_seconds: float | None = None, tracker=None) -> tuple[L.Trainer, ModelCheckpoint]:
-    """A Trainer with checkpoints (best + last), early stopping, LR monitor, the CSV log and the tracker's;
-    with `max_seconds` it stops when that much time has passed (the best checkpoint is kept)."""
+def build_trainer(ctx, stage, callbacks: list, *, steps_per_epoch: int | None = None) -> tuple[L.Trainer, ModelCheckpoint]:
+    """A Trainer for `stage` of the fit `ctx` (a fit.FitContext): checkpoints (best + last), early
+    stopping, LR monitor, the CSV log and the tracker's; it stops at the fit's deadline (the best
+    checkpoint is kept)."""
+    config, run_dir, has_val, progress = ctx.config, ctx.directory, ctx.has_val, ctx.progress
+    left = ctx.seconds_left()
     monitor = config.train.monitor if has_val else None
-    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints" / stage, filename="best", monitor=monitor,
+    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints" / stage.name, filename="best", monitor=monitor,
                                  mode=MONITOR_MODE.get(monitor or "", "min"), save_last=True, save_top_k=1,
                                  auto_insert_metric_name=False, enable_version_counter=False)
     from transferlab.console import console
 
     every: list = [checkpoint, LearningRateMonitor(logging_interval="step")]
     if progress and not console.is_terminal:
-        every.append(LogProgress(stage))
+        every.append(LogProgress(stage.name))
     if has_val and config.train.early_stopping:
         every.append(EarlyStopping(monitor=monitor, mode=MONITOR_MODE[monitor], patience=config.train.early_stopping))
     logs = run_dir / "logs"
-    version = next_version(logs / stage)
-    loggers = [CSVLogger(logs, name=stage, version=version), *(tracker.loggers(logs, stage, version) if tracker else [])]
+    version = next_version(logs / stage.name)
+    loggers = [CSVLogger(logs, name=stage.name, version=version),
+               *(ctx.tracker.loggers(logs, stage.name, version) if ctx.tracker else [])]
     devices = config.train.devices
     trainer = L.Trainer(
-        max_epochs=epochs, accelerator=config.train.accelerator,
+        max_epochs=stage.epochs, accelerator=config.train.accelerator,
         devices=int(devices) if str(devices).isdigit() else devices, num_nodes=config.train.num_nodes,
-        precision=config.train.precision, callbacks=every + list(callbacks or []), logger=loggers,
+        precision=config.train.precision, callbacks=every + list(callbacks) + list(ctx.callbacks), logger=loggers,
         default_root_dir=run_dir, gradient_clip_val=config.train.grad_clip,
         log_every_n_steps=max(1, min(10, steps_per_epoch or 10)), enable_model_summary=False,
         enable_progress_bar=progress and console.is_terminal, use_distributed_sampler=False, num_sanity_val_steps=0,
         limit_val_batches=1.0 if has_val else 0, plugins=[AtomicCheckpointIO()],
-        max_time=None if max_seconds is None else {"seconds": max_seconds},
+        max_time=None if left is None else {"seconds": max(1.0, left)},
         **({"strategy": config.train.ddp} if config.train.ddp else {}),
     )
     return trainer, checkpoint
@@ -393,20 +395,17 @@ class StageResult:
     seconds: float = 0.0  # wall time of the stage
 
 
-def run_stage(ctx, stage, module: Stage, datamodule: TransferDataModule, callbacks: list, *, rows: int, kind: str,
+def run_stage(ctx, stage, module: Stage, datamodule: TransferDataModule, callbacks: list, *, rows: int,
               groups: dict) -> StageResult:
     """One stage on Lightning in the fit's directory (resumed from its last checkpoint when there is
     one), bounded by the fit's deadline; its best checkpoint and what it trained."""
     config, started = ctx.config, time.monotonic()
+    kind = "head" if stage.kind == "features" else "classifier"
     last = ctx.directory / "checkpoints" / stage.name / "last.ckpt"
     resume_from = last if last.is_file() else None
 
     def trainer():
-        left = ctx.seconds_left()
-        return build_trainer(config, ctx.directory, stage.name, epochs=stage.epochs, has_val=ctx.has_val,
-                             progress=ctx.progress, callbacks=callbacks + list(ctx.callbacks),
-                             steps_per_epoch=max(1, rows // config.train.batch_size),
-                             max_seconds=None if left is None else max(1.0, left), tracker=ctx.tracker)
+        return build_trainer(ctx, stage, callbacks, steps_per_epoch=max(1, rows // config.train.batch_size))
 
     built, checkpoint = trainer()
     if config.train.find_lr and stage.find_lr and resume_from is None:

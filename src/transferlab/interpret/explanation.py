@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -79,41 +80,55 @@ def output_names(files: list[str | Path]) -> list[str]:
     return unique
 
 
-def check_options(method: str, colormap: str, alpha: float, top: int) -> None:
-    import matplotlib
+@dataclass(frozen=True)
+class ExplainOptions:
+    """What `explain` draws and how; checked when made, so a bad value fails before anything is read."""
 
-    if method not in ALL_METHODS:
-        raise ExplainError(f"unknown method '{method}': choose one of {', '.join(ALL_METHODS)}")
-    if colormap not in matplotlib.colormaps:
-        raise ExplainError(f"--colormap {colormap} is not a matplotlib colormap (e.g. jet, viridis, inferno, magma)")
-    if not 0 <= alpha <= 1:
-        raise ExplainError(f"--alpha {alpha} must be in [0, 1]")
-    if not 1 <= top <= 4096:
-        raise ExplainError(f"--top {top} must be between 1 and 4096 channels")
+    method: str = "gradcam"  # a CAM method, featuremaps or attention
+    layer: str | None = None  # the CAM methods' target layer (default: the last convolution / block)
+    class_name: str | None = None  # the class explained (default: the predicted one)
+    colormap: str = "jet"
+    alpha: float = 0.45  # weight of the heat map over the image
+    top: int = 8  # featuremaps: channels shown per stage
+
+    def __post_init__(self):
+        import matplotlib
+
+        if self.method not in ALL_METHODS:
+            raise ExplainError(f"unknown method '{self.method}': choose one of {', '.join(ALL_METHODS)}")
+        if self.colormap not in matplotlib.colormaps:
+            raise ExplainError(f"--colormap {self.colormap} is not a matplotlib colormap "
+                               "(e.g. jet, viridis, inferno, magma)")
+        if not 0 <= self.alpha <= 1:
+            raise ExplainError(f"--alpha {self.alpha} must be in [0, 1]")
+        if not 1 <= self.top <= 4096:
+            raise ExplainError(f"--top {self.top} must be between 1 and 4096 channels")
+        if self.layer is not None and self.method == "featuremaps":
+            raise ExplainError("featuremaps shows every stage; --layer applies to the CAM methods")
 
 
-def explain(run: str | Path, files: list[str | Path], *, method: str = "gradcam", layer: str | None = None,
-            class_name: str | None = None, out: str | Path | None = None, colormap: str = "jet",
-            alpha: float = 0.45, top: int = 8) -> list[Path]:
-    """Explain the predictions of a trained run for image files; returns the PNGs written."""
+def explain(run: str | Path, files: list[str | Path], *, out: str | Path | None = None, **options) -> list[Path]:
+    """Explain the predictions of a trained run for image files; returns the PNGs written. `options`
+    are ExplainOptions' fields (method="gradcam", layer, class_name, colormap, alpha, top)."""
     from transferlab.rundir import check_out_dir, load_model, new_run_dir
 
-    check_options(method, colormap, alpha, top)
+    look = ExplainOptions(**options)
+    method, colormap, alpha = look.method, look.colormap, look.alpha
     check_out_dir(out)
     model = load_model(run)
     classifier, classes, spec = model.classifier, model.classes, model.spec
     target = None
-    if class_name is not None:
-        if class_name not in classes:
-            raise ExplainError(f"class '{class_name}' is not one of the model's classes: {', '.join(classes)}")
-        target = classes.index(class_name)
+    if look.class_name is not None:
+        if look.class_name not in classes:
+            raise ExplainError(f"class '{look.class_name}' is not one of the model's classes: {', '.join(classes)}")
+        target = classes.index(look.class_name)
     originals, inputs = load_pictures(files, spec, model.limits)
     names = output_names(files)
     from transferlab.interpret import render
 
     jobs = []  # (file name, draw function): everything is computed before anything is written
     if method in METHODS:
-        result = compute_cams(classifier, inputs, method=method, layer=layer,
+        result = compute_cams(classifier, inputs, method=method, layer=look.layer,
                               target_classes=None if target is None else [target] * len(inputs))
         for i, name in enumerate(names):
             height, width = originals[i].shape[:2]
@@ -124,10 +139,8 @@ def explain(run: str | Path, files: list[str | Path], *, method: str = "gradcam"
                          lambda path, i=i, blended=blended, title=title: render.cam_figure(
                              originals[i], blended, path, title=title, colormap=colormap)))
     elif method == "featuremaps":
-        if layer is not None:
-            raise ExplainError("featuremaps shows every stage; --layer applies to the CAM methods")
         for i, name in enumerate(names):
-            stages = feature_maps(classifier, inputs[i], top=top)
+            stages = feature_maps(classifier, inputs[i], top=look.top)
             jobs.append((f"{name}-featuremaps.png",
                          lambda path, i=i, stages=stages: render.feature_grid(inputs[i], stages, path)))
     else:
