@@ -71,6 +71,19 @@ def test_absent_class_gives_nulls_with_reasons_not_a_crash():
     assert binary_one_class["roc_auc"] is None and "only one class" in binary_one_class["undefined"]["roc_auc"]
 
 
+def test_the_monitored_validation_f1_averages_over_every_class_as_the_report_does():
+    """A class absent from validation and never predicted still counts (with 0) in val_f1_macro,
+    so the checkpoint a stage keeps is chosen by the same number metrics.json reports."""
+    from transferlab.metrics import monitored_values
+
+    y = np.array([0, 0, 1, 1, 1, 0])
+    probs = np.array([[0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1], [0.3, 0.6, 0.1], [0.7, 0.2, 0.1],
+                      [0.9, 0.05, 0.05]])
+    f1 = compute_metrics(y, probs, ["a", "b", "c"])["f1_macro"]
+    assert monitored_values(y, probs)["val_f1_macro"] == pytest.approx(f1)
+    assert f1 == pytest.approx((2 / 3 + 2 / 3 + 0) / 3)
+
+
 def test_single_class_prediction():
     y = np.array([0, 1, 2, 0, 1, 2])
     probs = np.tile([0.8, 0.1, 0.1], (6, 1))

@@ -392,12 +392,7 @@ def apply_override(config: Config, item: str, origin: str = "--set") -> Config:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
-    return merge(config, nested(key, value), origin=origin)
-
-
-def nested(key: str, value: Any) -> dict:
-    """`a.b.c`, v -> {a: {b: {c: v}}}."""
-    return unflatten({key: value})
+    return merge(config, unflatten({key: value}), origin=origin)
 
 
 def unflatten(settings: dict) -> dict:

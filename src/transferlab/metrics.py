@@ -7,7 +7,6 @@ never predicted) is reported as null, with the reason under `undefined`, never a
 from __future__ import annotations
 
 import csv
-import math
 import warnings
 from pathlib import Path
 
@@ -18,12 +17,9 @@ from sklearn import metrics as skm
 ECE_BINS = 15
 
 
-def clean(value) -> float | None:
-    """A JSON-safe float (None for NaN / inf)."""
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
+def log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean negative log-likelihood of the true labels (probabilities clipped at 1e-15, as scikit-learn's)."""
+    return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-15, 1.0)).mean())
 
 
 def calibration_curve(y_true: np.ndarray, probs: np.ndarray, bins: int = ECE_BINS) -> dict:
@@ -61,10 +57,11 @@ def monitored_values(y_true: np.ndarray, probs: np.ndarray) -> dict[str, float]:
     pred = probs.argmax(axis=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return {"val_loss": float(-np.log(np.clip(probs[np.arange(len(y_true)), y_true], 1e-12, 1.0)).mean()),
+        return {"val_loss": log_loss(probs, y_true),
                 "val_accuracy": float((pred == y_true).mean()),
                 "val_balanced_accuracy": float(skm.balanced_accuracy_score(y_true, pred)),
-                "val_f1_macro": float(skm.f1_score(y_true, pred, average="macro", zero_division=0))}
+                "val_f1_macro": float(skm.f1_score(y_true, pred, labels=np.arange(probs.shape[1]), average="macro",
+                                                     zero_division=0))}  # over every class, as compute_metrics
 
 
 def better(monitor: str, a: float, b: float) -> bool:
@@ -111,13 +108,11 @@ def overall(y_true: np.ndarray, probs: np.ndarray, classes: list[str], undefined
     if not predicted.all():
         undefined["precision_macro"] = "averaged with 0 for classes never predicted: " + \
             ", ".join(classes[c] for c in labels[~predicted])
-    out["log_loss"] = clean(skm.log_loss(y_true, np.clip(probs, 1e-15, 1), labels=labels))
+    out["log_loss"] = float(skm.log_loss(y_true, np.clip(probs, 1e-15, 1), labels=labels))  # always finite
     out["ece"] = expected_calibration_error(y_true, probs)
     out["confusion_matrix"] = skm.confusion_matrix(y_true, y_pred, labels=labels).tolist()
-    counts = np.asarray(out["confusion_matrix"], dtype=float)
-    rows = counts.sum(axis=1, keepdims=True)
-    out["confusion_matrix_normalized"] = np.divide(counts, rows, out=np.zeros_like(counts),
-                                                   where=rows > 0).round(6).tolist()
+    out["confusion_matrix_normalized"] = skm.confusion_matrix(y_true, y_pred, labels=labels,
+                                                              normalize="true").round(6).tolist()  # empty rows: 0
     return out
 
 
@@ -195,7 +190,7 @@ def resampled_metrics(y: np.ndarray, probs: np.ndarray) -> tuple[dict[str, float
            "precision_macro": precision.mean(), "recall_macro": recall.mean(), "f1_macro": f1.mean(),
            "precision_weighted": (precision * weights).sum(), "recall_weighted": (recall * weights).sum(),
            "f1_weighted": (f1 * weights).sum(),
-           "log_loss": float(-np.log(np.clip(probs[np.arange(n), y], 1e-15, 1)).mean()),
+           "log_loss": log_loss(probs, y),
            "ece": expected_calibration_error(y, probs)}
     ranked = np.argsort(-probs, axis=1)
     for top in (3, 5):

@@ -1,21 +1,12 @@
-"""Experiment tracking: where a run is logged besides its own folder (`--tracker`).
-
-    tensorboard  (default) TensorBoard event files in RUN/logs/<stage>/ (`tensorboard --logdir RUN/logs`)
-    csv          the run folder only (RUN/logs/<stage>/metrics.csv is always written)
-    mlflow       one MLflow run per `train` (a parent with a child per fold for `cv`, a child of the
-                 training run per `evaluate`) holding the resolved config as params, the auto
-                 decision, metrics per epoch and per stage (Lightning's MLFlowLogger, one prefix per
-                 stage), the final metrics, and the run's artifacts (report, plots, model, split)
-
-MLflow's store is `tracking.uri`, else $MLFLOW_TRACKING_URI, else `sqlite:///mlflow.db` in the
-working directory (MLflow's own default, browsable with `mlflow ui` there). The store and the
-MLflow run id are kept in the run's state, so a resumed run logs into the same MLflow run.
-Needs the `mlflow` extra: pip install 'transferlab[mlflow]'.
-"""
+"""Experiment tracking besides the run's own folder (`--tracker`): tensorboard (default), csv (the
+folder only) or mlflow (one MLflow run per `train`, a parent with a child per fold for `cv`; README
+"Experiment tracking" says what each holds). The MLflow store and run id are kept in the run's
+state, so a resumed run logs into the same MLflow run."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import math
@@ -24,6 +15,7 @@ import re
 from pathlib import Path
 
 from transferlab.errors import ConfigError
+from transferlab.metrics import scalar_metrics
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 ARTIFACTS = ("report.html", "metrics.json", "cv_metrics.json", "config.yaml", "split.csv", "dataset.json",
@@ -37,6 +29,12 @@ def require_mlflow() -> None:
         import mlflow  # noqa: F401
     except ImportError:
         raise ConfigError("--tracker mlflow needs MLflow: pip install 'transferlab[mlflow]'") from None
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def store_error(uri: str, exc: Exception) -> ConfigError:
+    return ConfigError(f"MLflow tracking store {uri} cannot be used ({str(exc).splitlines()[0][:160]}): "
+                       "check --tracker-uri / MLFLOW_TRACKING_URI")
 
 
 def check_tracking(config) -> None:
@@ -44,7 +42,6 @@ def check_tracking(config) -> None:
     if config.tracking.tracker != "mlflow":
         return
     require_mlflow()
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from mlflow import MlflowClient
 
     uri = resolve_uri(config.tracking.uri)
@@ -55,8 +52,7 @@ def check_tracking(config) -> None:
         probe_store(uri)
         MlflowClient(uri).search_experiments(max_results=1)
     except Exception as exc:
-        raise ConfigError(f"MLflow tracking store {uri} cannot be used ({str(exc).splitlines()[0][:160]}): "
-                          "check --tracker-uri / MLFLOW_TRACKING_URI") from None
+        raise store_error(uri, exc) from None
 
 
 def probe_store(uri: str) -> None:
@@ -127,8 +123,7 @@ class Tracker:
                 all_tags["mlflow.parentRunId"] = parent.run_id
             run = client.create_run(experiment_id, run_name=name, tags=all_tags)
         except Exception as exc:  # an unreachable server, a read-only store, a bad URI
-            raise ConfigError(f"MLflow tracking store {uri} cannot be used ({str(exc).splitlines()[0][:160]}): "
-                              "check --tracker-uri / MLFLOW_TRACKING_URI") from None
+            raise store_error(uri, exc) from None
         state.tracking = {"uri": uri, "run_id": run.info.run_id}
         return cls(kind, uri, run.info.run_id)
 
@@ -177,7 +172,7 @@ class Tracker:
         for start in range(0, len(fresh), 100):
             client.log_batch(self.run_id, params=fresh[start:start + 100])
 
-    def metrics(self, values: dict[str, float], prefix: str = "", step: int = 0) -> None:
+    def metrics(self, values: dict[str, float], prefix: str = "") -> None:
         if not self.active or not values:
             return
         import time
@@ -185,7 +180,7 @@ class Tracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        entries = [Metric(metric_key(f"{prefix}{k}"), float(v), now, step) for k, v in values.items()
+        entries = [Metric(metric_key(f"{prefix}{k}"), float(v), now, 0) for k, v in values.items()
                    if v is not None and math.isfinite(float(v))]
         for start in range(0, len(entries), 500):
             self.client.log_batch(self.run_id, metrics=entries[start:start + 500])
@@ -200,6 +195,14 @@ class Tracker:
                 client.log_artifacts(self.run_id, str(path), artifact_path=name)
             elif path.is_file():
                 client.log_artifact(self.run_id, str(path))
+
+    def log_config(self, config) -> bool:
+        """Log the concrete config as params; whether this tracker logs at all."""
+        if self.active:
+            from transferlab.rundir import flatten
+
+            self.params(flatten(dataclasses.asdict(config)))
+        return self.active
 
     def text(self, content: dict, name: str) -> None:
         if self.active:
@@ -220,14 +223,8 @@ def run_tags(config, run_dir: Path) -> dict[str, str]:
 def run_summary(tracker: Tracker, config, record: dict, run_dir: Path) -> None:
     """What a finished train run logs: the concrete config, the auto decision, each stage's score
     and time, the final metrics, the artifacts."""
-    if not tracker.active:
+    if not tracker.log_config(config):
         return
-    import dataclasses
-
-    from transferlab.metrics import scalar_metrics
-    from transferlab.rundir import flatten
-
-    tracker.params(flatten(dataclasses.asdict(config)))
     strategy = record.get("strategy", {})
     tracker.params({"strategy": strategy.get("label", strategy.get("name")),
                     "selected_stage": (strategy.get("selected") or {}).get("stage")}, prefix="transferlab.")
@@ -254,14 +251,8 @@ def run_summary(tracker: Tracker, config, record: dict, run_dir: Path) -> None:
 def cv_summary(tracker: Tracker, config, record: dict, run_dir: Path) -> None:
     """What a finished cv logs on its parent run: the config, mean / std / 95% CI of every
     metric over the folds, the out-of-fold metrics, the artifacts."""
-    if not tracker.active:
+    if not tracker.log_config(config):
         return
-    import dataclasses
-
-    from transferlab.metrics import scalar_metrics
-    from transferlab.rundir import flatten
-
-    tracker.params(flatten(dataclasses.asdict(config)))
     tracker.params({"strategy": (record.get("strategy") or {}).get("label"), "folds": config.cv.folds,
                     "repeats": config.cv.repeats}, prefix="transferlab.")
     values: dict[str, float] = {}
@@ -276,14 +267,8 @@ def cv_summary(tracker: Tracker, config, record: dict, run_dir: Path) -> None:
 
 def fold_summary(tracker: Tracker, config, record: dict) -> None:
     """What a finished fold logs on its child run: its concrete config, decision and test metrics."""
-    if not tracker.active:
+    if not tracker.log_config(config):
         return
-    import dataclasses
-
-    from transferlab.metrics import scalar_metrics
-    from transferlab.rundir import flatten
-
-    tracker.params(flatten(dataclasses.asdict(config)))
     strategy = record.get("strategy") or {}
     tracker.params({"strategy": strategy.get("label")}, prefix="transferlab.")
     if strategy.get("decision"):

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import get_args
 
-from transferlab.config import Config, Engine, load_config, merge, nested, resume_safe_keys, setting_of
+from transferlab.config import Config, Engine, load_config, merge, resume_safe_keys, setting_of, unflatten
 from transferlab.errors import TransferlabError
 from transferlab.strategies import strategy_names
 
@@ -163,7 +163,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     """Defaults < --config file < --set overrides < explicit flags (--aug last of all)."""
     config = load_config(getattr(args, "config", None), list(getattr(args, "overrides", []) or []))
     for flag, key, value in flag_values(args):
-        config = merge(config, nested(key, value), origin=f"--{flag.replace('_', '-')}")
+        config = merge(config, unflatten({key: value}), origin=f"--{flag.replace('_', '-')}")
     if getattr(args, "aug", None):
         from transferlab.augment import augment_from_arg
 

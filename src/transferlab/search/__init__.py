@@ -29,7 +29,8 @@ import numpy as np
 
 from transferlab.config import merge, unflatten
 from transferlab.console import info
-from transferlab.search.ensemble import log_loss, select
+from transferlab.metrics import log_loss
+from transferlab.search.ensemble import select
 from transferlab.search.rule import Prior, decide, measure
 
 FINAL_SHARE = 0.1  # of the budget kept for the final fit and the evaluation

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
-    return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-15, 1.0)).mean())
+from transferlab.metrics import log_loss
 
 
 def select(library: list[np.ndarray], labels: np.ndarray, *, rounds: int = 50) -> tuple[np.ndarray, list[float]]:

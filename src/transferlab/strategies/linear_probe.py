@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from transferlab.metrics import log_loss
 from transferlab.strategies import register
 from transferlab.strategies.base import Stage, Strategy
 
@@ -129,7 +130,7 @@ def fit_probe(x: torch.Tensor, y: np.ndarray, num_classes: int, *, seed: int = 0
     if C is None and folds >= 2:
         split = StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y)
         probs = out_of_fold(x, y, num_classes, list(split), balanced=balanced, deadline=deadline)
-        losses = [-np.log(np.clip(p[np.arange(len(y)), y], 1e-15, 1)).mean() for p in probs]
+        losses = [log_loss(p, y) for p in probs]
         C = C_GRID[int(np.nanargmin(losses))]
         details.update(inner_folds=folds, log_loss_by_C={f"{c:g}": round(float(v), 4) for c, v in zip(C_GRID, losses)
                                                           if np.isfinite(v)})
