@@ -17,18 +17,14 @@ from transferlab.figures import save, subplots
 def augmented_samples(images: np.ndarray, augment: AugmentConfig | ResolvedAugment, *, n: int,
                       seed: int) -> np.ndarray:
     """(rows, n, H, W, 3) uint8: `n` augmented versions of each (H, W, 3) image, seeded."""
-    resolved = augment if isinstance(augment, ResolvedAugment) else resolve_augment(augment)
-    transform = build_train_transform(resolved, images.shape[1])
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        out = np.empty((len(images), n, *images.shape[1:]), dtype=np.uint8)
+    transform = build_train_transform(augment, images.shape[1])
+    out = np.empty((len(images), n, *images.shape[1:]), dtype=np.uint8)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
         for r, image in enumerate(images):
             tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
             for k in range(n):
                 out[r, k] = transform(tensor).permute(1, 2, 0).numpy()
-    finally:
-        torch.random.set_rng_state(generator_state)
     return out
 
 
@@ -39,10 +35,9 @@ def mixed_pairs(images: np.ndarray, labels: list[str], augment: ResolvedAugment,
     index = torch.tensor([classes.index(label) for label in labels])
     mixer = build_batch_mix(dataclasses.replace(augment, mix_prob=1.0), len(classes))
     batch = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
     out = []
-    try:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
         for k in range(n):
             mixed, targets = mixer(batch, index)
             row = k % len(images)
@@ -50,8 +45,6 @@ def mixed_pairs(images: np.ndarray, labels: list[str], augment: ResolvedAugment,
             caption = "\n".join(f"{w:.2f} {name}" for w, name in sorted(weights, reverse=True))
             picture = mixed[row].round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
             out.append((picture, caption))
-    finally:
-        torch.random.set_rng_state(generator_state)
     return out
 
 
@@ -76,7 +69,6 @@ def pick_rows(labels: np.ndarray, classes: list[str], rows: int, seed: int) -> l
 def preview_grid(images: np.ndarray, labels: list[str], augment: AugmentConfig | ResolvedAugment, out: str | Path,
                  *, n: int = 8, seed: int = 0, title: str | None = None) -> Path:
     """Write the preview PNG for source `images` (rows, H, W, 3) named by `labels`; returns its path."""
-
     resolved = augment if isinstance(augment, ResolvedAugment) else resolve_augment(augment)
     samples = augmented_samples(images, resolved, n=n, seed=seed)
     mixing = resolved.mixup_alpha > 0 or resolved.cutmix_alpha > 0
@@ -108,5 +100,4 @@ def preview_grid(images: np.ndarray, labels: list[str], augment: AugmentConfig |
     ops = ", ".join(d["op"] for d in resolved.describe()) or "no augmentation"
     fig.suptitle(title or f"augmentation preview: {ops}", fontsize=10)
     fig.tight_layout()
-    save(fig, Path(out), dpi=110)
-    return out
+    return save(fig, Path(out), dpi=110)

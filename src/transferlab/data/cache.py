@@ -102,13 +102,11 @@ class DiskCache:
         except (OSError, ValueError):
             return None
 
-    def put(self, content_hash: str, pixels: np.ndarray, meta: dict) -> Path:
+    def put(self, content_hash: str, pixels: np.ndarray, meta: dict) -> None:
         path = self.entry(content_hash)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, lambda handle: np.save(handle, pixels, allow_pickle=False))
         atomic_write(path.with_suffix(".json"), lambda handle: handle.write(json.dumps(meta).encode()))
-        return path
-
 
 
 def trim_cache(root: Path, limit_bytes: int, keep: set[Path] = frozenset(),

@@ -127,7 +127,7 @@ def load_dataset(spec: str, config: Config, *, progress: bool = True, compact: b
     side = longest_side(source, items, resize.size) if compact else None
     if side is not None:
         resize = dataclasses.replace(resize, size=max(side, config.data.min_side))
-    cache_mode = choose_cache(config, len(items), resize.size, source)
+    cache_mode = choose_cache(config, len(items), resize.size)
     disk = DiskCache(Path(config.data.cache_dir).expanduser() if config.data.cache_dir else cache_root(), resize)
     if cache_mode == "disk":
         check_disk(disk.root, len(items) * (resize.size ** 2 * 3 + 128), config.data.disk_limit_gb)
@@ -233,7 +233,7 @@ def check_disk(root: Path, needed: int, limit_gb: float) -> None:
                           "lower --size, or decode on every read with --set data.cache=none")
 
 
-def choose_cache(config: Config, n_items: int, size: int, source: Source) -> str:
+def choose_cache(config: Config, n_items: int, size: int) -> str:
     mode = config.data.cache
     if mode != "auto":
         return mode

@@ -77,12 +77,11 @@ class FeatureDataset(Dataset):
 
 class EpochSampler(Sampler):
     """Yields (position, epoch): shuffled from (seed, epoch), or weighted with replacement
-    (balanced sampling), and sharded across DDP ranks when a process group is running."""
+    (balanced sampling), and sharded across DDP ranks when a process group is running (padded
+    by repeating the first positions, so every rank gets as many)."""
 
-    def __init__(self, n: int, *, seed: int = 0, shuffle: bool = True, weights: np.ndarray | None = None,
-                 pad_to_even: bool = True):
+    def __init__(self, n: int, *, seed: int = 0, shuffle: bool = True, weights: np.ndarray | None = None):
         self.n, self.seed, self.shuffle, self.weights = n, seed, shuffle, weights
-        self.pad_to_even = pad_to_even
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -105,14 +104,14 @@ class EpochSampler(Sampler):
         order = self.order()
         replicas, rank = self.world()
         if replicas > 1:
-            if self.pad_to_even and len(order) % replicas:
+            if len(order) % replicas:
                 order = np.concatenate([order, order[: replicas - len(order) % replicas]])
             order = order[rank::replicas]
         return iter([(int(i), self.epoch) for i in order])
 
     def __len__(self) -> int:
         replicas, _ = self.world()
-        return -(-self.n // replicas) if replicas > 1 and self.pad_to_even else self.n
+        return -(-self.n // replicas) if replicas > 1 else self.n
 
 
 class EpochLoader(DataLoader):

@@ -20,18 +20,13 @@ MAX_LABEL = 200  # characters of a class name (a manifest's label column)
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}
 )
-
-
-def builtin_names() -> list[str]:
-    """The built-in sets (data/builtins.py registers them)."""
-    from transferlab.data.builtins import REGISTRY
-
-    return [name for name in REGISTRY if not name.endswith(":train")]
+# DATA `builtin:NAME`, made by data/builtins.py; fashion-mnist:train is also accepted, but not listed
+BUILTINS = ("digits", "fashion-mnist", "fashion-mnist:test")
 
 
 def data_help() -> str:
     return ("give a folder of class subfolders, a CSV manifest (path,label) or builtin:NAME ("
-            + ", ".join(f"builtin:{b}" for b in builtin_names()) + ")")
+            + ", ".join(f"builtin:{b}" for b in BUILTINS) + ")")
 
 
 @dataclass(frozen=True)
@@ -64,11 +59,9 @@ def check_spec(spec: str) -> str:
     """The kind of DATA `spec` (folder, csv, builtin), or a clear error; lists nothing."""
     if spec.startswith("builtin:"):
         name = spec.removeprefix("builtin:")
-        from transferlab.data.builtins import REGISTRY
-
-        if name not in REGISTRY:
+        if name not in (*BUILTINS, "fashion-mnist:train"):
             raise DataError(f"unknown built-in data set '{name}': choose one of "
-                            f"{', '.join('builtin:' + b for b in builtin_names())}")
+                            f"{', '.join('builtin:' + b for b in BUILTINS)}")
         return "builtin"
     path = Path(spec).expanduser()
     if path.is_dir():

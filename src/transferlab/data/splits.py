@@ -17,12 +17,6 @@ from sklearn.model_selection import RepeatedStratifiedKFold, StratifiedGroupKFol
 from transferlab.errors import DataError
 
 
-def group_units(labels: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Unique groups, the label of each (its first image's) and each image's unit index."""
-    units, first, inverse = np.unique(groups, return_index=True, return_inverse=True)
-    return units, labels[first], inverse
-
-
 def holdout_split(labels: np.ndarray, groups: np.ndarray | None = None, *, val_fraction: float,
                   test_fraction: float, seed: int, classes: list[str] | None = None) -> np.ndarray:
     """'train' / 'val' / 'test' per image, stratified by class and seeded.
@@ -35,7 +29,8 @@ def holdout_split(labels: np.ndarray, groups: np.ndarray | None = None, *, val_f
         raise DataError(f"val_fraction={val_fraction} and test_fraction={test_fraction} must be in [0, 1) "
                         "and leave something to train on")
     groups = np.arange(len(labels)) if groups is None else np.asarray(groups)
-    _, unit_labels, inverse = group_units(labels, groups)
+    _, first, inverse = np.unique(groups, return_index=True, return_inverse=True)
+    unit_labels = labels[first]  # a group's label is its first image's
     rng = np.random.default_rng(seed)
     unit_split = np.empty(len(unit_labels), dtype=object)
     needed = 1 + (val_fraction > 0) + (test_fraction > 0)
@@ -71,11 +66,8 @@ def check_folds(labels: np.ndarray, folds: int, classes: list[str] | None = None
 
 def stratified_folds(labels: np.ndarray, groups: np.ndarray | None = None, *, folds: int, repeats: int = 1,
                      seed: int, classes: list[str] | None = None) -> list[tuple[int, int, np.ndarray, np.ndarray]]:
-    """(repeat, fold, train_indices, test_indices) for stratified K-fold CV, repeated R times.
-
-    Uses StratifiedKFold (RepeatedStratifiedKFold for R > 1); when groups join several
-    images, StratifiedGroupKFold so a group never straddles folds.
-    """
+    """(repeat, fold, train_indices, test_indices) for stratified K-fold CV, repeated R times;
+    a group never straddles folds."""
     labels = np.asarray(labels)
     check_folds(labels, folds, classes)
     placeholder = np.zeros(len(labels))
