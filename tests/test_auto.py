@@ -303,3 +303,31 @@ def test_probe_members_are_refit_on_train_and_val(color_folder, tmp_path):
     kept = json.loads((run_training(str(color_folder), held, out=tmp_path / "held", progress=False)
                        / "metrics.json").read_text())
     assert "val" in kept and kept["val"]["n"] == 6
+
+
+def test_a_search_run_again_on_resume_reads_back_what_its_trial_finished(color_folder, tmp_path, monkeypatch):
+    """A run interrupted before its search settled runs the search again on resume; a trial then reads the stages
+    its member folder's state.json says are finished back (as that member's final fit does), never fits them again."""
+    from transferlab.data import holdout_split, load_dataset
+    from transferlab.features import FeatureStore
+    from transferlab.fit import FitContext
+    from transferlab.search import Candidate, Search
+    from transferlab.strategies import get_strategy
+    from transferlab.strategies.linear_probe import LinearProbe
+
+    config = load_config(overrides=["preprocess.size=32", "model.name=test_efficientnet", "model.pretrained=false",
+                                    "data.decode_workers=1"])
+    dataset = load_dataset(str(color_folder), config, progress=False)
+    parts = holdout_split(dataset.labels, dataset.groups, val_fraction=0.2, test_fraction=0.2, seed=0)
+    indices = {part: np.flatnonzero(parts == part) for part in ("train", "val", "test")}
+    ctx = FitContext(dataset, indices, config, tmp_path / "run", FeatureStore(dataset, config, progress=False),
+                     progress=False)
+    fitted = []
+    monkeypatch.setattr(LinearProbe, "run", lambda self, stage, fitting, run=LinearProbe.run:
+                        fitted.append(stage.name) or run(self, stage, fitting))
+    search, probe = Search(ctx), get_strategy("linear-probe", config)
+    for _ in range(2):  # the second time: the search again after a resume, in the same member folder
+        search.trial(Candidate("linear-probe", "linear-probe", 32, {"train.epochs": 1}, rows="val"), probe,
+                     indices["val"])
+    assert fitted == ["probe"]
+    assert search.tried[0].probs.tolist() == search.tried[1].probs.tolist()

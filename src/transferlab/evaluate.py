@@ -157,7 +157,7 @@ def track_evaluation(run: Path, config, out_dir: Path, metrics: dict, *, data: s
 
     from transferlab.rundir import RunState
 
-    state = RunState.load(run / STATE_FILE) if (run / STATE_FILE).is_file() else RunState()
+    state = RunState.load_or(run / STATE_FILE)
     if config.tracking.tracker != "mlflow" or not state.tracking:
         return
     parent = Tracker("mlflow", state.tracking["uri"], state.tracking["run_id"])

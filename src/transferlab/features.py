@@ -1,13 +1,6 @@
-"""The feature store: pooled features of a data set's images by the pretrained backbone, the one
-service that `rank`, auto's search and every fit share.
-
-Features are computed once per (input size, normalization, augmented view) for every image, on
-the engine that pays (`train.engine`: an export to onnxruntime or OpenVINO once there are enough
-images), kept in memory for the process and on disk under the cache folder: the key is the
-backbone's identity (name, weights and their version), the resize settings, the input size, the
-normalization, the content hash of every image, and for augmented views the augmentation and seed.
-The cache is trimmed with the rest of the cache folder (data.disk_limit_gb).
-"""
+"""The feature store: pooled features of a data set's images by the pretrained backbone, shared by `rank`, auto's
+search and every fit; computed once per (size, normalization, view) on the engine that pays (`train.engine`), kept
+in memory and on disk under a key of all that decides them, trimmed with the cache folder (data.disk_limit_gb)."""
 
 from __future__ import annotations
 
@@ -69,10 +62,9 @@ class FeatureStore:
     def default_normalization(self) -> tuple:
         """The config's normalization; for z-score, statistics of every image (what `rank` uses: a
         fit always passes its own training part's)."""
-        from transferlab.preprocess import build_normalizer, channel_stats
+        from transferlab.preprocess import build_normalizer
 
-        zscore = self.config.preprocess.normalize == "zscore"
-        normalizer = build_normalizer(self.config, channel_stats(self.dataset.images) if zscore else None)
+        normalizer = build_normalizer(self.config, self.dataset.images)
         return normalizer.mean, normalizer.std
 
     def cached(self, key: str, indices: np.ndarray, size: int, normalize: tuple, view: int | None = None
@@ -103,17 +95,12 @@ class FeatureStore:
         return features
 
     def module(self, size: int, normalize: tuple) -> torch.nn.Module:
-        """The pretrained backbone seeing the stored images at `size` (a random one is seeded, so it
-        equals every fit's)."""
+        """The pretrained backbone seeing the stored images at `size` (a random one equals every fit's)."""
         from transferlab.engines import Features
-        from transferlab.models import Classifier, create_backbone
+        from transferlab.models import Classifier, seeded_backbone
 
-        config = self.config
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            backbone = create_backbone(config.model.name, pretrained=config.model.pretrained,
-                                       weights=config.model.weights, img_size=size)
-        return Features(Classifier(backbone, 1, *normalize, size=size, input_size=self.size)).eval()
+        with seeded_backbone(self.config.model, self.config.seed, size) as backbone:
+            return Features(Classifier(backbone, 1, *normalize, size=size, input_size=self.size)).eval()
 
     def seconds_per_image(self, size: int) -> float:
         """One image's backbone pass at `size` on torch, timed once on a few stored images (what the

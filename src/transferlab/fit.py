@@ -1,13 +1,5 @@
-"""Fit ONE model from a frozen context: the one path every `train` split and every `cv` fold takes
-(as scikit-learn's `_fit_and_score` is to `cross_validate`).
-
-    result = fit(ctx, strategy, run)      # ctx: FitContext; run: the RunDir whose state records the stages
-
-In order: the statistics of THIS training part (z-score normalization, class weights or the
-balanced sampler), a fresh classifier from the pretrained weights, every stage of the strategy
-run (a finished stage is read back from the state, an interrupted one continues from its last
-checkpoint), and the stage that scores best on validation kept.
-"""
+"""Fit ONE model from a frozen `FitContext`: the one path every `train` split, `cv` fold and ensemble member takes
+(as scikit-learn's `_fit_and_score` is to `cross_validate`)."""
 
 from __future__ import annotations
 
@@ -25,9 +17,9 @@ from transferlab.config import Config
 from transferlab.console import info
 from transferlab.errors import DataError
 from transferlab.metrics import better, monitored_values
-from transferlab.models import Classifier, create_backbone, device_for
+from transferlab.models import Classifier, device_for, seeded_backbone
 from transferlab.train import (ClassifierModule, HeadModule, StageResult, TrainableGroups, TransferDataModule,
-                               first_epochs, read_checkpoint, run_stage)
+                               balanced_weights, first_epochs, read_checkpoint, run_stage)
 
 
 @dataclass(frozen=True)
@@ -63,11 +55,9 @@ class FitContext:
     @functools.cached_property
     def normalizer(self):
         """Normalization of THIS training part (z-score statistics never see val or test)."""
-        from transferlab.preprocess import build_normalizer, channel_stats
+        from transferlab.preprocess import build_normalizer
 
-        zscore = self.config.preprocess.normalize == "zscore"
-        return build_normalizer(self.config, channel_stats(self.dataset.images, self.indices["train"])
-                                if zscore else None)
+        return build_normalizer(self.config, self.dataset.images, self.indices["train"])
 
     @property
     def normalization(self) -> dict:
@@ -98,7 +88,7 @@ def imbalance_weights(config: Config, labels: np.ndarray, num_classes: int) -> t
     if mode == "auto":
         mode = "weights" if counts.max() / max(1.0, counts[counts > 0].min()) >= 3 else "none"
     if mode == "weights":
-        return torch.tensor(len(labels) / (num_classes * np.maximum(counts, 1)), dtype=torch.float32), None, mode
+        return balanced_weights(labels, num_classes), None, mode
     if mode == "sampler":
         return None, 1.0 / np.maximum(counts[labels], 1), mode
     return None, None, mode
@@ -108,10 +98,7 @@ def new_classifier(ctx: FitContext) -> Classifier:
     """A classifier from the pretrained weights (a random backbone is seeded, so it equals the
     feature store's), taking the stored images and seeing them at the model's own size."""
     config = ctx.config
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        backbone = create_backbone(config.model.name, pretrained=config.model.pretrained, weights=config.model.weights,
-                                   drop_path=config.model.drop_path, img_size=ctx.size)
+    with seeded_backbone(config.model, config.seed, ctx.size, drop_path=config.model.drop_path) as backbone:
         model = Classifier(backbone, len(ctx.dataset.classes), ctx.normalizer.mean, ctx.normalizer.std,
                            dropout=config.model.dropout, size=ctx.size, input_size=ctx.dataset.spec.size)
     return model.to(memory_format=torch.channels_last) if config.train.channels_last else model
@@ -281,10 +268,10 @@ def fit_members(ctx: FitContext, strategy, run) -> FitResult:
     from transferlab.rundir import STATE_FILE, RunDir, RunState
 
     started, members, shared = time.time(), [], None
-    for name, member, weight in strategy.members():
+    for name, member, weight in strategy.members:
         folder = ctx.directory / "members" / name
-        state = RunState.load(folder / STATE_FILE) if (folder / STATE_FILE).is_file() else RunState(kind="member")
-        result = fit(ctx.replace(directory=folder), member, RunDir(folder, state))
+        result = fit(ctx.replace(directory=folder), member,
+                     RunDir(folder, RunState.load_or(folder / STATE_FILE, kind="member")))
         if result.stages[result.selected].kind == "head":  # the untouched pretrained backbone: one copy for all
             shared = shared or result.classifier.backbone
             result.classifier.backbone = shared
@@ -293,7 +280,7 @@ def fit_members(ctx: FitContext, strategy, run) -> FitResult:
     members = [(w / total, r) for w, r in members]
     model = members[0][1].classifier if len(members) == 1 else Ensemble([r.classifier for _, r in members],
                                                                          [w for w, _ in members])
-    stages = {f"{name}/{stage}": result for (name, _, _), (_, r) in zip(strategy.members(), members)
+    stages = {f"{name}/{stage}": result for (name, _, _), (_, r) in zip(strategy.members, members)
               for stage, result in r.stages.items()}
     run.state.stage, run.state.seconds = "members", round(time.time() - started, 1)
     return FitResult(model, strategy, stages, next(iter(stages)), members[0][1].imbalance, time.time() - started,

@@ -1,12 +1,5 @@
-"""Optimizer parameter groups and learning-rate schedules, from timm's and torch's own helpers.
-
-Every parameter is in the optimizer from the first step, in one named group per layer group
-(early, middle, late, head; or per timm layer with `strategy.layer_decay`) and weight-decay
-class. A group's `lr` is the base (head) rate and its `lr_scale` the layer group's multiplier,
-timm's idiom: one scheduler multiplies every group alike. Frozen parameters have no gradient and
-AdamW / SGD skip them, so a group that starts training later simply starts moving, at its own
-rate on the shared schedule, and a resumed run rebuilds exactly the same optimizer.
-"""
+"""Optimizer parameter groups (every parameter from step 0; a group's `lr` the base rate, its `lr_scale` the layer
+group's multiplier, timm's idiom) and learning-rate schedules, from timm's and torch's own helpers."""
 
 from __future__ import annotations
 
@@ -36,23 +29,12 @@ def all_trainable(model: nn.Module):
             param.requires_grad_(flag)
 
 
-def model_no_weight_decay(model: nn.Module) -> set[str]:
-    """The model's own no-weight-decay names (timm's `no_weight_decay()`: tokens, position embeddings)."""
-    method = getattr(model, "no_weight_decay", None)
-    return set(method()) if callable(method) else set()
-
-
-def no_decay_names(model: nn.Module) -> set[str]:
-    """Parameters timm's rule exempts from weight decay: 1-d ones, biases and `no_weight_decay()`."""
-    names = {id(p): n for n, p in model.named_parameters()}
-    with all_trainable(model):
-        groups = param_groups_weight_decay(model, 1.0, no_weight_decay_list=model_no_weight_decay(model))
+def no_decay_names(classifier: nn.Module) -> set[str]:
+    """Parameters timm's rule exempts from weight decay: 1-d ones, biases and the Classifier's `no_weight_decay()`."""
+    names = {id(p): n for n, p in classifier.named_parameters()}
+    with all_trainable(classifier):
+        groups = param_groups_weight_decay(classifier, 1.0, no_weight_decay_list=classifier.no_weight_decay())
     return {names[id(p)] for g in groups if g["weight_decay"] == 0.0 for p in g["params"]}
-
-
-def group_of(classifier: nn.Module) -> dict[str, str]:
-    """Parameter name -> its layer group (early, middle, late, head)."""
-    return {name: group for group, names in named_groups(classifier).items() for name in names}
 
 
 def param_groups(classifier: nn.Module, config: Config, lr: float, scales: dict[str, float] | None = None
@@ -62,10 +44,10 @@ def param_groups(classifier: nn.Module, config: Config, lr: float, scales: dict[
     layer with strategy.layer_decay; weight decay by timm's rule."""
     decay = config.optim.decay()
     params = dict(classifier.named_parameters())
-    groups_by_name = group_of(classifier)
+    groups_by_name = {name: group for group, names in named_groups(classifier).items() for name in names}
     if config.strategy.layer_decay is not None:
         with all_trainable(classifier):
-            built = param_groups_layer_decay(classifier, decay, no_weight_decay_list=model_no_weight_decay(classifier),
+            built = param_groups_layer_decay(classifier, decay, no_weight_decay_list=classifier.no_weight_decay(),
                                              layer_decay=config.strategy.layer_decay)
         names = {id(p): n for n, p in params.items()}
         out = []

@@ -167,12 +167,9 @@ class Normalizer:
         return {"method": self.method, "mean": list(self.mean), "std": list(self.std)}
 
 
-def build_normalizer(config: Config, train_stats: tuple[tuple, tuple] | None = None) -> Normalizer:
-    """The normalization of `config.preprocess.normalize`.
-
-    zscore needs `train_stats` = channel_stats of the TRAINING part only, so nothing about the
-    validation or test images leaks into the model's input.
-    """
+def build_normalizer(config: Config, images=None, indices: np.ndarray | None = None) -> Normalizer:
+    """The normalization of `config.preprocess.normalize`; zscore takes the channel statistics of `images` at
+    `indices` (a fit's TRAINING part only, so nothing about the validation or test images leaks into its input)."""
     method = config.preprocess.normalize
     if method == "minmax":
         return Normalizer((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), method)
@@ -181,8 +178,8 @@ def build_normalizer(config: Config, train_stats: tuple[tuple, tuple] | None = N
     if method == "model":
         defaults = backbone_defaults(config.model.name)
         return Normalizer(defaults["mean"], defaults["std"], method)
-    if train_stats is None:
+    if images is None:
         raise ValueError("zscore normalization needs the training split's channel statistics")
-    mean, std = train_stats
+    mean, std = channel_stats(images, indices)
     std = tuple(max(s, 1e-6) for s in std)  # a constant channel must not divide by zero
     return Normalizer(tuple(mean), std, method)

@@ -1,11 +1,6 @@
-"""The one run record: what a `train` or `cv` run did, as it happened.
-
-`train` writes a `RunRecord` to metrics.json, `cv` a `FoldRecord` per fold (folds/<name>/
-metrics.json) and a `CVRecord` to cv_metrics.json. The report, the CV table and `serve` read
-these records (and the saved artifacts) and never rebuild facts from the config: the strategy's
-label, the learning rates each layer group actually had, what each fold decided, which images
-the error gallery shows.
-"""
+"""The one run record, as it happened: `RunRecord` (metrics.json of `train`), `FoldRecord` (folds/<name>/
+metrics.json of `cv`) and `CVRecord` (cv_metrics.json), and what a finished fit writes; readers take facts from it,
+never from the config."""
 
 from __future__ import annotations
 
@@ -167,6 +162,10 @@ def save_record(record: RunRecord | CVRecord | FoldRecord, path: Path) -> None:
 
 # --- what a finished fit writes -------------------------------------------------------------------
 
+def write_dataset_json(run_dir: Path, dataset, parts: dict, normalization: dict | None = None) -> None:
+    write_json(run_dir / "dataset.json", dataset.summary(parts=parts, normalization=normalization))
+
+
 def model_meta(result, ctx) -> dict:
     """model.json of a fit's model: one classifier at its size, or an ensemble's members (those on
     the untouched pretrained backbone share backbone 0)."""
@@ -200,7 +199,7 @@ def finish_train(result, ctx, run, decision: dict | None, started: float, pictur
     if is_worker_process():
         return
     dataset = ctx.dataset
-    write_json(run.path / "dataset.json", dataset.summary(parts=ctx.indices, normalization=ctx.normalization))
+    write_dataset_json(run.path, dataset, ctx.indices, ctx.normalization)
     parts = ("test",) if result.trained_on_val else ("val", "test")
     metrics, curves, rows = evaluate_parts(result, ctx, parts)
     gallery = "val" if "val" in metrics else "test"

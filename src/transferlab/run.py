@@ -1,16 +1,5 @@
-"""`transferlab train` and `transferlab cv`: one entry point. Training is cross-validation with one
-split, in the shape of scikit-learn's `cross_validate -> _fit_and_score`: a splitter yields folds
-(train: one stratified hold-out split whose folder is the run itself; cv: K stratified folds,
-each with an inner validation split, in folds/<name>/), each fold is fitted and scored the same
-way, and one context manager opens or resumes the run, holds its lock and closes its tracker on
-error.
-
-    run_training(DATA, config, out=...) -> runs/<name>/     run_cv(DATA, config, out=...) -> runs/<name>/
-
-Everything that can be checked is checked before the run directory exists (config, --out, the
-data, the weights); from the moment it exists it holds config.yaml, split.csv and state.json, so
-a run stopped at any point resumes (`resume=RUN`).
-"""
+"""`transferlab train` and `transferlab cv`: one entry point, `run_experiment`, in the shape of scikit-learn's
+`cross_validate -> _fit_and_score` (training is cross-validation with one split; docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -31,6 +20,7 @@ from transferlab.errors import DataError, DivergedError, RunError
 from transferlab.features import FeatureStore
 from transferlab.fit import FitContext, fit
 from transferlab.preprocess import backbone_defaults
+from transferlab.record import write_dataset_json
 from transferlab.rundir import STATE_FILE, RunDir, RunState, check_out_dir, is_worker_process, resume_config
 from transferlab.tracking import Tracker, check_tracking, run_tags
 
@@ -218,8 +208,7 @@ def cv_fold(dataset, config: Config, run: RunDir, repeat: int, fold: int, train:
              if config.data.val_fraction > 0 else np.array(["train"] * len(train)))
     indices = {"train": train[inner == "train"], "val": train[inner == "val"], "test": test}
     folder = run.path / "folds" / name
-    state = RunState.load(folder / STATE_FILE) if (folder / STATE_FILE).is_file() else \
-        RunState(kind="fold", requested=run.state.requested)
+    state = RunState.load_or(folder / STATE_FILE, kind="fold", requested=run.state.requested)
     if not (folder / "split.csv").is_file():
         order = np.concatenate(list(indices.values()))
         folder.mkdir(parents=True, exist_ok=True)
@@ -237,12 +226,6 @@ def write_cv_split(run_dir: Path, dataset, splits, repeats: int) -> None:
         for i in test:
             column[i] = fold + 1
     write_split_csv(run_dir / "split.csv", dataset.paths, [dataset.classes[i] for i in dataset.labels], columns)
-
-
-def write_dataset_json(run_dir: Path, dataset, parts: dict, normalization: dict | None = None) -> None:
-    from transferlab.io import write_json
-
-    write_json(run_dir / "dataset.json", dataset.summary(parts=parts, normalization=normalization))
 
 
 def read_split(dataset, run_dir: Path) -> np.ndarray:

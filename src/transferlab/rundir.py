@@ -73,6 +73,11 @@ class RunState:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
+    @classmethod
+    def load_or(cls, path: Path, **fresh) -> RunState:
+        """The state at `path` when there is one (a resumed fold or member), else a new one of `fresh`'s fields."""
+        return cls.load(path) if path.is_file() else cls(**fresh)
+
     def save(self, path: Path) -> None:
         write_json(path, dataclasses.asdict(self))
 

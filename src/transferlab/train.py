@@ -1,15 +1,6 @@
-"""Training on Lightning: the two LightningModules, the DataModule, the Trainer set-up.
-
-- `HeadModule`: the linear head alone, on cached backbone features (feature extraction, the
-  head warm-up of fine-tuning). Its checkpoints hold `head.*`.
-- `ClassifierModule`: the whole classifier on images (augmentation, batch mixing, per-group
-  rates, frozen groups). Its checkpoints hold `model.*`.
-
-Lightning does the loop, checkpoints (best by a validation metric, and last for resume), early
-stopping, LR logging per group, progress bar, CSV + TensorBoard logs, precision and DDP. This
-module says what a step is; optimizer groups and schedules come from `optim`, which groups train
-in an epoch from the strategy (`TrainableGroups`).
-"""
+"""Training on Lightning: `HeadModule` (the head on cached features; checkpoints hold `head.*`), `ClassifierModule`
+(the classifier on images; `model.*`), the DataModule and the Trainer set-up. Lightning runs the loop, checkpoints,
+early stopping, logging, precision and DDP; optimizer groups and schedules come from `optim`."""
 
 from __future__ import annotations
 
@@ -49,6 +40,12 @@ QUIET_WARNINGS = (".*does not have many workers.*", ".*LeafSpec.*", ".*smaller t
                   ".*exists and is not empty.*", ".*weights_only.*pickle protocol.*", ".*in eval mode at the start.*")
 
 
+def balanced_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
+    """scikit-learn's "balanced" class weights n / (K x count), an absent class counted once (sklearn raises)."""
+    counts = np.bincount(labels, minlength=num_classes)
+    return torch.tensor(len(labels) / (num_classes * np.maximum(counts, 1)), dtype=torch.float32)
+
+
 @contextlib.contextmanager
 def quiet_fit():
     """Lightning's irrelevant warnings off while a fit runs, the caller's warning filters kept."""
@@ -62,11 +59,10 @@ class Stage(L.LightningModule):
     """What both modules share: the loss (class weights, label smoothing, soft targets), seeded
     steps, validation metrics on the gathered epoch, and the optimizer and schedule."""
 
-    def __init__(self, config: Config, *, class_weights: torch.Tensor | None, lr_scales: dict[str, float]):
+    def __init__(self, config: Config, *, class_weights: torch.Tensor | None):
         super().__init__()
         self.config = config
         self.lr = config.optim.lr  # Lightning's LR finder sets this
-        self.lr_scales = lr_scales
         self.register_buffer("class_weights", class_weights, persistent=False)
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
 
@@ -128,7 +124,7 @@ class HeadModule(Stage):
     """The new head alone, trained on cached pooled features (the backbone never runs)."""
 
     def __init__(self, head: nn.Module, config: Config, *, class_weights: torch.Tensor | None = None):
-        super().__init__(config, class_weights=class_weights, lr_scales={"head": 1.0})
+        super().__init__(config, class_weights=class_weights)
         self.head = head
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
@@ -144,8 +140,8 @@ class ClassifierModule(Stage):
 
     def __init__(self, classifier: nn.Module, config: Config, *, num_classes: int, lr_scales: dict[str, float],
                  class_weights: torch.Tensor | None = None):
-        super().__init__(config, class_weights=class_weights, lr_scales=lr_scales)
-        self.model = classifier
+        super().__init__(config, class_weights=class_weights)
+        self.model, self.lr_scales = classifier, lr_scales
         self.batch_mix = build_batch_mix(config.augment, num_classes)
         self.frozen: set[int] = set()  # ids of parameters that do not train this epoch (TrainableGroups sets it)
 
@@ -172,13 +168,9 @@ class ClassifierModule(Stage):
 
 
 class TrainableGroups(L.Callback):
-    """At each epoch start, exactly the layer groups `schedule(epoch)` names train (Lightning's
-    BaseFinetuning idiom, without adding optimizer groups: they are all there from step 0).
-
-    On one device a frozen parameter has requires_grad=False, so no gradient is computed for it
-    and the optimizer skips it. Under DDP every parameter keeps requires_grad (DDP registers them
-    once, when it wraps the model) and the gradients of frozen ones are dropped before each step.
-    """
+    """At each epoch start exactly the layer groups `schedule(epoch)` names train (the optimizer holds every group
+    from step 0). A frozen parameter gets requires_grad=False; under DDP, which registers every parameter once,
+    it keeps requires_grad and its gradient is dropped before each step."""
 
     def __init__(self, schedule: Callable[[int], list[str]], *, train_bn: bool = True):
         self.schedule, self.train_bn = schedule, train_bn

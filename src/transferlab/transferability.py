@@ -1,14 +1,7 @@
-"""Transferability scores: how well a pretrained backbone's features suit a labelled data set,
-measured without fine-tuning.
-
-- LogME (You, Liu, Wang, Long: "LogME: Practical Assessment of Pre-trained Models for Transfer
-  Learning", ICML 2021): the log marginal evidence of a Bayesian linear model on the pooled
-  features, per sample, averaged over one-vs-all class targets. Higher is better.
-- LEEP (Nguyen, Hassner, Seeger, Archambeau: "LEEP: A New Measure to Evaluate Transferability
-  of Learned Representations", ICML 2020): the average log-likelihood of the target labels under
-  the "expected empirical predictor" built from the source classifier's predictions. At most 0;
-  closer to 0 is better.
-"""
+"""Transferability scores of a pretrained backbone's features for a labelled set, without fine-tuning; higher is
+better. LogME: You, Liu, Wang, Long, "LogME: Practical Assessment of Pre-trained Models for Transfer Learning",
+ICML 2021. LEEP: Nguyen, Hassner, Seeger, Archambeau, "LEEP: A New Measure to Evaluate Transferability of Learned
+Representations", ICML 2020."""
 
 from __future__ import annotations
 
@@ -33,25 +26,25 @@ def logme_single(features: np.ndarray, target: np.ndarray, *, sigma2: np.ndarray
     y_norm2 = float(target @ target)
     # the part of y outside the column space of F is never explained by F m
     residual_outside = max(y_norm2 - float(u_t_y @ u_t_y), 0.0)
+
+    def posterior(alpha: float, beta: float) -> tuple[float, float, float]:
+        """gamma, |m|^2 and |F m - y|^2 in the SVD basis: m's coordinates are beta s (u^T y) / (alpha + beta s^2),
+        F m's are shrink * u^T y."""
+        shrink = beta * sigma2 / (alpha + beta * sigma2)
+        m_coords = beta * np.sqrt(sigma2) * u_t_y / (alpha + beta * sigma2)
+        res2 = float(((shrink * u_t_y - u_t_y) ** 2).sum()) + residual_outside
+        return float(shrink.sum()), float(m_coords @ m_coords), res2
+
     alpha, beta = 1.0, 1.0
     for _ in range(max_iter):
-        shrink = beta * sigma2 / (alpha + beta * sigma2)
-        gamma = float(shrink.sum())
-        # |m|^2 and |F m - y|^2 in the SVD basis: m coordinates are beta s (u^T y) / (alpha + beta s^2)
-        m_coords = beta * np.sqrt(sigma2) * u_t_y / (alpha + beta * sigma2)
-        m2 = float(m_coords @ m_coords)
-        fit = shrink * u_t_y  # coordinates of F m in the U basis
-        res2 = float(((fit - u_t_y) ** 2).sum()) + residual_outside
+        gamma, m2, res2 = posterior(alpha, beta)
         new_alpha = gamma / max(m2, 1e-12)
         new_beta = (n - gamma) / max(res2, 1e-12)
         converged = abs(new_alpha - alpha) / alpha < tol and abs(new_beta - beta) / beta < tol
         alpha, beta = new_alpha, new_beta
         if converged:
             break
-    shrink = beta * sigma2 / (alpha + beta * sigma2)
-    m_coords = beta * np.sqrt(sigma2) * u_t_y / (alpha + beta * sigma2)
-    m2 = float(m_coords @ m_coords)
-    res2 = float(((shrink * u_t_y - u_t_y) ** 2).sum()) + residual_outside
+    _, m2, res2 = posterior(alpha, beta)
     # log|alpha I + beta F^T F| over all d dimensions (directions without data contribute log alpha)
     log_det = float(np.log(alpha + beta * sigma2).sum()) + (d - len(sigma2)) * math.log(alpha)
     evidence = (n / 2 * math.log(beta) + d / 2 * math.log(alpha) - n / 2 * math.log(2 * math.pi)
@@ -76,7 +69,8 @@ def logme(features: np.ndarray, labels: np.ndarray) -> float:
 
 
 def leep(source_probs: np.ndarray, labels: np.ndarray) -> float:
-    """LEEP of the source model's class probabilities `source_probs` (n, Z) for target `labels` (n,)."""
+    """LEEP of the source model's class probabilities `source_probs` (n, Z) for target `labels` (n,): the mean
+    log-likelihood of the labels under the expected empirical predictor (at most 0)."""
     probs = np.asarray(source_probs, dtype=np.float64)
     labels = np.asarray(labels)
     n = len(labels)

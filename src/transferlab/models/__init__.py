@@ -6,9 +6,21 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from transferlab.models.backbone import Classifier, Ensemble, create_backbone
+
+
+@contextlib.contextmanager
+def seeded_backbone(model_config, seed: int, img_size: int, drop_path: float | None = None):
+    """The configured backbone at `img_size` (a random one drawn from `seed`, so the feature store's equals every
+    fit's); the block runs on that seeded generator, and the caller's is restored after it."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield create_backbone(model_config.name, pretrained=model_config.pretrained, weights=model_config.weights,
+                              drop_path=drop_path, img_size=img_size)
 
 
 def build_model(meta: dict, input_size: int) -> torch.nn.Module:
@@ -42,4 +54,4 @@ def device_for(accelerator: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
-__all__ = ["Classifier", "Ensemble", "build_model", "create_backbone", "device_for"]
+__all__ = ["Classifier", "Ensemble", "build_model", "create_backbone", "device_for", "seeded_backbone"]

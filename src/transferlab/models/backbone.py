@@ -134,11 +134,11 @@ def create_backbone(name: str, *, pretrained: bool = True, weights: str | Path |
     """
     import timm
 
-    pretrained_cfg(name)  # an unknown name or tag fails here, with the close matches
+    cfg = pretrained_cfg(name)  # an unknown name or tag fails here, with the close matches
     kwargs = dict(timm_kwargs)
     if drop_path:
         kwargs["drop_path_rate"] = drop_path
-    if img_size is not None and fixed_input_size(name):
+    if img_size is not None and cfg.get("fixed_input_size"):
         kwargs["img_size"] = img_size  # ViT-style models: position embeddings for this size
     if weights is not None:
         model = timm.create_model(name, pretrained=False, **kwargs)
@@ -197,20 +197,15 @@ def hub_offline_unless_reachable():
         hub.HF_HUB_OFFLINE = saved
 
 
-def fixed_input_size(name: str) -> bool:
-    """True for models (ViT and kin) built for one input size, which take `img_size`."""
-    return bool(pretrained_cfg(name).get("fixed_input_size"))
-
-
 def imagenet_model(name: str = BUNDLED) -> nn.Module:
     """The pretrained backbone WITH its 1000-class ImageNet classifier (for checks and LEEP)."""
     import timm
 
+    if name.split(".")[0] != BUNDLED:
+        return timm.create_model(name, pretrained=True)
     model = timm.create_model(name, pretrained=False)
-    if name.split(".")[0] == BUNDLED:
-        model.load_state_dict(bundled_lite0_state_dict(model))
-        return model
-    return timm.create_model(name, pretrained=True)
+    model.load_state_dict(bundled_lite0_state_dict(model))
+    return model
 
 
 def imagenet_head(model_config) -> nn.Module | None:

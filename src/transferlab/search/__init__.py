@@ -1,22 +1,6 @@
-"""`--strategy auto`: the search layer above the strategy registry. It reads features from the
-store, scores candidates, and returns a decision; it never reaches into a fit.
-
-1. The prior: the 2x2 rule (rule.py) on the training part's size and the backbone's measured
-   transferability. It says whether fine-tuning is worth trying at all.
-2. Evidence from every image it may use: each cheap candidate (the linear probe at every C of its
-   grid, at every input size the budget allows) is scored on out-of-fold predictions over the
-   whole training + validation part (stratified, grouped K-fold on cached features: seconds).
-   An expensive candidate (one that trains the backbone, from the registry's variants) is tried
-   only when the prior says fine-tuning pays, the budget affords it, and the validation split is
-   large enough to tell a real gain from noise; it is scored on the validation images, and the
-   cheap candidates' out-of-fold predictions of those same images are compared with it.
-3. An ensemble, not a pick: ensemble selection (ensemble.py) on those predictions weights the
-   candidates; the members are refitted on all training + validation images (a probe's C needs
-   no validation split), and an expensive member keeps the weights its trial already paid for.
-
-`choose(ctx)` returns a `Choice`: the concrete strategy (`ensemble` with its members, or one
-strategy) as config overrides, which config.yaml records so a rerun repeats the final fit
-without the search, and the record of the whole decision.
+"""`--strategy auto`: the 2x2 rule as a prior, out-of-fold evidence for the cheap candidates, trials of the
+expensive ones where the prior, the budget and the validation split allow, and ensemble selection over them;
+`choose(ctx)` returns the concrete strategy as a `Choice`, with the record of the decision (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -195,19 +179,19 @@ class Search:
     def trial(self, candidate: Candidate, trial, val: np.ndarray) -> None:
         """Fit an expensive candidate on the training part, in the folder its ensemble member uses."""
         from transferlab.fit import fit
-        from transferlab.rundir import RunDir, RunState
+        from transferlab.rundir import STATE_FILE, RunDir, RunState
         from transferlab.strategies import get_strategy
+        from transferlab.strategies.ensemble import member_folder
 
         started = time.monotonic()
         config = merge(trial.config, unflatten(candidate.overrides), origin=f"auto ({candidate.variant})")
-        from transferlab.strategies.ensemble import member_folder
-
         folder = self.ctx.directory / "members" / member_folder(candidate.strategy, candidate.size,
                                                                 candidate.overrides)
         # the trial stops where the search's time does: the final fit's share and the features it needs stay free
         deadline = None if self.ctx.deadline is None else time.monotonic() + max(0.0, self.left())
+        # a search run again on resume reads back the stages this folder's state says are finished
         result = fit(self.ctx.replace(directory=folder, deadline=deadline), get_strategy(candidate.strategy, config),
-                     RunDir(folder, RunState(kind="member")))
+                     RunDir(folder, RunState.load_or(folder / STATE_FILE, kind="member")))
         candidate.probs, candidate.seconds = result.probabilities(result.ctx, "val"), time.monotonic() - started
         candidate.score(self.ctx.dataset.labels[val])
         self.tried.append(candidate)

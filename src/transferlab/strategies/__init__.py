@@ -1,17 +1,5 @@
-"""Transfer-learning strategies: one module, one class, one name.
-
-A strategy says which stages it trains (the head on cached features, the classifier on images,
-or something of its own), which layer groups train in each epoch, at what relative rates, and
-what it is called in the report. `fit.py` runs any strategy the same way; nothing else in the
-package branches on a strategy's name.
-
-Adding one: a module `strategies/my_strategy.py` with a `Strategy` subclass decorated with
-`@register`, whose `name` is the module name with dashes (`my-strategy`), and its test. The
-command line, the config check and the report find it from there.
-
-    get_strategy("fine-tune", config)  -> a FineTune object for this config
-    strategy_names()                   -> names from the module files, without importing torch
-"""
+"""Transfer-learning strategies: one module, one class, one name, in a registry (docs/architecture.md says how to
+add one). `fit.py` runs any strategy the same way; nothing else in the package branches on a strategy's name."""
 
 from __future__ import annotations
 

@@ -26,9 +26,10 @@ class Ensemble(Strategy):
         if not config.strategy.ensemble.members:
             raise ConfigError("strategy.ensemble.members is empty: list at least one {strategy, size, weight}")
         super().__init__(config)
-        self.parts = [(member_folder(m.strategy, m.size, m.settings), get_strategy(m.strategy, self.member_config(m)),
-                       m.weight) for m in config.strategy.ensemble.members]
-        if any(part.name == self.name for _, part, _ in self.parts):
+        #: (folder name, strategy, weight) of each member
+        self.members = [(member_folder(m.strategy, m.size, m.settings), get_strategy(m.strategy, self.member_config(m)),
+                         m.weight) for m in config.strategy.ensemble.members]
+        if any(part.name == self.name for _, part, _ in self.members):
             raise ConfigError("strategy.ensemble.members cannot hold an ensemble")
 
     def epochs_default(self, config) -> int:
@@ -41,19 +42,15 @@ class Ensemble(Strategy):
         base = merge(self.config, {"train": {"epochs": None}}, origin="ensemble")
         return merge(base, overrides, origin=f"strategy.ensemble.members ({member.strategy})")
 
-    def members(self) -> list[tuple[str, Strategy, float]]:
-        """(folder name, strategy, weight) of each member."""
-        return self.parts
-
     def stages(self) -> list:
         return []
 
     def label(self) -> str:
-        if len(self.parts) == 1:
-            return self.parts[0][1].label()
-        total = sum(w for _, _, w in self.parts)
-        return f"ensemble of {len(self.parts)}: " + ", ".join(
-            f"{part.label()} @ {part.config.model.size} px ({w / total:.2f})" for _, part, w in self.parts)
+        if len(self.members) == 1:
+            return self.members[0][1].label()
+        total = sum(w for _, _, w in self.members)
+        return f"ensemble of {len(self.members)}: " + ", ".join(
+            f"{part.label()} @ {part.config.model.size} px ({w / total:.2f})" for _, part, w in self.members)
 
 
 def member_folder(strategy: str, size: int | None, settings: dict) -> str:

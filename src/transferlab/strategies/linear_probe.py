@@ -1,13 +1,6 @@
-"""Linear probe: multinomial logistic regression on the cached pooled features (as they are), its
-regularisation C chosen by stratified K-fold cross-validation (log loss) of the training features
-only, or given (strategy.linear_probe.C); the coefficients become the classifier's head, so predict,
-explain and export use it like any head.
-
-The solver is full-batch L-BFGS in torch on the features, one C after the other from the strongest
-penalty, each warm-started from the last: scikit-learn's objective (C x the summed cross-entropy
-+ half the squared norm of the weights, the intercept free) in seconds on a few thousand images,
-and it stops at a deadline. On 42,000 x 1,280 features scikit-learn's lbfgs ran for over 13
-minutes and could not be interrupted.
+"""Linear probe: scikit-learn's L2 multinomial logistic regression objective on the cached pooled features, solved
+by full-batch L-BFGS in torch, warm-started along C and stopping at a deadline; the coefficients become the head.
+Not scikit-learn's lbfgs: on 42,000 x 1,280 features it ran for over 13 minutes and could not be interrupted.
 """
 
 from __future__ import annotations
@@ -21,6 +14,7 @@ import torch.nn.functional as F
 from transferlab.metrics import log_loss
 from transferlab.strategies import register
 from transferlab.strategies.base import Stage, Strategy
+from transferlab.train import balanced_weights
 
 C_GRID = tuple(float(c) for c in np.logspace(-3, 2, 6))  # inverse regularisation strengths the CV chooses from
 
@@ -56,20 +50,13 @@ class LinearProbe(Strategy):
         return fitting.head_result(stage, head, groups={"head": {"trains_from_epoch": 1, **details}})
 
 
-def class_weights(y: np.ndarray, num_classes: int, balanced: bool) -> torch.Tensor | None:
-    if not balanced:
-        return None
-    counts = np.bincount(y, minlength=num_classes).astype(np.float64)
-    return torch.tensor(len(y) / (num_classes * np.maximum(counts, 1)), dtype=torch.float32)
-
-
 def logistic_path(x: torch.Tensor, y: np.ndarray, num_classes: int, cs=C_GRID, *, balanced: bool = False,
                   deadline: float | None = None, max_iter: int = 200) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(weights (K, D), bias (K,)) of the L2 multinomial logistic regression at each C of `cs`
     (ascending), each solve warm-started from the previous; stops early at `deadline` (the
     remaining Cs are left out of the list)."""
     x, target = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.long)
-    weight = class_weights(np.asarray(y), num_classes, balanced)
+    weight = balanced_weights(np.asarray(y), num_classes) if balanced else None
     w = torch.zeros(num_classes, x.shape[1], requires_grad=True)
     b = torch.zeros(num_classes, requires_grad=True)
     present = torch.zeros(num_classes, dtype=torch.bool)
@@ -114,13 +101,9 @@ def out_of_fold(x: torch.Tensor, y: np.ndarray, num_classes: int, folds, cs=C_GR
 
 def fit_probe(x: torch.Tensor, y: np.ndarray, num_classes: int, *, seed: int = 0, balanced: bool = False,
               C: float | None = None, deadline: float | None = None) -> tuple[dict[str, torch.Tensor], dict]:
-    """Head weights {1.weight, 1.bias} of the probe on the pooled features as they are, at `C`, or at
-    the C of C_GRID whose out-of-fold log loss is lowest (stratified K = min(5, smallest class)).
-
-    The features are not standardised: on the calibration sets of bench_auto.py (digits, gratings,
-    textures, at 128 and 224 px) the L2 penalty on the raw pooled features scored as well or
-    better in every case (0.9 to 2.6 points on the four that differed), since standardising
-    blows up the many near-silent channels to the scale of the informative ones."""
+    """Head weights {1.weight, 1.bias} of the probe at `C`, or at the C of C_GRID whose out-of-fold log loss is
+    lowest (stratified K = min(5, smallest class)). Not standardised: the raw features scored as well or 0.9 to 2.6
+    points better on bench_auto.py's calibration sets (standardising inflates the many near-silent channels)."""
     from sklearn.model_selection import StratifiedKFold
 
     y = np.asarray(y)
