@@ -5,11 +5,7 @@ class probabilities for a classifier, pooled features for a backbone. Normalizat
 the exported graph, so a consumer needs no Python of ours. Exports are made once per model and
 input size and kept in the cache folder (`<cache>/engines/<key>/`).
 
-The `auto` rule (documented in the README, measured by benchmarks/bench_inference.py): on a CPU,
-when the export is already cached or there are at least `AUTO_MIN_IMAGES` images to run
-(exporting takes seconds, which a handful of images do not repay), OpenVINO for one image at a
-time and onnxruntime for batches (the faster of the two at each on the machines measured);
-torch otherwise, and always on a GPU.
+`auto` follows the rule of the README's Engines section (measured by benchmarks/bench_inference.py).
 """
 
 from __future__ import annotations
@@ -29,23 +25,23 @@ from transferlab.config import ENGINES
 from transferlab.errors import ConfigError
 from transferlab.io import digest_key
 
-MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 AUTO_MIN_IMAGES = 2000
 
 
 def installed(name: str) -> bool:
-    return name == "torch" or importlib.util.find_spec(MODULES[name]) is not None
+    return name == "torch" or importlib.util.find_spec(name) is not None  # each engine's package bears its name
 
 
 def check_engine(name: str) -> None:
     if name != "auto" and name not in ENGINES:
         raise ConfigError(f"unknown engine '{name}': choose auto, {', '.join(ENGINES)}")
-    if name in MODULES and not installed(name):
-        raise ConfigError(f"engine {name} is not installed: pip install {MODULES[name]} (or choose --engine torch)")
+    if name != "auto" and not installed(name):
+        raise ConfigError(f"engine {name} is not installed: pip install {name} (or choose --engine torch)")
 
 
 def resolve(name: str, *, device: torch.device, images: int, cached: bool, batch: int = 32) -> str:
-    """The engine `name` stands for: `auto` by the rule above, others as they are."""
+    """The engine `name` stands for: `auto` by the README's rule (exporting takes seconds, which a
+    handful of images do not repay), others as they are."""
     check_engine(name)
     if name != "auto":
         return name

@@ -64,24 +64,12 @@ def to_openvino(onnx_path: Path, xml: Path) -> Path:
     return xml
 
 
-def to_torchscript(module: nn.Module, size: int, path: Path) -> Path:
+def to_torchscript(module: nn.Module, size: int, path: Path) -> nn.Module:
+    """Traced and saved to `path`; returns the module loaded back from the file (what parity checks)."""
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TorchScript is deprecated upstream; it still loads without Python of ours
         torch.jit.trace(module.eval(), (example(size),)).save(str(path))
-    return path
-
-
-class TorchScriptEngine:
-    name = "torchscript"
-
-    def __init__(self, path: Path):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            self.module = torch.jit.load(str(path)).eval()
-
-    @torch.no_grad()
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        return self.module(torch.from_numpy(np.ascontiguousarray(images))).float().numpy()
+        return torch.jit.load(str(path))
 
 
 def sample_images(model, count: int, seed: int = 0) -> tuple[np.ndarray, str]:
@@ -148,7 +136,7 @@ def export_run(run: str | Path, fmt: str, *, out: str | Path | None = None, samp
         folder = Path(tmp)
         size = model.spec.size
         if fmt == "torchscript":
-            engine = TorchScriptEngine(to_torchscript(module, size, folder / FORMATS[fmt]))
+            engine = TorchEngine(to_torchscript(module, size, folder / FORMATS[fmt]), channels_last=False)
         else:
             onnx_path = to_onnx(module, size, folder / "model.onnx")
             engine = OnnxEngine(onnx_path) if fmt == "onnx" else OpenVinoEngine(to_openvino(onnx_path,

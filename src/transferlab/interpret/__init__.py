@@ -1,13 +1,5 @@
-"""Interpretation: what a trained model looks at.
-
-    explain(run, images, method="gradcam")  -> PNG files (CAM overlays, feature-map grids,
-                                               attention grids), one per image
-
-CAM methods come from pytorch-grad-cam (the table in methods.py); feature maps from timm's
-forward_intermediates; attention from timm's AttentionExtract with fused attention turned off
-while it runs. Names are imported on first use, so the command line can list the methods
-without loading torch.
-"""
+"""Interpretation: what a trained model looks at. Names are imported on first use, so the command
+line can list the methods without loading torch."""
 
 from importlib import import_module
 

@@ -1,10 +1,5 @@
-"""Grad-CAM family through pytorch-grad-cam: which pixels made the model choose a class.
-
-The target layer is found from the backbone (the last stage of a CNN from timm's feature_info;
-the last block's first norm of a ViT, with its tokens reshaped to the patch grid and prefix
-tokens dropped) or named by the user. Hooks live only inside a `with` block, so repeated calls
-leave no hooks behind.
-"""
+"""Grad-CAM family through pytorch-grad-cam: which pixels made the model choose a class. Hooks live
+only inside a `with` block, so repeated calls leave no hooks behind."""
 
 from __future__ import annotations
 
@@ -52,10 +47,6 @@ def token_reshape(prefix_tokens: int):
     return reshape
 
 
-def module_names(classifier: nn.Module) -> list[str]:
-    return [name for name, _ in classifier.named_modules() if name]
-
-
 MIN_CELLS = 4  # the automatic CNN layer keeps at least this many cells per side, or CAMs are blobs
 
 
@@ -70,7 +61,7 @@ def find_target_layer(classifier: nn.Module, name: str | None = None, input_size
     modules = dict(classifier.named_modules())
     if name is not None:
         if name not in modules:
-            candidates = [n for n in module_names(classifier) if n.count(".") <= 3 and n.startswith("backbone.")]
+            candidates = [n for n in modules if n.count(".") <= 3 and n.startswith("backbone.")]
             raise ExplainError(f"no layer named '{name}' in this model; valid names include: "
                                f"{', '.join(candidates[-25:])} (all: print(dict(model.named_modules())))")
         reshape = token_reshape(backbone.num_prefix_tokens) if is_vit(backbone) else None
@@ -140,19 +131,19 @@ def compute_cams(classifier: nn.Module, images: np.ndarray, *, method: str = "gr
     modules, layer_name, reshape = target_layers(classifier, layer, images.shape[1])
     device = next(classifier.parameters()).device
     x_all = torch.from_numpy(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2).float()  # a writable copy
-    with torch.no_grad():
-        probs = torch.cat([classifier(x_all[i : i + batch_size].to(device)).softmax(dim=1).cpu()
-                           for i in range(0, len(x_all), batch_size)]).numpy()
-    pred = probs.argmax(axis=1)
-    target = np.asarray(target_classes if target_classes is not None else pred, dtype=np.int64)
-    cams = []
+    cams, probs = [], []
     with cam_class(method)(model=classifier, target_layers=modules, reshape_transform=reshape) as cam:
         for start in range(0, len(x_all), batch_size):
             batch = x_all[start : start + batch_size].to(device).requires_grad_(True)
-            targets = [ClassifierOutputTarget(int(c)) for c in target[start : start + batch_size]]
+            targets = None if target_classes is None else [  # None: pytorch-grad-cam explains the top class
+                ClassifierOutputTarget(int(c)) for c in target_classes[start : start + batch_size]]
             cams.append(cam(input_tensor=batch, targets=targets).astype(np.float32))
-    out = np.concatenate(cams) if cams else np.zeros((0, *images.shape[1:3]), np.float32)
-    return {"cams": np.clip(out, 0.0, 1.0), "pred": pred, "probs": probs, "target": target, "layer": layer_name}
+            probs.append(cam.outputs.detach().softmax(dim=1).cpu())  # the logits of the CAM's own forward pass
+    probs = torch.cat(probs).numpy()
+    pred = probs.argmax(axis=1)
+    target = np.asarray(target_classes if target_classes is not None else pred, dtype=np.int64)
+    return {"cams": np.clip(np.concatenate(cams), 0.0, 1.0), "pred": pred, "probs": probs, "target": target,
+            "layer": layer_name}
 
 
 def overlay(image: np.ndarray, cam: np.ndarray, *, colormap: str = "jet", alpha: float = 0.45) -> np.ndarray:

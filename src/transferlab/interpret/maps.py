@@ -20,28 +20,24 @@ def stage_names(backbone: nn.Module) -> list[str]:
     return [f"stage{i}" for i in range(len(getattr(backbone, "blocks", [])) or 0)]
 
 
+def backbone_input(classifier: nn.Module, image: np.ndarray) -> tuple[nn.Module, torch.Tensor]:
+    """(the backbone shown, in eval mode; one uint8 (H, W, 3) image as its normalized input batch)."""
+    classifier = primary(classifier).eval()
+    pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    return classifier.backbone, classifier.normalize(pixels.to(next(classifier.parameters()).device))
+
+
 @torch.no_grad()
-def feature_maps(classifier: nn.Module, image: np.ndarray, *, layers: list[int] | None = None,
-                 top: int = 8) -> list[dict]:
-    """For each stage (or the given stage indices): the `top` most active channels of one uint8
-    (H, W, 3) image, as {"name", "size", "channels", "maps" (top, h, w) in [0, 1]}."""
-    classifier = primary(classifier)
-    backbone = classifier.backbone
+def feature_maps(classifier: nn.Module, image: np.ndarray, *, top: int = 8) -> list[dict]:
+    """For each stage: the `top` most active channels of one uint8 (H, W, 3) image, as {"name",
+    "size", "channels", "maps" (top, h, w) in [0, 1]}."""
+    backbone, x = backbone_input(classifier, image)
     if not hasattr(backbone, "forward_intermediates"):
         raise ExplainError(f"{type(backbone).__name__} has no forward_intermediates in this timm version: "
                            "feature maps need a timm model that supports it")
-    classifier.eval()
-    x = classifier.normalize(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
-                             .to(next(classifier.parameters()).device))
     names = stage_names(backbone)
-    try:
-        outputs = backbone.forward_intermediates(x, indices=layers, intermediates_only=True)
-    except (IndexError, ValueError, AssertionError) as exc:
-        raise ExplainError(f"bad layer indices {layers} for this backbone ({len(names)} stages: "
-                           f"{', '.join(names)}): {exc}") from None
-    chosen = layers if layers is not None else list(range(len(outputs)))
     result = []
-    for index, output in zip(chosen, outputs):
+    for index, output in enumerate(backbone.forward_intermediates(x, intermediates_only=True)):
         maps = output[0].float().cpu()
         strength = maps.mean(dim=(1, 2))
         order = strength.argsort(descending=True)[:top]
@@ -53,10 +49,6 @@ def feature_maps(classifier: nn.Module, image: np.ndarray, *, layers: list[int] 
         result.append({"name": name, "size": tuple(maps.shape[1:]), "channels": order.tolist(),
                        "maps": picked.numpy()})
     return result
-
-
-def attention_modules(backbone: nn.Module) -> list[str]:
-    return [name for name, module in backbone.named_modules() if name.endswith("attn_drop")]
 
 
 @contextlib.contextmanager
@@ -82,16 +74,12 @@ def attention_maps(classifier: nn.Module, image: np.ndarray) -> dict:
     """
     from timm.utils import AttentionExtract
 
-    classifier = primary(classifier)
-    backbone = classifier.backbone
-    names = attention_modules(backbone)
+    backbone, x = backbone_input(classifier, image)
+    names = [name for name, _ in backbone.named_modules() if name.endswith("attn_drop")]
     if not names or not is_vit(backbone):
         raise ExplainError(f"{getattr(backbone, 'default_cfg', {}).get('architecture', type(backbone).__name__)} has "
                            "no attention layers: use --method gradcam or featuremaps, or train a ViT "
                            "(e.g. --model vit_tiny_patch16_224)")
-    classifier.eval()
-    x = classifier.normalize(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
-                             .to(next(classifier.parameters()).device))
     with unfused_attention(backbone):
         extractor = AttentionExtract(backbone, names=names, method="hook")
         try:
