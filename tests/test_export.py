@@ -248,7 +248,8 @@ def test_an_export_that_fails_leaves_nothing_the_next_run_would_trust(tmp_path, 
     assert not (folder / "model.onnx").exists() and not list(folder.iterdir())
 
 
-@pytest.mark.parametrize("damage", ["truncated", "empty", "swapped", "no model.bin"])
+@pytest.mark.parametrize("damage", ["swapped", *(pytest.param(d, marks=pytest.mark.slow)
+                                                 for d in ("truncated", "empty", "no model.bin"))])
 def test_a_damaged_or_swapped_engine_cache_is_detected_and_rebuilt(runs, damage, tmp_path, capsys):
     """A cached export is verified against its manifest and the model's weights before use: a
     damaged file gave onnxruntime tracebacks, and another run's model.onnx with the same classes

@@ -88,7 +88,8 @@ def hook_count(model: nn.Module) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())
 
 
-@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "eigencam", "layercam", "scorecam"])
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "eigencam", "layercam",
+                                    pytest.param("scorecam", marks=pytest.mark.slow)])  # ~20 s alone
 def test_cams_on_the_bundled_lite0_have_input_shape_and_unit_range(method):
     model = Classifier(create_backbone("tf_efficientnet_lite0"), 3, (0.5,) * 3, (0.5,) * 3).eval()
     images = tiny_images(2, 64)
@@ -186,8 +187,8 @@ def trained_run(tmp_path, monkeypatch, color_folder):
 
     monkeypatch.setenv("TRANSFERLAB_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv(RUN_DIR_ENV, raising=False)
-    config = load_config(overrides=["preprocess.size=64", "train.workers=0", "data.decode_workers=1",
-                                    "train.epochs=3", "train.early_stopping=null"])
+    config = load_config(overrides=["preprocess.size=64", "train.workers=0", "data.decode_workers=1", "train.epochs=1",
+                                    "strategy.name=feature-extraction", "train.report=false"])  # the bundled lite0
     return run_training(str(color_folder), config, out=tmp_path / "run", progress=False)
 
 

@@ -20,6 +20,9 @@ from transferlab.rundir import RUN_DIR_ENV
 TINY = ["model.name=test_efficientnet", "model.pretrained=false", "preprocess.size=32", "train.batch_size=8",
         "train.workers=0", "data.decode_workers=1", "train.early_stopping=null", "train.epochs=2", "cv.folds=3",
         "strategy.name=fine-tune", "strategy.fine_tune.head_warmup_epochs=1"]
+# four real runs (train, cv, cv with auto, layer decay) behind every test: ~50 s alone on 2 cores, so the module
+# runs in `make test-slow`, which CI runs after the default suite
+pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--hide-scrollbars", "--disable-dev-shm-usage"]

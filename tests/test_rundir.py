@@ -122,6 +122,7 @@ def wait_for(predicate, timeout: float = 120.0) -> None:
         time.sleep(0.1)
 
 
+@pytest.mark.slow  # a training process and a second console script, ~20 s alone: make test-slow (CI runs it)
 def test_a_second_process_on_a_running_run_is_refused_naming_the_owner(tmp_path, isolated):
     data = colour_images(tmp_path / "data")
     first = start_training(data, tmp_path / "run", epochs=5000)

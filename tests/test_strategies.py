@@ -379,6 +379,7 @@ dist.destroy_process_group()  # gloo's threads torn down before exit, or a rank 
 """
 
 
+@pytest.mark.slow  # two processes, ~10 s alone: make test-slow (CI runs it)
 def test_the_frozen_pass_shards_across_two_processes_to_the_same_features(color_folder, tmp_path):
     """torchrun with 2 gloo CPU processes: each rank runs the backbone over its share of the images,
     the shares are gathered, and every rank holds features equal to one process's, in order."""

@@ -216,6 +216,7 @@ def test_find_lr_saves_its_plot(color_folder, tmp_path):
     assert (run / "plots" / "lr_find_head.png").is_file()
 
 
+@pytest.mark.slow  # two processes, ~10 s alone: make test-slow (CI runs it)
 def test_ddp_two_cpu_processes_train_and_evaluate(color_folder, tmp_path):
     """A real 2-process DDP run (gloo) through the command line, as a user launches it."""
     env = dict(os.environ, PYTHONWARNINGS="ignore")
