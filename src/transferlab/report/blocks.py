@@ -28,12 +28,10 @@ def section(key: str, title: str):
     return add
 
 
-def data_uri(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
-
-
 def figure(path: Path | None, caption: str) -> dict | None:
-    return {"src": data_uri(path), "caption": caption} if path and Path(path).is_file() else None
+    if not (path and Path(path).is_file()):
+        return None
+    return {"src": "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode(), "caption": caption}
 
 
 def figures(*items) -> dict:

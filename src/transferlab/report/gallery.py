@@ -34,8 +34,7 @@ def sample_grid(images, labels: np.ndarray, classes: list[str], path: Path, *, p
     title = "sample images per class" + (f" (first {max_classes} of {len(classes)} classes)"
                                          if len(classes) > max_classes else "")
     fig.suptitle(title, fontsize=10)
-    save(fig, path, dpi=90)
-    return path
+    return save(fig, path, dpi=90)
 
 
 @rank_zero_only
@@ -105,8 +104,7 @@ def error_gallery(candidates: dict, classes: list[str], path: Path, part: str = 
     overlays = candidates.get("overlays")
     if overlays is None or len(overlays) == 0:
         return None
-    count = len(overlays)
-    columns = 4
+    count, columns = len(overlays), 4
     rows = (count + columns - 1) // columns
     fig, axes = subplots(rows, 2 * columns, figsize=(2.0 * 2 * columns, 2.35 * rows), squeeze=False,
                              layout="constrained")
@@ -123,8 +121,7 @@ def error_gallery(candidates: dict, classes: list[str], path: Path, part: str = 
         axes[r, 2 * c + 1].set_title(f"pred {pred} ({candidates['confidence'][k]:.2f})", fontsize=7)
     fig.suptitle(f"most confidently wrong {part} images, then correct ones (Grad-CAM of the prediction)",
                  fontsize=9)
-    save(fig, path, dpi=90)
-    return path
+    return save(fig, path, dpi=90)
 
 
 @rank_zero_only

@@ -51,20 +51,15 @@ def image_sizes(sizes: list[list[int]], path: Path) -> Path:
     return save(fig, path)
 
 
-def read_log(csv_path: Path) -> list[dict]:
-    with open(csv_path, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
-
-
 def stage_logs(run_dir: Path) -> dict[str, list[dict]]:
     """Logged rows per stage; versions (a resumed run starts a new one) are concatenated, later
     rows winning for epochs logged twice."""
     logs: dict[str, list[dict]] = {}
     for stage_dir in sorted(p for p in (run_dir / "logs").glob("*") if p.is_dir()):
         rows: list[dict] = []
-        versions = sorted(stage_dir.glob("v*/metrics.csv"), key=lambda p: int(p.parent.name[1:]))
-        for version in versions:
-            new = read_log(version)
+        for version in sorted(stage_dir.glob("v*/metrics.csv"), key=lambda p: int(p.parent.name[1:])):
+            with open(version, newline="", encoding="utf-8") as handle:
+                new = list(csv.DictReader(handle))
             resumed_from = min((int(r["epoch"]) for r in new if r.get("epoch")), default=None)
             if resumed_from is not None:
                 rows = [r for r in rows if not r.get("epoch") or int(r["epoch"]) < resumed_from]
@@ -84,11 +79,9 @@ def epoch_series(rows: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
 
 def learning_curves(logs: dict[str, list[dict]], path: Path, monitor: str, best: dict[str, int]) -> Path:
     """Loss and accuracy per epoch for train and validation, one column per stage, best epoch marked."""
-    stages = list(logs)
-    fig, axes = subplots(2, len(stages), figsize=(5.2 * len(stages), 6), squeeze=False, layout="constrained")
-    for col, stage in enumerate(stages):
-        rows = logs[stage]
-        for row, (metric, label) in enumerate((("loss", "loss"), ("accuracy", "accuracy"))):
+    fig, axes = subplots(2, len(logs), figsize=(5.2 * len(logs), 6), squeeze=False, layout="constrained")
+    for col, (stage, rows) in enumerate(logs.items()):
+        for row, metric in enumerate(("loss", "accuracy")):
             ax = axes[row, col]
             for part, style in (("train", "-"), ("val", "--")):
                 key = f"{part}_{metric}_epoch" if part == "train" and metric == "loss" else f"{part}_{metric}"
@@ -99,8 +92,8 @@ def learning_curves(logs: dict[str, list[dict]], path: Path, monitor: str, best:
                 ax.axvline(best[stage], color="grey", linestyle=":", label=f"best ({monitor})")
             ax.set_xlabel("epoch")
             ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-            ax.set_ylabel(label)
-            ax.set_title(f"{stage}: {label}", fontsize=10)
+            ax.set_ylabel(metric)
+            ax.set_title(f"{stage}: {metric}", fontsize=10)
             ax.legend(fontsize=8)
             ax.grid(alpha=0.3)
     return save(fig, path)

@@ -21,8 +21,7 @@ def section_data(run: Run) -> list[dict]:
     blocks = [table([], [
         ["source", ds.get("source")], ["images", fmt(ds.get("n_images"))], ["classes", fmt(ds.get("n_classes"))],
         ["imbalance (largest / smallest class)", fmt(ds.get("imbalance_ratio"), 2)],
-        ["modes", ", ".join(f"{m} ({n:,})" for m, n in ds.get("modes", {}).items())],
-        ["formats", ", ".join(f"{m} ({n:,})" for m, n in ds.get("formats", {}).items())],
+        *([key, ", ".join(f"{m} ({n:,})" for m, n in ds.get(key, {}).items())] for key in ("modes", "formats")),
         ["rotated by EXIF orientation", fmt(ds.get("oriented_by_exif", 0))],
         ["skipped / ignored files", f"{len(ds.get('skipped', []))} / {len(ds.get('ignored', []))}"],
         ["duplicate groups (label conflicts)", f"{len(ds.get('duplicates', []))} "
@@ -49,17 +48,13 @@ def section_data(run: Run) -> list[dict]:
     return blocks
 
 
-def settings_rows(section: dict, prefix: str) -> list[list]:
-    return [[f"{prefix}.{k}", yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()]
-            for k, v in section.items()]
-
-
 @section("preprocessing", "Preprocessing and augmentation")
 def section_preprocessing(run: Run) -> list[dict]:
     if not run.config:
         return [text("missing", "config.yaml is missing.")]
-    blocks = [table(["setting", "value"], settings_rows(run.config.get("preprocess", {}), "preprocess")
-                    + settings_rows(run.config.get("augment", {}), "augment"))]
+    blocks = [table(["setting", "value"], [
+        [f"{key}.{k}", yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()]
+        for key in ("preprocess", "augment") for k, v in run.config.get(key, {}).items()])]
     normalization = run.dataset.get("normalization")
     if normalization:
         where = f" ({normalization['computed_on']})" if normalization.get("computed_on") else ""
@@ -81,16 +76,6 @@ def section_preprocessing(run: Run) -> list[dict]:
     return blocks
 
 
-def best_epochs(run: Run, logs: dict) -> dict[str, int]:
-    monitor = run.config.get("train", {}).get("monitor", "val_loss")
-    best = {}
-    for stage, rows in logs.items():
-        epochs, values = plots.epoch_series(rows, monitor)
-        if len(values):
-            best[stage] = int(epochs[values.argmin() if MONITOR_MODE.get(monitor) == "min" else values.argmax()])
-    return best
-
-
 def training_logs(run: Run) -> dict:
     if run.is_cv:
         folds = sorted((run.dir / "folds").glob("*/logs"))
@@ -103,21 +88,19 @@ def section_strategy(run: Run) -> list[dict]:
     record = run.record
     if record is None:
         return [text("missing", "no run record (metrics.json) to read the strategy from.")]
-    model = run.config.get("model", {})
-    optim = run.config.get("optim", {})
+    model, optim = run.config.get("model", {}), run.config.get("optim", {})
+    training = [["optimizer", f"{optim.get('name')} (weight decay {optim.get('weight_decay')})"],
+                ["schedule", run.config.get("schedule", {}).get("name")]]
     blocks = []
     if isinstance(record, CVRecord):
         if record.strategy.get("reason"):
             blocks.append(text("reason", record.strategy["reason"]))
-        blocks.append(table([], [["backbone", model.get("name")], ["strategy", record.display],
-                                 ["optimizer", f"{optim.get('name')} (weight decay {optim.get('weight_decay')})"],
-                                 ["schedule", run.config.get("schedule", {}).get("name")]]))
+        blocks.append(table([], [["backbone", model.get("name")], ["strategy", record.display], *training]))
         blocks += [text("heading", "what each fold trained (auto decides per fold, from its own training part)"),
                    table(["fold", "strategy", "stages (epochs run, best validation score)"],
                          [[f["name"], f.get("strategy", ""), stage_summary(stages)]
                           for f, stages in zip(record.folds, record.strategy.get("settings", []))])]
-        rates = record.strategy.get("settings", [{}])[0] if record.strategy.get("settings") else {}
-        blocks += rate_blocks(rates, "fold 1")
+        blocks += rate_blocks((record.strategy.get("settings") or [{}])[0], "fold 1")
     else:
         strategy = record.strategy
         if strategy.reason:
@@ -126,9 +109,7 @@ def section_strategy(run: Run) -> list[dict]:
         weights = model.get("weights") or ("pretrained" if model.get("pretrained", True) else "none (from scratch)")
         blocks.append(table([], [
             ["backbone", model.get("name")], ["weights", weights],
-            ["strategy", strategy.display], ["what trains", strategy.summary],
-            ["optimizer", f"{optim.get('name')} (weight decay {optim.get('weight_decay')})"],
-            ["schedule", run.config.get("schedule", {}).get("name")],
+            ["strategy", strategy.display], ["what trains", strategy.summary], *training,
             ["class imbalance", strategy.imbalance]]))
         blocks += rate_blocks(strategy.stages)
         if strategy.stages:
@@ -211,7 +192,12 @@ def section_training(run: Run) -> list[dict]:
     if not logs:
         return [text("missing", "no training logs (logs/<stage>/v*/metrics.csv) were found.")]
     monitor = run.config.get("train", {}).get("monitor", "val_loss")
-    curves = plots.learning_curves(logs, run.plots / "learning_curves.png", monitor, best_epochs(run, logs))
+    best = {}
+    for stage, rows in logs.items():
+        epochs, values = plots.epoch_series(rows, monitor)
+        if len(values):
+            best[stage] = int(epochs[values.argmin() if MONITOR_MODE.get(monitor) == "min" else values.argmax()])
+    curves = plots.learning_curves(logs, run.plots / "learning_curves.png", monitor, best)
     note = "first fold shown; every fold's logs are under folds/<fold>/logs." if run.is_cv else \
         "TensorBoard: tensorboard --logdir " + str(run.dir / "logs")
     tracking = run.config.get("tracking", {})
@@ -231,15 +217,14 @@ def section_results(run: Run) -> list[dict]:
         return [text("missing", "no evaluation was saved (metrics.json has no val or test split).")]
     blocks = []
     if run.is_cv:
-        agg = run.metrics["aggregate"]
+        agg, cv = run.metrics["aggregate"], run.metrics["cv"]
         rows = [[name, fmt(a["mean"]), fmt(a["std"]), f"[{fmt(a['ci95'][0])}, {fmt(a['ci95'][1])}]"
                  if a.get("ci95") else "n/a"] for name in LABELS if (a := agg.get(name)) and a["mean"] is not None]
-        blocks += [text("heading", f"{run.metrics['cv']['folds']}-fold cross-validation"
-                        + (f" x {run.metrics['cv']['repeats']}" if run.metrics["cv"]["repeats"] > 1 else "")),
+        blocks += [text("heading", f"{cv['folds']}-fold cross-validation"
+                        + (f" x {cv['repeats']}" if cv["repeats"] > 1 else "")),
                    table(["metric", "mean over folds", "std over folds", "95% CI"], rows, (1, 2, 3)),
-                   text("note", "95% CI: " + run.metrics["cv"].get("interval", "a t interval over folds (older "
-                                                                                "run)") + ". "
-                        + run.metrics["cv"].get("note", ""))]
+                   text("note", "95% CI: " + cv.get("interval", "a t interval over folds (older run)") + ". "
+                        + cv.get("note", ""))]
         folds = run.metrics["folds"]
         shown = [m for m in ("accuracy", "f1_macro", "balanced_accuracy") if m in agg]
         blocks += [text("heading", "per fold"),
@@ -302,10 +287,8 @@ def section_reproducibility(run: Run) -> list[dict]:
     env = run.metrics.get("environment", {})
     blocks = [table([], [
         ["run directory", str(run.dir.resolve())], ["seed", fmt(run.config.get("seed"))],
-        ["command", env.get("command", "n/a")], ["python", env.get("python", "n/a")],
-        ["platform", env.get("platform", "n/a")], ["device", env.get("device", "n/a")],
-        ["split file", str(run.dir / "split.csv") + (" (path, label, fold)" if run.is_cv
-                                                      else " (path, label, split)")],
+        *([key, env.get(key, "n/a")] for key in ("command", "python", "platform", "device")),
+        ["split file", f"{run.dir / 'split.csv'} (path, label, {'fold' if run.is_cv else 'split'})"],
     ])]
     if env.get("packages"):
         blocks.append(table(["package", "version"], [[k, v] for k, v in env["packages"].items()]))

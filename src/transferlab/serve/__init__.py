@@ -75,10 +75,11 @@ def build_app(predictor, *, max_upload_mb: float, examples: list[Path], folder: 
     from transferlab.serve.api import build_api
     from transferlab.serve.ui import build_ui
 
-    api = build_api(predictor, int(max_upload_mb * 2**20))
+    max_bytes = int(max_upload_mb * 2**20)
+    api = build_api(predictor, max_bytes)
     blocks = build_ui(predictor, examples, folder)
-    app = gr.mount_gradio_app(api, blocks, path="/", max_file_size=int(max_upload_mb * 2**20), show_error=True,
-                              ssr_mode=False, run_history=False)
+    app = gr.mount_gradio_app(api, blocks, path="/", max_file_size=max_bytes, show_error=True, ssr_mode=False,
+                              run_history=False)
     # Gradio checks that an input file was uploaded (rather than any path the server can read) only
     # once `has_launched` is set: launch() sets it, mount_gradio_app does not
     blocks.has_launched = True
@@ -93,7 +94,7 @@ class Server:
     (the others refuse them, never read elsewhere)."""
 
     def __init__(self, run: str | Path, *, host: str = "127.0.0.1", port: int = 7860, engine: str = "auto",
-                 max_upload_mb: float = 20.0, max_pixels: int = MAX_PIXELS, device: str | None = None):
+                 max_upload_mb: float = 20.0, max_pixels: int = MAX_PIXELS):
         if not max_upload_mb > 0:
             raise ServeError(f"--max-upload-mb {max_upload_mb} must be positive")
         if not (isinstance(max_pixels, int) and max_pixels >= 1):
@@ -111,7 +112,7 @@ class Server:
 
             from transferlab.serve.predictor import Predictor, example_images
 
-            self.predictor = Predictor(run, engine=engine, device=device, max_pixels=max_pixels)
+            self.predictor = Predictor(run, engine=engine, max_pixels=max_pixels)
             examples = example_images(self.predictor.run, self.predictor.model.meta.get("source"),
                                       self.folder / "examples")
             app, self.blocks = build_app(self.predictor, max_upload_mb=max_upload_mb, examples=examples,
@@ -203,10 +204,9 @@ class Server:
         self.stop()
 
 
-def serve(run: str | Path, *, host: str = "127.0.0.1", port: int = 7860, engine: str = "auto",
-          max_upload_mb: float = 20.0, max_pixels: int = MAX_PIXELS) -> None:
+def serve(run: str | Path, *, host: str = "127.0.0.1", **options) -> None:
     """Serve until Ctrl-C or SIGTERM (a service manager's stop), saying where and how; either
-    stops the server and removes its folder."""
+    stops the server and removes its folder. `options`: those of Server."""
     from transferlab.console import info, warn
 
     if host in PUBLIC_HOSTS:
@@ -214,8 +214,7 @@ def serve(run: str | Path, *, host: str = "127.0.0.1", port: int = 7860, engine:
              "login; serve on 127.0.0.1 (the default) unless that is what you want")
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM is a Ctrl-C from here on
     try:
-        with Server(run, host=host, port=port, engine=engine, max_upload_mb=max_upload_mb,
-                    max_pixels=max_pixels) as server:
+        with Server(run, host=host, **options) as server:
             info(f"serving {server.predictor.run} on {server.predictor.engine_name}: open {server.url} "
                  f"(JSON API: curl -F image=@photo.jpg {server.url}api/predict); Ctrl-C stops")
             while server.thread.is_alive():

@@ -29,22 +29,21 @@ def error(status: int, message: str) -> JSONResponse:
 
 
 class BodySizeLimit:
-    """ASGI middleware: a request to one of `prefixes` whose body exceeds `max_bytes` (declared by
+    """ASGI middleware: a request under /api/ whose body exceeds `max_bytes` (declared by
     Content-Length or counted as it streams in) gets 413; nothing beyond the limit is ever held
     in memory. Starlette's own form limits do not cover file parts."""
 
-    def __init__(self, app, max_bytes: int, prefixes: tuple[str, ...] = ("/api/",)):
-        self.app, self.max_bytes, self.prefixes = app, max_bytes, prefixes
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or not scope["path"].startswith(self.prefixes):
+        if scope["type"] != "http" or not scope["path"].startswith("/api/"):
             return await self.app(scope, receive, send)
         too_big = error(413, f"upload larger than the server's limit of {self.max_bytes / 2**20:g} MB "
                              "(transferlab serve --max-upload-mb)")
         length = dict(scope["headers"]).get(b"content-length")
         declared = int(length) if length is not None and length.isdigit() else None
-        chunks, total = [], 0
-        more = True
+        chunks, total, more = [], 0, True
         while more:
             message = await receive()
             if message["type"] == "http.disconnect":

@@ -54,19 +54,18 @@ def bounded(method):
 class Predictor:
     """A run's classifier on an engine, with its model card and example images."""
 
-    def __init__(self, run: str | Path, *, engine: str = "auto", device: str | None = None,
-                 max_pixels: int | None = None):
+    def __init__(self, run: str | Path, *, engine: str, max_pixels: int):
         from transferlab.engines import AUTO_MIN_IMAGES
         from transferlab.predict import model_engine
 
         self.run = Path(run)
-        self.model = load_model(self.run, device=device)
+        self.model = load_model(self.run)
         # a server answers images one at a time for as long as it runs: an export repays itself
         self.engine = model_engine(self.model, engine, images=AUTO_MIN_IMAGES, batch=1)
         self.engine_name = self.engine.name
         self.lock = threading.Lock()
         self.workers = futures.ThreadPoolExecutor(WORKERS, thread_name_prefix="transferlab-decode")
-        self.limits = dataclasses.replace(self.model.limits, max_pixels=max_pixels or self.model.limits.max_pixels)
+        self.limits = dataclasses.replace(self.model.limits, max_pixels=max_pixels)
         self.card = model_card(self.run, self.model.meta)
 
     @property
@@ -96,7 +95,7 @@ class Predictor:
         from transferlab.predict import top_classes
 
         _, pixels = self.decode(data)
-        return top_classes(self.probabilities(pixels), self.classes, max(1, min(top_k, len(self.classes))))
+        return top_classes(self.probabilities(pixels), self.classes, max(1, top_k))
 
     @bounded
     def explain(self, data: bytes, class_name: str | None = None) -> tuple[dict[str, float], np.ndarray, str]:
