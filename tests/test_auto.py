@@ -280,7 +280,8 @@ def test_the_demo_runs_the_default_auto_strategy_end_to_end(tmp_path, monkeypatc
     metrics = json.loads((run / "metrics.json").read_text())
     config = load_config(run / "config.yaml")
     assert metrics["strategy"]["requested"] == "auto" and metrics["strategy"]["decision"]["reason"]
-    assert config.data.subset == 60 and config.preprocess.size == 224 and config.augment.preset == "light"
+    assert config.data.subset == 60 and config.model.size == 224 and config.augment.preset == "light"
+    assert config.preprocess.size == (28 if "fashion" in config.data.source else 8)  # stored at the images' own size
     assert metrics["data"]["source"] in ("builtin:fashion-mnist", "builtin:digits")
     assert metrics["test"]["accuracy"] > 0.6 and (run / "report.html").is_file()
 
