@@ -11,13 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from transferlab.config import load_config
 from transferlab.data import load_dataset
 from transferlab.data.sources import check_spec
 from transferlab.errors import DataError
 from transferlab.metrics import compute_metrics, scalar_metrics, write_predictions
 from transferlab.io import write_json
-from transferlab.rundir import STATE_FILE, check_out_dir, load_model, new_run_dir
+from transferlab.rundir import STATE_FILE, RunState, check_out_dir, load_model, new_run_dir
 
 
 @dataclass
@@ -108,20 +107,17 @@ def evaluate_run(run: str | Path, data: str, *, out: str | Path | None = None, s
     run = Path(run)
     check_spec(data)
     model = load_model(run)
-    meta = model.meta
-    config = load_config(run / "config.yaml") if (run / "config.yaml").is_file() else load_config()
-    out_dir = run / "evaluations" if out is None else Path(out)
-    check_out_dir(None if out is None else out_dir)
-    config = dataclasses.replace(config, data=dataclasses.replace(config.data, subset=subset, source=data))
+    check_out_dir(out)
+    config = dataclasses.replace(model.config, data=dataclasses.replace(model.config.data, subset=subset, source=data))
     dataset = load_dataset(data, config, progress=progress)
     if len(dataset) == 0:
         raise DataError(f"{data} has no usable images to evaluate on")
-    known = {c: i for i, c in enumerate(meta["classes"])}
+    known = {c: i for i, c in enumerate(model.classes)}
     unknown = [c for c in dataset.classes if c not in known]
     if unknown:
         raise DataError(f"{data} has classes the model of {run} does not know: {', '.join(unknown)} "
-                        f"(it knows: {', '.join(meta['classes'])}); evaluate on a set with the same class names")
-    missing = [c for c in meta["classes"] if c not in set(dataset.classes)]
+                        f"(it knows: {', '.join(model.classes)}); evaluate on a set with the same class names")
+    missing = [c for c in model.classes if c not in set(dataset.classes)]
     labels = np.array([known[dataset.classes[i]] for i in dataset.labels], dtype=np.int64)
     views = test_views.views(tta)
     started = time.time()
@@ -130,22 +126,22 @@ def evaluate_run(run: str | Path, data: str, *, out: str | Path | None = None, s
     per_view = np.stack([run_batches(lambda b, v=view: compiled(np.ascontiguousarray(v(b))), dataset.images, every,
                                      batch) for _, view in views])
     probs = per_view.mean(axis=0)
-    metrics = compute_metrics(labels, probs, meta["classes"])
+    metrics = compute_metrics(labels, probs, model.classes)
     comparison = None
     if tta:
-        plain = compute_metrics(labels, per_view[0], meta["classes"], curves=False)
+        plain = compute_metrics(labels, per_view[0], model.classes, curves=False)
         comparison = {"views": [name for name, _ in views], **{
             label: {k: m[k] for k in ("accuracy", "log_loss", "ece")} for label, m in (("without", plain),
                                                                                       ("with", metrics))}}
     curves = {"roc": metrics.pop("roc_curves"), "calibration": metrics.pop("calibration")}
-    out_dir = new_run_dir(None, data, "eval", base=out_dir) if out is None else new_run_dir(out_dir, data, "eval")
+    out_dir = new_run_dir(out, data, "eval", base=run / "evaluations")
     write_json(out_dir / "metrics.json", {
         "test": metrics, "run": str(run), "data": data, "n_images": len(dataset),
         "classes_missing_from_data": missing, "skipped": len(dataset.skipped),
         "seconds": round(time.time() - started, 1), "engine": compiled.name, "tta": comparison,
     })
     write_json(out_dir / "curves.json", {"test": curves})
-    write_predictions(out_dir / "predictions.csv", dataset.paths, labels, probs, meta["classes"])
+    write_predictions(out_dir / "predictions.csv", dataset.paths, labels, probs, model.classes)
     track_evaluation(run, config, out_dir, metrics, data=data, engine=compiled.name, tta=tta)
     return out_dir
 
@@ -154,8 +150,6 @@ def track_evaluation(run: Path, config, out_dir: Path, metrics: dict, *, data: s
     """A run trained with --tracker mlflow: the evaluation becomes a child of its MLflow run, in
     its experiment (the store and run id come from the run's state.json)."""
     from transferlab.tracking import Tracker
-
-    from transferlab.rundir import RunState
 
     state = RunState.load_or(run / STATE_FILE)
     if config.tracking.tracker != "mlflow" or not state.tracking:

@@ -44,13 +44,12 @@ def predict_pixels(model: TrainedModel, pixels: np.ndarray, *, engine, tta: tupl
     return views.averaged(engine, np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)), views.views(tta))
 
 
-def predict_files(run: str | Path | TrainedModel, files: list[str | Path], *, top_k: int = 5,
-                  batch_size: int = 32, device: str | None = None, engine: str = "torch",
+def predict_files(run: str | Path, files: list[str | Path], *, top_k: int = 5, engine: str = "torch",
                   tta: tuple[str, ...] = ()) -> list[dict]:
     """One dict per file: {"path", "top": [{"class", "probability"}...]} or {"path", "error"}."""
     if top_k < 1:
         raise ConfigError(f"--top-k {top_k} must be at least 1")
-    model = run if isinstance(run, TrainedModel) else load_model(run, device=device)
+    model = load_model(run)
     compiled = model_engine(model, engine, images=len(files))
     k = min(top_k, len(model.classes))
     results: list[dict] = []
@@ -71,7 +70,7 @@ def predict_files(run: str | Path | TrainedModel, files: list[str | Path], *, to
             results[-1]["error"] = str(exc)
             continue
         pending.append((len(results) - 1, pixels))
-        if len(pending) >= batch_size:
+        if len(pending) >= 32:  # a batch for the engine
             flush()
     flush()
     return results

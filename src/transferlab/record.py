@@ -101,9 +101,6 @@ class FoldRecord:
     strategy: StrategyRecord
     normalization: dict = field(default_factory=dict)
 
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
-
     @classmethod
     def from_json(cls, data: dict) -> FoldRecord:
         return cls(**{k: v for k, v in data.items() if k != "strategy"}, strategy=strategy_of(data))
@@ -123,9 +120,6 @@ class CVRecord:
     seconds: float
     environment: dict = field(default_factory=environment)
     gallery: str = "out-of-fold"
-
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
 
     @classmethod
     def from_json(cls, data: dict) -> CVRecord:
@@ -154,10 +148,6 @@ def load_record(run_dir: str | Path) -> RunRecord | CVRecord:
     if (run_dir / "cv_metrics.json").is_file():
         return CVRecord.from_json(read_json(run_dir / "cv_metrics.json"))
     return RunRecord.from_json(read_json(run_dir / "metrics.json"))
-
-
-def save_record(record: RunRecord | CVRecord | FoldRecord, path: Path) -> None:
-    write_json(path, record.to_json())
 
 
 # --- what a finished fit writes -------------------------------------------------------------------
@@ -208,7 +198,7 @@ def finish_train(result, ctx, run, decision: dict | None, started: float, pictur
                              "splits": {k: int(len(v)) for k, v in ctx.indices.items()}, "classes": dataset.classes},
                        train_seconds=round(time.time() - started, 1),
                        gallery={"val": "validation", "test": "test"}[gallery])
-    save_record(record, run.path / "metrics.json")
+    write_json(run.path / "metrics.json", record.to_json())
     write_json(run.path / "curves.json", curves)
     if rows.paths:
         rows.write(run.path / "predictions.csv", dataset.classes)
@@ -224,11 +214,12 @@ def finish_fold(result, ctx, fold, decision: dict | None, pictures) -> None:
 
     metrics, _, rows = evaluate_parts(result, ctx, ("test",))
     indices = ctx.indices
-    save_record(FoldRecord(name=fold.name, repeat=fold.repeat + 1, fold=fold.fold + 1,
-                           n_train=int(len(indices["train"])), n_val=int(len(indices["val"])),
-                           n_test=int(len(indices["test"])), test=metrics["test"],
-                           strategy=StrategyRecord(**result.record(fold.run.state.requested, decision)),
-                           normalization=ctx.normalization), fold.run.path / "metrics.json")
+    record = FoldRecord(name=fold.name, repeat=fold.repeat + 1, fold=fold.fold + 1,
+                        n_train=int(len(indices["train"])), n_val=int(len(indices["val"])),
+                        n_test=int(len(indices["test"])), test=metrics["test"],
+                        strategy=StrategyRecord(**result.record(fold.run.state.requested, decision)),
+                        normalization=ctx.normalization)
+    write_json(fold.run.path / "metrics.json", dataclasses.asdict(record))
     rows.write(fold.run.path / "predictions.csv", ctx.dataset.classes, column="index")
     pictures(fold.run.path, ctx.dataset, result.config, result.classifier.cpu().eval(), rows.of("test"), report=False)
     fold_summary(ctx.tracker, result.config, read_json(fold.run.path / "metrics.json"))
@@ -298,7 +289,7 @@ def finish_cv(run, dataset, config, folds: list[tuple[int, int, str]], started: 
         strategy=cv_strategy(records, requested),
         data={"source": config.data.source, "n_images": len(dataset), "classes": dataset.classes},
         seconds=round(time.time() - started, 1))
-    save_record(record, run_dir / "cv_metrics.json")
+    write_json(run_dir / "cv_metrics.json", dataclasses.asdict(record))
     write_json(run_dir / "curves.json", {"out_of_fold": curves})
     write_predictions(run_dir / "predictions.csv", oof["paths"], np.array(oof["labels"]), np.concatenate(oof["probs"]),
                       dataset.classes, extra={"repeat": oof["repeat"], "fold": oof["fold"]})

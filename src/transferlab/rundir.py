@@ -356,6 +356,7 @@ class TrainedModel:
     spec: object  # preprocess.ResizeSpec: how images become the model's input
     limits: object  # data.decode.Limits
     device: torch.device
+    config: Config  # the run's config.yaml (defaults without one)
 
     @property
     def classes(self) -> list[str]:
@@ -399,30 +400,29 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
 
 
 def load_model(run: str | Path, device: str | torch.device | None = None) -> TrainedModel:
-    """The trained model of a run (eval mode), its preprocessing and decode limits."""
+    """The trained model of a run (eval mode), its preprocessing, decode limits and config."""
     from transferlab.data.decode import Limits
     from transferlab.models import build_model, device_for
     from transferlab.preprocess import ResizeSpec
 
     run = Path(run)
-    model_dir = run / "model"
-    if not (model_dir / "model.json").is_file():
+    meta_file, weights = run / "model" / "model.json", run / "model" / "weights.safetensors"
+    if not meta_file.is_file():
         raise RunError(missing_model_advice(run))
-    meta = read_json(model_dir / "model.json")
+    meta = read_json(meta_file)
     missing = [k for k in ("model", "classes", "normalize", "resize") if k not in meta] + [
         f"normalize.{k}" for k in ("mean", "std") if k not in meta.get("normalize", {})]
     if missing or not isinstance(meta.get("classes"), list):
-        raise RunError(f"{model_dir / 'model.json'} lacks {', '.join(missing) or 'a list of classes'}: the file is "
-                       "damaged or not from transferlab; restore it or train again")
+        raise RunError(f"{meta_file} lacks {', '.join(missing) or 'a list of classes'}: the file is damaged or not "
+                       "from transferlab; restore it or train again")
     config = load_config(run / "config.yaml") if (run / "config.yaml").is_file() else load_config()
     try:
         spec = ResizeSpec.from_dict(meta["resize"])
-        check_meta(meta, spec, str(model_dir / "model.json"))
+        check_meta(meta, spec, str(meta_file))
     except (TypeError, ValueError, KeyError, ConfigError) as exc:
-        why = str(exc).removeprefix(f"{model_dir / 'model.json'}: ")[:160]
-        raise RunError(f"{model_dir / 'model.json'} is damaged ({why}): restore it, or train again") from None
+        why = str(exc).removeprefix(f"{meta_file}: ")[:160]
+        raise RunError(f"{meta_file} is damaged ({why}): restore it, or train again") from None
     model = build_model(meta, spec.size)
-    weights = model_dir / "weights.safetensors"
     try:
         load_weights(model, weights)
     except FileNotFoundError:
@@ -430,7 +430,7 @@ def load_model(run: str | Path, device: str | torch.device | None = None) -> Tra
     except RuntimeError as exc:
         lines = str(exc).splitlines()
         first = (lines[1] if len(lines) > 1 else lines[0] if lines else "").strip()
-        raise RunError(f"{weights} does not fit {model_dir / 'model.json'} ({meta['model']}, {len(meta['classes'])} "
+        raise RunError(f"{weights} does not fit {meta_file} ({meta['model']}, {len(meta['classes'])} "
                        f"classes): {first[:160]}; the two files come from different runs") from None
     except Exception as exc:  # safetensors raises its own error types for truncated or foreign files
         raise RunError(f"{weights} is damaged ({str(exc)[:100]}): restore it, or train again") from None
@@ -439,4 +439,5 @@ def load_model(run: str | Path, device: str | torch.device | None = None) -> Tra
                        "learning rate")
     device = torch.device(device) if device is not None else device_for(config.train.accelerator)
     model.to(device).eval()
-    return TrainedModel(run=run, classifier=model, meta=meta, spec=spec, limits=Limits.of(config.data), device=device)
+    return TrainedModel(run=run, classifier=model, meta=meta, spec=spec, limits=Limits.of(config.data), device=device,
+                        config=config)

@@ -69,8 +69,8 @@ class ImageDataset:
         no duplicate group straddles two parts."""
         counts = self.counts
         present = [n for n in counts.values() if n]
-        widths = np.array([r["width"] for r in self.records]) if self.records else np.zeros(0)
-        heights = np.array([r["height"] for r in self.records]) if self.records else np.zeros(0)
+        widths = np.array([r["width"] for r in self.records])
+        heights = np.array([r["height"] for r in self.records])
         sizes = Counter(f"{r['width']}x{r['height']}" for r in self.records)
         summary = {
             "source": self.source,
@@ -138,7 +138,8 @@ def load_dataset(spec: str, config: Config, *, progress: bool = True, compact: b
         {"path": items[i].path, "reason": o["reason"]} for i, o in enumerate(outcomes) if not o["ok"]
     ]
     present = {items[i].label for i in kept}
-    classes = class_order(source, present)
+    # a built-in set's own class order, else alphabetical
+    classes = [c for c in source.classes if c in present] if source.classes else sorted(present)
     index = {c: k for k, c in enumerate(classes)}
     labels = np.array([index[items[i].label] for i in kept], dtype=np.int64)
     records = [dict(outcomes[i]["meta"], sha256=outcomes[i]["hash"]) for i in kept]
@@ -211,13 +212,6 @@ def subset_items(items: list[Item], per_class: int, seed: int) -> list[Item]:
     return [items[i] for i in sorted(chosen)]
 
 
-def class_order(source: Source, present: set[str]) -> list[str]:
-    """The set's own class order when it has one (built-in sets), else alphabetical."""
-    if source.classes:
-        return [c for c in source.classes if c in present]
-    return sorted(present)
-
-
 def check_disk(root: Path, needed: int, limit_gb: float) -> None:
     """Refuse, before anything is written, a decoded cache that could not fit data.disk_limit_gb or
     the free space of its disk."""
@@ -247,15 +241,11 @@ _WORK: dict = {}
 
 
 def _init_worker(source: Source, resize: ResizeSpec, config: Config, cache_mode: str, disk: DiskCache) -> None:
-    _WORK.update(source=source, resize=resize, config=config, cache_mode=cache_mode, disk=disk)
+    _WORK["args"] = (source, resize, config, cache_mode, disk)
 
 
 def _decode_one(item: Item) -> dict:
-    source: Source = _WORK["source"]
-    resize: ResizeSpec = _WORK["resize"]
-    config: Config = _WORK["config"]
-    disk: DiskCache = _WORK["disk"]
-    cache_mode: str = _WORK["cache_mode"]
+    source, resize, config, cache_mode, disk = _WORK["args"]
     limits = Limits.of(config.data)
     digest = None
     try:

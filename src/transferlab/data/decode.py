@@ -56,10 +56,6 @@ FILE_KINDS = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character de
               stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a folder"}
 
 
-def file_kind(mode: int) -> str:
-    return FILE_KINDS.get(stat.S_IFMT(mode), "not a regular file")
-
-
 def read_file(path: Path, max_bytes: int = Limits.max_bytes) -> bytes:
     """The bytes of the regular file at `path` (symlinks followed), at most `max_bytes` of them.
 
@@ -80,7 +76,8 @@ def read_file(path: Path, max_bytes: int = Limits.max_bytes) -> bytes:
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):  # checked before io.open, which refuses a folder with its own error
         os.close(fd)
-        raise BadImage(f"not a regular file ({file_kind(info.st_mode)}): only image files are read")
+        kind = FILE_KINDS.get(stat.S_IFMT(info.st_mode), "not a regular file")
+        raise BadImage(f"not a regular file ({kind}): only image files are read")
     with open(fd, "rb", closefd=True) as handle:
         if info.st_size > max_bytes:
             raise BadImage(f"file too large: {info.st_size / 2**20:.0f} MB exceeds data.max_file_mb="
@@ -120,12 +117,6 @@ def own_bomb_check():
             Image.MAX_IMAGE_PIXELS = saved
 
 
-def too_large(width: int, height: int, max_pixels: int) -> BadImage:
-    return BadImage(f"too large: {width}x{height} = {width * height / 1e6:.0f} Mpx exceeds data.max_pixels="
-                    f"{max_pixels} (a possible decompression bomb; raise data.max_pixels if it is genuine)",
-                    "too-large")
-
-
 def reduction(width: int, height: int, fit: tuple[int, int]) -> int:
     """The largest of 2, 4 and 8 that keeps a width x height image at least twice `fit` (its longer
     side, its shorter side) after dividing both sides by it; else 1."""
@@ -149,7 +140,9 @@ def open_image(data: bytes, limits: Limits = Limits(), fit: tuple[int, int] | No
             raise BadImage(f"cannot open image: {str(exc)[:200]}") from None
         width, height = image.size
         if width * height > limits.max_pixels:
-            raise too_large(width, height, limits.max_pixels)
+            raise BadImage(f"too large: {width}x{height} = {width * height / 1e6:.0f} Mpx exceeds data.max_pixels="
+                           f"{limits.max_pixels} (a possible decompression bomb; raise data.max_pixels if it is "
+                           "genuine)", "too-large")
         meta = {"format": image.format or "", "mode": image.mode, "width": width, "height": height}
         factor = reduction(width, height, fit) if fit else 1
         if factor > 1 and image.format == "JPEG":
