@@ -106,7 +106,9 @@ def test_missing_inputs_are_said_not_fatal(runs, tmp_path):
     (copy / "plots" / "errors.png").unlink()
     (copy / "errors.npz").unlink()  # what the gallery is drawn from
     (copy / "dataset.json").write_text("{not json")
+    (copy / "config.yaml").write_text("seed: [unclosed")
     page = build_report(copy).read_text(encoding="utf-8")
+    assert "config.yaml could not be read" in section_text(page, "preprocessing")  # not "missing": it is there
     assert "no training logs" in section_text(page, "training")
     assert "no error gallery" in section_text(page, "errors")
     assert "could not be built" in section_text(page, "data") or "missing" in section_text(page, "data")

@@ -88,6 +88,10 @@ class Run:
             self.problems.append(f"{name} could not be read ({exc})")
             return {}
 
+    def why_missing(self, name: str) -> str:
+        """Why the report has nothing from artifact `name`: it could not be read (and why), or it is missing."""
+        return next((p for p in self.problems if p.startswith(name)), f"{name} is missing")
+
     def evaluation(self) -> tuple[str, dict, dict]:
         """(what, metrics, curves) of the split the results section shows: test, else val, else OOF."""
         if self.is_cv:

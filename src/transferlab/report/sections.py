@@ -16,8 +16,7 @@ from transferlab.report.blocks import Run, figure, figures, fmt, section, table,
 def section_data(run: Run) -> list[dict]:
     ds = run.dataset
     if not ds:
-        why = next((p for p in run.problems if p.startswith("dataset.json")), "dataset.json is missing")
-        return [text("missing", f"{why}: no data summary to show.")]
+        return [text("missing", f"{run.why_missing('dataset.json')}: no data summary to show.")]
     blocks = [table([], [
         ["source", ds.get("source")], ["images", fmt(ds.get("n_images"))], ["classes", fmt(ds.get("n_classes"))],
         ["imbalance (largest / smallest class)", fmt(ds.get("imbalance_ratio"), 2)],
@@ -51,7 +50,7 @@ def section_data(run: Run) -> list[dict]:
 @section("preprocessing", "Preprocessing and augmentation")
 def section_preprocessing(run: Run) -> list[dict]:
     if not run.config:
-        return [text("missing", "config.yaml is missing.")]
+        return [text("missing", f"{run.why_missing('config.yaml')}.")]
     blocks = [table(["setting", "value"], [
         [f"{key}.{k}", yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()]
         for key in ("preprocess", "augment") for k, v in run.config.get(key, {}).items()])]
