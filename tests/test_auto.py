@@ -215,6 +215,7 @@ def test_resolvable_gain_by_hand():
     assert resolvable_gain(0.8, 0) == math.inf
 
 
+@pytest.mark.slow  # two auto runs against a 20 s budget: ~18 s alone, and timing-sensitive on a loaded machine
 def test_a_tight_budget_or_a_small_validation_split_skips_fine_tuning_and_says_why(color_folder, tmp_path):
     config = load_config(overrides=["preprocess.size=32", "train.workers=0", "data.decode_workers=1",
                                     "train.report=false", "train.budget=20s", "strategy.auto.resolvable=1"])

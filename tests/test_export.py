@@ -303,6 +303,7 @@ print("alive")
 """
 
 
+@pytest.mark.slow  # a child process per order, ~8 s alone: make test-slow (CI runs it)
 def test_openvino_models_freed_in_any_order_leave_the_process_able_to_take_signals(tmp_path):
     """OpenVINO's CPU plugin swaps the alternate signal stack per compiled model; freed out of order,
     the process died with SIGSEGV at the next SIGCHLD (a fine-tune with workers after an export)."""

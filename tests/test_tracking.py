@@ -83,6 +83,7 @@ def test_auto_logs_its_decision(color_folder, tmp_path, store):
     assert "auto_decision.json" in {a.path for a in MlflowClient(store).list_artifacts(run_id)}
 
 
+@pytest.mark.slow  # a 3-fold cv into MLflow, ~10 s alone: make test-slow (CI runs it)
 def test_cv_logs_a_parent_with_a_child_per_fold(color_folder, tmp_path, store):
     from mlflow import MlflowClient
 
