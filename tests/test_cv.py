@@ -120,14 +120,17 @@ class CrashInFold(L.Callback):
             raise RuntimeError("simulated crash")
 
 
-def test_an_interrupted_cv_resumes_at_its_fold(color_folder, tmp_path):
+def test_an_interrupted_cv_resumes_at_its_fold(color_folder, tmp_path, capsys):
     config = load_config(overrides=TINY + ["strategy.name=fine-tune", "strategy.fine_tune.head_warmup_epochs=0"])
     whole = run_cv(str(color_folder), config, out=tmp_path / "whole", progress=False)
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_cv(str(color_folder), config, out=tmp_path / "cut", progress=False, extra_callbacks=[CrashInFold("fold2")])
     first_fold = tmp_path / "cut" / "folds" / "fold1" / "metrics.json"
     stamp = first_fold.stat().st_mtime_ns
+    capsys.readouterr()
     assert main(["cv", "--resume", str(tmp_path / "cut"), "--quiet"]) == 0
+    table = capsys.readouterr().out  # what the command prints at the end: mean ± std, CI and each fold
+    assert "3-fold cross-validation" in table and "accuracy" in table and "fold3" in table
     assert first_fold.stat().st_mtime_ns == stamp  # the finished fold was not trained again
     a = json.loads((whole / "cv_metrics.json").read_text())["aggregate"]
     b = json.loads((tmp_path / "cut" / "cv_metrics.json").read_text())["aggregate"]

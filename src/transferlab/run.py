@@ -86,8 +86,8 @@ def run_experiment(kind: str, data: str | None, config: Config, options: RunOpti
                 if fold.name in run.state.done:
                     continue
                 if kind == "cv" and show:
-                    info(f"[{number}/{len(folds)}] {fold.name}: train {len(fold.indices['train']) + len(fold.indices['val']):,}, "
-                         f"test {len(fold.indices['test']):,}")
+                    fitted = len(fold.indices["train"]) + len(fold.indices["val"])
+                    info(f"[{number}/{len(folds)}] {fold.name}: train {fitted:,}, test {len(fold.indices['test']):,}")
                 share = None if budget is None else budget / len(folds) - fold.run.state.seconds
                 ctx = FitContext(dataset, fold.indices, config, fold.run.path, store,
                                  deadline=None if share is None else time.monotonic() + share, progress=progress,

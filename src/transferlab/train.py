@@ -293,7 +293,8 @@ class LogProgress(L.Callback):
                               + ("" if loss is None else f", train loss {float(loss):.4f}"))
 
 
-def build_trainer(ctx, stage, callbacks: list, *, steps_per_epoch: int | None = None) -> tuple[L.Trainer, ModelCheckpoint]:
+def build_trainer(ctx, stage, callbacks: list, *,
+                  steps_per_epoch: int | None = None) -> tuple[L.Trainer, ModelCheckpoint]:
     """A Trainer for `stage` of the fit `ctx` (a fit.FitContext): checkpoints (best + last), early
     stopping, LR monitor, the CSV log and the tracker's; it stops at the fit's deadline (the best
     checkpoint is kept)."""

@@ -252,3 +252,4 @@ def print_cv_table(run_dir: Path) -> None:
         spread = f"{agg['mean']:.3f} ± {agg['std']:.3f}" if agg["std"] is not None else f"{agg['mean']:.3f}"
         ci = f"[{agg['ci95'][0]:.3f}, {agg['ci95'][1]:.3f}]" if agg["ci95"] else "-"
         table.add_row(name, spread, ci, *("-" if v is None else f"{v:.3f}" for v in agg["values"]))
+    stdout.print(table)
