@@ -180,13 +180,19 @@ def test_the_console_script_serves_warns_on_open_hosts_and_stops_on_ctrl_c(train
     assert code == 0
 
 
-def test_bad_serve_requests_get_one_line(trained, tmp_path, server):
-    for args, expected in [([str(tmp_path / "nope")], "does not exist"),
-                           ([str(trained["run"]), "--port", str(server.port)], "the port is in use"),
+def test_bad_serve_requests_get_one_line(trained, tmp_path, server, capsys):
+    from transferlab.cli import main
+
+    result = subprocess.run([str(SCRIPT), "serve", str(tmp_path / "nope")], capture_output=True, text=True,
+                            timeout=120)  # the installed console script
+    assert result.returncode == 2 and "does not exist" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    capsys.readouterr()
+    for args, expected in [([str(trained["run"]), "--port", str(server.port)], "the port is in use"),
                            ([str(trained["run"]), "--port", "70000"], "between 0 and 65535")]:
-        result = subprocess.run([str(SCRIPT), "serve", *args], capture_output=True, text=True, timeout=120)
-        assert result.returncode == 2 and expected in result.stderr, result.stderr
-        assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+        assert main(["serve", *args]) == 2
+        err = capsys.readouterr().err
+        assert expected in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_a_missing_serve_extra_is_one_line(monkeypatch):

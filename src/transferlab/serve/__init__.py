@@ -99,6 +99,12 @@ class Server:
             raise ServeError(f"--max-upload-mb {max_upload_mb} must be positive")
         if not (isinstance(max_pixels, int) and max_pixels >= 1):
             raise ServeError(f"--max-pixels {max_pixels} must be a whole number of at least 1")
+        if not (Path(run) / "model" / "model.json").is_file():  # a wrong folder is said before Gradio's imports
+            from transferlab.rundir import missing_model_advice
+
+            raise ServeError(missing_model_advice(Path(run)))
+        if port:
+            check_port(host, port)
         self.folder = Path(tempfile.mkdtemp(prefix="transferlab-serve-")).resolve()
         self.environ = {name: os.environ.get(name) for name in GRADIO_ENV}
         os.environ.update(dict.fromkeys(GRADIO_ENV, str(self.folder / "gradio")))  # before Gradio is imported
@@ -106,8 +112,6 @@ class Server:
         self.keep_s, self.max_bytes, self.every_s = KEEP_S, FOLDER_MB * 2**20, SWEEP_S
         try:
             requirements()
-            if port:
-                check_port(host, port)
             import uvicorn
 
             from transferlab.serve.predictor import Predictor, example_images
