@@ -213,8 +213,6 @@ def test_without_a_terminal_long_steps_write_progress_lines(color_folder, tmp_pa
     """The console script with its output in a pipe (CI, nohup, a log file): no progress bars, but
     lines saying what runs, how far, the rate and the time left (TRANSFERLAB_LOG_EVERY shortens the
     30 s interval so the tiny run shows them)."""
-    import subprocess
-
     env = {**os.environ, "TRANSFERLAB_LOG_EVERY": "0.001", "TRANSFERLAB_CACHE": str(tmp_path / "cache")}
     done = subprocess.run([str(SCRIPT), "train", str(color_folder), *TINY_FLAGS, "--strategy", "fine-tune",
                            "--epochs", "2", "--set", "strategy.fine_tune.head_warmup_epochs=0", "--set",

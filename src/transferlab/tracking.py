@@ -196,13 +196,11 @@ class Tracker:
             elif path.is_file():
                 client.log_artifact(self.run_id, str(path))
 
-    def log_config(self, config) -> bool:
-        """Log the concrete config as params; whether this tracker logs at all."""
-        if self.active:
-            from transferlab.rundir import flatten
+    def log_config(self, config) -> None:
+        """The concrete config as params."""
+        from transferlab.rundir import flatten
 
-            self.params(flatten(dataclasses.asdict(config)))
-        return self.active
+        self.params(flatten(dataclasses.asdict(config)))
 
     def text(self, content: dict, name: str) -> None:
         if self.active:
@@ -223,8 +221,9 @@ def run_tags(config, run_dir: Path) -> dict[str, str]:
 def run_summary(tracker: Tracker, config, record: dict, run_dir: Path) -> None:
     """What a finished train run logs: the concrete config, the auto decision, each stage's score
     and time, the final metrics, the artifacts."""
-    if not tracker.log_config(config):
+    if not tracker.active:
         return
+    tracker.log_config(config)
     strategy = record.get("strategy", {})
     tracker.params({"strategy": strategy.get("label", strategy.get("name")),
                     "selected_stage": (strategy.get("selected") or {}).get("stage")}, prefix="transferlab.")
@@ -251,8 +250,9 @@ def run_summary(tracker: Tracker, config, record: dict, run_dir: Path) -> None:
 def cv_summary(tracker: Tracker, config, record: dict, run_dir: Path) -> None:
     """What a finished cv logs on its parent run: the config, mean / std / 95% CI of every
     metric over the folds, the out-of-fold metrics, the artifacts."""
-    if not tracker.log_config(config):
+    if not tracker.active:
         return
+    tracker.log_config(config)
     tracker.params({"strategy": (record.get("strategy") or {}).get("label"), "folds": config.cv.folds,
                     "repeats": config.cv.repeats}, prefix="transferlab.")
     values: dict[str, float] = {}
@@ -267,8 +267,9 @@ def cv_summary(tracker: Tracker, config, record: dict, run_dir: Path) -> None:
 
 def fold_summary(tracker: Tracker, config, record: dict) -> None:
     """What a finished fold logs on its child run: its concrete config, decision and test metrics."""
-    if not tracker.log_config(config):
+    if not tracker.active:
         return
+    tracker.log_config(config)
     strategy = record.get("strategy") or {}
     tracker.params({"strategy": strategy.get("label")}, prefix="transferlab.")
     if strategy.get("decision"):

@@ -99,10 +99,6 @@ class Server:
             raise ServeError(f"--max-upload-mb {max_upload_mb} must be positive")
         if not (isinstance(max_pixels, int) and max_pixels >= 1):
             raise ServeError(f"--max-pixels {max_pixels} must be a whole number of at least 1")
-        if not (Path(run) / "model" / "model.json").is_file():  # a wrong folder is said before Gradio's imports
-            from transferlab.rundir import missing_model_advice
-
-            raise ServeError(missing_model_advice(Path(run)))
         if port:
             check_port(host, port)
         self.folder = Path(tempfile.mkdtemp(prefix="transferlab-serve-")).resolve()
@@ -111,12 +107,13 @@ class Server:
         self.stopping, self.thread, self.sweeper = threading.Event(), None, None
         self.keep_s, self.max_bytes, self.every_s = KEEP_S, FOLDER_MB * 2**20, SWEEP_S
         try:
+            from transferlab.serve.predictor import Predictor, example_images
+
+            # the model first (a wrong run folder is one line from load_model), then Gradio's seconds of imports
+            self.predictor = Predictor(run, engine=engine, max_pixels=max_pixels)
             requirements()
             import uvicorn
 
-            from transferlab.serve.predictor import Predictor, example_images
-
-            self.predictor = Predictor(run, engine=engine, max_pixels=max_pixels)
             examples = example_images(self.predictor.run, self.predictor.model.meta.get("source"),
                                       self.folder / "examples")
             app, self.blocks = build_app(self.predictor, max_upload_mb=max_upload_mb, examples=examples,
