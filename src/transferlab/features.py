@@ -119,7 +119,7 @@ class FeatureStore:
 
     def compute(self, indices: np.ndarray, size: int, normalize: tuple, view: int | None) -> torch.Tensor:
         """Run the pretrained backbone over the images (on an engine when it pays and no view is asked)."""
-        from transferlab.engines import cache_folder, compile_engine, exported, resolve, run_batches
+        from transferlab.engines import cache_folder, compile_engine, exported, fallbacks, resolve, run_batches
         from transferlab.engines.shard import sharded
 
         config = self.config
@@ -128,8 +128,9 @@ class FeatureStore:
                                "size": size, "input": self.size}, self.root)
         engine = "torch" if view is not None else resolve(config.train.engine, device=self.device, images=len(indices),
                                                           cached=exported(folder, "onnxruntime"))
-        compiled = compile_engine(engine, module, self.size, folder, device=self.device,
-                                  channels_last=config.train.channels_last)
+        compiled = compile_engine(fallbacks(config.train.engine, engine), module, self.size, folder,
+                                  device=self.device, channels_last=config.train.channels_last,
+                                  limit_bytes=int(config.data.disk_limit_gb * 1e9))
         transform = None
         if view is not None:
             from transferlab.augment import build_train_transform

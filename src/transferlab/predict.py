@@ -25,7 +25,8 @@ def top_classes(probs: np.ndarray, classes: list[str], k: int) -> list[dict]:
 def model_engine(model: TrainedModel, engine: str = "torch", images: int = 1, batch: int = 32):
     """The run's classifier (answering probabilities) on `engine`, exported once and cached."""
     from transferlab.data.decode import content_hash
-    from transferlab.engines import Probabilities, cache_folder, check_engine, compile_engine, exported, resolve
+    from transferlab.engines import (Probabilities, cache_folder, check_engine, compile_engine, exported, fallbacks,
+                                     resolve)
 
     module = Probabilities(model.classifier)
     if engine == "torch":  # no export: nothing to hash or look up
@@ -34,7 +35,8 @@ def model_engine(model: TrainedModel, engine: str = "torch", images: int = 1, ba
     digest = content_hash((model.run / "model" / "weights.safetensors").read_bytes())
     folder = cache_folder({"kind": "probabilities", "weights": digest, "meta": model.meta})
     name = resolve(engine, device=model.device, images=images, cached=exported(folder, "onnxruntime"), batch=batch)
-    return compile_engine(name, module, model.spec.size, folder, device=model.device, channels_last=False)
+    return compile_engine(fallbacks(engine, name), module, model.spec.size, folder, device=model.device,
+                          channels_last=False, limit_bytes=int(model.config.data.disk_limit_gb * 1e9))
 
 
 def predict_pixels(model: TrainedModel, pixels: np.ndarray, *, engine, tta: tuple[str, ...] = ()) -> np.ndarray:

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from transferlab.config import ENGINES
-from transferlab.errors import ConfigError
+from transferlab.errors import ConfigError, TransferlabError
 from transferlab.io import digest_key
 
 AUTO_MIN_IMAGES = 2000
@@ -73,7 +73,9 @@ class Features(nn.Module):
         self.register_buffer("std", classifier.std.clone())
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.backbone((self.resize(images.float()) - self.mean) / self.std)
+        from transferlab.models.backbone import backbone_input
+
+        return self.backbone(backbone_input(images, self.resize, self.mean, self.std))
 
 
 def versions() -> dict[str, str]:
@@ -123,28 +125,79 @@ def file_digest(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
+NOT_EXPORTED = "not exported yet"
+
+
 def problem(folder: Path, engine: str, source: str) -> str | None:
-    """Why the cached export of `engine` in `folder` cannot be trusted for weights `source`, or None."""
-    manifest = read_manifest(folder)
+    """Why the cached export of `engine` in `folder` cannot be used for weights `source`: NOT_EXPORTED
+    when there is none (a fresh cache), another reason when what is there is damaged or foreign; None
+    when it can be trusted."""
+    manifest, exists = read_manifest(folder), [(folder / name).exists() for name in FILES[engine]]
+    if not manifest:
+        return "has no manifest" if any(exists) else NOT_EXPORTED
     if manifest.get("source") != source:
-        return "was made from other weights" if manifest else "has no manifest"
+        return "was made from other weights"
+    claimed = manifest.get("files", {})
+    if not any(exists) and not any(name in claimed for name in FILES[engine]):
+        return NOT_EXPORTED
     for name in FILES[engine]:
         path = folder / name
         if not path.is_file():
             return f"lacks {name}"
-        if file_digest(path) != manifest.get("files", {}).get(name):
+        if file_digest(path) != claimed.get(name):
             return f"has a {name} that differs from the one exported (damaged or replaced)"
     return None
 
 
-def compile_engine(engine: str, module: nn.Module, size: int, folder: Path, *, device: torch.device | str = "cpu",
-                   channels_last: bool = True):
-    """A callable uint8 NCHW numpy -> float32 numpy running `module` on `engine`, exported into
-    `folder` the first time; a cached export is verified against its manifest and the module's
-    weights before it is used, and rebuilt (saying why) when it does not match."""
+class EngineError(TransferlabError):
+    """An engine that cannot compile or run a model."""
+
+
+PREFERENCE = ("openvino", "onnxruntime", "torch")  # what `auto` falls back through, fastest on a CPU first
+
+
+def fallbacks(requested: str, chosen: str) -> list[str]:
+    """The engines to try for `requested` (a name, or auto) once `resolve` chose `chosen`: a named
+    engine alone; for auto, the choice and then the slower ones that are installed, torch last."""
+    if requested != "auto" or chosen == "torch":
+        return [chosen]
+    return [chosen, *(e for e in PREFERENCE[PREFERENCE.index(chosen) + 1:] if installed(e))]
+
+
+def compile_engine(engines: str | list[str], module: nn.Module, size: int, folder: Path, *,
+                   device: torch.device | str = "cpu", channels_last: bool = True, limit_bytes: int | None = None):
+    """A callable uint8 NCHW numpy -> float32 numpy running `module` on the first of `engines` that
+    compiles it and runs one image, exported into `folder` the first time (a cached export is verified
+    against its manifest and the module's weights, and rebuilt saying why when it does not match; the
+    cache folder is then trimmed to `limit_bytes`). Falling back to the next engine is said in one
+    line; when none can, an EngineError says why."""
+    from transferlab.console import warn
+
+    engines = [engines] if isinstance(engines, str) else list(engines)
+    module = module.eval()
+    for k, engine in enumerate(engines):
+        try:
+            compiled = build_engine(engine, module, size, folder, device=device, channels_last=channels_last)
+            compiled(np.zeros((1, 3, size, size), np.uint8))  # it compiles, and it runs
+        except Exception as exc:  # noqa: BLE001 - each engine's library raises its own types
+            why = " ".join(str(exc).split())[:200] or type(exc).__name__
+            if k + 1 == len(engines):
+                raise EngineError(f"the {engine} engine cannot run this model ({why}): choose another with --engine "
+                                  "(torch runs every model)") from None
+            warn(f"the {engine} engine cannot run this model ({why[:120]}): using {engines[k + 1]} instead")
+            continue
+        if engine != "torch" and limit_bytes is not None:
+            from transferlab.data.cache import trim_cache
+
+            trim_cache(folder.parent.parent, limit_bytes, keep=set(folder.rglob("*")), deletable=("features", "engines"))
+        return compiled
+    raise AssertionError(engines)
+
+
+def build_engine(engine: str, module: nn.Module, size: int, folder: Path, *, device, channels_last: bool):
+    """`module` on `engine`, its export made or verified in `folder` (compile_engine's one try)."""
     from transferlab.engines import runtime
 
-    module = module.eval()
     if engine == "torch":
         return runtime.TorchEngine(module, device=device, channels_last=channels_last)
     from transferlab.engines.export import to_onnx, to_openvino
@@ -154,7 +207,7 @@ def compile_engine(engine: str, module: nn.Module, size: int, folder: Path, *, d
                         ("openvino", lambda tmp: to_openvino(folder / "model.onnx", tmp / "model.xml"))):
         why = problem(folder, step, source)
         if why is not None:
-            if (folder / MANIFEST).exists() or any((folder / name).exists() for name in FILES[step]):
+            if why != NOT_EXPORTED:
                 from transferlab.console import warn
 
                 warn(f"the cached {step} export in {folder} {why}: rebuilding it")
@@ -174,8 +227,10 @@ def published(folder: Path, engine: str, source: str, build) -> None:
 
     folder.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(folder)
-    if manifest.get("source") != source:
+    if manifest.get("source") != source:  # what other weights left is not theirs to keep
         manifest = {"source": source, "files": {}}
+        for name in (n for files in FILES.values() for n in files):
+            (folder / name).unlink(missing_ok=True)
     with tempfile.TemporaryDirectory(dir=folder, prefix=".export-") as tmp:
         build(Path(tmp))
         for name in FILES[engine]:

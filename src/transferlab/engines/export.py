@@ -135,15 +135,21 @@ def export_run(run: str | Path, fmt: str, *, out: str | Path | None = None, samp
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as tmp:
         folder = Path(tmp)
         size = model.spec.size
-        if fmt == "torchscript":
-            engine = TorchEngine(to_torchscript(module, size, folder / FORMATS[fmt]), channels_last=False)
-        else:
-            onnx_path = to_onnx(module, size, folder / "model.onnx")
-            engine = OnnxEngine(onnx_path) if fmt == "onnx" else OpenVinoEngine(to_openvino(onnx_path,
-                                                                                             folder / "model.xml"))
-            if fmt == "openvino":
-                onnx_path.unlink()
-        parity = compare(reference, engine(batch)) | {"images": source}
+        try:
+            if fmt == "torchscript":
+                engine = TorchEngine(to_torchscript(module, size, folder / FORMATS[fmt]), channels_last=False)
+            else:
+                onnx_path = to_onnx(module, size, folder / "model.onnx")
+                engine = OnnxEngine(onnx_path) if fmt == "onnx" else OpenVinoEngine(to_openvino(onnx_path,
+                                                                                                 folder / "model.xml"))
+                if fmt == "openvino":
+                    onnx_path.unlink()
+            answers = engine(batch)
+        except Exception as exc:  # noqa: BLE001 - the exporters and runtimes raise their own types
+            why = " ".join(str(exc).split())[:200] or type(exc).__name__
+            raise ExportError(f"the {fmt} export of {model.run} failed ({why}); nothing was written: try another "
+                              "--format") from None
+        parity = compare(reference, answers) | {"images": source}
         if parity["max_abs_diff"] > TOLERANCE or parity["top1_agreement"] < 1.0:
             raise ExportError(f"the {fmt} export does not match the model on {source}: probabilities differ by up "
                               f"to {parity['max_abs_diff']:.2e} (tolerance {TOLERANCE:g}), top-1 agrees on "

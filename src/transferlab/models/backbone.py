@@ -46,6 +46,13 @@ class Resize(nn.Module):
         return self.matrix @ images @ self.matrix.T
 
 
+def backbone_input(images: torch.Tensor, resize: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Normalized, then resized: the resize's rows sum to 1, so the order changes no number, but a
+    per-channel subtraction right after the resize's matrix product is what OpenVINO's CPU plugin
+    fuses into that product and then rejects ("data.size() == OC": 3 channels against its columns)."""
+    return resize((images.float() - mean) / std)
+
+
 class Classifier(nn.Module):
     """(Resize ->) normalize -> backbone (pooled features) -> dropout -> linear. Takes uint8 (or 0-255
     float) images at `input_size`; with a smaller `size` it sees them resized to that, inside the model."""
@@ -62,7 +69,7 @@ class Classifier(nn.Module):
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 or 0-255 float (N, 3, H, W) -> the backbone's normalized float input."""
-        return (self.resize(images.float()) - self.mean) / self.std
+        return backbone_input(images, self.resize, self.mean, self.std)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features (N, num_features) of raw images."""
