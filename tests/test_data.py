@@ -367,7 +367,9 @@ def test_a_decoded_cache_over_the_disk_limit_is_refused_before_anything_is_writt
     assert main(["inspect", str(data), "--set", "data.cache=disk", "--set", f"data.cache_dir={cache}",
                  "--set", "data.disk_limit_gb=0.00001"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "data.disk_limit_gb=1e-05" in err and "data.cache=none" in err
+    assert len(err.splitlines()) == 1 and "data.disk_limit_gb=1e-05 (10 KB)" in err and "data.cache=none" in err
+    # 20 images of 20 x 20 x 3 bytes (+ 128 each): in a unit that shows the number, not "0.0 GB"
+    assert "the decoded images need 27 KB in" in err, err
     assert not list(cache.rglob("*.npy"))
     assert main(["inspect", str(data), "--set", "data.cache=disk", "--set", f"data.cache_dir={cache}"]) == 0
     assert len(list(cache.rglob("*.npy"))) == 20

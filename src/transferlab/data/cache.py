@@ -114,23 +114,29 @@ def trim_cache(root: Path, limit_bytes: int, keep: set[Path] = frozenset(),
     """Delete the least recently used entries of the cache folder `root` (decoded images, features,
     engine exports) until all of it fits `limit_bytes` (data.disk_limit_gb); only entries of the
     `deletable` kinds and not in `keep` go (what the caller may be reading stays). Bytes freed."""
-    entries = []  # (last use, bytes, kind, the files of one entry)
-    groups = [("decoded", [p, p.with_suffix(".json")]) for p in (root / "decoded").rglob("*.npy")]
-    groups += [("features", [p]) for p in (root / "features").glob("*.npy")]
-    groups += [("engines", [*f.rglob("*")]) for f in (root / "engines").glob("*") if f.is_dir()]
-    for kind, files in groups:
+    import shutil
+
+    entries = []  # (last use, bytes, kind, the files of one entry, its folder if it is one)
+    groups = [("decoded", [p, p.with_suffix(".json")], None) for p in (root / "decoded").rglob("*.npy")]
+    groups += [("features", [p], None) for p in (root / "features").glob("*.npy")]
+    groups += [("engines", [*f.rglob("*")], f) for f in (root / "engines").glob("*") if f.is_dir()]
+    for kind, files, folder in groups:
         try:
             stats = [f.stat() for f in files if f.is_file()]
         except OSError:
             continue
         if stats:
-            entries.append((max(s.st_mtime for s in stats), sum(s.st_size for s in stats), kind, files))
+            entries.append((max(s.st_mtime for s in stats), sum(s.st_size for s in stats), kind, files, folder))
+        elif folder is not None and kind in deletable:
+            shutil.rmtree(folder, ignore_errors=True)  # an export folder left empty
     total, freed = sum(entry[1] for entry in entries), 0
-    for _, size, kind, files in sorted(entries, key=lambda e: e[0]):
+    for _, size, kind, files, folder in sorted(entries, key=lambda e: e[0]):
         if total - freed <= limit_bytes:
             break
         if kind in deletable and not keep.intersection(files):
             for victim in files:
                 victim.unlink(missing_ok=True)
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
             freed += size
     return freed

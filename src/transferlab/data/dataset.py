@@ -145,12 +145,13 @@ def load_dataset(spec: str, config: Config, *, progress: bool = True, compact: b
     records = [dict(outcomes[i]["meta"], sha256=outcomes[i]["hash"]) for i in kept]
     paths = [items[i].path for i in kept]
 
+    files = [disk.entry(outcomes[i]["hash"]) for i in kept] if cache_mode == "disk" else []
+    # the whole cache folder keeps to its budget in every mode (features and engine exports pile up too)
+    trim_cache(disk.root, int(config.data.disk_limit_gb * 1e9), keep=set(files))
     if cache_mode == "memory":
         array = outcomes.pixels if len(kept) == len(items) else outcomes.pixels[kept]
         store: ImageStore = MemoryStore(array)
     elif cache_mode == "disk":
-        files = [disk.entry(outcomes[i]["hash"]) for i in kept]
-        trim_cache(disk.root, int(config.data.disk_limit_gb * 1e9), keep=set(files))
         store = DiskStore(files)
     else:
         store = DecodingStore([items[i].file for i in kept],
@@ -217,12 +218,14 @@ def check_disk(root: Path, needed: int, limit_gb: float) -> None:
     the free space of its disk."""
     import shutil
 
+    from transferlab.console import size_text
+
     root.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(root).free
     if needed > limit_gb * 1e9 or needed > free:
-        raise DataError(f"the decoded images need {needed / 1e9:.1f} GB in {root}, more than "
-                        + (f"data.disk_limit_gb={limit_gb:g}" if needed > limit_gb * 1e9 else
-                           f"the {free / 1e9:.1f} GB free there")
+        raise DataError(f"the decoded images need {size_text(needed)} in {root}, more than "
+                        + (f"data.disk_limit_gb={limit_gb:g} ({size_text(limit_gb * 1e9)})" if needed > limit_gb * 1e9
+                           else f"the {size_text(free)} free there")
                         + ": raise data.disk_limit_gb, point data.cache_dir (or TRANSFERLAB_CACHE) at a larger disk, "
                           "lower --size, or decode on every read with --set data.cache=none")
 
