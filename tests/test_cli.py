@@ -9,10 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import BAD_FILES, SCRIPT, TINY_FLAGS, one_error_line, save
+from conftest import BAD_FILES, SCRIPT, TINY_FLAGS, one_error_line, png_bytes, save
 from transferlab.cli import main
 
 COMMANDS = ("inspect", "train", "cv", "evaluate", "explain", "report", "rank", "predict", "demo", "preview")
@@ -209,18 +210,44 @@ print("clean")
 
 
 
-def test_without_a_terminal_long_steps_write_progress_lines(color_folder, tmp_path):
+def slow_images(root: Path, per_class: int = 10) -> Path:
+    """Two classes of 12-megapixel PNGs (each decode takes a tenth of a second or more): a decode pass
+    of a few seconds, made quickly (one encoded file per class, its copies told apart by trailing bytes)."""
+    for k, name in enumerate(("dark", "light")):
+        y, x = np.mgrid[0:3000, 0:4000]
+        picture = np.stack([(x // 16 + 80 * k) % 256, (y // 16) % 256, np.full_like(x, 120 * k)], -1)
+        encoded = png_bytes(Image.fromarray(picture.astype(np.uint8)))
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            (root / name / f"{i:02d}.png").write_bytes(encoded + f"{i}".encode())  # after IEND: ignored
+    return root
+
+
+def test_without_a_terminal_long_steps_write_progress_lines(tmp_path):
     """The console script with its output in a pipe (CI, nohup, a log file): no progress bars, but
-    lines saying what runs, how far, the rate and the time left (TRANSFERLAB_LOG_EVERY shortens the
-    30 s interval so the tiny run shows them)."""
-    env = {**os.environ, "TRANSFERLAB_LOG_EVERY": "0.001", "TRANSFERLAB_CACHE": str(tmp_path / "cache")}
-    done = subprocess.run([str(SCRIPT), "train", str(color_folder), *TINY_FLAGS, "--strategy", "fine-tune",
-                           "--epochs", "2", "--set", "strategy.fine_tune.head_warmup_epochs=0", "--set",
-                           "data.cache=disk", "--out", str(tmp_path / "run")],
+    lines saying what runs, how far, the rate and the time left (TRANSFERLAB_LOG_EVERY=1, its floor,
+    shortens the 30 s interval so a run of seconds shows them)."""
+    env = {**os.environ, "TRANSFERLAB_LOG_EVERY": "1", "TRANSFERLAB_CACHE": str(tmp_path / "cache")}
+    data = slow_images(tmp_path / "big")
+    done = subprocess.run([str(SCRIPT), "train", str(data), *TINY_FLAGS, "--strategy", "fine-tune",
+                           "--epochs", "40", "--batch-size", "2", "--set", "strategy.fine_tune.head_warmup_epochs=0",
+                           "--set", "data.cache=disk", "--out", str(tmp_path / "run")],
                           capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     log = done.stdout + done.stderr
-    assert re.search(r"Decoding 30 images: \d+/30 images \(\d+%\), [0-9.,]+ images/s, about \d+m\d\ds left", log), log
+    assert re.search(r"Decoding 20 images: \d+/20 images \(\d+%\), [0-9.,]+ images/s, about \d+m\d\ds left", log), log
     assert re.search(r"training \(main\): \d+/\d+ batches \(\d+%\), [0-9.,]+ batches/s, about \d+m\d\ds left; "
-                     r"epoch [12]/2", log), log
+                     r"epoch \d+/40", log), log
     assert "━" not in log  # no bar drawn into the log
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-1", "0.5", "nan", "inf"])
+def test_a_bad_log_interval_is_one_line(value, color_folder, tmp_path):
+    """TRANSFERLAB_LOG_EVERY=abc gave a traceback at import on every command; 0 and -1 printed a line
+    per image (60,000 lines on 60,000 images)."""
+    env = {**os.environ, "TRANSFERLAB_LOG_EVERY": value, "TRANSFERLAB_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([str(SCRIPT), "inspect", str(color_folder)], capture_output=True, text=True, timeout=300,
+                          env=env)
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "TRANSFERLAB_LOG_EVERY" in lines[0] and "at least 1" in lines[0], done.stderr

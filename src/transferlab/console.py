@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 import time
@@ -16,7 +17,34 @@ console = Console(stderr=True, highlight=False)
 stdout = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
 
 
-LOG_EVERY = float(os.environ.get("TRANSFERLAB_LOG_EVERY", 30))  # seconds between progress lines in a log
+LOG_EVERY_ENV = "TRANSFERLAB_LOG_EVERY"
+LOG_EVERY_DEFAULT, LOG_EVERY_FLOOR = 30.0, 1.0  # seconds between progress lines in a log, and the shortest allowed
+
+
+def log_every() -> float:
+    """The seconds between progress lines in a log ($TRANSFERLAB_LOG_EVERY, default 30); a value that
+    is not a number of at least LOG_EVERY_FLOOR seconds is a ConfigError (the CLI checks it first)."""
+    from transferlab.errors import ConfigError
+
+    text = os.environ.get(LOG_EVERY_ENV, "").strip()
+    if not text:
+        return LOG_EVERY_DEFAULT
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= LOG_EVERY_FLOOR):
+        raise ConfigError(f"{LOG_EVERY_ENV}={text!r} is not a number of seconds of at least {LOG_EVERY_FLOOR:g} "
+                          f"between progress lines: set it to e.g. 10, or unset it for {LOG_EVERY_DEFAULT:g}")
+    return value
+
+
+def size_text(count: float) -> str:
+    """A number of bytes in the unit that shows it (512 B, 96 KB, 1.4 MB, 2.3 GB; powers of 1000)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.{1 if count < 10 * scale else 0}f} {unit}"
+    return f"{count:.0f} B"
 
 
 def duration(seconds: float) -> str:
@@ -26,16 +54,17 @@ def duration(seconds: float) -> str:
 
 class LogLines:
     """Progress for a log (no terminal: CI, nohup, a notebook's captured output): one line every
-    LOG_EVERY seconds saying what, how far, the rate and the time left."""
+    log_every() seconds saying what, how far, the rate and the time left."""
 
     def __init__(self, label: str, total: int, unit: str = "images"):
         self.label, self.total, self.unit, self.done = label, total, unit, 0
         self.started = self.last = time.monotonic()
+        self.every = log_every()
 
     def advance(self, n: int = 1, note: str = "") -> None:
         self.done += n
         now = time.monotonic()
-        if now - self.last >= LOG_EVERY and self.done < self.total:
+        if now - self.last >= self.every and self.done < self.total:
             self.last = now
             rate = self.done / max(now - self.started, 1e-9)
             info(f"{self.label}: {self.done:,}/{self.total:,} {self.unit} ({100 * self.done / self.total:.0f}%), "

@@ -274,7 +274,7 @@ def read_checkpoint(path: str | Path) -> dict:
 
 
 class LogProgress(L.Callback):
-    """Training progress as lines in a log (no terminal): every LOG_EVERY seconds the stage, epoch,
+    """Training progress as lines in a log (no terminal): every log_every() seconds the stage, epoch,
     batch, rate and the time left of the stage, and the training loss."""
 
     def __init__(self, stage: str):

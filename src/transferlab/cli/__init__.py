@@ -194,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # a bad flag (2) or --help (0): a return code for callers of main(), like the shell's
         return int(exc.code or 0)
     try:
+        from transferlab.console import log_every
+
+        log_every()  # a bad TRANSFERLAB_LOG_EVERY is one line before anything runs
         if args.command in ("train", "cv", "evaluate", "rank", "predict"):  # launched by torchrun or SLURM: shard
             from transferlab.engines.shard import init_from_environment
 
