@@ -43,7 +43,7 @@ def test_a_lock_that_is_a_folder_or_a_fifo_is_one_line(tmp_path, kind):
         RunLock(run).__enter__()
 
 
-@pytest.mark.parametrize("budget", ["abc", "-5", "0s", "nan", "inf", "30000000000h"])
+@pytest.mark.parametrize("budget", ["abc", "-5", "0s", "0", "0m", "off", "nan", "inf", "30000000000h"])
 def test_a_bad_budget_is_refused_before_a_run_directory_exists(budget, tmp_path, isolated, capsys):
     data = colour_images(tmp_path / "data")
     assert main(["train", str(data), "--out", str(tmp_path / "run"), "--budget", budget, *TINY_FLAGS]) == 2

@@ -52,13 +52,16 @@ def check_devices(text: str) -> None:
 
 
 def parse_budget(value: str | float) -> float | None:
-    """train.budget in seconds (None: no limit, `auto`: decided by the strategy); ValueError if not a duration."""
+    """train.budget in seconds: a positive duration (90, 90s, 10m, 1.5h), `none` (no limit: the only
+    unlimited value) or `auto` (the default: decided by the strategy, None here); ValueError otherwise."""
     text = str(value).strip().lower()
-    if text in ("none", "0", "off", "auto"):
+    if text in ("none", "auto"):
         return None
     match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(s|sec|m|min|h)?", text)
-    if not match or float(match.group(1)) <= 0:
-        raise ValueError("is not a duration: give e.g. 90s, 10m, 1h, or none")
+    if not match:
+        raise ValueError("is not a duration: give e.g. 90s, 10m, 1h, or none for no limit")
+    if float(match.group(1)) == 0:
+        raise ValueError("is zero: a budget must be a positive duration (e.g. 90s, 10m); none means no limit")
     seconds = float(match.group(1)) * {"s": 1, "sec": 1, None: 1, "m": 60, "min": 60, "h": 3600}[match.group(2)]
     if not math.isfinite(seconds) or seconds > 366 * 86400:
         raise ValueError("is more than a year: give none for no limit")
