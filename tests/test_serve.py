@@ -3,10 +3,12 @@ through gradio_client) and driven in headless Chromium; the console script end t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -309,7 +311,7 @@ def test_the_app_reads_no_file_it_was_not_sent(server, trained, tmp_path):
     copies = files_under(server.folder, get_upload_folder())
     assert not [p for p, data in copies.items() for secret in secrets.values() if secret.strip() and secret in data]
     # Gradio's own check is on (build_app), ours refuses what it lets through: a bare path, a URL
-    assert "not uploaded by a user" in answers[str(secret_image), "marked", "call/predict"][1]
+    assert "reads only images uploaded" in answers[str(secret_image), "marked", "call/predict"][1]
     assert "reads only images uploaded" in answers[str(secret_image), "bare", "call/predict"][1]
     fetched = gradio_call(server.url, "predict", [file_data("https://example.com/photo.jpg"), PREDICTED])
     assert "reads only images uploaded" in fetched[1]
@@ -318,6 +320,107 @@ def test_the_app_reads_no_file_it_was_not_sent(server, trained, tmp_path):
     for variant, payload in (("marked", file_data(missing)), ("bare", {"path": missing})):
         gone = gradio_call(server.url, "predict", [payload, PREDICTED])[1].replace(missing, "PATH")
         assert gone == answers[str(secret_image), variant, "call/predict"][1].replace(str(secret_image), "PATH")
+
+
+INTERNALS = ("Traceback", "object has no attribute", "validation error", "pydantic", "<gradio.", "type=",
+             "input_value", "Cannot move", "didn't receive enough")
+
+
+def test_malformed_api_calls_get_a_plain_line(server, trained):
+    """The Gradio API's errors quoted internals ("'ListFiles' object has no attribute 'path'", pydantic's
+    dumps of its data models, component reprs); GET /api/predict answered 404 instead of 405."""
+    url = server.url
+    photo = file_data(uploaded(url, trained["photos"]["chelsea"]))  # uploaded as the page does: only its inputs are odd
+    probes = {"image is a number": ("predict", [123, PREDICTED]), "image is a list": ("predict", [[photo], PREDICTED]),
+              "a FileData with a number for its meta": ("predict", [{**photo, "meta": 5}, PREDICTED]),
+              "one input of two": ("predict", [photo]), "three inputs of two": ("predict", [photo, PREDICTED, 1]),
+              "no images at all": ("predict_many", [[]]), "files not a list": ("predict_many", [photo]),
+              "the class a number": ("predict", [photo, 123]), "the class not the model's": ("predict", [photo, "cat"])}
+    for what, (api, data) in probes.items():
+        ok, line = gradio_call(url, api, data)
+        assert not ok and not any(word in line for word in INTERNALS), (what, line)
+    assert "Choose one or more images first" in gradio_call(url, "predict_many", [[]])[1]
+    assert "not a class of this model" in gradio_call(url, "predict", [photo, 123])[1]
+    assert "malformed request: predict takes 2 inputs" in gradio_call(url, "predict", [123, PREDICTED])[1]
+    status, body = http(f"{url}gradio_api/call/predict", {"not data": 1})
+    assert status == 422 and b"malformed request" in body and b"loc" not in body, body
+    for method, route, allowed in (("GET", "api/predict", "POST"), ("POST", "api/health", "GET"),
+                                   ("DELETE", "api/info", "GET")):
+        request = urllib.request.Request(url + route, method=method, data=b"" if method == "POST" else None)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)
+        assert refused.value.code == 405 and refused.value.headers["Allow"] == allowed
+        assert "error" in json.loads(refused.value.read())
+    assert http(url + "api/nope")[0] == 404
+
+
+def uploaded(url: str, path: Path) -> str:
+    """Upload a file to the app as the page does (Gradio's upload route): the server-side path."""
+    boundary = uuid.uuid4().hex
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{path.name}"\r\n'
+            f"Content-Type: application/octet-stream\r\n\r\n").encode() + path.read_bytes() + \
+        f"\r\n--{boundary}--\r\n".encode()
+    request = urllib.request.Request(url + "gradio_api/upload", data=body, method="POST",
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())[0]
+
+
+def raw(port: int, data: bytes) -> socket.socket:
+    connection = socket.create_connection(("127.0.0.1", port), timeout=30)
+    connection.sendall(data)
+    return connection
+
+
+def closed_within(connection: socket.socket, seconds: float) -> tuple[bool, bytes]:
+    """Whether the server closed `connection` within `seconds`, and what it sent before."""
+    connection.settimeout(0.2)
+    got, deadline = b"", time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            chunk = connection.recv(65536)
+        except TimeoutError:
+            continue
+        except OSError:  # reset
+            return True, got
+        if not chunk:
+            return True, got
+        got += chunk
+    return False, got
+
+
+def test_the_server_refuses_a_huge_body_at_once_and_cuts_slow_connections(server, monkeypatch):
+    """A body declared over the limit hung until the client gave up, and sockets trickling a byte every
+    few seconds stayed open without bound (120 of them past 45 s). The deadlines are shortened here
+    (10 s for headers, 30 s for an /api/ body: serve/protocol.py, serve/api.py)."""
+    import transferlab.serve.api as api
+    import transferlab.serve.protocol as protocol
+
+    monkeypatch.setattr(protocol, "HEADER_TIMEOUT_S", 2.0)
+    monkeypatch.setattr(api, "BODY_TIMEOUT_S", 2.0)
+    port, started = server.port, time.monotonic()
+    huge = raw(port, b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                     b"Content-Length: 99999999999\r\n\r\n")
+    closed, answer = closed_within(huge, 5)
+    assert closed and answer.startswith(b"HTTP/1.1 413") and time.monotonic() - started < 5, answer[:200]
+    trickling = [raw(port, b"G") for _ in range(40)]
+    slow_body = raw(port, b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
+                          b"boundary=b\r\nContent-Length: 1000\r\n\r\n--b")
+    idle = raw(port, b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
+    started = time.monotonic()
+    for _ in range(4):  # a byte every half second: each arrives before any deadline, none completes a request
+        time.sleep(0.5)
+        for connection in [*trickling, slow_body]:
+            with contextlib.suppress(OSError):
+                connection.sendall(b"E" if connection in trickling else b"x")
+        assert healthy(server.url)
+    outcomes = [closed_within(connection, 6) for connection in trickling]
+    assert all(closed for closed, _ in outcomes) and time.monotonic() - started < 12, outcomes[:3]
+    closed, answer = closed_within(slow_body, 4)
+    assert closed and answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    closed, answer = closed_within(idle, 8)  # the answer, then closed after 5 s of keep-alive
+    assert closed and answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    assert healthy(server.url)
 
 
 def test_gradio_client_reads_only_its_uploads(server, trained):

@@ -68,6 +68,15 @@ def check_port(host: str, port: int) -> None:
                                 else f"{exc.strerror or exc}; check --host")) from None
 
 
+def malformed_body(request, exc):
+    """A Gradio route's body that is not what it takes: one line, not FastAPI's dump of pydantic's errors
+    (which echoes the input)."""
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"detail": 'malformed request: send a JSON object with "data", the list of the '
+                                   "function's inputs"}, status_code=422)
+
+
 def build_app(predictor, *, max_upload_mb: float, examples: list[Path], folder: Path):
     """The ASGI application (the JSON routes first, the Gradio app mounted at /) and the Gradio app."""
     import gradio as gr
@@ -75,11 +84,16 @@ def build_app(predictor, *, max_upload_mb: float, examples: list[Path], folder: 
     from transferlab.serve.api import build_api
     from transferlab.serve.ui import build_ui
 
+    from fastapi.exceptions import RequestValidationError
+
     max_bytes = int(max_upload_mb * 2**20)
     api = build_api(predictor, max_bytes)
     blocks = build_ui(predictor, examples, folder)
-    app = gr.mount_gradio_app(api, blocks, path="/", max_file_size=max_bytes, show_error=True, ssr_mode=False,
-                              run_history=False)
+    # show_error off: an exception nobody meant for a user is not quoted to them (a gr.Error's message is
+    # shown whatever show_error says; ui.plain_input_errors turns Gradio's own input checks into gr.Errors)
+    app = gr.mount_gradio_app(api, blocks, path="/", max_file_size=max_bytes, show_error=False, ssr_mode=False,
+                              run_history=False, app_kwargs={"exception_handlers": {
+                                  RequestValidationError: malformed_body}})
     # Gradio checks that an input file was uploaded (rather than any path the server can read) only
     # once `has_launched` is set: launch() sets it, mount_gradio_app does not
     blocks.has_launched = True
@@ -123,8 +137,11 @@ class Server:
             raise
         self.kept = {str(path) for path in self.folder.rglob("*")}  # the examples and Gradio's copies of them
         self.host = host
+        from transferlab.serve.protocol import KEEP_ALIVE_S, GuardedH11Protocol
+
         self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                                    lifespan="on", timeout_graceful_shutdown=5))
+                                                    lifespan="on", timeout_graceful_shutdown=5,
+                                                    http=GuardedH11Protocol, timeout_keep_alive=KEEP_ALIVE_S))
 
     @property
     def port(self) -> int:

@@ -7,9 +7,10 @@
     GET  /report        the run's report.html
     (Gradio's /gradio_api/process_recording answers 404: the app records nothing)
 
-Errors are JSON {"error": "..."}: 400 malformed request, 413 too large (body or pixels),
-415 not an image, 422 an image that cannot be used. The body limit is enforced while the body
-streams in, before anything is parsed.
+Errors are JSON {"error": "..."}: 400 malformed request, 404 no such route, 405 a wrong method
+(with Allow), 408 a body that did not arrive within 30 s, 413 too large (body or pixels), 415 not
+an image, 422 an image that cannot be used, 503 busy. A body declared over the limit is refused
+before a byte of it is read; one that streams past it, as soon as it does.
 """
 
 from __future__ import annotations
@@ -21,17 +22,19 @@ from fastapi import FastAPI, Request  # serve/ is imported only once the serve e
 from fastapi.responses import FileResponse, JSONResponse
 
 STATUS = {"too-large": 413, "not-an-image": 415, "busy": 503}  # BadImage.kind -> HTTP status; any other: 422
-DRAIN_LIMIT = 64 * 2**20  # an oversized body is read and dropped up to this, then the connection is cut
+BODY_TIMEOUT_S = 30.0  # an /api/ request's body must have arrived in full within this, else 408
 
 
-def error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def error(status: int, message: str, *, close: bool = False) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers={"connection": "close"} if close else None)
 
 
 class BodySizeLimit:
-    """ASGI middleware: a request under /api/ whose body exceeds `max_bytes` (declared by
-    Content-Length or counted as it streams in) gets 413; nothing beyond the limit is ever held
-    in memory. Starlette's own form limits do not cover file parts."""
+    """ASGI middleware for /api/: a body declared larger than `max_bytes` gets 413 at once, before a
+    byte of it is read, and one that streams past it (chunked) as soon as it does; a body still
+    arriving BODY_TIMEOUT_S after its headers gets 408. Either closes the connection, so nothing beyond
+    the limit is ever held or awaited. Starlette's own form limits do not cover file parts. (The
+    timeout is read per request: BODY_TIMEOUT_S.)"""
 
     def __init__(self, app, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
@@ -40,22 +43,25 @@ class BodySizeLimit:
         if scope["type"] != "http" or not scope["path"].startswith("/api/"):
             return await self.app(scope, receive, send)
         too_big = error(413, f"upload larger than the server's limit of {self.max_bytes / 2**20:g} MB "
-                             "(transferlab serve --max-upload-mb)")
+                             "(transferlab serve --max-upload-mb)", close=True)
         length = dict(scope["headers"]).get(b"content-length")
-        declared = int(length) if length is not None and length.isdigit() else None
-        chunks, total, more = [], 0, True
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            return await too_big(scope, receive, send)
+        loop, timeout = asyncio.get_running_loop(), BODY_TIMEOUT_S
+        deadline, chunks, total, more = loop.time() + timeout, [], 0, True
         while more:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                late = error(408, f"the request body did not arrive within {timeout:g} s", close=True)
+                return await late(scope, receive, send)
             if message["type"] == "http.disconnect":
                 return None
             body = message.get("body", b"")
             total += len(body)
             more = message.get("more_body", False)
-            if total > self.max_bytes or (declared or 0) > self.max_bytes:
-                chunks = []  # the rest is read and dropped (up to DRAIN_LIMIT) so the client hears the 413
-                if total > max(DRAIN_LIMIT, self.max_bytes) or not more:
-                    return await too_big(scope, receive, send)
-                continue
+            if total > self.max_bytes:
+                return await too_big(scope, receive, send)
             chunks.append(body)
         replay = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
 
@@ -116,5 +122,17 @@ def build_api(predictor, max_bytes: int):
         except BadImage as exc:
             return error(STATUS.get(exc.kind, 422), f"{name or 'image'}: {exc}")
         return {"file": name, "top": top, "engine": predictor.engine_name}
+
+    @api.api_route("/api/{rest:path}", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"],
+                   include_in_schema=False)
+    def elsewhere(request: Request):
+        """Under /api/, a wrong method gets 405 with Allow and an unknown route 404, both as JSON (else the
+        Gradio app mounted at / answers them with its own 404)."""
+        path = request.url.path
+        allowed = sorted({m for r in api.routes if getattr(r, "path", None) == path for m in r.methods or ()})
+        if allowed:
+            return JSONResponse({"error": f"{path} answers {' or '.join(allowed)}, not {request.method}"},
+                                status_code=405, headers={"Allow": ", ".join(allowed)})
+        return error(404, f"no route {path} (the JSON API: POST /api/predict, GET /api/info, GET /api/health)")
 
     return api

@@ -8,6 +8,9 @@ import os
 from pathlib import Path
 
 PREDICTED = "(predicted class)"
+READS_ONLY = "this app reads only images uploaded to it (and its examples)"
+WANTED = {"image": "an image uploaded to this app", "file": "a list of images uploaded to this app",
+          "dropdown": "a class name"}  # what each input of the app's functions takes, for a malformed call
 
 
 def card_markdown(card: dict) -> str:
@@ -39,7 +42,7 @@ def inside(folder: Path, path) -> str:
     except (TypeError, ValueError):  # not a string, a NUL in it
         real = Path("/")
     if not real.is_relative_to(folder):
-        raise gr.Error("this app reads only images uploaded to it (and its examples)", print_exception=False)
+        raise gr.Error(READS_ONLY, print_exception=False)
     if not real.is_file():
         raise gr.Error(f"the upload is gone (kept {KEEP_S // 60} minutes): upload it again", print_exception=False)
     return str(real)
@@ -66,16 +69,65 @@ def uploads_only(component, folder: Path, many: bool = False) -> None:
     def preprocess(payload):
         if payload is None:
             return None
-        paths = [inside(folder, item.path) for item in getattr(payload, "root", None) or [payload]]
+        # many: a ListFiles (Gradio validated it), whose root may be empty
+        paths = [inside(folder, item.path) for item in (payload.root if many else [payload])]
         return paths if many else paths[0]
 
     component.preprocess = preprocess
+
+
+def one_of(component, choices: list[str]) -> None:
+    """`component` (a Dropdown) takes one of `choices`, else a plain gr.Error (Gradio's own quotes the
+    payload's repr and type: "Value: 1 (type: <class 'int'>) is not in the list of choices")."""
+    import gradio as gr
+
+    def preprocess(payload):
+        if payload is None:
+            return None
+        if not isinstance(payload, str) or payload not in choices:
+            raise gr.Error("the class to explain is not a class of this model (GET /api/info lists them)",
+                           print_exception=False)
+        return payload
+
+    component.preprocess = preprocess
+
+
+def malformed(block_fn) -> str:
+    wanted = [WANTED.get(block.get_block_name(), block.get_block_name()) for block in block_fn.inputs]
+    return (f"malformed request: {block_fn.api_name or block_fn.name} takes {len(wanted)} "
+            f"input{'s' if len(wanted) != 1 else ''}: {'; '.join(wanted)}")
+
+
+def plain_input_errors(app) -> None:
+    """A malformed call of the app's API gets one plain line (a gr.Error, which Gradio shows with
+    show_error off) instead of what Gradio's checks before our preprocess raise: a pydantic dump of
+    its data model, "'int' object has no attribute 'get'", a list of component reprs, or a path.
+    (Set on the instance, like the components' preprocess.)"""
+    import gradio as gr
+    from gradio.exceptions import InvalidPathError
+
+    check = app.preprocess_data
+
+    async def preprocess_data(block_fn, inputs, state, explicit_call=False):
+        if len(inputs) != len(block_fn.inputs):  # Gradio drops extra values, and reprs its components on too few
+            raise gr.Error(malformed(block_fn), print_exception=False)
+        try:
+            return await check(block_fn, inputs, state, explicit_call)
+        except gr.Error:
+            raise
+        except InvalidPathError:  # Gradio's check of its file marker: "Cannot move PATH to the gradio cache..."
+            raise gr.Error(READS_ONLY, print_exception=False) from None
+        except Exception:  # noqa: BLE001 - pydantic's ValidationError, AttributeError, TypeError, ValueError
+            raise gr.Error(malformed(block_fn), print_exception=False) from None
+
+    app.preprocess_data = preprocess_data
 
 
 def handlers(predictor):
     """(one, several): the app's two functions, each reading only the uploaded path it is given."""
     import gradio as gr
 
+    from transferlab.console import warn
     from transferlab.data.decode import BadImage, read_file
 
     limit = predictor.model.limits.max_bytes
@@ -87,6 +139,10 @@ def handlers(predictor):
             probs, blended, _ = predictor.explain(read_file(Path(path), limit), None if target == PREDICTED else target)
         except BadImage as exc:
             raise gr.Error(f"{Path(path).name}: {exc}", print_exception=False) from None
+        except Exception as exc:  # a bug: the server's log says what, the user is not shown internals
+            warn(f"serve: {Path(path).name}: {type(exc).__name__}: {exc}")
+            raise gr.Error(f"{Path(path).name}: the server could not answer (its log says why)",
+                           print_exception=False) from None
         return probs, blended
 
     def several(paths: list[str] | None):
@@ -99,6 +155,10 @@ def handlers(predictor):
                 probs, blended, explained = predictor.explain(read_file(Path(path), limit))
             except BadImage as exc:  # one bad file does not stop the others
                 rows.append([name, "", None, str(exc)])
+                continue
+            except Exception as exc:  # a bug: in the server's log, not quoted to the user
+                warn(f"serve: {name}: {type(exc).__name__}: {exc}")
+                rows.append([name, "", None, "the server could not answer (its log says why)"])
                 continue
             gallery.append((blended, f"{name}: {explained} {probs[explained]:.0%}"))
             rows.append([name, explained, round(probs[explained], 4), ""])
@@ -122,6 +182,7 @@ def build_ui(predictor, examples: list[Path], folder: Path):
                     uploads_only(image, folder)
                     target = gr.Dropdown([PREDICTED, *predictor.classes], value=PREDICTED,
                                          label="Class to explain", elem_id="target-class")
+                    one_of(target, [PREDICTED, *predictor.classes])
                     button = gr.Button("Classify", variant="primary", elem_id="classify")
                 with gr.Column():
                     label = gr.Label(num_top_classes=min(5, len(predictor.classes)), label="Top classes",
@@ -145,4 +206,5 @@ def build_ui(predictor, examples: list[Path], folder: Path):
         with gr.Accordion("Model card", open=True):
             gr.Markdown(card_markdown(predictor.card), elem_id="model-card")
     files_only_from(app, folder)
+    plain_input_errors(app)
     return app
