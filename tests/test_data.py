@@ -160,6 +160,23 @@ def test_a_manifest_with_a_giant_field_or_label_is_one_line(tmp_path, row, fragm
         one_error_line(capsys, fragment)
 
 
+@pytest.mark.parametrize("rows,fragment", [
+    ('img.png,"c\n0"\nimg2.png,c0\n', "line 2: the label 'c\\n0' holds a line break"),
+    ("img.png,a\nimg2.png,b,extra,more\n", "line 3: 4 fields where the header names 2"),
+    ('img.png,a\n"img2\n.png",b\nimg.png,a,x\n', "line 5: 3 fields where the header names 2")])
+def test_a_manifest_row_that_is_not_one_label_is_refused_with_its_line(tmp_path, rows, fragment, capsys):
+    """A quoted label "c\n0" became the class c0 (merging with a real c0), and a row with more fields than
+    the header was read without a word."""
+    from conftest import one_error_line
+    from transferlab.cli import main
+
+    save(pattern(0), tmp_path / "img.png")
+    save(pattern(1), tmp_path / "img2.png")
+    (tmp_path / "m.csv").write_text(f"path,label\n{rows}")
+    assert main(["inspect", str(tmp_path / "m.csv")]) == 2
+    one_error_line(capsys, fragment)
+
+
 def test_subset_is_per_class_and_seeded(color_folder, small_config):
     config = load_config(overrides=["preprocess.size=16", "data.subset=4", "data.decode_workers=1"])
     a = load_dataset(str(color_folder), config, progress=False)

@@ -8,6 +8,7 @@ with the reason, so nothing disappears silently. The user's files are only ever 
 from __future__ import annotations
 
 import csv
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -227,7 +228,8 @@ def manifest_source(csv_path: Path, *, group_column: str | None = None) -> Sourc
     except UnicodeDecodeError:
         raise DataError(f"manifest {csv_path} is not UTF-8 text: save it as UTF-8 CSV") from None
     dialect = csv.excel_tab if csv_path.suffix.lower() == ".tsv" else csv.excel
-    reader = csv.DictReader(text.splitlines(), dialect=dialect)
+    # the csv module reads a quoted field across lines itself (splitting the text first joined "c\n0" into c0)
+    reader = csv.DictReader(io.StringIO(text, newline=""), dialect=dialect)
     try:
         columns = {(name or "").strip().lower(): name for name in (reader.fieldnames or [])}
     except csv.Error as exc:
@@ -247,15 +249,20 @@ def manifest_source(csv_path: Path, *, group_column: str | None = None) -> Sourc
         group_key = columns["group"]
     items: list[Item] = []
     skipped: list[dict[str, str]] = []
-    rows = enumerate(reader, start=2)
+    rows = iter(reader)
     while True:
+        row_number = reader.line_num + 1  # the line the next row starts on (a quoted field may span lines)
         try:
-            row_number, row = next(rows)
+            row = next(rows)
         except StopIteration:
             break
         except csv.Error as exc:  # a field over the csv module's limit (131,072 characters), a stray quote
             raise DataError(f"manifest {csv_path} cannot be read near line {reader.line_num + 1}: {exc}: fix that row"
                             ) from None
+        if None in row:  # DictReader's key for fields beyond the header's
+            raise DataError(f"manifest {csv_path} line {row_number}: {len(reader.fieldnames) + len(row[None])} fields "
+                            f"where the header names {len(reader.fieldnames)}: quote a field that holds a comma, "
+                            "or fix the row")
         raw_path = (row.get(columns["path"]) or "").strip()
         label = (row.get(columns["label"]) or "").strip()
         if not raw_path and not label:
@@ -263,6 +270,9 @@ def manifest_source(csv_path: Path, *, group_column: str | None = None) -> Sourc
         if len(label) > MAX_LABEL:
             raise DataError(f"manifest {csv_path} row {row_number}: a label of {len(label):,} characters (at most "
                             f"{MAX_LABEL}): the label column must hold class names")
+        if any(not character.isprintable() for character in label):
+            raise DataError(f"manifest {csv_path} line {row_number}: the label {label!r} holds a line break or another "
+                            "control character: a label is a class name on one line; fix that row")
         if not raw_path or not label:
             skipped.append({"path": raw_path or f"row {row_number}",
                             "reason": f"row {row_number}: empty path or label"})
