@@ -66,6 +66,25 @@ def test_cv_writes_folds_aggregates_and_out_of_fold_predictions(color_folder, tm
         assert not train & test and len(train | test) == 30
 
 
+def test_a_repeated_cv_scores_every_repeat_and_says_how_many_resamples(color_folder, tmp_path, monkeypatch):
+    """The out-of-fold metrics and intervals of a repeated cv came from the first repeat only (the
+    others were read and dropped), and a set over 20,000 images drew 200 resamples while the record
+    said 1,000."""
+    import transferlab.record as record
+
+    monkeypatch.setattr(record, "LARGE_SET", 10)  # these 30 images count as a large set
+    run = run_cv(str(color_folder), load_config(overrides=TINY + ["cv.folds=2", "cv.repeats=2",
+                                                                  "strategy.name=linear-probe"]),
+                 out=tmp_path / "cv", progress=False)
+    result = json.loads((run / "cv_metrics.json").read_text())
+    oof = rows(run / "predictions.csv")
+    assert result["out_of_fold"]["n"] == len(oof) == 60  # each image once per repeat
+    per_repeat = [np.mean([r["label"] == r["pred"] for r in oof if r["repeat"] == k]) for k in ("1", "2")]
+    assert result["out_of_fold"]["accuracy"] == pytest.approx(np.mean(per_repeat))
+    assert "200 resamples" in result["cv"]["interval"] and "all 2 repeats" in result["cv"]["interval"]
+    assert result["cv"]["splitter"] == "RepeatedStratifiedKFold" and result["cv"]["repeats"] == 2
+
+
 def test_no_fold_statistics_use_its_test_part(tmp_path):
     root = tmp_path / "planted"
     rng = np.random.default_rng(0)

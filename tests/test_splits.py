@@ -97,3 +97,19 @@ def test_split_csv_roundtrip(tmp_path):
     rows = read_split_csv(tmp_path / "split.csv")
     assert rows == [{"path": "a/1.png", "label": "a", "split": "train"},
                     {"path": "b/2,x.png", "label": "b", "split": "test"}]
+
+
+def test_split_csv_is_never_left_half_written(tmp_path):
+    """A run resumes from any point, so split.csv must be whole or absent: a write that fails midway (a
+    full disk, Ctrl-C) leaves the previous file as it was and no partial one."""
+    path = tmp_path / "split.csv"
+    write_split_csv(path, ["a.png", "b.png"], ["a", "b"], {"split": ["train", "test"]})
+    before = path.read_bytes()
+
+    def labels():
+        yield "a"
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_split_csv(path, ["a.png", "b.png", "c.png"], labels(), {"split": ["train", "val", "test"]})
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["split.csv"]

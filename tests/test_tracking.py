@@ -98,6 +98,7 @@ def test_cv_logs_a_parent_with_a_child_per_fold(color_folder, tmp_path, store):
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
     assert sorted(c.info.run_name for c in children) == ["fold1", "fold2"]
     assert all(c.info.status == "FINISHED" for c in children) and parent.info.status == "FINISHED"
+    assert parent.data.params["transferlab.strategy"] == "feature-extraction"  # was "None": read a key never written
     by_name = {f["name"]: f for f in record["folds"]}
     for child in children:
         assert child.data.metrics["test_accuracy"] == pytest.approx(by_name[child.info.run_name]["metrics"]["accuracy"])

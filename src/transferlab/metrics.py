@@ -206,14 +206,21 @@ def resampled_metrics(y: np.ndarray, probs: np.ndarray) -> tuple[dict[str, float
 
 
 def bootstrap_intervals(y_true, probs, classes: list[str], *, resamples: int = 1000, seed: int = 0,
-                        level: float = 0.95) -> tuple[dict, dict]:
+                        level: float = 0.95, units: np.ndarray | None = None) -> tuple[dict, dict]:
     """Percentile bootstrap intervals (the images resampled with replacement) of every scalar
-    metric and of per-class precision, recall, F1 and AUC: they stay inside each metric's range."""
+    metric and of per-class precision, recall, F1 and AUC: they stay inside each metric's range.
+    With `units` (a unit id per row, each unit the same number of rows: an image's predictions in
+    every repeat of a cv), units are resampled, each with all its rows."""
     y, probs = np.asarray(y_true, dtype=np.int64), np.asarray(probs, dtype=np.float64)
     rng = np.random.default_rng(seed)
     scalars: dict[str, list[float]] = {}
     per_class: dict[str, list[np.ndarray]] = {}
-    for rows in rng.integers(0, len(y), size=(resamples, len(y))):
+    units = np.arange(len(y)) if units is None else np.asarray(units)
+    _, inverse, counts = np.unique(units, return_inverse=True, return_counts=True)
+    assert (counts == counts[0]).all(), "every unit has as many rows"
+    members = np.argsort(inverse, kind="stable").reshape(len(counts), counts[0])  # unit -> its rows
+    for drawn in rng.integers(0, len(counts), size=(resamples, len(counts))):
+        rows = members[drawn].ravel()
         values, classwise = resampled_metrics(y[rows], probs[rows])
         for key, value in values.items():
             scalars.setdefault(key, []).append(float(value))

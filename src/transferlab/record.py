@@ -11,6 +11,7 @@ from pathlib import Path
 from transferlab.io import read_json, write_json
 
 BOOTSTRAP = 1000  # resamples of the out-of-fold predictions behind every interval of cv
+BOOTSTRAP_LARGE, LARGE_SET = 200, 20_000  # resamples above LARGE_SET images (each resample scores every image)
 
 
 def environment() -> dict:
@@ -265,26 +266,34 @@ def finish_cv(run, dataset, config, folds: list[tuple[int, int, str]], started: 
         oof["repeat"] += [repeat + 1] * len(index)
         oof["fold"] += [fold + 1] * len(index)
     summary = aggregate_folds([r.test for r in records])
-    out_of_fold = compute_metrics(dataset.labels, pooled[0], dataset.classes, curves=True)
-    intervals, class_intervals = bootstrap_intervals(dataset.labels, pooled[0], dataset.classes, seed=config.seed,
-                                                     resamples=BOOTSTRAP if len(dataset) <= 20_000 else 200)
+    # every repeat's out-of-fold predictions, each image once per repeat: the metrics are their mean over
+    # repeats, and the bootstrap resamples images (with all of an image's repeats), so the interval is of that
+    everyone = np.concatenate([pooled[r] for r in sorted(pooled)])
+    labels = np.tile(dataset.labels, len(pooled))
+    out_of_fold = compute_metrics(labels, everyone, dataset.classes, curves=True)
+    resamples = BOOTSTRAP if len(dataset) <= LARGE_SET else BOOTSTRAP_LARGE
+    intervals, class_intervals = bootstrap_intervals(labels, everyone, dataset.classes, seed=config.seed,
+                                                     resamples=resamples, units=np.tile(np.arange(len(dataset)),
+                                                                                        len(pooled)))
     for name, entry in summary["metrics"].items():
         entry["ci95"] = intervals.get(name)
     for name, entries in summary["per_class"].items():
         for key, entry in entries.items():
             entry["ci95"] = class_intervals[name].get(key)
     curves = {"roc": out_of_fold.pop("roc_curves"), "calibration": out_of_fold.pop("calibration")}
-    grouped = len(np.unique(dataset.groups)) < len(dataset)
+    split = dict(run.state.split or {})
     record = CVRecord(
         folds=[{"name": r.name, "repeat": r.repeat, "fold": r.fold, "n_train": r.n_train, "n_val": r.n_val,
                 "n_test": r.n_test, "metrics": scalar_metrics(r.test), "per_class": r.test.get("per_class", {}),
                 "strategy": r.strategy.label} for r in records],
         aggregate=summary["metrics"], per_class=summary["per_class"], out_of_fold=out_of_fold,
-        cv={"folds": config.cv.folds, "repeats": repeats, "seed": config.seed, "inner_val_fraction": config.data.val_fraction,
-            "splitter": "StratifiedGroupKFold" if grouped else ("RepeatedStratifiedKFold" if repeats > 1
-                                                                else "StratifiedKFold"),
-            "interval": f"95% percentile bootstrap of the out-of-fold predictions ({BOOTSTRAP:,} resamples of the "
-                        "images); mean and std are over folds",
+        cv={**split, "splitter": split.get("method"),
+            "interval": f"95% percentile bootstrap of the out-of-fold predictions ({resamples:,} resamples of the "
+                        "images" + (f", each with its predictions from all {len(pooled)} repeats" if len(pooled) > 1
+                                    else "") + "); mean and std are over folds",
+            "out_of_fold": "the held-out predictions of every image" + (
+                f" in each of the {len(pooled)} repeats, pooled (each image counted once per repeat)"
+                if len(pooled) > 1 else ""),
             "note": "folds share training data, so the spread over folds understates the spread over new training sets"},
         strategy=cv_strategy(records, requested),
         data={"source": config.data.source, "n_images": len(dataset), "classes": dataset.classes},
@@ -294,7 +303,7 @@ def finish_cv(run, dataset, config, folds: list[tuple[int, int, str]], started: 
     write_predictions(run_dir / "predictions.csv", oof["paths"], np.array(oof["labels"]), np.concatenate(oof["probs"]),
                       dataset.classes, extra={"repeat": oof["repeat"], "fold": oof["fold"]})
     pictures(run_dir, dataset, config)
-    cv_summary(tracker, config, read_json(run_dir / "cv_metrics.json"), run_dir)
+    cv_summary(tracker, config, read_json(run_dir / "cv_metrics.json"), run_dir, record.display)
 
 
 def cv_strategy(records: list[FoldRecord], requested: str) -> dict:

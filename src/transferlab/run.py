@@ -14,9 +14,9 @@ import numpy as np
 
 from transferlab.config import Config, budget_seconds, load_config, merge, unflatten
 from transferlab.console import info, warn
-from transferlab.data import holdout_split, load_dataset, stratified_folds, write_split_csv
-from transferlab.data.splits import check_folds, read_split_csv
-from transferlab.errors import DataError, DivergedError, RunError
+from transferlab.data import load_dataset
+from transferlab.data.splits import Splitter, check_folds
+from transferlab.errors import DataError, DivergedError
 from transferlab.features import FeatureStore
 from transferlab.fit import FitContext, fit
 from transferlab.preprocess import backbone_defaults
@@ -170,78 +170,29 @@ def resolve_config(config: Config, data: str) -> Config:
 
 
 def split(kind: str, dataset, config: Config, run: RunDir, *, fresh: bool, show: bool) -> list[Fold]:
-    """The folds of a run: written to split.csv when it starts, read back from it when it resumes."""
+    """The folds of a run, from the one splitter (made and written when it starts, read back when it
+    resumes), each with its own folder and state; what the split was is recorded in the run's state."""
+    splitter = Splitter(kind, config)
+    parts = splitter.split(dataset, run.path, fresh=fresh)
+    if fresh:
+        run.state.split = splitter.describe(dataset)
+        run.save_state()
     if kind == "train":
-        if fresh:
-            parts = holdout_split(dataset.labels, dataset.groups, val_fraction=config.data.val_fraction,
-                                  test_fraction=config.data.test_fraction, seed=config.seed, classes=dataset.classes)
-            write_split_csv(run.path / "split.csv", dataset.paths, [dataset.classes[i] for i in dataset.labels],
-                            {"split": list(parts)})
-        else:
-            parts = read_split(dataset, run.path)
-        indices = {name: np.flatnonzero(parts == name) for name in ("train", "val", "test")}
-        write_dataset_json(run.path, dataset, indices)
+        (part,) = parts
+        write_dataset_json(run.path, dataset, part.indices)
         if show:
             info(f"{len(dataset):,} images, {len(dataset.classes)} classes; split "
-                 + ", ".join(f"{k} {len(v):,}" for k, v in indices.items()) + f"; run directory {run.path}")
-        return [Fold("run", run, indices)]
-    folds, repeats = config.cv.folds, config.cv.repeats
-    splits = stratified_folds(dataset.labels, dataset.groups, folds=folds, repeats=repeats, seed=config.seed,
-                              classes=dataset.classes)
+                 + ", ".join(f"{k} {len(v):,}" for k, v in part.indices.items()) + f"; run directory {run.path}")
+        return [Fold(part.name, run, part.indices)]
     if fresh:
-        write_cv_split(run.path, dataset, splits, repeats)
-        write_dataset_json(run.path, dataset, {f"fold{k + 1}": test for r, k, _, test in splits if r == 0})
+        write_dataset_json(run.path, dataset, {f"fold{p.fold + 1}": p.indices["test"] for p in parts if p.repeat == 0})
     if show:
-        info(f"{len(dataset):,} images, {len(dataset.classes)} classes; {folds}-fold CV"
-             + (f" x {repeats} repeats" if repeats > 1 else "") + f"; strategy {run.state.requested}; "
-             f"run directory {run.path}")
-    return [cv_fold(dataset, config, run, repeat, fold, train, test) for repeat, fold, train, test in splits]
-
-
-def cv_fold(dataset, config: Config, run: RunDir, repeat: int, fold: int, train: np.ndarray,
-            test: np.ndarray) -> Fold:
-    """A cv fold: its training part cut into train and an inner validation split (that picks its
-    checkpoint), its held-out part, and its own folder and state."""
-    name = f"r{repeat + 1}-fold{fold + 1}" if config.cv.repeats > 1 else f"fold{fold + 1}"
-    inner = (holdout_split(dataset.labels[train], dataset.groups[train], val_fraction=config.data.val_fraction,
-                           test_fraction=0.0, seed=config.seed + 1000 * repeat + fold, classes=dataset.classes)
-             if config.data.val_fraction > 0 else np.array(["train"] * len(train)))
-    indices = {"train": train[inner == "train"], "val": train[inner == "val"], "test": test}
-    folder = run.path / "folds" / name
-    state = RunState.load_or(folder / STATE_FILE, kind="fold", requested=run.state.requested)
-    if not (folder / "split.csv").is_file():
-        order = np.concatenate(list(indices.values()))
-        folder.mkdir(parents=True, exist_ok=True)
-        write_split_csv(folder / "split.csv", [dataset.paths[i] for i in order],
-                        [dataset.classes[dataset.labels[i]] for i in order],
-                        {"part": [k for k, v in indices.items() for _ in v]})
-    return Fold(name, RunDir(folder, state), indices, repeat, fold)
-
-
-def write_cv_split(run_dir: Path, dataset, splits, repeats: int) -> None:
-    """split.csv: path, label and the fold each image is tested in (one column per repeat)."""
-    columns: dict[str, list] = {}
-    for repeat, fold, _, test in splits:
-        column = columns.setdefault("fold" if repeats == 1 else f"fold_r{repeat + 1}", [0] * len(dataset))
-        for i in test:
-            column[i] = fold + 1
-    write_split_csv(run_dir / "split.csv", dataset.paths, [dataset.classes[i] for i in dataset.labels], columns)
-
-
-def read_split(dataset, run_dir: Path) -> np.ndarray:
-    """The hold-out split of a run being resumed, from its split.csv."""
-    path = run_dir / "split.csv"
-    if not path.is_file():
-        raise RunError(f"{path} is missing: a resumed run must keep its split; restore the file, or start a new run")
-    try:
-        by_path = {row["path"]: row["split"] for row in read_split_csv(path)}
-    except (KeyError, ValueError, UnicodeDecodeError):
-        raise RunError(f"{path} is damaged (not a path,label,split table): restore it, or start a new run") from None
-    missing = [p for p in dataset.paths if p not in by_path]
-    if missing or len(by_path) != len(dataset):
-        raise RunError(f"the data changed since {run_dir} started ({len(missing)} images not in its split.csv): "
-                       "resume with the same data, or start a new run")
-    return np.array([by_path[p] for p in dataset.paths])
+        info(f"{len(dataset):,} images, {len(dataset.classes)} classes; {config.cv.folds}-fold CV"
+             + (f" x {config.cv.repeats} repeats" if config.cv.repeats > 1 else "")
+             + f"; strategy {run.state.requested}; run directory {run.path}")
+    return [Fold(p.name, RunDir(p.folder, RunState.load_or(p.folder / STATE_FILE, kind="fold",
+                                                           requested=run.state.requested)), p.indices, p.repeat, p.fold)
+            for p in parts]
 
 
 def settle(ctx: FitContext, run: RunDir):

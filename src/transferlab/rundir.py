@@ -56,6 +56,7 @@ class RunState:
     seconds: float = 0.0  # spent so far, over every attempt
     strategy: str | None = None  # settled strategy (auto decides once)
     decision: dict | None = None  # auto's decision record
+    split: dict | None = None  # how the images were split (data.splits.Splitter.describe)
     stages: dict = field(default_factory=dict)  # finished stages' results
     done: list = field(default_factory=list)  # cv: finished folds
     config: dict | None = None  # the settings the run started with (what a resume checks config.yaml against)

@@ -247,14 +247,15 @@ def run_summary(tracker: Tracker, config, record: dict, run_dir: Path) -> None:
     tracker.artifacts(run_dir)
 
 
-def cv_summary(tracker: Tracker, config, record: dict, run_dir: Path) -> None:
-    """What a finished cv logs on its parent run: the config, mean / std / 95% CI of every
-    metric over the folds, the out-of-fold metrics, the artifacts."""
+def cv_summary(tracker: Tracker, config, record: dict, run_dir: Path, strategy: str) -> None:
+    """What a finished cv logs on its parent run: the config, its `strategy` (the record's display of
+    what the folds trained), mean / std / 95% CI of every metric over the folds, the out-of-fold
+    metrics, the artifacts."""
     if not tracker.active:
         return
     tracker.log_config(config)
-    tracker.params({"strategy": (record.get("strategy") or {}).get("label"), "folds": config.cv.folds,
-                    "repeats": config.cv.repeats}, prefix="transferlab.")
+    tracker.params({"strategy": strategy, "folds": config.cv.folds, "repeats": config.cv.repeats},
+                   prefix="transferlab.")
     values: dict[str, float] = {}
     for name, entry in (record.get("aggregate") or {}).items():
         values.update({f"{name}_mean": entry.get("mean"), f"{name}_std": entry.get("std")})
