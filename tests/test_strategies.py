@@ -356,6 +356,30 @@ def test_every_registered_strategy_trains_predicts_evaluates_and_explains(name, 
             assert max(scores, key=scores.get) == top[0]["class"] and overlay.dtype == np.uint8
 
 
+def test_vit_members_at_several_sizes_keep_their_own_backbones(tmp_path, capsys):
+    """Head-only ensemble members shared one pretrained backbone whatever their size: a ViT is built for
+    one size (its position embeddings; timm's PatchEmbed asserts it), so the members at 32 px broke or
+    silently used the 48 px one. Members of one size still share theirs."""
+    from transferlab.cli import main
+    from transferlab.rundir import load_model
+
+    data = colour_data(tmp_path)
+    members = ("[{strategy: linear-probe, size: 48}, {strategy: linear-probe, size: 32}, "
+               "{strategy: linear-probe, size: 32, settings: {strategy.linear_probe.C: 0.5}}]")
+    config = load_config(overrides=[*TINY, "model.name=test_vit", "preprocess.size=48", "strategy.name=ensemble",
+                                    f"strategy.ensemble.members={members}"])
+    run = run_training(str(data), config, out=tmp_path / "run", progress=False)
+    meta = json.loads((run / "model" / "model.json").read_text())
+    assert [(m["size"], m["backbone"]) for m in meta["members"]] == [(48, 0), (32, 1), (32, 1)]
+    model = load_model(run).classifier
+    assert [m.backbone.patch_embed.img_size for m in model.members] == [(48, 48), (32, 32), (32, 32)]
+    assert model.members[1].backbone is model.members[2].backbone
+    image = next((data / "red").iterdir())
+    assert main(["predict", str(run), str(image), "--json", "--engine", "torch"]) == 0
+    assert main(["export", str(run), "--format", "onnx", "--out", str(tmp_path / "bundle")]) == 0
+    assert json.loads((tmp_path / "bundle" / "bundle.json").read_text())["parity"]["top1_agreement"] == 1.0
+
+
 SHARD_SCRIPT = """
 import os, sys
 import numpy as np

@@ -267,14 +267,16 @@ def fit_members(ctx: FitContext, strategy, run) -> FitResult:
     from transferlab.models import Ensemble
     from transferlab.rundir import STATE_FILE, RunDir, RunState
 
-    started, members, shared = time.time(), [], None
+    from transferlab.models.backbone import fixed_input
+
+    started, members, shared = time.time(), [], {}
     for name, member, weight in strategy.members:
         folder = ctx.directory / "members" / name
         result = fit(ctx.replace(directory=folder), member,
                      RunDir(folder, RunState.load_or(folder / STATE_FILE, kind="member")))
-        if result.stages[result.selected].kind == "head":  # the untouched pretrained backbone: one copy for all
-            shared = shared or result.classifier.backbone
-            result.classifier.backbone = shared
+        if result.stages[result.selected].kind == "head":  # the untouched pretrained backbone: one copy for all,
+            key = shared_backbone_key(result, fixed_input(result.config.model.name))  # or per size for a ViT
+            result.classifier.backbone = shared.setdefault(key, result.classifier.backbone)
         members.append((weight, result))
     total = sum(w for w, _ in members)
     members = [(w / total, r) for w, r in members]
@@ -285,6 +287,12 @@ def fit_members(ctx: FitContext, strategy, run) -> FitResult:
     run.state.stage, run.state.seconds = "members", round(time.time() - started, 1)
     return FitResult(model, strategy, stages, next(iter(stages)), members[0][1].imbalance, time.time() - started,
                      ctx, members)
+
+
+def shared_backbone_key(result: FitResult, fixed: bool) -> int:
+    """Which untouched pretrained backbone a head-only ensemble member shares: one for all members, or
+    one per input size when the backbone is built for one size (`fixed`: a ViT's position embeddings)."""
+    return result.ctx.size if fixed else 0
 
 
 def select_stage(results: dict[str, StageResult], monitor: str) -> str:

@@ -170,11 +170,16 @@ def model_meta(result, ctx) -> dict:
         return meta | {"size": member.ctx.size, "dropout": member.config.model.dropout, "label": member.strategy.label(),
                        "strategy": member.strategy.name}
     if result.members:
-        own = iter(range(1, len(result.members) + 1))
+        from transferlab.fit import shared_backbone_key
+        from transferlab.models.backbone import fixed_input
+
+        index: dict = {}  # a shared pretrained backbone's key, or the member itself -> its number in weights
         meta["members"] = [{"size": m.ctx.size, "weight": round(w, 6), "strategy": m.strategy.name,
                             "label": m.strategy.label(),
-                            "backbone": 0 if m.stages[m.selected].kind == "head" else next(own)}
-                           for w, m in result.members]
+                            "backbone": index.setdefault(shared_backbone_key(m, fixed_input(config.model.name))
+                                                         if m.stages[m.selected].kind == "head" else ("own", k),
+                                                         len(index))}
+                           for k, (w, m) in enumerate(result.members)]
     return meta
 
 

@@ -132,6 +132,12 @@ def pretrained_cfg(name: str) -> dict:
     return cfg.to_dict() if cfg is not None else {}
 
 
+def fixed_input(name: str) -> bool:
+    """Whether backbone `name` is built for one input size (a ViT's position embeddings, timm's
+    PatchEmbed asserting its size): members at other sizes cannot share it."""
+    return bool(pretrained_cfg(name).get("fixed_input_size"))
+
+
 def create_backbone(name: str, *, pretrained: bool = True, weights: str | Path | None = None,
                     drop_path: float | None = None, img_size: int | None = None, **timm_kwargs) -> nn.Module:
     """A timm model `name` without classifier (forward gives pooled features), with weights loaded.
@@ -145,7 +151,7 @@ def create_backbone(name: str, *, pretrained: bool = True, weights: str | Path |
     kwargs = dict(timm_kwargs)
     if drop_path:
         kwargs["drop_path_rate"] = drop_path
-    if img_size is not None and cfg.get("fixed_input_size"):
+    if img_size is not None and fixed_input(name):
         kwargs["img_size"] = img_size  # ViT-style models: position embeddings for this size
     if weights is not None:
         model = timm.create_model(name, pretrained=False, **kwargs)
