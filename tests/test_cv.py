@@ -157,6 +157,19 @@ def test_an_interrupted_cv_resumes_at_its_fold(color_folder, tmp_path, capsys):
     assert a["log_loss"]["values"] == pytest.approx(b["log_loss"]["values"], abs=1e-6)
 
 
+def test_an_edited_cv_is_refused_with_the_command_that_repeats_a_cv(color_folder, tmp_path, capsys):
+    """The refusal suggested `transferlab train --config ...` for a cross-validation run."""
+    config = load_config(overrides=TINY + ["strategy.name=feature-extraction"])
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_cv(str(color_folder), config, out=tmp_path / "cut", progress=False, extra_callbacks=[CrashInFold("fold2")])
+    settings = tmp_path / "cut" / "config.yaml"
+    settings.write_text(settings.read_text().replace("seed: 0", "seed: 1"))
+    capsys.readouterr()
+    assert main(["cv", "--resume", str(tmp_path / "cut"), "--quiet"]) == 2
+    line = capsys.readouterr().err.strip()
+    assert f"transferlab cv --config {settings} --out NEW" in line and "train" not in line.split("(")[0], line
+
+
 def test_cv_errors_name_the_problem(color_folder, tmp_path, capsys):
     os.makedirs(tmp_path / "few" / "a")
     for i, name in enumerate(["a"] * 6 + ["b"] * 2):

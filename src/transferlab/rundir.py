@@ -211,11 +211,18 @@ def resume_config(run_dir: Path, state: RunState, overrides=()) -> Config:
             shown = "; ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:4])
             raise RunError(f"{path} was edited since the run started ({shown}{' ...' if len(changed) > 4 else ''}): "
                            "--resume continues with the settings it started with; undo the edit, or start a new run "
-                           f"with `transferlab train --config {path} --out NEW`")
+                           f"with `{rerun_command(run_dir, state)}`")
     for item in overrides:
         config = apply_override(config, item, origin="--resume")
         info(f"resume: {item} honoured (it does not change results)")
     return config
+
+
+def rerun_command(run_dir: Path, state: RunState) -> str:
+    """The command that starts a new run with the settings of `run_dir` (a cv fold: those of its cv)."""
+    if state.kind == "fold":
+        return f"transferlab cv --config {run_dir.parent.parent / 'config.yaml'} --out NEW"
+    return f"transferlab {'cv' if state.kind == 'cv' else 'train'} --config {run_dir / 'config.yaml'} --out NEW"
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
