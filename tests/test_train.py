@@ -275,3 +275,29 @@ def test_a_winning_warmup_stage_keeps_the_backbone_it_was_trained_on(color_folde
         assert torch.equal(kept[f"backbone.{name}"], value), name
     val = metrics["val"]["log_loss"]
     assert val == pytest.approx(metrics["strategy"]["selected"]["scores"]["warmup"], rel=0.05)
+
+
+def test_the_report_says_what_a_probe_run_did_and_which_augmentation_ran(color_folder, tmp_path):
+    """A probe or ensemble run's report showed "no learning-rate log was found" and "no training logs ...
+    were found" (empty sections that read as broken), and listed augmentation ops that a fit on frozen
+    features never used; a feature extraction with augmented views lists the ops its views ran."""
+    import re
+
+    def sections(run) -> dict[str, str]:
+        page = (run / "report.html").read_text()
+        return dict(re.findall(r'<section id="(\w+)">(.*?)</section>', page, re.S))
+
+    probe = run_training(str(color_folder), tiny_config("train.report=true", "strategy.name=linear-probe"),
+                         out=tmp_path / "probe", progress=False)
+    page = sections(probe)
+    assert "no learning-rate log was found" not in page["strategy"] and "no training logs" not in page["training"]
+    assert "linear probe: one convex solve on cached features" in page["training"]
+    assert "no augmentation ran" in page["preprocessing"] and "pad_crop" not in page["preprocessing"]
+    os.environ.pop(RUN_DIR_ENV, None)
+    views = run_training(str(color_folder), tiny_config("train.report=true", "strategy.name=feature-extraction",
+                                                        "strategy.feature_extraction.views=1", "train.epochs=1"),
+                         out=tmp_path / "views", progress=False)
+    page = sections(views)
+    assert "no augmentation ran" not in page["preprocessing"] and "pad_crop" in page["preprocessing"]
+    recorded = json.loads((views / "metrics.json").read_text())["strategy"]["stages"]["head"]["augmentation"]
+    assert [op["op"] for op in recorded] == ["hflip", "pad_crop"]

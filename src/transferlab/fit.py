@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from transferlab.augment import resolve_augment
 from transferlab.config import Config
 from transferlab.console import info
 from transferlab.errors import DataError
@@ -64,13 +65,10 @@ class FitContext:
         extra = {"computed_on": "training part only"} if self.config.preprocess.normalize == "zscore" else {}
         return self.normalizer.to_dict() | extra
 
-    def train_features(self) -> tuple[torch.Tensor, np.ndarray]:
-        """Pooled features and labels of the training part, then K augmented views of it
-        (strategy.feature_extraction.views) after its rows."""
+    def train_features(self, views: int = 0) -> tuple[torch.Tensor, np.ndarray]:
+        """Pooled features and labels of the training part, then `views` augmented views of it after its rows."""
         train, labels = self.indices["train"], self.dataset.labels
         norm = (self.normalizer.mean, self.normalizer.std)
-        views = self.config.strategy.feature_extraction.views if self.config.strategy.name == "feature-extraction" \
-            else 0
         rows = [self.features.get(train, size=self.size, normalize=norm)]
         rows += [self.features.get(train, size=self.size, normalize=norm, view=v) for v in range(views)]
         return torch.cat(rows), np.concatenate([labels[train]] * (views + 1))
@@ -119,7 +117,7 @@ class Fitting:
     def train_head(self, stage) -> StageResult:
         """The head alone on cached features."""
         ctx = self.ctx
-        features, labels = ctx.train_features()
+        features, labels = ctx.train_features(stage.views)
         weights = None if self.sample_weights is None else np.tile(self.sample_weights,
                                                                    len(labels) // len(ctx.indices["train"]))
         datamodule = TransferDataModule(ctx.config, ctx.dataset.labels, ctx.indices, sample_weights=weights,
@@ -129,6 +127,9 @@ class Fitting:
         module = HeadModule(self.classifier.head, ctx.config, class_weights=self.class_weights)
         result = run_stage(ctx, stage, module, datamodule, [], rows=len(labels),
                            groups={"head": {"lr_scale": 1.0, "trains_from_epoch": 1}})
+        if stage.views:  # the views are the per-image ops (no batch mixing: features are mixed by nobody)
+            result.augmentation = [{"op": name, **settings} for name, settings in resolve_augment(
+                ctx.config.augment).ops]
         self.restore(result)
         return result
 
@@ -144,6 +145,7 @@ class Fitting:
         groups = {g: {"lr_scale": scale_of.get(g), "trains_from_epoch": starts.get(g)} for g in scales}
         result = run_stage(ctx, stage, module, datamodule, [TrainableGroups(schedule, train_bn=train_bn)],
                            rows=len(ctx.indices["train"]), groups=groups)
+        result.augmentation = resolve_augment(ctx.config.augment).describe()
         self.restore(result)
         return result
 

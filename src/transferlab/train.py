@@ -386,6 +386,7 @@ class StageResult:
     lr: float  # the base rate it trained at (the LR finder's pick when it ran)
     groups: dict = field(default_factory=dict)  # per layer group: lr_scale, peak_lr, first epoch it trained
     seconds: float = 0.0  # wall time of the stage
+    augmentation: list = field(default_factory=list)  # the ops that ran on its training images (none: [])
 
 
 def run_stage(ctx, stage, module: Stage, datamodule: TransferDataModule, callbacks: list, *, rows: int,

@@ -60,26 +60,59 @@ def section_preprocessing(run: Run) -> list[dict]:
         blocks.append(text("note", f"normalization: {normalization['method']}, mean "
                                    f"{', '.join(f'{v:.4f}' for v in normalization['mean'])}, std "
                                    f"{', '.join(f'{v:.4f}' for v in normalization['std'])}{where}"))
-    try:
-        from transferlab.augment import resolve_augment
-        from transferlab.config import load_config
-
-        resolved = resolve_augment(load_config(run.dir / "config.yaml").augment).describe()
-        blocks += [text("heading", "augmentation ops (training split only)"),
+    stages = recorded_stages(run)
+    used = [stage for stage in stages if stage.get("augmentation")]
+    if used:
+        ops = used[0]["augmentation"]
+        names = sorted({stage["name"] for stage in used})
+        blocks += [text("heading", f"augmentation ops (training images only; stage {', '.join(names)})"),
                    table(["op", "settings"], [[d["op"], ", ".join(f"{k}={v}" for k, v in d.items() if k != "op")]
-                                              for d in resolved]) if resolved else text("note", "no augmentation")]
-    except Exception as exc:  # an old or hand-edited config
-        blocks.append(text("missing", f"could not resolve the augmentation ops: {exc}"))
+                                              for d in ops])]
+    elif stages:
+        blocks.append(text("note", "no augmentation ran: every model of this run was fitted on the cached features "
+                                   "of the unaugmented training images (the augmentation settings above were "
+                                   "not used)"))
+    else:
+        blocks.append(text("missing", "the run record lists no stages, so the augmentation that ran is unknown."))
     preview = figure(run.plots / "augment_preview.png", "each row: an image and augmented versions of it")
-    blocks.append(figures(preview) if preview else text("missing", "no augmentation preview was saved."))
+    if used or not stages:
+        blocks.append(figures(preview) if preview else text("missing", "no augmentation preview was saved."))
     return blocks
 
 
+def recorded_stages(run: Run) -> list[dict]:
+    """Every stage the run trained (every cv fold's), as its record holds them: what ran, not the config."""
+    if run.record is None:
+        return []
+    if isinstance(run.record, CVRecord):
+        return [stage for stages in run.record.strategy.get("settings") or [] for stage in stages.values()]
+    return list(run.record.strategy.stages.values())
+
+
+def closed_form(run: Run) -> bool:
+    """Every model of the run was fitted in one convex solve on cached features (linear probes): no
+    epochs, no learning rate, no logs."""
+    stages = recorded_stages(run)
+    return bool(stages) and all(stage.get("epochs_run") == 0 and str(stage.get("weights", "")).endswith(
+        ".safetensors") for stage in stages)
+
+
+NO_EPOCHS = ("every model of this run is a linear probe: one convex solve on cached features (its C chosen by "
+             "cross-validation of the training features), so no epochs ran and no {} was logged")
+
+
 def training_logs(run: Run) -> dict:
+    """Logged rows per stage: the run's (cv: its first fold's), and each ensemble member's as member/stage."""
+    base = run.dir
     if run.is_cv:
         folds = sorted((run.dir / "folds").glob("*/logs"))
-        return plots.stage_logs(folds[0].parent) if folds else {}
-    return plots.stage_logs(run.dir)
+        if not folds:
+            return {}
+        base = folds[0].parent
+    logs = plots.stage_logs(base)
+    for member in sorted(p for p in (base / "members").glob("*") if p.is_dir()):
+        logs |= {f"{member.name}/{stage}": rows for stage, rows in plots.stage_logs(member).items()}
+    return logs
 
 
 @section("strategy", "Strategy")
@@ -123,7 +156,8 @@ def section_strategy(run: Run) -> list[dict]:
     logs = training_logs(run)
     rates_plot = plots.learning_rates(logs, run.plots / "learning_rates.png") if logs else None
     blocks.append(figures(figure(rates_plot, "learning rate of each layer group over the steps, as logged"))
-                  if rates_plot else text("missing", "no learning-rate log was found."))
+                  if rates_plot else text("note", NO_EPOCHS.format("learning rate")) if closed_form(run)
+                  else text("missing", "no learning-rate log was found."))
     return blocks
 
 
@@ -188,6 +222,8 @@ def rate_blocks(stages: dict, where: str = "") -> list[dict]:
 @section("training", "Training")
 def section_training(run: Run) -> list[dict]:
     logs = training_logs(run)
+    if not logs and closed_form(run):
+        return [text("note", NO_EPOCHS.format("loss curve"))]
     if not logs:
         return [text("missing", "no training logs (logs/<stage>/v*/metrics.csv) were found.")]
     monitor = run.config.get("train", {}).get("monitor", "val_loss")

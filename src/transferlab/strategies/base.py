@@ -22,6 +22,7 @@ class Stage:
     kind: str
     epochs: int
     find_lr: bool = True  # with train.find_lr, Lightning's LR finder picks this stage's rate
+    views: int = 0  # a `features` stage: K augmented views of each training image besides the plain one
 
 
 class Strategy:

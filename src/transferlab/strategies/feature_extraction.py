@@ -16,7 +16,7 @@ class FeatureExtraction(Strategy):
     cheap = True
 
     def stages(self) -> list[Stage]:
-        return [Stage("head", "features", self.config.train.epochs)]
+        return [Stage("head", "features", self.config.train.epochs, views=self.settings.views)]
 
     def trainable(self, epoch: int) -> list[str]:
         return ["head"]
