@@ -446,3 +446,24 @@ def test_a_small_subsample_costs_only_its_own_images_in_the_feature_store(color_
     whole = store.get(size=32).numpy()
     assert len(read) == len(sample) + len(dataset)
     np.testing.assert_allclose(part, whole[sample], atol=1e-5, rtol=1e-4)
+
+
+def test_nothing_outside_the_strategies_branches_on_a_strategy_name():
+    """strategies/__init__.py: nothing else in the package branches on a strategy's name (fit.py chose the
+    views, the search the probe's refit and grid, by name): no comparison against a registered name."""
+    import ast
+    from pathlib import Path
+
+    import transferlab
+    from transferlab.strategies import load_all
+
+    names, root = set(load_all()), Path(transferlab.__file__).parent
+    found = []
+    for path in root.rglob("*.py"):
+        if path.parent.name == "strategies":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare):
+                strings = [c.value for c in (node.left, *node.comparators) if isinstance(c, ast.Constant)]
+                found += [f"{path.relative_to(root)}:{node.lineno} {s}" for s in strings if s in names]
+    assert not found, found

@@ -23,14 +23,16 @@ from transferlab.errors import ConfigError
 from transferlab.typecheck import merge
 
 __all__ = ["Config", "ConfigError", "load_config", "dump_config", "merge", "apply_override", "read_yaml", "to_dict",
-           "setting", "ENGINES", "budget_seconds", "resume_safe_keys"]
+           "setting", "ENGINES", "ENGINE_CHOICES", "EXPORT_FORMATS", "budget_seconds", "resume_safe_keys"]
 
 ResizeMode = Literal["stretch", "crop", "pad"]
 Interpolation = Literal["nearest", "bilinear", "bicubic"]
 Normalization = Literal["model", "imagenet", "zscore", "minmax"]
 CacheMode = Literal["auto", "memory", "disk", "none"]
 Engine = Literal["auto", "torch", "onnxruntime", "openvino"]
-ENGINES = get_args(Engine)[1:]  # what runs a model (engines/); "auto" picks one by the documented rule
+ENGINE_CHOICES = get_args(Engine)  # --engine / train.engine: auto, or what runs a model (engines/)
+ENGINES = ENGINE_CHOICES[1:]  # "auto" picks one of these by the documented rule
+EXPORT_FORMATS = {"onnx": "model.onnx", "openvino": "model.xml", "torchscript": "model.ts"}  # --format -> its file
 WEIGHT_DECAY = {"adamw": 0.05, "sgd": 5e-4}  # optim.weight_decay when it is null
 
 
@@ -207,10 +209,6 @@ class AutoConfig:
     refit: bool = setting(True, help="a winning linear probe is refit on train + val")
 
 
-STRATEGY_EPOCHS = {name: {f.name: f for f in dataclasses.fields(section)}["epochs"] for name, section in (
-    ("feature_extraction", FeatureExtractionSettings), ("fine_tune", FineTuneSettings), ("gradual", GradualSettings))}
-
-
 @dataclass
 class StrategyConfig:
     """How the pretrained network is adapted (strategies/); each strategy's own settings are its section."""
@@ -261,8 +259,7 @@ class ScheduleConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int | None = setting(None, "[1, inf]", "epochs (default: each strategy's own, " + ", ".join(
-        f"{name.replace('_', '-')} {f.default}" for name, f in STRATEGY_EPOCHS.items()) + ")")
+    epochs: int | None = setting(None, "[1, inf]", "epochs (default: the strategy's own strategy.<name>.epochs)")
     budget: str | float = setting("auto", help="wall time of the run, search included: 90s, 10m, 1h or none "
                                                "(default: 10m for auto, none for other strategies)",
                                   check=parse_budget)

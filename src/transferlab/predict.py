@@ -22,7 +22,7 @@ def top_classes(probs: np.ndarray, classes: list[str], k: int) -> list[dict]:
     return [{"class": classes[int(c)], "probability": round(float(probs[c]), 6)} for c in order]
 
 
-def model_engine(model: TrainedModel, engine: str = "torch", images: int = 1, batch: int = 32):
+def model_engine(model: TrainedModel, engine: str = "auto", images: int = 1, batch: int = 32):
     """The run's classifier (answering probabilities) on `engine`, exported once and cached."""
     from transferlab.data.decode import content_hash
     from transferlab.engines import (Probabilities, cache_folder, check_engine, compile_engine, exported, fallbacks,
@@ -46,7 +46,7 @@ def predict_pixels(model: TrainedModel, pixels: np.ndarray, *, engine, tta: tupl
     return views.averaged(engine, np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)), views.views(tta))
 
 
-def predict_files(run: str | Path, files: list[str | Path], *, top_k: int = 5, engine: str = "torch",
+def predict_files(run: str | Path, files: list[str | Path], *, top_k: int = 5, engine: str = "auto",
                   tta: tuple[str, ...] = ()) -> list[dict]:
     """One dict per file: {"path", "top": [{"class", "probability"}...]} or {"path", "error"}."""
     if top_k < 1:

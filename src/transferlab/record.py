@@ -256,8 +256,6 @@ def finish_cv(run, dataset, config, folds: list[tuple[int, int, str]], started: 
     from transferlab.tracking import cv_summary
 
     run_dir, requested = run.path, run.state.requested
-
-    repeats = config.cv.repeats
     records, oof = [], {"paths": [], "labels": [], "probs": [], "repeat": [], "fold": []}
     pooled: dict = {}
     for repeat, fold, name in folds:

@@ -55,7 +55,7 @@ def quiet_fit():
         yield
 
 
-class Stage(L.LightningModule):
+class StageModule(L.LightningModule):
     """What both modules share: the loss (class weights, label smoothing, soft targets), seeded
     steps, validation metrics on the gathered epoch, and the optimizer and schedule."""
 
@@ -120,7 +120,7 @@ class Stage(L.LightningModule):
         scheduler_step(scheduler, self.global_step)
 
 
-class HeadModule(Stage):
+class HeadModule(StageModule):
     """The new head alone, trained on cached pooled features (the backbone never runs)."""
 
     def __init__(self, head: nn.Module, config: Config, *, class_weights: torch.Tensor | None = None):
@@ -134,7 +134,7 @@ class HeadModule(Stage):
         return head_param_groups(self.head, self.config, self.lr)
 
 
-class ClassifierModule(Stage):
+class ClassifierModule(StageModule):
     """The whole classifier on uint8 images: batch MixUp/CutMix, channels-last, per-group rates,
     and frozen groups' BatchNorm layers kept in eval mode (running statistics untouched)."""
 
@@ -337,8 +337,8 @@ def next_version(folder: Path) -> str:
     return f"v{k}"
 
 
-def fit(trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule,
-        ckpt_path: str | Path | None = None) -> None:
+def run_trainer(trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule,
+                ckpt_path: str | Path | None = None) -> None:
     """trainer.fit, quietly; Ctrl-C stays a KeyboardInterrupt (Lightning turns it into sys.exit(1)
     after its own clean shutdown, which would end the process without a word)."""
     try:
@@ -354,7 +354,7 @@ def fit(trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDa
         raise KeyboardInterrupt
 
 
-def find_lr(trainer: L.Trainer, module: Stage, datamodule: TransferDataModule, plot: Path) -> float | None:
+def find_lr(trainer: L.Trainer, module: StageModule, datamodule: TransferDataModule, plot: Path) -> float | None:
     """Lightning's LR finder; saves its plot and sets the module's learning rate to the suggestion."""
     from lightning.pytorch.tuner import Tuner
     from matplotlib.figure import Figure
@@ -389,7 +389,7 @@ class StageResult:
     augmentation: list = field(default_factory=list)  # the ops that ran on its training images (none: [])
 
 
-def run_stage(ctx, stage, module: Stage, datamodule: TransferDataModule, callbacks: list, *, rows: int,
+def run_stage(ctx, stage, module: StageModule, datamodule: TransferDataModule, callbacks: list, *, rows: int,
               groups: dict) -> StageResult:
     """One stage on Lightning in the fit's directory (resumed from its last checkpoint when there is
     one), bounded by the fit's deadline; its best checkpoint and what it trained."""
@@ -411,7 +411,7 @@ def run_stage(ctx, stage, module: Stage, datamodule: TransferDataModule, callbac
             info(f"LR finder suggests lr={suggestion:.2e} (plot: {plot})")
         built, checkpoint = trainer()
     try:
-        fit(built, module, datamodule, resume_from)
+        run_trainer(built, module, datamodule, resume_from)
     except DivergedError as exc:
         raise DivergedError(f"stage {stage.name}: {exc}") from None
     for entry in groups.values():

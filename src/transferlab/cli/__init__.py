@@ -16,9 +16,10 @@ from transferlab.cli.commands import (cmd_demo, cmd_evaluate, cmd_explain, cmd_e
 from transferlab.cli.options import (EXAMPLES, POSITIVE_INT, SIZE, Parser, add_aug_option, add_config_options,
                                      add_data_options, add_inference_options, add_train_options, colormap_type,
                                      number_type)
-from transferlab.config import ENGINES
+from transferlab.config import ENGINE_CHOICES, EXPORT_FORMATS
 from transferlab.errors import TransferlabError
 from transferlab.interpret.methods import ALL_METHODS
+from transferlab.serve import MAX_PIXELS
 
 __all__ = ["main", "build_parser", "quiet_lightning"]
 
@@ -99,7 +100,7 @@ def _predict_options(predict: argparse.ArgumentParser) -> None:
 
 def _export_options(export: argparse.ArgumentParser) -> None:
     export.add_argument("run", metavar="RUN", help="a run directory written by `transferlab train`")
-    export.add_argument("--format", required=True, choices=["onnx", "openvino", "torchscript"],
+    export.add_argument("--format", required=True, choices=list(EXPORT_FORMATS),
                         help="what to export to")
     export.add_argument("--out", metavar="DIR", help="bundle folder (default RUN/exports/FORMAT; never reused)")
     export.add_argument("--check", type=number_type(int, 1, 10_000), default=64, metavar="N",
@@ -113,12 +114,13 @@ def _serve_options(serve: argparse.ArgumentParser) -> None:
                             "network, without a login)")
     serve.add_argument("--port", type=number_type(int, 0, 65535), default=7860,
                        help="port (default 7860; 0: any free port)")
-    serve.add_argument("--engine", default="auto", choices=["auto", *ENGINES],
+    serve.add_argument("--engine", default="auto", choices=ENGINE_CHOICES,
                        help="what runs the model (default auto: the documented rule of `predict`)")
     serve.add_argument("--max-upload-mb", type=number_type(float, 0.001, 2048), default=20.0, metavar="MB",
                        help="largest upload accepted, in MB (default 20)")
-    serve.add_argument("--max-pixels", type=number_type(int, 1, 2**40), default=40_000_000, metavar="N",
-                       help="largest image accepted, in pixels (default 40000000: photos up to 40 Mpx)")
+    serve.add_argument("--max-pixels", type=number_type(int, 1, 2**40), default=MAX_PIXELS, metavar="N",
+                       help=f"largest image accepted, in pixels (default {MAX_PIXELS}: photos up to "
+                            f"{MAX_PIXELS / 1e6:g} Mpx)")
 
 
 def _demo_options(demo: argparse.ArgumentParser) -> None:

@@ -10,9 +10,8 @@ import math
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import get_args
 
-from transferlab.config import Config, Engine, load_config, merge, resume_safe_keys, setting_of, unflatten
+from transferlab.config import ENGINE_CHOICES, Config, load_config, merge, resume_safe_keys, setting_of, unflatten
 from transferlab.errors import TransferlabError
 from transferlab.strategies import strategy_names
 
@@ -208,7 +207,7 @@ def unused_path(path: Path) -> Path:
 
 
 def add_inference_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--engine", default="auto", choices=get_args(Engine),
+    parser.add_argument("--engine", default="auto", choices=ENGINE_CHOICES,
                         help="what runs the model (default auto: onnxruntime on a CPU for 2,000 images or more, or "
                              "when its export is cached; else torch)")
     parser.add_argument("--tta", nargs="?", const="", metavar="VIEWS",

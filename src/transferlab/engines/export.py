@@ -26,9 +26,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from transferlab.config import EXPORT_FORMATS
 from transferlab.errors import TransferlabError
 
-FORMATS = {"onnx": "model.onnx", "openvino": "model.xml", "torchscript": "model.ts"}
+FORMATS = EXPORT_FORMATS  # --format -> the model's file in the bundle
 OPSET = 18  # what onnxruntime and OpenVINO of today both read, and the exporter's own lowest
 TOLERANCE = 1e-4  # largest difference of any probability from PyTorch's
 

@@ -147,11 +147,11 @@ def create_backbone(name: str, *, pretrained: bool = True, weights: str | Path |
     """
     import timm
 
-    cfg = pretrained_cfg(name)  # an unknown name or tag fails here, with the close matches
+    fixed = fixed_input(name)  # an unknown name or tag fails here (pretrained_cfg), with the close matches
     kwargs = dict(timm_kwargs)
     if drop_path:
         kwargs["drop_path_rate"] = drop_path
-    if img_size is not None and fixed_input(name):
+    if img_size is not None and fixed:
         kwargs["img_size"] = img_size  # ViT-style models: position embeddings for this size
     if weights is not None:
         model = timm.create_model(name, pretrained=False, **kwargs)

@@ -37,10 +37,13 @@ class Candidate:
     se: float | None = None
     loss: float | None = None
 
+    grid: dict = field(default_factory=dict)  # the overrides of its point of the strategy's search grid
+
     @property
     def label(self) -> str:
-        c = self.overrides.get("strategy.linear_probe.C")
-        return f"{self.variant}{'' if c is None else f' C={c:g}'} @ {self.size} px"
+        """`linear-probe C=0.1 @ 224 px`: the variant, its grid point (each key's last part), the size."""
+        point = "".join(f" {key.rsplit('.', 1)[-1]}={value:g}" for key, value in self.grid.items())
+        return f"{self.variant}{point} @ {self.size} px"
 
     def score(self, labels: np.ndarray) -> None:
         correct = self.probs.argmax(axis=1) == labels
@@ -102,10 +105,9 @@ class Search:
         return decide(self.auto, self.ctx.dataset.labels[train], logme_score=logme_score, leep_score=leep_score,
                       sampled=len(sample))
 
-    def cheap(self, sizes: list[int]) -> None:
-        """The probe at every C at every size the budget allows, out of fold (largest size first)."""
-        from transferlab.strategies.linear_probe import C_GRID, out_of_fold
-
+    def cheap(self, sizes: list[int], strategies: dict[str, type]) -> None:
+        """Every point of the search grid of each strategy that scores out of fold (the probe's Cs), at
+        every size the budget allows, out of fold (largest size first)."""
         folds = evidence_folds(self.labels, self.ctx.dataset.groups[self.pool], self.ctx.config.seed)
         balanced = self.ctx.config.train.imbalance in ("weights", "sampler")
         for size in sorted(sizes, reverse=True):
@@ -113,8 +115,8 @@ class Search:
             cost = per_image * len(self.ctx.dataset)  # features of every image: the evidence now, the final fit later
             if cost > self.left() / 2:
                 if size != min(sizes) or any(c.accuracy is not None for c in self.tried):
-                    self.tried.append(Candidate("linear-probe", "linear-probe", size, {}, status="skipped: its "
-                                                f"features would take half of the {max(0, self.left()):.0f} s left"))
+                    self.tried += [Candidate(name, name, size, {}, status="skipped: its features would take half "
+                                             f"of the {max(0, self.left()):.0f} s left") for name in strategies]
                     continue
                 # better a run a little over its budget than no model at all
                 self.say(f"{size} px: its features for every image take about {cost:.0f} s, more than half of the "
@@ -122,23 +124,23 @@ class Search:
             self.committed += per_image * (len(self.ctx.dataset) - len(self.pool))
             started = time.monotonic()
             x = self.features(size, self.pool)
-            probs = out_of_fold(x, self.labels, len(self.ctx.dataset.classes), folds, C_GRID, balanced=balanced,
-                                deadline=self.ctx.deadline)
-            for c, oof in zip(C_GRID, probs):
-                candidate = Candidate("linear-probe", "linear-probe", size, {"strategy.linear_probe.C": c},
-                                      seconds=(time.monotonic() - started) / len(C_GRID))
-                if np.isnan(oof).any():
-                    candidate.status = "skipped: the deadline cut its out-of-fold fits"
-                else:
-                    candidate.probs = oof
-                    candidate.score(self.labels)
-                self.tried.append(candidate)
-            best = max((c for c in self.tried if c.size == size and c.accuracy is not None),
-                       key=lambda c: (c.accuracy, -c.loss), default=None)
-            if best:
-                self.say(f"linear probe @ {size} px: best out-of-fold accuracy {best.accuracy:.3f} ± {best.se:.3f} "
-                         f"(C={best.overrides['strategy.linear_probe.C']:g}) on {len(self.pool):,} images, "
-                         f"{time.monotonic() - started:.0f} s")
+            for name, cls in strategies.items():
+                grid = cls.out_of_fold(x, self.labels, len(self.ctx.dataset.classes), folds, balanced=balanced,
+                                       deadline=self.ctx.deadline)
+                for overrides, oof in grid:
+                    candidate = Candidate(name, name, size, dict(overrides), grid=dict(overrides),
+                                          seconds=(time.monotonic() - started) / len(grid))
+                    if np.isnan(oof).any():
+                        candidate.status = "skipped: the deadline cut its out-of-fold fits"
+                    else:
+                        candidate.probs = oof
+                        candidate.score(self.labels)
+                    self.tried.append(candidate)
+                best = max((c for c in self.tried if c.size == size and c.strategy == name and c.accuracy is not None),
+                           key=lambda c: (c.accuracy, -c.loss), default=None)
+                if best:
+                    self.say(f"{best.label}: best out-of-fold accuracy of {name} @ {size} px {best.accuracy:.3f} ± "
+                             f"{best.se:.3f} on {len(self.pool):,} images, {time.monotonic() - started:.0f} s")
 
     def expensive(self, prior: Prior) -> None:
         """Registry variants that train the backbone, when the prior, the budget and the validation
@@ -259,15 +261,19 @@ def choose(ctx) -> Choice:
     budget = "no limit" if ctx.deadline is None else f"{(ctx.deadline - search.started) / 60:.1f} min"
     search.say(f"the rule says {prior.candidate} ({prior.reason}); scoring candidates on {len(search.pool):,} "
                f"images{' (a stratified subsample)' if search.cut else ''} within {budget} (--budget to change)")
+    from transferlab.strategies import load_all
+
+    registry = load_all()
     sizes = sorted(ctx.config.strategy.auto.sizes or [ctx.size])
-    if "linear-probe" in ctx.config.strategy.auto.candidates:
-        search.cheap(sizes)
+    scorable = {name: cls for name, cls in registry.items() if name in ctx.config.strategy.auto.candidates
+                and cls.scores_out_of_fold()}
+    if scorable:
+        search.cheap(sizes, scorable)
     search.expensive(prior)
     chosen, ensemble = search.selection()
     refit = ctx.config.strategy.auto.refit
     members = [{"strategy": c.strategy, "size": c.size, "weight": round(w, 4),
-                "settings": c.overrides | ({"strategy.linear_probe.refit_on_val": True}
-                                           if c.strategy == "linear-probe" and refit else {})} for c, w in chosen]
+                "settings": c.overrides | (registry[c.strategy].refit if refit else {})} for c, w in chosen]
     best = max((c for c in search.tried if c.accuracy is not None), key=lambda c: (c.accuracy, -c.loss))
     evidence = (f"ensemble selection on the {ensemble['on']} predictions of {ensemble['images']:,} images chose "
                 + ", ".join(f"{c.label} ({w:.2f})" for c, w in chosen)

@@ -29,13 +29,27 @@ class Strategy:
     """Subclass, set the class attributes, say the stages; override what differs."""
 
     name: ClassVar[str] = ""
-    cheap: ClassVar[bool] = False  # trains on cached features only: the search scores it out of fold
+    cheap: ClassVar[bool] = False  # trains on cached features only (never the backbone)
+    refit: ClassVar[dict] = {}  # overrides of its final fit when the search chose it (e.g. on train + val)
 
     @classmethod
     def variants(cls, similar: bool) -> dict[str, dict]:
         """The search's candidates this strategy offers: name -> dotted config overrides (the measured
         domain similarity may choose their rates)."""
         return {cls.name: {}}
+
+    @classmethod
+    def out_of_fold(cls, features, labels, num_classes: int, folds, *, balanced: bool,
+                    deadline: float | None) -> list[tuple[dict, object]] | None:
+        """Out-of-fold probabilities of this strategy's search grid on cached `features`, one
+        (overrides, probabilities with NaN rows where the deadline cut a fold) per grid point; None
+        when it cannot be scored that way (the search then trials it on the validation split)."""
+        return None
+
+    @classmethod
+    def scores_out_of_fold(cls) -> bool:
+        """Whether this strategy offers `out_of_fold` (the search's cheap candidates)."""
+        return cls.out_of_fold.__func__ is not Strategy.out_of_fold.__func__
 
     def train_seconds(self, images: int, forward: float) -> float:
         """Estimated seconds to fit on `images` images when one image's backbone pass takes `forward`

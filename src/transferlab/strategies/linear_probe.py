@@ -26,6 +26,14 @@ class LinearProbe(Strategy):
 
     name = "linear-probe"
     cheap = True
+    refit = {"strategy.linear_probe.refit_on_val": True}  # its C needs no validation split
+
+    @classmethod
+    def out_of_fold(cls, features, labels, num_classes: int, folds, *, balanced: bool,
+                    deadline: float | None) -> list[tuple[dict, np.ndarray]]:
+        """The probe at every C of C_GRID, each image predicted by the probe fitted on the other folds."""
+        probs = out_of_fold(features, labels, num_classes, folds, C_GRID, balanced=balanced, deadline=deadline)
+        return [({"strategy.linear_probe.C": c}, oof) for c, oof in zip(C_GRID, probs)]
 
     def epochs_default(self, config) -> int:
         return 1  # no epochs: the fit is one convex solve
