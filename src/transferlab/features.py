@@ -20,7 +20,7 @@ class FeatureStore:
     """Features of `dataset`'s images under `config` (its model, engine, cache folder and seed)."""
 
     def __init__(self, dataset, config: Config, *, progress: bool = True):
-        from transferlab.data.sources import cache_root
+        from transferlab.data.items import cache_root
         from transferlab.models import device_for
 
         self.dataset, self.config, self.progress = dataset, config, progress

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transferlab.data.sources import Item, Source, cache_root
+from transferlab.data.items import Item, Source, cache_root
 from transferlab.errors import DataError
 
 FASHION_MNIST_CLASSES = (

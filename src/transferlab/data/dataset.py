@@ -20,7 +20,8 @@ import numpy as np
 from transferlab.config import Config
 from transferlab.data.cache import DecodingStore, DiskCache, DiskStore, ImageStore, MemoryStore, trim_cache
 from transferlab.data.decode import BadImage, Limits, content_hash, decode_array, decode_file, read_file
-from transferlab.data.sources import Item, Source, cache_root, open_source
+from transferlab.data.items import Item, Source, cache_root
+from transferlab.data.sources import open_source
 from transferlab.errors import DataError
 from transferlab.preprocess import ResizeSpec, channel_stats, resize_spec
 

@@ -10,11 +10,10 @@ from __future__ import annotations
 import csv
 import io
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 
+from transferlab.data.items import Item, Source
 from transferlab.errors import DataError
 
 MAX_LABEL = 200  # characters of a class name (a manifest's label column)
@@ -28,32 +27,6 @@ BUILTINS = ("digits", "fashion-mnist", "fashion-mnist:test")
 def data_help() -> str:
     return ("give a folder of class subfolders, a CSV manifest (path,label) or builtin:NAME ("
             + ", ".join(f"builtin:{b}" for b in BUILTINS) + ")")
-
-
-@dataclass(frozen=True)
-class Item:
-    """One labelled image: `path` names it in split.csv and predictions; `file` is where it lives."""
-
-    path: str
-    label: str
-    file: Path | None = None  # None for images held in `Source.arrays`
-    group: str | None = None  # items sharing a group always land in the same split or fold
-    index: int | None = None  # position in `Source.arrays` for built-in sets
-
-
-@dataclass
-class Source:
-    """What a data spec points at: items to decode, and what was left out and why."""
-
-    spec: str
-    kind: str  # folder | csv | builtin
-    items: list[Item]
-    arrays: np.ndarray | None = None  # built-in sets: uint8 (N, H, W) aligned with items
-    classes: list[str] | None = None  # the set's own class order (built-in sets); else sorted by name
-    ignored: list[dict[str, str]] = field(default_factory=list)
-    skipped: list[dict[str, str]] = field(default_factory=list)  # listed but unusable (missing file, bad row)
-    warnings: list[str] = field(default_factory=list)
-    empty_classes: list[str] = field(default_factory=list)
 
 
 def check_spec(spec: str) -> str:
@@ -285,8 +258,3 @@ def manifest_source(csv_path: Path, *, group_column: str | None = None) -> Sourc
         group = (row.get(group_key) or "").strip() or None if group_key else None
         items.append(Item(path=raw_path, label=label, file=file, group=group))
     return Source(spec=str(csv_path), kind="csv", items=items, skipped=skipped)
-
-
-def cache_root() -> Path:
-    """Where transferlab keeps caches and downloads: $TRANSFERLAB_CACHE or ~/.cache/transferlab."""
-    return Path(os.environ.get("TRANSFERLAB_CACHE") or Path.home() / ".cache" / "transferlab").expanduser()

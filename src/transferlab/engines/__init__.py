@@ -22,10 +22,13 @@ import torch
 import torch.nn as nn
 
 from transferlab.config import ENGINES
+from transferlab.engines.modules import Features, Probabilities, versions
 from transferlab.errors import ConfigError, TransferlabError
 from transferlab.io import digest_key
 
 AUTO_MIN_IMAGES = 2000
+__all__ = ["AUTO_MIN_IMAGES", "EngineError", "Features", "Probabilities", "cache_folder", "check_engine", "compile_engine",
+           "exported", "fallbacks", "resolve", "run_batches", "versions"]
 
 
 def installed(name: str) -> bool:
@@ -52,47 +55,9 @@ def resolve(name: str, *, device: torch.device, images: int, cached: bool, batch
     return "onnxruntime" if installed("onnxruntime") else "torch"
 
 
-class Probabilities(nn.Module):
-    """A classifier that answers softmax probabilities: what a deployed model returns."""
-
-    def __init__(self, classifier: nn.Module):
-        super().__init__()
-        self.classifier = classifier
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.classifier(images).softmax(dim=-1)
-
-
-class Features(nn.Module):
-    """A classifier's normalization and backbone alone (not its head): uint8 images -> pooled features."""
-
-    def __init__(self, classifier: nn.Module):
-        super().__init__()
-        self.backbone, self.resize = classifier.backbone, classifier.resize
-        self.register_buffer("mean", classifier.mean.clone())
-        self.register_buffer("std", classifier.std.clone())
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        from transferlab.models.backbone import backbone_input
-
-        return self.backbone(backbone_input(images, self.resize, self.mean, self.std))
-
-
-def versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"torch": torch.__version__}
-    for package in ("onnx", "onnxscript", "onnxruntime", "openvino"):
-        try:
-            out[package] = md.version(package)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
-
 def cache_folder(identity: dict, root: Path | None = None) -> Path:
     """`<cache>/engines/<key>`: where the exports of one model at one input size live."""
-    from transferlab.data.sources import cache_root
+    from transferlab.data.items import cache_root
 
     return (root or cache_root()) / "engines" / digest_key(identity | versions())[:24]
 

@@ -117,7 +117,7 @@ def export_run(run: str | Path, fmt: str, *, out: str | Path | None = None, samp
     """Export a trained run to `fmt` (onnx, openvino, torchscript) with its parity proven; returns
     the bundle folder. Nothing is written when the exported model does not match."""
     import transferlab
-    from transferlab.engines import Probabilities, versions
+    from transferlab.engines.modules import Probabilities, versions
     from transferlab.engines.runtime import OnnxEngine, OpenVinoEngine, TorchEngine
     from transferlab.io import write_json
     from transferlab.rundir import check_out_dir, load_model

@@ -25,11 +25,11 @@ import time
 from pathlib import Path
 
 from transferlab.errors import TransferlabError
+from transferlab.serve.ui import KEEP_S
 
 PUBLIC_HOSTS = ("0.0.0.0", "::", "")
 MAX_PIXELS = 40_000_000  # the default pixel limit of an upload (--max-pixels): a photo, not a scan
-KEEP_S = 600  # what the app wrote is deleted after 10 minutes,
-FOLDER_MB = 512  # and the oldest first once the folder holds more than this
+FOLDER_MB = 512  # what the app wrote is deleted after ui.KEEP_S, and the oldest first once it holds more than this
 SWEEP_S = 5  # checked this often
 GRADIO_ENV = ("GRADIO_TEMP_DIR", "GRADIO_EXAMPLES_CACHE")  # where Gradio writes, and serves from
 

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 PREDICTED = "(predicted class)"
+KEEP_S = 600  # what the app wrote (uploads, answers) is kept 10 minutes: the server's sweep deletes it after
 READS_ONLY = "this app reads only images uploaded to it (and its examples)"
 WANTED = {"image": "an image uploaded to this app", "file": "a list of images uploaded to this app",
           "dropdown": "a class name"}  # what each input of the app's functions takes, for a malformed call
@@ -34,8 +35,6 @@ def card_markdown(card: dict) -> str:
 def inside(folder: Path, path) -> str:
     """`path` resolved (symlinks, `..`) if it is a file in the server's `folder`; else a gr.Error."""
     import gradio as gr
-
-    from transferlab.serve import KEEP_S
 
     try:
         real = Path(os.path.realpath(path))
