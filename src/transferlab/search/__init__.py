@@ -40,10 +40,14 @@ class Candidate:
     grid: dict = field(default_factory=dict)  # the overrides of its point of the strategy's search grid
 
     @property
+    def point(self) -> str:
+        """Its point of the search grid, each key by its last part: `C=0.1`."""
+        return " ".join(f"{key.rsplit('.', 1)[-1]}={value:g}" for key, value in self.grid.items())
+
+    @property
     def label(self) -> str:
-        """`linear-probe C=0.1 @ 224 px`: the variant, its grid point (each key's last part), the size."""
-        point = "".join(f" {key.rsplit('.', 1)[-1]}={value:g}" for key, value in self.grid.items())
-        return f"{self.variant}{point} @ {self.size} px"
+        """`linear-probe C=0.1 @ 224 px`: the variant, its grid point, the size."""
+        return f"{self.variant}{' ' + self.point if self.point else ''} @ {self.size} px"
 
     def score(self, labels: np.ndarray) -> None:
         correct = self.probs.argmax(axis=1) == labels
@@ -139,8 +143,9 @@ class Search:
                 best = max((c for c in self.tried if c.size == size and c.strategy == name and c.accuracy is not None),
                            key=lambda c: (c.accuracy, -c.loss), default=None)
                 if best:
-                    self.say(f"{best.label}: best out-of-fold accuracy of {name} @ {size} px {best.accuracy:.3f} ± "
-                             f"{best.se:.3f} on {len(self.pool):,} images, {time.monotonic() - started:.0f} s")
+                    self.say(f"{name} @ {size} px: best out-of-fold accuracy {best.accuracy:.3f} ± {best.se:.3f}"
+                             f"{f' ({best.point})' if best.point else ''} on {len(self.pool):,} images, "
+                             f"{time.monotonic() - started:.0f} s")
 
     def expensive(self, prior: Prior) -> None:
         """Registry variants that train the backbone, when the prior, the budget and the validation
