@@ -23,6 +23,10 @@ GRAPHS = {
     "ensemble": ({"model": "test_efficientnet", "classes": ["a", "b", "c"], "normalize": NORMALIZE, "members": [
         {"size": 48, "weight": 0.5, "backbone": 0}, {"size": 32, "weight": 0.3, "backbone": 0},
         {"size": 40, "weight": 0.2, "backbone": 1}]}, 48),
+    # a probe on multi-stage features (model.taps: the last 3 stages pooled too), and the small CNN from scratch
+    "taps": ({"model": "test_efficientnet", "classes": ["a", "b", "c"], "normalize": NORMALIZE, "size": 48,
+              "taps": 3}, 28),
+    "scratch": ({"model": "small_cnn", "classes": ["a", "b", "c"], "normalize": NORMALIZE, "size": 28}, 28),
     "vit": ({"model": "test_vit", "classes": ["a", "b"], "normalize": NORMALIZE, "size": 32}, 32),
     "vit-stored-smaller": ({"model": "test_vit", "classes": ["a", "b"], "normalize": NORMALIZE, "size": 48}, 24),
 }

@@ -307,6 +307,7 @@ def test_the_feature_store_equals_the_fits_own_backbone_on_the_images(color_fold
 QUICK = {"fine-tune": ["strategy.fine_tune.head_warmup_epochs=1", "train.epochs=2"],
          "gradual": ["train.epochs=5", "strategy.gradual.steps=[{epoch: 1, groups: [head]}, {epoch: 2, groups: [late]}]"],
          "feature-extraction": ["train.epochs=2"],
+         "scratch": ["train.epochs=2"],
          # members at two input sizes of one decoded cache (32 px): the 24 px ones resize in the graph; the
          # two probes share one frozen backbone, stored once
          "ensemble": ["strategy.ensemble.members=[{strategy: linear-probe, size: 32, weight: 2}, "

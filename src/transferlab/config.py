@@ -123,6 +123,8 @@ class ModelConfig:
     weights: str | None = setting(None, help="a local .pth / .safetensors file instead of the bundled or hub weights")
     size: int | None = setting(None, "[8, 4096]", "the model's own input side (default: preprocess.size); smaller: "
                                                   "the model resizes the images inside (auto's smaller members)")
+    taps: int = setting(0, "[0, 16]", "also pool the outputs of the backbone's last N stages into the head's "
+                                     "features (multi-stage features; 0: the final pooled features alone)")
     dropout: float = setting(0.2, "[0, 1)", "dropout before the new linear head")
     drop_path: float | None = setting(None, "[0, 1)", "timm's stochastic depth rate, for fine-tuning")
 
@@ -165,6 +167,13 @@ class FeatureExtractionSettings:
 
 
 @dataclass
+class ScratchSettings:
+    """`scratch` (strategies/scratch.py): a small CNN trained from its own initialisation."""
+
+    epochs: int = setting(30, "[1, inf]", "epochs (train.epochs overrides; the search fits them to its budget)")
+
+
+@dataclass
 class LinearProbeSettings:
     """`linear-probe` (strategies/linear_probe.py)."""
 
@@ -194,13 +203,17 @@ class EnsembleSettings:
 class AutoConfig:
     """`strategy.name: auto`: the search (search/) under train.budget, ordered by the 2x2 rule."""
 
-    candidates: list[str] = setting(factory=lambda: ["linear-probe", "fine-tune-late", "fine-tune", "gradual"],
+    candidates: list[str] = setting(factory=lambda: ["linear-probe", "fine-tune-late", "fine-tune", "gradual",
+                                                     "scratch"],
                                     help="what the search tries: the probe, and registry variants that train the "
                                          "backbone")
     resolvable: float = setting(0.05, "(0, 1]", "a backbone-training candidate is tried only when the validation "
                                                 "split can tell an accuracy gain this large from noise")
     sizes: list[int] | None = setting(None, "[8, 4096]", "input sizes tried; None: 96, 128, 160, 224 up to the "
-                                                         "backbone's, unless --size")
+                                                         "backbone's and, for smaller images, sizes near their own, "
+                                                         "unless --size")
+    taps: list[int] = setting(factory=lambda: [0, 4], interval="[0, 16]",
+                              help="multi-stage features the probe is tried with (model.taps; 0: the final ones)")
     score: Literal["logme", "leep"] = setting("logme", help="leep needs the backbone's ImageNet classifier")
     small_per_class: int = setting(200, "[1, inf]", "median TRAINING images per class below this: a small set")
     similar_logme: float = setting(0.8, help="LogME at or above: features fit the task (similar domain)")
@@ -221,6 +234,7 @@ class StrategyConfig:
     fine_tune: FineTuneSettings = setting(factory=FineTuneSettings)
     gradual: GradualSettings = setting(factory=GradualSettings)
     feature_extraction: FeatureExtractionSettings = setting(factory=FeatureExtractionSettings)
+    scratch: ScratchSettings = setting(factory=ScratchSettings)
     linear_probe: LinearProbeSettings = setting(factory=LinearProbeSettings)
     ensemble: EnsembleSettings = setting(factory=EnsembleSettings)
     auto: AutoConfig = setting(factory=AutoConfig)
@@ -271,6 +285,8 @@ class TrainConfig:
     monitor: Literal["val_loss", "val_accuracy", "val_balanced_accuracy", "val_f1_macro"] = setting(
         "val_loss", help="the best checkpoint's and early stopping's metric")
     grad_clip: float | None = setting(None, "(0, inf]", "clip the gradient norm")
+    refit_on_val: bool = setting(False, help="train on train + val for the set epochs (no validation split "
+                                             "picks a checkpoint): what auto's cross-fitted trials chose")
     precision: Literal["32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "transformer-engine",
                        "32", "16", "bf16", "64"] = setting("32-true", help="Lightning precision")
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps", "tpu"] = setting("auto", help="Lightning accelerator")

@@ -15,6 +15,8 @@ from transferlab.config import Config
 from transferlab.data.cache import trim_cache
 from transferlab.io import atomic_write, digest_key
 
+KEEP_COMPILED = 3  # compiled engines kept for the passes to come (an onnxruntime session holds tens of MB)
+
 
 class FeatureStore:
     """Features of `dataset`'s images under `config` (its model, engine, cache folder and seed)."""
@@ -27,7 +29,9 @@ class FeatureStore:
         self.device = device_for(config.train.accelerator)
         self.root = Path(config.data.cache_dir).expanduser() if config.data.cache_dir else cache_root()
         self.memory: dict[str, torch.Tensor] = {}
-        self.timing: dict[int, float] = {}
+        self.compiled: dict[tuple, object] = {}  # (size, normalization, engine) -> a compiled engine
+        self.passes: list[dict] = []  # every frozen pass run: size, images, engine, seconds
+        self.layout: torch.nn.Module | None = None  # a backbone, for the widths of its features
         self.identity = backbone_identity(config.model, config.seed)
 
     @property
@@ -35,25 +39,48 @@ class FeatureStore:
         """The input size of the images the store reads (the largest any model of the run takes)."""
         return self.dataset.spec.size
 
-    def get(self, indices=None, *, size: int | None = None, normalize: tuple | None = None,
+    def get(self, indices=None, *, size: int | None = None, normalize: tuple | None = None, taps: int = 0,
             view: int | None = None) -> torch.Tensor:
         """Features (len(indices), D) of the images at `indices` (all by default) seen at input `size`
-        (default: the store's), normalized by (mean, std) (default: the backbone's); with `view`
-        k, the k-th augmented view of each (seeded per image; computed for `indices` only)."""
+        (default: the store's), normalized by (mean, std) (default: the backbone's), with the pooled outputs
+        of the backbone's last `taps` stages first; with `view` k, the k-th augmented view of each (seeded per
+        image; computed for `indices` only). Every stage is pooled in the one pass, so each `taps` is a slice."""
         every = np.arange(len(self.dataset))
         indices = every if indices is None else np.asarray(indices, dtype=np.int64)
         size = size or self.size
         mean, std = normalize or self.default_normalization()
         hashes = [r["sha256"] for r in self.dataset.records]
         key = {"model": self.identity, "resize": self.dataset.spec.key(), "size": size, "input": self.size,
-               "normalize": {"mean": list(mean), "std": list(std)}}
+               "normalize": {"mean": list(mean), "std": list(std)}, "taps": "every stage"}
+        width = self.width(taps)
         full = digest_key(key | {"images": hashes})
         if view is None and (2 * len(indices) >= len(every) or full in self.memory or self.path(full).is_file()):
-            return self.cached(full, every, size, (mean, std))[indices]  # every image once, kept for all uses
+            return self.cached(full, every, size, (mean, std))[indices, -width:]  # every image once, for all uses
         key |= {"images": [hashes[i] for i in indices]}  # a small part (a subsample): only its images
         if view is not None:
             key |= {"view": view, "seed": self.config.seed, "augment": dataclasses.asdict(self.config.augment)}
-        return self.cached(digest_key(key), indices, size, (mean, std), view=view)
+        return self.cached(digest_key(key), indices, size, (mean, std), view=view)[:, -width:]
+
+    def width(self, taps: int) -> int:
+        """How many features `get` gives with `taps` stages."""
+        from transferlab.models.backbone import feature_width
+
+        return feature_width(self.backbone(), taps)
+
+    def stages(self) -> int:
+        """How many stages of the backbone `taps` may pool (0: it has no forward_intermediates)."""
+        from transferlab.models.backbone import stage_channels
+
+        return len(stage_channels(self.backbone()))
+
+    def backbone(self) -> torch.nn.Module:
+        """The backbone, for its layout (built once)."""
+        if self.layout is None:
+            from transferlab.models import seeded_backbone
+
+            with seeded_backbone(self.config.model, self.config.seed, self.size) as backbone:
+                self.layout = backbone
+        return self.layout
 
     def path(self, key: str) -> Path:
         """Where the features of digest `key` are cached on disk."""
@@ -98,48 +125,76 @@ class FeatureStore:
         """The pretrained backbone seeing the stored images at `size` (a random one equals every fit's)."""
         from transferlab.engines import Features
         from transferlab.models import Classifier, seeded_backbone
+        from transferlab.models.backbone import stage_channels
 
         with seeded_backbone(self.config.model, self.config.seed, size) as backbone:
-            return Features(Classifier(backbone, 1, *normalize, size=size, input_size=self.size)).eval()
+            every = len(stage_channels(backbone))  # each stage pooled too: any `taps` is then a slice
+            return Features(Classifier(backbone, 1, *normalize, size=size, input_size=self.size, taps=every)).eval()
 
-    def seconds_per_image(self, size: int) -> float:
-        """One image's backbone pass at `size` on torch, timed once on a few stored images (what the
-        search plans fine-tuning with: its training costs about three such passes per image)."""
+    def engine_for(self, size: int, normalize: tuple, images: int):
+        """The compiled engine a frozen pass of `images` images at `size` runs on (train.engine; auto by the
+        documented rule), compiled once and kept for the passes and timings after (the last few)."""
+        from transferlab.engines import cache_folder, compile_engine, exported, fallbacks, resolve
+
+        folder = cache_folder({"kind": "features", "model": self.identity, "normalize": [list(v) for v in normalize],
+                               "size": size, "input": self.size, "taps": "every stage"}, self.root)
+        config = self.config
+        name = resolve(config.train.engine, device=self.device, images=images, cached=exported(folder, "onnxruntime"))
+        key = (size, tuple(map(tuple, normalize)), name)
+        if key not in self.compiled:
+            while len(self.compiled) >= KEEP_COMPILED:
+                self.compiled.pop(next(iter(self.compiled)))
+            self.compiled[key] = compile_engine(fallbacks(config.train.engine, name), self.module(size, normalize),
+                                                self.size, folder, device=self.device,
+                                                channels_last=config.train.channels_last,
+                                                limit_bytes=int(config.data.disk_limit_gb * 1e9))
+        return self.compiled[key]
+
+    def time_pass(self, size: int, normalize: tuple | None = None, *, images: int | None = None, batches: int = 5,
+                  batch: int = 8) -> tuple[float, str]:
+        """(seconds per image, engine) of the frozen pass at `size` over `images` images (default: every image),
+        on the engine that pass runs on: the median of `batches` timed batches after a warm-up one, so a stall
+        of the machine during one of them does not move it."""
         import time
 
-        if size not in self.timing:
-            module, sample = self.module(size, self.default_normalization()), np.arange(min(8, len(self.dataset)))
-            batch = torch.from_numpy(self.dataset.images.take(sample)).permute(0, 3, 1, 2)
-            with torch.no_grad():
-                module(batch[:1])
-                started = time.perf_counter()
-                module(batch)
-            self.timing[size] = (time.perf_counter() - started) / max(1, len(sample))
-        return self.timing[size]
+        compiled = self.engine_for(size, normalize or self.default_normalization(), images or len(self.dataset))
+        rows = np.arange(min(batch, len(self.dataset)))
+        pixels = np.ascontiguousarray(self.dataset.images.take(rows).transpose(0, 3, 1, 2))
+        compiled(pixels)  # warm-up: first-call allocations, lazy initialisation
+        seconds = []
+        for _ in range(batches):
+            started = time.perf_counter()
+            compiled(pixels)
+            seconds.append((time.perf_counter() - started) / len(rows))
+        return float(np.median(seconds)), compiled.name
 
     def compute(self, indices: np.ndarray, size: int, normalize: tuple, view: int | None) -> torch.Tensor:
-        """Run the pretrained backbone over the images (on an engine when it pays and no view is asked)."""
-        from transferlab.engines import cache_folder, compile_engine, exported, fallbacks, resolve, run_batches
+        """Run the pretrained backbone over the images (on an engine when it pays and no view is asked); the
+        pass's own throughput is kept in `passes` (what the search corrects its plan with)."""
+        import time
+
+        from transferlab.engines import compile_engine, run_batches
         from transferlab.engines.shard import sharded
 
         config = self.config
-        module = self.module(size, normalize)
-        folder = cache_folder({"kind": "features", "model": self.identity, "normalize": [list(v) for v in normalize],
-                               "size": size, "input": self.size}, self.root)
-        engine = "torch" if view is not None else resolve(config.train.engine, device=self.device, images=len(indices),
-                                                          cached=exported(folder, "onnxruntime"))
-        compiled = compile_engine(fallbacks(config.train.engine, engine), module, self.size, folder,
-                                  device=self.device, channels_last=config.train.channels_last,
-                                  limit_bytes=int(config.data.disk_limit_gb * 1e9))
+        if view is None:
+            compiled = self.engine_for(size, normalize, len(indices))
+        else:  # augmented views are drawn by torch's transforms, image by image
+            compiled = compile_engine("torch", self.module(size, normalize), self.size, self.root,
+                                      device=self.device, channels_last=config.train.channels_last)
         transform = None
         if view is not None:
             from transferlab.augment import build_train_transform
 
             transform = build_train_transform(config.augment, self.size)
         label = f"Features at {size} px" + (f", augmented view {view + 1}" if view is not None else "")
-        return torch.from_numpy(sharded(lambda rows: run_batches(
+        started = time.perf_counter()
+        out = torch.from_numpy(sharded(lambda rows: run_batches(
             compiled, self.dataset.images, rows, config.train.eval_batch_size, transform=transform,
             seed=config.seed + 1 + (view or 0), label=label if self.progress else None), indices))
+        self.passes.append({"size": size, "images": int(len(indices)), "engine": compiled.name, "view": view,
+                            "seconds": round(time.perf_counter() - started, 3)})
+        return out
 
 
 def backbone_identity(model_config, seed: int) -> str:

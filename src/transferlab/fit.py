@@ -68,13 +68,13 @@ class FitContext:
     def train_features(self, views: int = 0) -> tuple[torch.Tensor, np.ndarray]:
         """Pooled features and labels of the training part, then `views` augmented views of it after its rows."""
         train, labels = self.indices["train"], self.dataset.labels
-        norm = (self.normalizer.mean, self.normalizer.std)
-        rows = [self.features.get(train, size=self.size, normalize=norm)]
-        rows += [self.features.get(train, size=self.size, normalize=norm, view=v) for v in range(views)]
+        norm, taps = (self.normalizer.mean, self.normalizer.std), self.config.model.taps
+        rows = [self.features.get(train, size=self.size, normalize=norm, taps=taps)]
+        rows += [self.features.get(train, size=self.size, normalize=norm, taps=taps, view=v) for v in range(views)]
         return torch.cat(rows), np.concatenate([labels[train]] * (views + 1))
 
     def part_features(self, part: str) -> torch.Tensor:
-        return self.features.get(self.indices[part], size=self.size,
+        return self.features.get(self.indices[part], size=self.size, taps=self.config.model.taps,
                                  normalize=(self.normalizer.mean, self.normalizer.std))
 
 
@@ -98,7 +98,8 @@ def new_classifier(ctx: FitContext) -> Classifier:
     config = ctx.config
     with seeded_backbone(config.model, config.seed, ctx.size, drop_path=config.model.drop_path) as backbone:
         model = Classifier(backbone, len(ctx.dataset.classes), ctx.normalizer.mean, ctx.normalizer.std,
-                           dropout=config.model.dropout, size=ctx.size, input_size=ctx.dataset.spec.size)
+                           dropout=config.model.dropout, size=ctx.size, input_size=ctx.dataset.spec.size,
+                           taps=config.model.taps)
     return model.to(memory_format=torch.channels_last) if config.train.channels_last else model
 
 
@@ -195,6 +196,47 @@ def probabilities(ctx: FitContext, model: torch.nn.Module, kind: str, part: str)
     return run_batches(engine, ctx.dataset.images, ctx.indices[part], ctx.config.train.eval_batch_size)
 
 
+def training_seconds(ctx: FitContext, strategy, *, steps: int = 4) -> float:
+    """Seconds per training image of `strategy`'s image stages on the device they train on: the median of
+    `steps` optimizer steps (the first steps of an epoch: augmentation, forward, backward, update) of its own
+    module on a fresh classifier, after a warm-up step, with the groups of its last epoch training (the
+    dearest). The caller's random state and model are untouched."""
+    from transferlab.augment import build_train_transform
+    from transferlab.models.groups import named_groups
+
+    ctx = ctx.replace(config=strategy.config)
+    config, train = ctx.config, ctx.indices["train"]
+    device = device_for(config.train.accelerator)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        fitting = Fitting(ctx)
+        module = ClassifierModule(fitting.classifier, config, num_classes=len(ctx.dataset.classes),
+                                  lr_scales=strategy.lr_scales()).to(device).train()
+        stages = [stage for stage in strategy.stages() if stage.kind == "images"] or strategy.stages()
+        trained = {n for g in strategy.trainable(max(0, stages[-1].epochs - 1)) for n in named_groups(module.model)[g]}
+        for name, parameter in module.model.named_parameters():
+            parameter.requires_grad_(name in trained)
+        optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-5)
+        transform = build_train_transform(config.augment, ctx.dataset.spec.size)
+        rows = train[np.arange(min(config.train.batch_size, len(train)))]
+        labels = torch.as_tensor(ctx.dataset.labels[rows]).to(device)
+        seconds = []
+        for step in range(steps + 1):
+            started = time.perf_counter()
+            pixels = torch.from_numpy(ctx.dataset.images.take(rows)).permute(0, 3, 1, 2)
+            batch = torch.stack([transform(image) for image in pixels]).to(device)
+            x, y = module.prepare_batch(batch, labels)
+            loss = torch.nn.functional.cross_entropy(module(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if step:  # the first step pays for lazy set-up
+                seconds.append((time.perf_counter() - started) / len(rows))
+    return float(np.median(seconds))
+
+
 @dataclass
 class FitResult:
     """The kept model and everything the record says about how it was made."""
@@ -241,7 +283,7 @@ def fit(ctx: FitContext, strategy, run) -> FitResult:
         return fit_members(ctx, strategy, run)
     started = time.time() - run.state.seconds
     ctx = ctx.replace(config=strategy.config)
-    if getattr(strategy.settings, "refit_on_val", False):  # its choices need no validation split
+    if ctx.config.train.refit_on_val or getattr(strategy.settings, "refit_on_val", False):  # choices made elsewhere
         merged = np.concatenate([ctx.indices["train"], ctx.indices["val"]])
         ctx = ctx.replace(indices={**ctx.indices, "train": merged, "val": merged[:0]})
     fitting = Fitting(ctx)
@@ -309,4 +351,5 @@ def select_stage(results: dict[str, StageResult], monitor: str) -> str:
     return chosen
 
 
-__all__ = ["fit", "FitContext", "FitResult", "Fitting", "StageResult", "imbalance_weights", "probabilities"]
+__all__ = ["fit", "FitContext", "FitResult", "Fitting", "StageResult", "imbalance_weights", "probabilities",
+           "training_seconds"]

@@ -164,18 +164,18 @@ def model_meta(result, ctx) -> dict:
     meta = {"model": config.model.name, "classes": dataset.classes, "normalize": ctx.normalization,
             "resize": dataclasses.asdict(dataset.spec), "dropout": config.model.dropout,
             "strategy": result.strategy.name, "label": result.strategy.label(), "source": config.data.source,
-            "size": ctx.size}
+            "size": ctx.size, "taps": config.model.taps}
     if len(result.members) == 1:
         member = result.members[0][1]
         return meta | {"size": member.ctx.size, "dropout": member.config.model.dropout, "label": member.strategy.label(),
-                       "strategy": member.strategy.name}
+                       "strategy": member.strategy.name, "taps": member.config.model.taps}
     if result.members:
         from transferlab.fit import shared_backbone_key
         from transferlab.models.backbone import fixed_input
 
         index: dict = {}  # a shared pretrained backbone's key, or the member itself -> its number in weights
         meta["members"] = [{"size": m.ctx.size, "weight": round(w, 6), "strategy": m.strategy.name,
-                            "label": m.strategy.label(),
+                            "label": m.strategy.label(), "taps": m.config.model.taps,
                             "backbone": index.setdefault(shared_backbone_key(m, fixed_input(config.model.name))
                                                          if m.stages[m.selected].kind == "head" else ("own", k),
                                                          len(index))}

@@ -121,7 +121,7 @@ def new_run(stack, kind: str, data, config: Config, out, show: bool):
     """(run, config, dataset) of a new run, everything checked before its folder exists."""
     if data is None:
         raise DataError("no DATA given: pass a folder, a CSV manifest or builtin:NAME")
-    requested = config.strategy.name
+    requested, sized = config.strategy.name, config.strategy.auto.sizes is not None or config.preprocess.size
     config = resolve_config(config, data)
     check_out_dir(out)
     check_tracking(config)
@@ -130,6 +130,12 @@ def new_run(stack, kind: str, data, config: Config, out, show: bool):
     if dataset.spec.size < config.preprocess.size:  # stored at the images' own size; the model keeps its own
         config = merge(config, {"model": {"size": config.model.size or config.preprocess.size},
                                 "preprocess": {"size": dataset.spec.size}}, origin="the images' own size")
+        if requested == "auto" and not sized:  # the search tries sizes near the images' own too
+            from transferlab.search import sizes_near
+
+            near = sizes_near(dataset.spec.size, config.model.size)
+            config = merge(config, {"strategy": {"auto": {"sizes": sorted({*config.strategy.auto.sizes, *near})}}},
+                           origin="the images' own size")
     if kind == "cv":
         check_folds(dataset.labels, config.cv.folds, dataset.classes)
     from transferlab.models import create_backbone

@@ -7,6 +7,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+# what the exported graphs compute, beyond their weights: bump it when a module here (or the Classifier) changes
+# its graph, so no cached export of the old one is trusted (2: normalise before the in-graph resize; stage taps)
+GRAPH = 2
+
 
 class Probabilities(nn.Module):
     """A classifier that answers softmax probabilities: what a deployed model returns."""
@@ -20,24 +24,25 @@ class Probabilities(nn.Module):
 
 
 class Features(nn.Module):
-    """A classifier's normalization and backbone alone (not its head): uint8 images -> pooled features."""
+    """A classifier's normalization and backbone alone (not its head): uint8 images -> its pooled features
+    (with its `taps` stages)."""
 
     def __init__(self, classifier: nn.Module):
         super().__init__()
-        self.backbone, self.resize = classifier.backbone, classifier.resize
+        self.backbone, self.resize, self.taps = classifier.backbone, classifier.resize, classifier.taps
         self.register_buffer("mean", classifier.mean.clone())
         self.register_buffer("std", classifier.std.clone())
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        from transferlab.models.backbone import backbone_input
+        from transferlab.models.backbone import backbone_input, pooled_features
 
-        return self.backbone(backbone_input(images, self.resize, self.mean, self.std))
+        return pooled_features(self.backbone, backbone_input(images, self.resize, self.mean, self.std), self.taps)
 
 
 def versions() -> dict[str, str]:
     import importlib.metadata as md
 
-    out = {"torch": torch.__version__}
+    out = {"torch": torch.__version__, "graph": str(GRAPH)}
     for package in ("onnx", "onnxscript", "onnxruntime", "openvino"):
         try:
             out[package] = md.version(package)

@@ -10,6 +10,7 @@ import contextlib
 
 import torch
 
+from transferlab.models import scratch  # noqa: F401 - registers the small CNN (small_cnn) with timm
 from transferlab.models.backbone import Classifier, Ensemble, create_backbone
 
 
@@ -31,7 +32,7 @@ def build_model(meta: dict, input_size: int) -> torch.nn.Module:
     if not members:
         return Classifier(create_backbone(meta["model"], pretrained=False, img_size=meta.get("size", input_size)),
                           classes, norm["mean"], norm["std"], dropout=meta.get("dropout", 0.0),
-                          size=meta.get("size", input_size), input_size=input_size)
+                          size=meta.get("size", input_size), input_size=input_size, taps=meta.get("taps", 0))
     backbones: dict[int, torch.nn.Module] = {}
     built = []
     for member in members:
@@ -39,7 +40,7 @@ def build_model(meta: dict, input_size: int) -> torch.nn.Module:
         if index not in backbones:
             backbones[index] = create_backbone(meta["model"], pretrained=False, img_size=member["size"])
         built.append(Classifier(backbones[index], classes, norm["mean"], norm["std"], size=member["size"],
-                                input_size=input_size))
+                                input_size=input_size, taps=member.get("taps", 0)))
     return Ensemble(built, [float(m["weight"]) for m in members])
 
 

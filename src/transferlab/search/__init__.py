@@ -15,10 +15,17 @@ from transferlab.config import merge, unflatten
 from transferlab.console import info
 from transferlab.metrics import log_loss
 from transferlab.search.ensemble import select
+from transferlab.search.evidence import evidence_folds, resolvable_gain, subsample
 from transferlab.search.rule import Prior, decide, measure
 
 FINAL_SHARE = 0.1  # of the budget kept for the final fit and the evaluation
 PRIOR_SHARE = 0.15  # of the time left that the rule's measurement may take
+# points of accuracy the plan expects from each part, by the rule's quadrant (small, similar): the cheap
+# candidates at more input sizes, and training candidates; the time is divided in proportion
+CHEAP_GAIN = 1.0
+TRAINING_GAIN = {(True, True): 0.0, (True, False): 1.0, (False, True): 1.0, (False, False): 3.0}
+MIN_EPOCHS = 3  # a training candidate given fewer than this is not worth its time
+LEFTOVER = 0.2  # of the search's time: unspent, the sizes skipped for time get another chance
 
 
 @dataclass
@@ -70,147 +77,213 @@ class Choice:
 
 
 class Search:
-    """The candidates tried for one fit context, within its deadline."""
+    """The candidates tried for one fit context, within its deadline, by a plan made from measured costs."""
 
     def __init__(self, ctx):
+        from transferlab.search.costs import Costs
+
         self.ctx, self.auto = ctx, ctx.config.strategy.auto
         self.started = time.monotonic()
         self.tried: list[Candidate] = []
-        self.forward: dict[int, float] = {}  # seconds of one image's backbone pass, by size
-        self.committed = 0.0  # seconds the final fit will need for the features of the searched sizes
+        self.costs = Costs(ctx)
+        self.plan: list[dict] = []  # each part: what, why, its estimate and what it cost
+        self.committed = 0.0  # seconds the final fit will need beyond the search (features, refits)
+        self.skipped: list[int] = []  # cheap sizes skipped for time
+        self.cheap_started = self.started
         pool = np.concatenate([ctx.indices["train"], ctx.indices["val"]])
         self.pool, self.cut = subsample(pool, ctx.dataset.labels, self.auto.max_images, ctx.config.seed)
         self.labels = ctx.dataset.labels[self.pool]
         self.norm = (ctx.normalizer.mean, ctx.normalizer.std)
 
+    @property
+    def total(self) -> float:
+        """Seconds the search and the final fit may take together (inf: no budget)."""
+        return math.inf if self.ctx.deadline is None else self.ctx.deadline - self.started
+
     def left(self) -> float:
-        """Seconds the search may still spend: the deadline's, less the final fit's share and the
-        feature passes over the images outside the evidence that the sizes already searched will need."""
+        """Seconds the search may still spend: the deadline's, less the final fit's share and what the
+        final fit will need for the parts already chosen (features of every image, refits)."""
         left = self.ctx.seconds_left()
-        return math.inf if left is None else left - FINAL_SHARE * (self.ctx.deadline - self.started) - self.committed
+        return math.inf if left is None else left - FINAL_SHARE * self.total - self.committed
+
+    def spent(self) -> float:
+        return time.monotonic() - self.started
 
     def say(self, message: str) -> None:
         if self.ctx.progress:
             info(f"auto search: {message}")
 
-    def features(self, size: int, rows: np.ndarray):
-        self.forward.setdefault(size, self.ctx.features.seconds_per_image(size))
-        return self.ctx.features.get(rows, size=size, normalize=self.norm)
+    def note(self, what: str, estimate: float, started: float | None = None, status: str = "done") -> None:
+        """A part of the plan: its estimate and, when it ran, what it cost."""
+        self.plan.append({"part": what, "estimate_s": None if not math.isfinite(estimate) else round(estimate, 1),
+                          "spent_s": None if started is None else round(time.monotonic() - started, 1),
+                          "status": status})
 
     def prior(self) -> Prior:
         """The rule's measurement, on as many training images (up to strategy.auto.max_images) as
         PRIOR_SHARE of the time left affords at the measured cost of one image's pass."""
         train, labels = self.ctx.indices["train"], self.ctx.dataset.labels
-        affordable = PRIOR_SHARE * self.left() / self.ctx.features.seconds_per_image(self.ctx.size)
-        limit = int(min(self.auto.max_images, max(affordable, 20 * len(self.ctx.dataset.classes))))
+        per_image = self.costs.frozen(self.ctx.size)
+        limit = int(min(self.auto.max_images, max(PRIOR_SHARE * self.left() / per_image,
+                                                  20 * len(self.ctx.dataset.classes))))
         sample, _ = subsample(train, labels, limit, self.ctx.config.seed)
-        features = self.features(self.ctx.size, sample).numpy()
+        started = time.monotonic()
+        features = self.ctx.features.get(sample, size=self.ctx.size, normalize=self.norm).numpy()
         logme_score, leep_score = measure(features, self.ctx.dataset.labels[sample], self.ctx.config)
+        self.note(f"the rule's LogME on {len(sample):,} images @ {self.ctx.size} px", per_image * len(sample),
+                  started)
         return decide(self.auto, self.ctx.dataset.labels[train], logme_score=logme_score, leep_score=leep_score,
                       sampled=len(sample))
 
-    def cheap(self, sizes: list[int], strategies: dict[str, type]) -> None:
-        """Every point of the search grid of each strategy that scores out of fold (the probe's Cs), at
-        every size the budget allows, out of fold (largest size first)."""
+    def size_cost(self, size: int) -> float:
+        """Seconds a cheap size costs: its features of the evidence now (of every image later, when the
+        evidence is a subsample) and its out-of-fold fits, as the sizes before it took."""
+        fits = [entry["fits_s"] for entry in self.plan if "fits_s" in entry]
+        images = len(self.pool) + (len(self.ctx.dataset) if self.cut else 0)
+        return self.costs.frozen(size) * images + (float(np.mean(fits)) if fits else 0.0)
+
+    def cheap(self, sizes: list[int], strategies: dict[str, type], share: float) -> None:
+        """Every point of the search grid of each strategy that scores out of fold (the probe's Cs, with
+        and without multi-stage features), at each size `share` seconds afford, largest first; the sizes
+        skipped for time are kept in `self.skipped` for another chance."""
+        self.skipped, self.cheap_started = [], time.monotonic()
+        for size in sorted(sizes, reverse=True):
+            estimate = self.size_cost(size)
+            scored = any(c.accuracy is not None for c in self.tried)
+            if scored and (estimate > share - (self.spent() - self.cheap_started) or estimate > self.left() / 2):
+                self.skipped.append(size)
+                self.tried += [Candidate(name, name, size, {}, status=f"skipped: about {estimate:.0f} s (measured "
+                                         f"{1000 * self.costs.frozen(size):.1f} ms an image on "
+                                         f"{self.costs.engine.get(size, 'torch')}), more than the plan gives")
+                               for name in strategies]
+                self.note(f"cheap candidates @ {size} px", estimate, status="skipped for time")
+                continue
+            if not scored and estimate > self.left() / 2:  # better a run a little over its budget than no model
+                self.say(f"{size} px: about {estimate:.0f} s, more than half of the {max(0, self.left()):.0f} s "
+                         "left; searched anyway, the first size")
+            self.score_size(size, strategies, estimate)
+
+    def score_size(self, size: int, strategies: dict[str, type], estimate: float) -> None:
+        """The out-of-fold grid of every cheap strategy at `size`, on the evidence images."""
+        started = time.monotonic()
+        if self.cut:  # the final fit's pass over every image, if a member of this size is chosen
+            self.committed += self.costs.frozen(size) * len(self.ctx.dataset)
+        taps_grid = sorted({t for t in self.auto.taps if t <= self.ctx.features.stages()} | {0})
+        x = self.ctx.features.get(self.pool, size=size, normalize=self.norm, taps=max(taps_grid))
+        features_s = time.monotonic() - started
         folds = evidence_folds(self.labels, self.ctx.dataset.groups[self.pool], self.ctx.config.seed)
         balanced = self.ctx.config.train.imbalance in ("weights", "sampler")
-        for size in sorted(sizes, reverse=True):
-            per_image = self.ctx.features.seconds_per_image(size)
-            cost = per_image * len(self.ctx.dataset)  # features of every image: the evidence now, the final fit later
-            if cost > self.left() / 2:
-                if size != min(sizes) or any(c.accuracy is not None for c in self.tried):
-                    self.tried += [Candidate(name, name, size, {}, status="skipped: its features would take half "
-                                             f"of the {max(0, self.left()):.0f} s left") for name in strategies]
-                    continue
-                # better a run a little over its budget than no model at all
-                self.say(f"{size} px: its features for every image take about {cost:.0f} s, more than half of the "
-                         f"{max(0, self.left()):.0f} s left; searched anyway, as the smallest size")
-            self.committed += per_image * (len(self.ctx.dataset) - len(self.pool))
-            started = time.monotonic()
-            x = self.features(size, self.pool)
-            for name, cls in strategies.items():
-                grid = cls.out_of_fold(x, self.labels, len(self.ctx.dataset.classes), folds, balanced=balanced,
+        for name, cls in strategies.items():
+            for taps in taps_grid:
+                begun = time.monotonic()
+                grid = cls.out_of_fold(x[:, -self.ctx.features.width(taps):], self.labels,
+                                       len(self.ctx.dataset.classes), folds, balanced=balanced,
                                        deadline=self.ctx.deadline)
                 for overrides, oof in grid:
-                    candidate = Candidate(name, name, size, dict(overrides), grid=dict(overrides),
-                                          seconds=(time.monotonic() - started) / len(grid))
+                    point = ({"model.taps": taps} if taps else {}) | overrides
+                    candidate = Candidate(name, name, size, point, grid=point,
+                                          seconds=(time.monotonic() - begun) / len(grid))
                     if np.isnan(oof).any():
                         candidate.status = "skipped: the deadline cut its out-of-fold fits"
                     else:
                         candidate.probs = oof
                         candidate.score(self.labels)
                     self.tried.append(candidate)
-                best = max((c for c in self.tried if c.size == size and c.strategy == name and c.accuracy is not None),
-                           key=lambda c: (c.accuracy, -c.loss), default=None)
-                if best:
-                    self.say(f"{name} @ {size} px: best out-of-fold accuracy {best.accuracy:.3f} ± {best.se:.3f}"
-                             f"{f' ({best.point})' if best.point else ''} on {len(self.pool):,} images, "
-                             f"{time.monotonic() - started:.0f} s")
+            best = max((c for c in self.tried if c.size == size and c.strategy == name and c.accuracy is not None),
+                       key=lambda c: (c.accuracy, -c.loss), default=None)
+            if best:
+                self.say(f"{name} @ {size} px: best out-of-fold accuracy {best.accuracy:.3f} ± {best.se:.3f}"
+                         f"{f' ({best.point})' if best.point else ''} on {len(self.pool):,} images, "
+                         f"{time.monotonic() - started:.0f} s")
+        self.note(f"cheap candidates @ {size} px", estimate, started)
+        self.plan[-1]["fits_s"] = round(time.monotonic() - started - features_s, 2)
 
-    def expensive(self, prior: Prior) -> None:
-        """Registry variants that train the backbone, when the prior, the budget and the validation
-        split allow; each trial is kept as a possible member."""
-        from transferlab.strategies import get_strategy, load_all, variants
+    def training_candidates(self, prior: Prior) -> list[tuple[str, str, dict]]:
+        """(variant, strategy, overrides) of the registry's candidates that train, as the rule offers them."""
+        from transferlab.strategies import load_all, variants
 
-        val = self.ctx.indices["val"]
         classes = load_all()
-        names = [n for n, (s, _) in variants(prior.similar).items() if n in self.auto.candidates
-                 and not classes[s].cheap]
-        if not names:
+        offered = variants(prior.similar, prior.small)
+        names = [n for n, (s, _) in offered.items() if n in self.auto.candidates and not classes[s].cheap]
+        return [(n, *offered[n]) for n in sorted(names, key=lambda n: n != prior.candidate)]
+
+    def expensive(self, prior: Prior, share: float) -> None:
+        """The candidates that train (the backbone, or a network from scratch), cheapest first, each at the
+        largest size where its epochs fit `share` (measured on its own training steps), given the epochs the
+        time left affords, on evidence that can tell (trials.py)."""
+        from transferlab.search.trials import CROSS_FOLDS, run_trial
+        from transferlab.strategies import get_strategy
+
+        val, accuracy = self.ctx.indices["val"], self.best_cheap_accuracy()
+        cross = resolvable_gain(accuracy, len(val)) > self.auto.resolvable  # the validation split cannot tell
+        if cross and resolvable_gain(accuracy, len(self.pool)) > self.auto.resolvable:
+            why = (f"neither the {len(val)} validation images nor the {len(self.pool)} evidence images (cross-fitted) "
+                   f"can tell a gain below {resolvable_gain(accuracy, len(self.pool)):.1%} from noise (two standard "
+                   f"errors of a paired difference; strategy.auto.resolvable={self.auto.resolvable:g})")
+            for name, strategy, overrides in self.training_candidates(prior):
+                self.tried.append(Candidate(strategy, name, self.train_sizes()[-1], dict(overrides),
+                                            status=f"skipped: {why}"))
+            self.say(f"training candidates skipped: {why}")
             return
-        resolvable = resolvable_gain(self.best_cheap_accuracy(), len(val))
-        fallback = any(c.accuracy is not None for c in self.tried)  # the gates apply when a cheap candidate stands
-        why = ("no validation split" if len(val) == 0 else None if not fallback else
-               "the rule says fine-tuning does not pay on a small set of a similar domain"
-               if not prior.fine_tuning_worth_trying else
-               f"{len(val)} validation images cannot tell a gain below {resolvable:.1%} from noise (two "
-               f"standard errors of a paired difference; strategy.auto.resolvable={self.auto.resolvable:g})"
-               if resolvable > self.auto.resolvable else None)
-        size = min(self.best_size(), max(self.forward))
-        for name in sorted(names, key=lambda n: n != prior.candidate):
-            strategy, overrides = variants(prior.similar)[name]
-            candidate = Candidate(strategy, name, size, dict(overrides), rows="val")
-            trial = get_strategy(strategy, merge(self.ctx.config, unflatten(overrides | {"model.size": size}),
-                                                 origin=f"auto ({name})"))
-            per_epoch = trial.train_seconds(len(self.ctx.indices["train"]), self.forward[size]) / max(
-                1, trial.config.train.epochs)
-            epochs = min(trial.config.train.epochs, int(self.left() // max(per_epoch, 1e-9)))
-            if why or epochs < 1:
-                candidate.status = f"skipped: {why or f'about {per_epoch:.0f} s an epoch, {self.left():.0f} s left'}"
+        # images trained in one epoch of the trial (all folds), and of its member's refit on the evidence
+        images = len(self.pool) * (CROSS_FOLDS - 1) if cross else len(self.ctx.indices["train"])
+        refit = len(self.pool) if cross else 0
+        options = []
+        for name, strategy, overrides in self.training_candidates(prior):
+            scratch = overrides.get("model.pretrained") is False
+            for size in sorted([self.ctx.dataset.spec.size] if scratch else self.train_sizes(), reverse=True):
+                candidate = Candidate(strategy, name, size, dict(overrides), rows="train+val" if cross else "val")
+                if not prior.fine_tuning_worth_trying:
+                    candidate.status = "skipped: the rule says training does not pay on a small set of a similar domain"
+                    self.tried.append(candidate)
+                    break
+                trial = get_strategy(strategy, merge(self.ctx.config, unflatten(overrides | {"model.size": size}),
+                                                     origin=f"auto ({name})"))
+                per_image = self.costs.training(candidate.label, self.ctx.replace(config=trial.config), trial)
+                option = (per_image * images * 4 / 3, per_image * refit, candidate, trial)  # + its predictions
+                if (option[0] + option[1]) * trial.config.train.epochs <= share:
+                    break  # the largest size whose epochs fit
+            else:
+                options.append(option)
+                continue
+            if prior.fine_tuning_worth_trying:
+                options.append(option)
+        started = time.monotonic()
+        for per_epoch, refit_epoch, candidate, trial in sorted(options, key=lambda o: (o[0] + o[1]) *
+                                                                o[3].config.train.epochs):
+            room = min(self.left(), share - (time.monotonic() - started))
+            wanted = trial.config.train.epochs
+            epochs = min(wanted, int(max(0.0, room) // max(per_epoch + refit_epoch, 1e-9)))
+            if epochs < min(MIN_EPOCHS, wanted):
+                candidate.status = (f"skipped: {epochs} epoch(s) fit ({per_epoch + refit_epoch:.0f} s an epoch, "
+                                    f"measured; {max(0.0, room):.0f} s of the plan left)")
                 self.tried.append(candidate)
+                self.note(candidate.label, (per_epoch + refit_epoch) * wanted, status="skipped for time")
                 self.say(f"{candidate.label}: {candidate.status}")
                 continue
             candidate.overrides["train.epochs"] = epochs
-            self.trial(candidate, trial, val)
+            if cross:
+                candidate.overrides["train.refit_on_val"] = True  # its member: the same epochs on train + val
+                self.committed += refit_epoch * epochs
+            begun = time.monotonic()
+            run_trial(self, candidate, trial, cross)
+            self.note(f"{candidate.label} ({epochs} epochs, {'cross-fitted' if cross else 'on the validation split'})",
+                      per_epoch * epochs, begun)
 
     def trial(self, candidate: Candidate, trial, val: np.ndarray) -> None:
-        """Fit an expensive candidate on the training part, in the folder its ensemble member uses."""
-        from transferlab.fit import fit
-        from transferlab.rundir import STATE_FILE, RunDir, RunState
-        from transferlab.strategies import get_strategy
-        from transferlab.strategies.ensemble import member_folder
+        """Fit an expensive candidate on the training part and score it on the validation split `val`."""
+        from transferlab.search.trials import run_trial
 
-        started = time.monotonic()
-        config = merge(trial.config, unflatten(candidate.overrides), origin=f"auto ({candidate.variant})")
-        folder = self.ctx.directory / "members" / member_folder(candidate.strategy, candidate.size,
-                                                                candidate.overrides)
-        # the trial stops where the search's time does: the final fit's share and the features it needs stay free
-        deadline = None if self.ctx.deadline is None else time.monotonic() + max(0.0, self.left())
-        # a search run again on resume reads back the stages this folder's state says are finished
-        result = fit(self.ctx.replace(directory=folder, deadline=deadline), get_strategy(candidate.strategy, config),
-                     RunDir(folder, RunState.load_or(folder / STATE_FILE, kind="member")))
-        candidate.probs, candidate.seconds = result.probabilities(result.ctx, "val"), time.monotonic() - started
-        candidate.score(self.ctx.dataset.labels[val])
-        self.tried.append(candidate)
-        self.say(f"{candidate.label} ({candidate.overrides['train.epochs']} epochs): validation accuracy "
-                 f"{candidate.accuracy:.3f} ± {candidate.se:.3f} in {candidate.seconds:.0f} s")
+        run_trial(self, candidate, trial, cross=False)
+
+    def train_sizes(self) -> list[int]:
+        """Where a pretrained backbone is fine-tuned: the sizes of the grid from 64 px (below, its last stages
+        see a pixel or two), or the grid's largest when all are smaller."""
+        sizes = sorted(self.auto.sizes or [self.ctx.size])
+        return [s for s in sizes if s >= 64] or sizes[-1:]
 
     def best_cheap_accuracy(self) -> float:
         return max((c.accuracy for c in self.tried if c.accuracy is not None), default=0.5)
-
-    def best_size(self) -> int:
-        scored = [c for c in self.tried if c.accuracy is not None]
-        return max(scored, key=lambda c: (c.accuracy, -c.size)).size if scored else max(self.forward)
 
     def selection(self) -> tuple[list[tuple[Candidate, float]], dict]:
         """Ensemble selection over the scored candidates, on the images every one of them predicted."""
@@ -234,51 +307,50 @@ class Search:
                         "rounds": len(history)}
 
 
-def subsample(indices: np.ndarray, labels: np.ndarray, limit: int, seed: int) -> tuple[np.ndarray, bool]:
-    """At most `limit` of `indices`, stratified by class and seeded (the search's evidence on a large set)."""
-    if len(indices) <= limit:
-        return indices, False
-    from sklearn.model_selection import train_test_split
-
-    kept, _ = train_test_split(indices, train_size=limit, stratify=labels[indices], random_state=seed)
-    return np.sort(kept), True
+def sizes_near(side: int, largest: int) -> list[int]:
+    """Input sizes near images stored at `side` pixels, below the model's `largest`: about 1, 1.5, 2 and 3
+    times their own side, in multiples of 16 from 32 (28 px images: 32, 48, 64, 96). A backbone pass costs
+    about (size / 224)^2 of one at 224, so these are where fine-tuning a large set of small images is cheap."""
+    near = {max(32, 16 * math.ceil(side * k / 16)) for k in (1, 1.5, 2, 3)}
+    return sorted(size for size in near if size < largest)
 
 
-def evidence_folds(labels: np.ndarray, groups: np.ndarray, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Stratified K-fold (grouped: copies never straddle) over the evidence images, K = min(5, smallest class)."""
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    counts = np.bincount(labels)
-    k = int(max(2, min(5, counts[counts > 0].min())))
-    return list(StratifiedGroupKFold(k, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels, groups))
-
-
-def resolvable_gain(accuracy: float, images: int) -> float:
-    """The smallest accuracy gain over `accuracy` that `images` held-out images tell from noise:
-    two standard errors of a paired difference (the two models disagree on about 2p(1-p) of them)."""
-    return math.inf if images == 0 else 2 * math.sqrt(2 * max(accuracy * (1 - accuracy), 0.01) / images)
+def rounded(weights: list[float], digits: int = 4) -> list[float]:
+    """`weights` rounded to `digits`, still summing to 1 (the largest takes the remainder)."""
+    out = [round(w, digits) for w in weights]
+    top = int(np.argmax(out))
+    out[top] = round(1.0 - sum(out) + out[top], digits)
+    return out
 
 
 def choose(ctx) -> Choice:
     """The concrete strategy for this fit context, and the record of how it was chosen."""
-    search = Search(ctx)
-    prior = search.prior()
-    budget = "no limit" if ctx.deadline is None else f"{(ctx.deadline - search.started) / 60:.1f} min"
-    search.say(f"the rule says {prior.candidate} ({prior.reason}); scoring candidates on {len(search.pool):,} "
-               f"images{' (a stratified subsample)' if search.cut else ''} within {budget} (--budget to change)")
     from transferlab.strategies import load_all
 
+    search = Search(ctx)
+    prior = search.prior()
+    budget = "no limit" if ctx.deadline is None else f"{search.total / 60:.1f} min"
+    search.say(f"the rule says {prior.candidate} ({prior.reason}); scoring candidates on {len(search.pool):,} "
+               f"images{' (a stratified subsample)' if search.cut else ''} within {budget} (--budget to change)")
     registry = load_all()
     sizes = sorted(ctx.config.strategy.auto.sizes or [ctx.size])
     scorable = {name: cls for name, cls in registry.items() if name in ctx.config.strategy.auto.candidates
                 and cls.scores_out_of_fold()}
+    training = TRAINING_GAIN[(prior.small, prior.similar)] if search.training_candidates(prior) else 0.0
+    shares = {"cheap": CHEAP_GAIN / (CHEAP_GAIN + training), "training": training / (CHEAP_GAIN + training)}
     if scorable:
-        search.cheap(sizes, scorable)
-    search.expensive(prior)
+        search.cheap(sizes, scorable, shares["cheap"] * search.left())
+    search.expensive(prior, search.left())  # the rest of the time: what the cheap part did not use too
+    if scorable and search.skipped and search.left() > LEFTOVER * min(search.total, 1e12):
+        search.say(f"{search.left():.0f} s of the plan unspent: the sizes skipped for time get another chance")
+        search.tried = [c for c in search.tried if not (c.size in search.skipped and c.status.startswith("skipped"))]
+        search.cheap(search.skipped, scorable, search.left())
     chosen, ensemble = search.selection()
     refit = ctx.config.strategy.auto.refit
-    members = [{"strategy": c.strategy, "size": c.size, "weight": round(w, 4),
-                "settings": c.overrides | (registry[c.strategy].refit if refit else {})} for c, w in chosen]
+    weights = rounded([w for _, w in chosen])
+    members = [{"strategy": c.strategy, "size": c.size, "weight": w,
+                "settings": c.overrides | (registry[c.strategy].refit if refit else {})} for (c, _), w in
+               zip(chosen, weights)]
     best = max((c for c in search.tried if c.accuracy is not None), key=lambda c: (c.accuracy, -c.loss))
     evidence = (f"ensemble selection on the {ensemble['on']} predictions of {ensemble['images']:,} images chose "
                 + ", ".join(f"{c.label} ({w:.2f})" for c, w in chosen)
@@ -290,7 +362,11 @@ def choose(ctx) -> Choice:
                                               "optimistic; the test split estimates it"},
               "evidence": {"images": len(search.pool), "subsampled": search.cut, "folds": "stratified, grouped"},
               "best_single": best.record(), "chosen": [c.label for c, _ in chosen], "reason": reason,
-              "budget": {"seconds": None if ctx.deadline is None else round(ctx.deadline - search.started, 1),
-                         "search_seconds": round(time.monotonic() - search.started, 1)},
-              "inference_ms": {str(s): round(1000 * f, 2) for s, f in search.forward.items()}}
+              "budget": {"seconds": None if ctx.deadline is None else round(search.total, 1),
+                         "search_seconds": round(search.spent(), 1),
+                         "shares": {k: round(v, 3) for k, v in shares.items()},
+                         "expected_gain": {"cheap": CHEAP_GAIN, "training": training},
+                         "committed_to_final_fit_s": round(search.committed, 1)},
+              "plan": search.plan, "costs": search.costs.record(),
+              "inference_ms": {str(s): round(1000 * f, 2) for s, f in search.costs.frozen_s.items()}}
     return Choice("ensemble", {"strategy.ensemble.members": members}, record)

@@ -23,6 +23,8 @@ from fastapi.responses import FileResponse, JSONResponse
 
 STATUS = {"too-large": 413, "not-an-image": 415, "busy": 503}  # BadImage.kind -> HTTP status; any other: 422
 BODY_TIMEOUT_S = 30.0  # an /api/ request's body must have arrived in full within this, else 408
+DRAIN_LIMIT, DRAIN_IDLE_S, DRAIN_S = 64 * 2**20, 1.0, 5.0  # an oversized body is read off: at most so many bytes,
+# until it pauses so long, for at most so long
 
 
 def error(status: int, message: str, *, close: bool = False) -> JSONResponse:
@@ -44,8 +46,15 @@ class BodySizeLimit:
             return await self.app(scope, receive, send)
         too_big = error(413, f"upload larger than the server's limit of {self.max_bytes / 2**20:g} MB "
                              "(transferlab serve --max-upload-mb)", close=True)
-        length = dict(scope["headers"]).get(b"content-length")
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            # a client that waits for "100 Continue" (curl) is told at once and sends nothing; one that sends its
+            # body regardless is read off first (until it pauses, at most DRAIN_LIMIT), so closing the connection
+            # does not reset it before it hears the answer
+            if headers.get(b"expect", b"").lower() != b"100-continue":
+                if await drained(receive) is None:
+                    return None
             return await too_big(scope, receive, send)
         loop, timeout = asyncio.get_running_loop(), BODY_TIMEOUT_S
         deadline, chunks, total, more = loop.time() + timeout, [], 0, True
@@ -61,6 +70,8 @@ class BodySizeLimit:
             total += len(body)
             more = message.get("more_body", False)
             if total > self.max_bytes:
+                if more and await drained(receive) is None:
+                    return None
                 return await too_big(scope, receive, send)
             chunks.append(body)
         replay = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
@@ -69,6 +80,24 @@ class BodySizeLimit:
             return replay.pop() if replay else await receive()
 
         return await self.app(scope, replayed, send)
+
+
+async def drained(receive) -> bool | None:
+    """Read a body off and drop it, until it ends, pauses for DRAIN_IDLE_S, passes DRAIN_LIMIT or takes
+    DRAIN_S (a trickle is not waited for): whether it ended (None: the client went away)."""
+    loop = asyncio.get_running_loop()
+    total, deadline = 0, loop.time() + DRAIN_S
+    while total <= DRAIN_LIMIT:
+        try:
+            message = await asyncio.wait_for(receive(), min(DRAIN_IDLE_S, max(0.0, deadline - loop.time())))
+        except asyncio.TimeoutError:
+            return False
+        if message["type"] == "http.disconnect":
+            return None
+        total += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return True
+    return False
 
 
 def build_api(predictor, max_bytes: int):

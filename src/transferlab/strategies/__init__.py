@@ -33,10 +33,10 @@ def load_all() -> dict[str, type]:
     return REGISTRY
 
 
-def variants(similar: bool) -> dict[str, tuple[str, dict]]:
+def variants(similar: bool, small: bool) -> dict[str, tuple[str, dict]]:
     """Every registered strategy's search candidates: name -> (strategy, dotted config overrides)."""
     return {variant: (name, overrides) for name, cls in load_all().items()
-            for variant, overrides in cls.variants(similar).items()}
+            for variant, overrides in cls.variants(similar, small).items()}
 
 
 def get_strategy(name: str, config):

@@ -33,9 +33,9 @@ class Strategy:
     refit: ClassVar[dict] = {}  # overrides of its final fit when the search chose it (e.g. on train + val)
 
     @classmethod
-    def variants(cls, similar: bool) -> dict[str, dict]:
+    def variants(cls, similar: bool, small: bool) -> dict[str, dict]:
         """The search's candidates this strategy offers: name -> dotted config overrides (the measured
-        domain similarity may choose their rates)."""
+        domain similarity and size of the set may choose them and their rates)."""
         return {cls.name: {}}
 
     @classmethod

@@ -19,7 +19,7 @@ class Ensemble(Strategy):
     name = "ensemble"
 
     @classmethod
-    def variants(cls, similar: bool) -> dict[str, dict]:
+    def variants(cls, similar: bool, small: bool) -> dict[str, dict]:
         return {}  # the search builds ensembles; it never tries one as a candidate
 
     def __init__(self, config):

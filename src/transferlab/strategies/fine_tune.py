@@ -17,7 +17,7 @@ class FineTune(Strategy):
     name = "fine-tune"
 
     @classmethod
-    def variants(cls, similar: bool) -> dict[str, dict]:
+    def variants(cls, similar: bool, small: bool) -> dict[str, dict]:
         """The last blocks with the head, and everything at rates for the measured domain (the rule's
         rates: a similar domain moves the backbone at 1-10% of the head's rate, a far one at 10-100%)."""
         rates = (0.01, 0.03, 0.1) if similar else (0.1, 0.3, 1.0)
