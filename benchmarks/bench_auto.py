@@ -17,11 +17,19 @@ Contenders, each given every image of DATA (no test split of its own):
 - fixed strategies (`--fixed`, default linear-probe and fine-tune), each with `--budget` equal to
   auto's own wall time on that set: the same time to spend.
 
-Targets (the evaluation group): auto beats the strong probe on every Fashion-MNIST regime, by more
-than one standard error of the test split on at least two; never below the best fixed strategy
-by more than one standard error; auto's wall time on 100 per class below 8.5 min (the old search).
+Draws: each Fashion-MNIST regime is drawn `--draws` times from the training file (seeds 11, 12, ...),
+and its verdict is over the draws (one draw, or one quiet machine, can mislead).
+
+Targets (the evaluation group): auto at least one point above the strong probe on the mean of each
+Fashion-MNIST regime's draws, and never below it on a draw; never below the best fixed strategy
+by more than one standard error; auto's wall time within its budget (10 min) plus a tenth.
+
+Under load (`--load S`): every auto run is repeated with CPU-bound processes (one per core) for
+its first S seconds, while the search times its costs, and the plan (the sizes searched, the
+training candidates run) is compared with the quiet run's.
 
     python benchmarks/bench_auto.py [--group evaluation|calibration|all] [--sets fmnist30,...]
+        [--draws 3] [--fixed ''] [--no-single] [--load 60]
 """
 
 from __future__ import annotations
@@ -93,7 +101,8 @@ def build(name: str, base: Path) -> tuple[str, str]:
         test = base / "fmnist-test"
         if not test.exists():
             write_fmnist(test, "t10k", 200, seed=7)
-        return write_fmnist(base / name, "train", int(name[len("fmnist"):]), seed=11), str(test)
+        per_class, _, draw = name[len("fmnist"):].partition("-")
+        return write_fmnist(base / name, "train", int(per_class), seed=11 + int(draw or 0)), str(test)
     if name == "digits":
         from sklearn.datasets import load_digits
 
@@ -164,16 +173,52 @@ def best_single(decision: dict) -> list[str]:
             *(f"{k}={json.dumps(v)}" for k, v in settings.items())]
 
 
-def measure_set(group: str, name: str, tmp: Path, fixed: list[str]) -> dict:
+def spin(until: float) -> None:
+    x = 0
+    while time.monotonic() < until:
+        x += 1
+
+
+def burn(seconds: float) -> list:
+    """One CPU-bound process per core for `seconds`: another program on a user's laptop."""
+    import multiprocessing
+    import os
+
+    until = time.monotonic() + seconds
+    workers = [multiprocessing.Process(target=spin, args=(until,), daemon=True) for _ in range(os.cpu_count() or 1)]
+    for worker in workers:
+        worker.start()
+    return workers
+
+
+def plan_of(decision: dict) -> dict:
+    """What the plan bought: the sizes whose cheap candidates were scored, the training candidates run."""
+    scored = [c for c in decision.get("candidates", []) if c.get("accuracy") is not None]
+    return {"sizes": sorted({c["size"] for c in scored if c["strategy"] in ("linear-probe", "feature-extraction")}),
+            "training": sorted(f"{c['variant']}@{c['size']}" for c in scored
+                               if c["strategy"] not in ("linear-probe", "feature-extraction"))}
+
+
+def measure_set(group: str, name: str, tmp: Path, fixed: list[str], single_too: bool = True,
+                load: float = 0.0) -> dict:
     data, test = build(name, tmp)
     tests = sum(1 for _ in Path(test).rglob("*.png"))
     line = lambda label, acc, sec, extra="": print(  # noqa: E731
-        f"  {group:<11} {name:<11} {label:<22} held-out acc {acc:.4f}  {sec:6.0f} s{extra}", flush=True)
+        f"  {group:<11} {name:<13} {label:<22} held-out acc {acc:.4f}  {sec:6.0f} s{extra}", flush=True)
     auto = contender(data, test, [], tmp / f"{name}-auto")
     decision = auto[2].get("decision") or {}
-    line("auto", auto[0], auto[1], f"  ({'; '.join(decision.get('chosen', []))})")
-    single = contender(data, test, best_single(decision), tmp / f"{name}-single")
-    line("best single candidate", single[0], single[1], f"  ({decision['best_single']['label']})")
+    line("auto", auto[0], auto[1], f"  ({'; '.join(decision.get('chosen', []))}) plan {plan_of(decision)}")
+    loaded = None
+    if load:
+        workers = burn(load)
+        loaded = contender(data, test, [], tmp / f"{name}-auto-loaded")
+        for worker in workers:
+            worker.join()
+        line(f"auto, loaded {load:.0f} s", loaded[0], loaded[1], f"  plan {plan_of(loaded[2].get('decision') or {})}")
+    single = None
+    if single_too:
+        single = contender(data, test, best_single(decision), tmp / f"{name}-single")
+        line("best single candidate", single[0], single[1], f"  ({decision['best_single']['label']})")
     probe = strong_probe(data, test)
     line("strong probe @ 224", *probe)
     budget = f"{math.ceil(auto[1])}s"
@@ -182,12 +227,16 @@ def measure_set(group: str, name: str, tmp: Path, fixed: list[str]) -> dict:
         results[label] = contender(data, test, FIXED[label] + [f"train.budget={budget}"], tmp / f"{name}-{label}")
         line(label, *results[label][:2], f"  (budget {budget})")
     best = max(results, key=lambda k: results[k][0]) if results else None
-    return {"group": group, "data": name, "tests": tests, "auto": auto[:2], "single": single[:2],
+    return {"group": group, "data": name, "tests": tests, "auto": auto[:2],
+            "single": single[:2] if single else None,
             "single_label": decision["best_single"]["label"], "probe": probe,
             "members": [f"{label} ({m['weight']:.2f})" for label, m in zip(decision.get("chosen", []),
                                                                            decision.get("members", []))],
             "best": (best, *results[best][:2]) if best else None,
-            "search": decision.get("budget", {}).get("search_seconds")}
+            "search": decision.get("budget", {}).get("search_seconds"),
+            "budget": decision.get("budget", {}).get("seconds"),
+            "plan": plan_of(decision), "loaded": (loaded[:2], plan_of(loaded[2].get("decision") or {}))
+            if loaded else None}
 
 
 def table(rows: list[dict]) -> None:
@@ -198,29 +247,53 @@ def table(rows: list[dict]) -> None:
     for r in rows:
         se = math.sqrt(r["auto"][0] * (1 - r["auto"][0]) / r["tests"])
         best = f"{r['best'][1]:.4f} ({r['best'][0]})" if r["best"] else "-"
+        single = f"{r['single'][0]:.4f} ({r['single_label']})" if r["single"] else f"- ({r['single_label']})"
         print(f"| {r['data']} | {r['tests']:,} | {r['auto'][0]:.4f} ± {se:.4f} | {', '.join(r['members'])} | "
-              f"{r['single'][0]:.4f} ({r['single_label']}) | {r['probe'][0]:.4f} | {best} | {r['auto'][1]:.0f} s "
+              f"{single} | {r['probe'][0]:.4f} | {best} | {r['auto'][1]:.0f} s "
               f"({r['search']:.0f} s) | {r['probe'][1]:.0f} s |")
+
+
+def regime(name: str) -> str:
+    return name.partition("-")[0]
 
 
 def verdicts(rows: list[dict]) -> None:
     evaluation = [r for r in rows if r["group"] == "evaluation"] or rows
     se = lambda r: max(math.sqrt(r["probe"][0] * (1 - r["probe"][0]) / r["tests"]), 1 / r["tests"])  # noqa: E731
     fashion = [r for r in evaluation if r["data"].startswith("fmnist")] or evaluation
+    regimes = sorted({regime(r["data"]) for r in fashion})
+    means = {g: float(np.mean([r["auto"][0] - r["probe"][0] for r in fashion if regime(r["data"]) == g]))
+             for g in regimes}
+    for g in regimes:
+        draws = [r["auto"][0] - r["probe"][0] for r in fashion if regime(r["data"]) == g]
+        print(f"  {g}: auto - strong probe over {len(draws)} draw(s): mean {100 * means[g]:+.2f} pt, "
+              f"worst {100 * min(draws):+.2f} pt, each {', '.join(f'{100 * d:+.2f}' for d in draws)}")
+    worst_mean = min(means.values())
+    report("bench_auto[vs strong probe, mean of draws]", f"worst regime {100 * worst_mean:+.2f} pt", "LogisticRegressionCV "
+           "@ 224", 100 * worst_mean, target=1.0)
     margin = min(r["auto"][0] - r["probe"][0] for r in fashion)
-    clear = sum(r["auto"][0] - r["probe"][0] > se(r) for r in fashion)
-    report("bench_auto[vs strong probe]", f"worst {100 * margin:+.2f} pt; {clear} clear wins", "LogisticRegressionCV "
-           "@ 224", 1 + margin, target=1.0)
-    print(f"  clear wins (more than one standard error of the test split): {clear} of {len(fashion)} (target >= 2)")
+    report("bench_auto[vs strong probe, worst draw]", f"{100 * margin:+.2f} pt", "LogisticRegressionCV @ 224",
+           1 + margin, target=1.0)
     fixed = [r for r in evaluation if r["best"]]
     if fixed:
         gap = min((r["auto"][0] - r["best"][1]) / se(r) for r in fixed)
         report("bench_auto[vs best fixed]", f"worst {gap:+.2f} standard errors", "best fixed, same wall time",
                1 + gap, target=0.0)
-    timed = [r for r in evaluation if r["data"] == "fmnist100"]
+    timed = [r for r in evaluation if r["budget"]]
     if timed:
-        report("bench_auto[time]", f"{timed[0]['auto'][1]:.0f} s on 1,000 images", "the old search (8.5 min)",
-               timed[0]["auto"][1] / OLD_SEARCH_SECONDS, target=1, higher_is_better=False)
+        over = max(r["auto"][1] / r["budget"] for r in timed)
+        report("bench_auto[time]", f"worst wall / budget {over:.2f}", "its budget", over, target=1.1,
+               higher_is_better=False)
+    loaded = [r for r in rows if r["loaded"]]
+    for r in loaded:
+        same = r["loaded"][1] == r["plan"]
+        print(f"  {r['data']} under load: plan {'the same' if same else 'different'} ({r['plan']} quiet, "
+              f"{r['loaded'][1]} loaded); held-out {r['loaded'][0][0]:.4f} vs {r['auto'][0]:.4f} quiet, "
+              f"{r['loaded'][0][1]:.0f} s")
+    if loaded:
+        report("bench_auto[plan under load]", f"{sum(r['loaded'][1] == r['plan'] for r in loaded)} of {len(loaded)} "
+               "the same", "the quiet run's plan", sum(r["loaded"][1] == r["plan"] for r in loaded) / len(loaded),
+               target=1.0)
 
 
 def main() -> None:
@@ -228,6 +301,10 @@ def main() -> None:
     parser.add_argument("--group", default="evaluation", choices=["calibration", "evaluation", "all"])
     parser.add_argument("--sets", default=None, help="comma-separated set names (default: the group's)")
     parser.add_argument("--fixed", default="linear-probe,fine-tune", help="fixed strategies to compare ('' for none)")
+    parser.add_argument("--draws", type=int, default=3, help="draws of each Fashion-MNIST regime (seeds 11, 12, ...)")
+    parser.add_argument("--no-single", action="store_true", help="skip refitting the best single candidate")
+    parser.add_argument("--load", type=float, default=0.0,
+                        help="also run auto on the first draw of each set under CPU load for this many seconds")
     args = parser.parse_args()
     quiet_lightning()
     groups = list(GROUPS) if args.group == "all" else [args.group]
@@ -238,7 +315,10 @@ def main() -> None:
         for group in groups:
             for name in GROUPS[group]:
                 if wanted is None or name in wanted:
-                    rows.append(measure_set(group, name, Path(tmp_name), fixed))
+                    draws = range(args.draws) if name.startswith("fmnist") else range(1)
+                    for draw in draws:
+                        rows.append(measure_set(group, f"{name}-{draw}" if draw else name, Path(tmp_name), fixed,
+                                                not args.no_single, args.load if draw == 0 else 0.0))
     table(rows)
     verdicts(rows)
 

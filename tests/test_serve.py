@@ -592,3 +592,28 @@ def test_large_images_are_refused_or_decoded_small(server, trained, tmp_path):
     expected = predict_files(trained["run"], [jpeg], top_k=3, engine="torch")[0]["top"]
     assert [t["class"] for t in answer["top"]] == [t["class"] for t in expected]
     assert np.allclose([t["probability"] for t in answer["top"]], [t["probability"] for t in expected], atol=0.02)
+
+
+def test_serving_leaves_the_processs_logging_handlers_open(trained):
+    """An app that embeds Server keeps its own logging: uvicorn's dictConfig closed every handler of the
+    process (in the suite, absl's handler closed pytest's capture file, and every later test failed)."""
+    import io
+    import logging
+
+    from transferlab.serve import Server
+
+    class Kept(logging.StreamHandler):  # a handler that owns its stream, as absl's and a FileHandler do
+        def close(self):
+            self.stream.close()
+            super().close()
+
+    stream = io.StringIO()
+    logger = logging.getLogger("an.embedding.app")
+    handler = Kept(stream)
+    logger.addHandler(handler)
+    try:
+        with Server(trained["run"], port=0, engine="torch"):
+            logger.warning("still here")
+        assert not stream.closed and "still here" in stream.getvalue()
+    finally:
+        logger.removeHandler(handler)

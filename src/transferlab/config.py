@@ -287,8 +287,9 @@ class TrainConfig:
     grad_clip: float | None = setting(None, "(0, inf]", "clip the gradient norm")
     refit_on_val: bool = setting(False, help="train on train + val for the set epochs (no validation split "
                                              "picks a checkpoint): what auto's cross-fitted trials chose")
-    precision: Literal["32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "transformer-engine",
-                       "32", "16", "bf16", "64"] = setting("32-true", help="Lightning precision")
+    precision: Literal["auto", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true",
+                       "transformer-engine", "32", "16", "bf16", "64"] = setting(
+        "auto", help="Lightning precision (auto: bf16-mixed on a GPU that has it, else 16-mixed; 32-true on a CPU)")
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps", "tpu"] = setting("auto", help="Lightning accelerator")
     devices: str = setting("auto", help="number of devices, indices (0,1) or auto", check=check_devices)
     ddp: str | None = setting(None, help="Lightning distributed strategy, e.g. ddp")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import time
@@ -20,7 +21,7 @@ from transferlab.errors import DataError
 from transferlab.metrics import better, monitored_values
 from transferlab.models import Classifier, device_for, seeded_backbone
 from transferlab.train import (ClassifierModule, HeadModule, StageResult, TrainableGroups, TransferDataModule,
-                               balanced_weights, first_epochs, read_checkpoint, run_stage)
+                               balanced_weights, first_epochs, precision_for, read_checkpoint, run_stage)
 
 
 @dataclass(frozen=True)
@@ -219,6 +220,9 @@ def training_seconds(ctx: FitContext, strategy, *, steps: int = 4) -> float:
         optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-5)
         transform = build_train_transform(config.augment, ctx.dataset.spec.size)
         rows = train[np.arange(min(config.train.batch_size, len(train)))]
+        precision = precision_for(config)  # as the Trainer will train: mixed precision on a GPU by default
+        mixed = (torch.autocast(device.type, dtype=torch.bfloat16 if "bf16" in precision else torch.float16)
+                 if device.type == "cuda" and "mixed" in precision else contextlib.nullcontext())
         labels = torch.as_tensor(ctx.dataset.labels[rows]).to(device)
         seconds = []
         for step in range(steps + 1):
@@ -226,7 +230,8 @@ def training_seconds(ctx: FitContext, strategy, *, steps: int = 4) -> float:
             pixels = torch.from_numpy(ctx.dataset.images.take(rows)).permute(0, 3, 1, 2)
             batch = torch.stack([transform(image) for image in pixels]).to(device)
             x, y = module.prepare_batch(batch, labels)
-            loss = torch.nn.functional.cross_entropy(module(x), y)
+            with mixed:
+                loss = torch.nn.functional.cross_entropy(module(x), y)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

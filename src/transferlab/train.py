@@ -319,7 +319,7 @@ def build_trainer(ctx, stage, callbacks: list, *,
     trainer = L.Trainer(
         max_epochs=stage.epochs, accelerator=config.train.accelerator,
         devices=int(devices) if str(devices).isdigit() else devices, num_nodes=config.train.num_nodes,
-        precision=config.train.precision, callbacks=every + list(callbacks) + list(ctx.callbacks), logger=loggers,
+        precision=precision_for(config), callbacks=every + list(callbacks) + list(ctx.callbacks), logger=loggers,
         default_root_dir=run_dir, gradient_clip_val=config.train.grad_clip,
         log_every_n_steps=max(1, min(10, steps_per_epoch or 10)), enable_model_summary=False,
         enable_progress_bar=progress and console.is_terminal, use_distributed_sampler=False, num_sanity_val_steps=0,
@@ -328,6 +328,19 @@ def build_trainer(ctx, stage, callbacks: list, *,
         **({"strategy": config.train.ddp} if config.train.ddp else {}),
     )
     return trainer, checkpoint
+
+
+def precision_for(config: Config) -> str:
+    """train.precision as Lightning takes it: `auto` is mixed precision on a GPU (bf16 where it has it: no loss
+    scaling), full precision on a CPU (its bf16 is slower than fp32 on most)."""
+    setting = config.train.precision
+    if setting != "auto":
+        return setting
+    from transferlab.models import device_for
+
+    if device_for(config.train.accelerator).type == "cuda":
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
 
 
 def next_version(folder: Path) -> str:

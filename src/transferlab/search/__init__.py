@@ -26,6 +26,7 @@ CHEAP_GAIN = 1.0
 TRAINING_GAIN = {(True, True): 0.0, (True, False): 1.0, (False, True): 1.0, (False, False): 3.0}
 MIN_EPOCHS = 3  # a training candidate given fewer than this is not worth its time
 LEFTOVER = 0.2  # of the search's time: unspent, the sizes skipped for time get another chance
+LARGE_EVIDENCE = 5000  # evidence images from which the probe's out-of-fold grid is cut to 3 folds and one taps
 
 
 @dataclass
@@ -145,23 +146,29 @@ class Search:
     def cheap(self, sizes: list[int], strategies: dict[str, type], share: float) -> None:
         """Every point of the search grid of each strategy that scores out of fold (the probe's Cs, with
         and without multi-stage features), at each size `share` seconds afford, largest first; the sizes
-        skipped for time are kept in `self.skipped` for another chance."""
+        skipped for time are kept in `self.skipped` for another chance. When none fits, the smallest is
+        searched anyway: better a run a little over its budget than no model."""
         self.skipped, self.cheap_started = [], time.monotonic()
         for size in sorted(sizes, reverse=True):
             estimate = self.size_cost(size)
-            scored = any(c.accuracy is not None for c in self.tried)
-            if scored and (estimate > share - (self.spent() - self.cheap_started) or estimate > self.left() / 2):
+            if estimate > share - (self.spent() - (self.cheap_started - self.started)) or estimate > self.left() / 2:
                 self.skipped.append(size)
-                self.tried += [Candidate(name, name, size, {}, status=f"skipped: about {estimate:.0f} s (measured "
-                                         f"{1000 * self.costs.frozen(size):.1f} ms an image on "
-                                         f"{self.costs.engine.get(size, 'torch')}), more than the plan gives")
-                               for name in strategies]
                 self.note(f"cheap candidates @ {size} px", estimate, status="skipped for time")
                 continue
-            if not scored and estimate > self.left() / 2:  # better a run a little over its budget than no model
-                self.say(f"{size} px: about {estimate:.0f} s, more than half of the {max(0, self.left()):.0f} s "
-                         "left; searched anyway, the first size")
             self.score_size(size, strategies, estimate)
+        if not any(c.accuracy is not None for c in self.tried) and self.skipped:
+            smallest = min(self.skipped)
+            self.skipped.remove(smallest)
+            self.plan = [p for p in self.plan if p["part"] != f"cheap candidates @ {smallest} px"]
+            self.say(f"{smallest} px: about {self.size_cost(smallest):.0f} s, more than the plan gives; searched "
+                     "anyway, the smallest size")
+            self.score_size(smallest, strategies, self.size_cost(smallest))
+        for size in self.skipped:
+            estimate = self.size_cost(size)
+            self.tried += [Candidate(name, name, size, {}, status=f"skipped: about {estimate:.0f} s (measured "
+                                     f"{1000 * self.costs.frozen(size):.2f} ms an image on "
+                                     f"{self.costs.engine.get(size, 'torch')}), more than the plan gives")
+                           for name in strategies]
 
     def score_size(self, size: int, strategies: dict[str, type], estimate: float) -> None:
         """The out-of-fold grid of every cheap strategy at `size`, on the evidence images."""
@@ -169,9 +176,12 @@ class Search:
         if self.cut:  # the final fit's pass over every image, if a member of this size is chosen
             self.committed += self.costs.frozen(size) * len(self.ctx.dataset)
         taps_grid = sorted({t for t in self.auto.taps if t <= self.ctx.features.stages()} | {0})
+        if len(self.pool) >= LARGE_EVIDENCE:  # the richest features only: each fit of a large evidence costs
+            taps_grid = taps_grid[-1:]
         x = self.ctx.features.get(self.pool, size=size, normalize=self.norm, taps=max(taps_grid))
         features_s = time.monotonic() - started
-        folds = evidence_folds(self.labels, self.ctx.dataset.groups[self.pool], self.ctx.config.seed)
+        folds = evidence_folds(self.labels, self.ctx.dataset.groups[self.pool], self.ctx.config.seed,
+                               k=3 if len(self.pool) >= LARGE_EVIDENCE else 5)
         balanced = self.ctx.config.train.imbalance in ("weights", "sampler")
         for name, cls in strategies.items():
             for taps in taps_grid:
@@ -215,7 +225,8 @@ class Search:
         from transferlab.strategies import get_strategy
 
         val, accuracy = self.ctx.indices["val"], self.best_cheap_accuracy()
-        cross = resolvable_gain(accuracy, len(val)) > self.auto.resolvable  # the validation split cannot tell
+        rival = any(c.accuracy is not None for c in self.tried)  # no cheap score: a trial is the only model
+        cross = rival and resolvable_gain(accuracy, len(val)) > self.auto.resolvable  # val cannot tell
         if cross and resolvable_gain(accuracy, len(self.pool)) > self.auto.resolvable:
             why = (f"neither the {len(val)} validation images nor the {len(self.pool)} evidence images (cross-fitted) "
                    f"can tell a gain below {resolvable_gain(accuracy, len(self.pool)):.1%} from noise (two standard "
@@ -253,7 +264,8 @@ class Search:
                                                                 o[3].config.train.epochs):
             room = min(self.left(), share - (time.monotonic() - started))
             wanted = trial.config.train.epochs
-            epochs = min(wanted, int(max(0.0, room) // max(per_epoch + refit_epoch, 1e-9)))
+            epochs = wanted if math.isinf(room) else min(wanted, int(max(0.0, room) // max(per_epoch + refit_epoch,
+                                                                                           1e-9)))
             if epochs < min(MIN_EPOCHS, wanted):
                 candidate.status = (f"skipped: {epochs} epoch(s) fit ({per_epoch + refit_epoch:.0f} s an epoch, "
                                     f"measured; {max(0.0, room):.0f} s of the plan left)")
@@ -343,7 +355,8 @@ def choose(ctx) -> Choice:
     search.expensive(prior, search.left())  # the rest of the time: what the cheap part did not use too
     if scorable and search.skipped and search.left() > LEFTOVER * min(search.total, 1e12):
         search.say(f"{search.left():.0f} s of the plan unspent: the sizes skipped for time get another chance")
-        search.tried = [c for c in search.tried if not (c.size in search.skipped and c.status.startswith("skipped"))]
+        search.tried = [c for c in search.tried if not (c.strategy in scorable and c.size in search.skipped
+                                                        and c.status.startswith("skipped"))]
         search.cheap(search.skipped, scorable, search.left())
     chosen, ensemble = search.selection()
     refit = ctx.config.strategy.auto.refit

@@ -26,7 +26,7 @@ class Costs:
         self.frozen_s: dict[int, float] = {}  # size -> seconds per image of the frozen pass, as timed
         self.engine: dict[int, str] = {}
         self.training_s: dict[str, float] = {}  # a candidate's label -> seconds per training image, as timed
-        self.drift = 1.0
+        self.drift = {"frozen": 1.0, "training": 1.0}  # observed / timed of the latest part of each kind
         self.seen = 0  # feature-store passes already read
         self.history: list[dict] = []
 
@@ -37,7 +37,7 @@ class Costs:
             norm = (self.ctx.normalizer.mean, self.ctx.normalizer.std)
             self.frozen_s[size], self.engine[size] = self.ctx.features.time_pass(size, norm,
                                                                                images=len(self.ctx.dataset))
-        return self.frozen_s[size] * self.drift
+        return self.frozen_s[size] * self.drift["frozen"]
 
     def training(self, label: str, ctx, strategy) -> float:
         """Seconds per training image of `strategy` (the candidate `label`) in the fit context `ctx`, now."""
@@ -45,18 +45,17 @@ class Costs:
             from transferlab.fit import training_seconds
 
             self.training_s[label] = training_seconds(ctx, strategy)
-        return self.training_s[label] * self.drift
+        return self.training_s[label] * self.drift["training"]
 
-    def observe(self, what: str, timed_per_image: float, seconds: float, images: int, *, corrects: bool = True
-                ) -> None:
-        """A part that ran (`images` in `seconds`) against its timing; a frozen pass (`corrects`) sets the
-        machine's drift from then (a trial's time holds validation and set-up too: recorded, not used)."""
+    def observe(self, kind: str, what: str, timed_per_image: float, seconds: float, images: int) -> None:
+        """A part of `kind` (frozen, training) that ran (`images` in `seconds`) against its timing: the drift
+        of that kind from then (a trial's time holds its set-up, warm-up and predictions too, so the first one
+        also corrects for those)."""
         if images <= 0 or timed_per_image <= 0:
             return
         ratio = float(np.clip(seconds / images / timed_per_image, *DRIFT_RANGE))
-        if corrects:
-            self.drift = ratio
-        self.history.append({"what": what, "images": int(images), "seconds": round(seconds, 2),
+        self.drift[kind] = ratio
+        self.history.append({"kind": kind, "what": what, "images": int(images), "seconds": round(seconds, 2),
                              "timed_ms_per_image": round(1000 * timed_per_image, 3), "drift": round(ratio, 3)})
 
     def observe_passes(self) -> None:
@@ -64,7 +63,7 @@ class Costs:
         passes = self.ctx.features.passes
         for run in passes[self.seen:]:
             if run["view"] is None and run["size"] in self.frozen_s and run["images"] >= 64:
-                self.observe(f"features @ {run['size']} px ({run['engine']})", self.frozen_s[run["size"]],
+                self.observe("frozen", f"features @ {run['size']} px ({run['engine']})", self.frozen_s[run["size"]],
                              run["seconds"], run["images"])
         self.seen = len(passes)
 
@@ -75,4 +74,4 @@ class Costs:
                 "training_ms_per_image": {k: round(1000 * v, 3) for k, v in self.training_s.items()},
                 "timed": "median of 5 batches of 8 images after a warm-up batch, on the engine of the pass; training: "
                          "median of 4 optimizer steps after a warm-up step",
-                "drift": round(self.drift, 3), "corrections": self.history}
+                "drift": {k: round(v, 3) for k, v in self.drift.items()}, "corrections": self.history}

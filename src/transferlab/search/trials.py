@@ -70,8 +70,8 @@ def run_trial(search, candidate, trial, cross: bool) -> None:
     started = time.monotonic()
     config = merge(trial.config, unflatten(candidate.overrides), origin=f"auto ({candidate.variant})")
     deadline = None if search.ctx.deadline is None else time.monotonic() + max(0.0, search.left())
-    images = len(search.pool) * (CROSS_FOLDS - 1) / CROSS_FOLDS * CROSS_FOLDS if cross else \
-        len(search.ctx.indices["train"])
+    # images trained in one epoch of the whole trial: every fold's (K - 1 folds each), or the training part
+    images = len(search.pool) * (CROSS_FOLDS - 1) if cross else len(search.ctx.indices["train"])
     if cross:
         candidate.rows, probs = "train+val", cross_fitted(search, candidate, config, deadline)
         labels = search.labels
@@ -79,8 +79,9 @@ def run_trial(search, candidate, trial, cross: bool) -> None:
         candidate.rows, probs = "val", on_validation(search, candidate, config, deadline)
         labels = search.ctx.dataset.labels[search.ctx.indices["val"]]
     candidate.seconds = time.monotonic() - started
-    search.costs.observe(f"{candidate.label} training", search.costs.training_s.get(candidate.label, 0.0),
-                         candidate.seconds, int(images * config.train.epochs), corrects=False)
+    search.costs.observe("training", f"{candidate.label} ({config.train.epochs} epochs)",
+                         search.costs.training_s.get(candidate.label, 0.0), candidate.seconds,
+                         int(images * config.train.epochs))
     if np.isnan(probs).any():
         candidate.status = "skipped: the deadline cut its cross-fitted trial"
     else:

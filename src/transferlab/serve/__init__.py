@@ -139,7 +139,9 @@ class Server:
         self.host = host
         from transferlab.serve.protocol import KEEP_ALIVE_S, GuardedH11Protocol
 
-        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+        # log_config=None: uvicorn's dictConfig would close every logging handler of the process (an
+        # embedding app's, absl's on pytest's capture), and its levels are set without it
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", log_config=None,
                                                     lifespan="on", timeout_graceful_shutdown=5,
                                                     http=GuardedH11Protocol, timeout_keep_alive=KEEP_ALIVE_S))
 
