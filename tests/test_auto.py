@@ -420,3 +420,22 @@ def test_training_candidates_are_cross_fitted_where_the_validation_split_cannot_
     folder = next((run / "members").glob("fine-tune-32px-*"))
     assert sorted(p.name for p in folder.iterdir() if p.name.startswith("fold")) == ["fold1", "fold2", "fold3"]
     assert any("cross-fitted" in p["part"] for p in decision["plan"])
+
+
+def test_a_validation_trial_joins_probes_scored_on_a_subsample_of_a_large_set(color_folder, tmp_path):
+    """On a set larger than strategy.auto.max_images the probes are scored out of fold on a subsample of
+    train + val, while a training candidate is scored on the whole validation split: the ensemble is selected
+    on the validation images both predicted (it raised a KeyError at 60,000 Fashion-MNIST images)."""
+    config = load_config(overrides=["model.name=test_efficientnet", "model.pretrained=false", "train.workers=0",
+                                    "data.decode_workers=1", "train.report=false", "train.budget=none",
+                                    "strategy.auto.sizes=[32]", "strategy.auto.resolvable=1",
+                                    "strategy.auto.max_images=16", "data.val_fraction=0.3",
+                                    "strategy.auto.candidates=[linear-probe, fine-tune]", "strategy.fine_tune.epochs=1",
+                                    "strategy.fine_tune.head_warmup_epochs=0", "train.batch_size=8"])
+    run = run_training(str(color_folder), config, out=tmp_path / "run", progress=False)
+    decision = json.loads((run / "metrics.json").read_text())["strategy"]["decision"]
+    assert decision["evidence"]["subsampled"]
+    trial = next(c for c in decision["candidates"] if c["variant"] == "fine-tune")
+    assert trial["rows"] == "val" and trial["status"] == "scored", trial
+    val = sum(1 for row in (run / "split.csv").read_text().splitlines()[1:] if row.endswith(",val"))
+    assert decision["ensemble"]["on"] == "validation split" and 0 < decision["ensemble"]["images"] < val

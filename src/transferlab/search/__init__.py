@@ -306,15 +306,21 @@ class Search:
             raise ConfigError("auto could not score any candidate within train.budget: raise the budget, or "
                               "choose a strategy with --strategy")
         on_val = any(c.rows == "val" for c in scored)
-        rows = np.isin(self.pool, self.ctx.indices["val"]) if on_val else np.ones(len(self.pool), bool)
-        labels = self.ctx.dataset.labels[self.ctx.indices["val"]] if on_val else self.labels
+        val = self.ctx.indices["val"]
+        # on a validation trial: the validation images the evidence holds too (a subsample of a large set's
+        # train + val holds only some), the only ones every candidate predicted
+        shared = np.isin(val, self.pool) if on_val else None
+        if on_val and not shared.any():  # no validation image in the evidence: the validation trials alone
+            scored, shared = [c for c in scored if c.rows == "val"], np.ones(len(val), bool)
+        rows = val[shared] if on_val else self.pool
+        labels = self.ctx.dataset.labels[rows]
         where = {p: k for k, p in enumerate(self.pool)}
-        order = [where[i] for i in self.ctx.indices["val"]] if on_val else None
-        library = [c.probs if c.rows == "val" or not on_val else c.probs[order] for c in scored]
+        order = [where[i] for i in rows] if on_val else None
+        library = [c.probs[shared] if c.rows == "val" else c.probs[order] if on_val else c.probs for c in scored]
         weights, history = select(library, labels)
         chosen = [(c, float(w)) for c, w in zip(scored, weights) if w > 0]
         mixed = sum(w * p for w, p in zip(weights, library))
-        return chosen, {"images": int(rows.sum()), "on": "validation split" if on_val else "out of fold",
+        return chosen, {"images": int(len(rows)), "on": "validation split" if on_val else "out of fold",
                         "accuracy": float((mixed.argmax(axis=1) == labels).mean()), "log_loss": history[-1],
                         "rounds": len(history)}
 
