@@ -468,3 +468,26 @@ def test_nothing_outside_the_strategies_branches_on_a_strategy_name():
                 strings = [c.value for c in (node.left, *node.comparators) if isinstance(c, ast.Constant)]
                 found += [f"{path.relative_to(root)}:{node.lineno} {s}" for s in strings if s in names]
     assert not found, found
+
+
+def test_an_ensemble_with_a_member_from_scratch_loads_predicts_and_exports(tmp_path, capsys):
+    """A member trained from scratch is another network (small_cnn) than the pretrained members: model.json names
+    each member's own, and the run loads (it was built as the run's backbone and refused its weights: every
+    60,000-image Fashion-MNIST run whose search chose the scratch CNN beside probes)."""
+    from transferlab.cli import main
+    from transferlab.rundir import load_model
+
+    data = colour_data(tmp_path)
+    members = ("[{strategy: linear-probe, size: 32, weight: 1}, {strategy: scratch, size: 32, weight: 1, "
+               "settings: {train.epochs: 1}}]")
+    config = load_config(overrides=[*TINY, "strategy.name=ensemble", f"strategy.ensemble.members={members}"])
+    run = run_training(str(data), config, out=tmp_path / "run", progress=False)
+    meta = json.loads((run / "model" / "model.json").read_text())
+    assert [m["model"] for m in meta["members"]] == ["test_efficientnet", "small_cnn"]
+    model = load_model(run)
+    assert type(model.classifier.members[1].backbone).__name__ != type(model.classifier.members[0].backbone).__name__
+    image = next((data / "red").iterdir())
+    capsys.readouterr()
+    assert main(["predict", str(run), str(image), "--json", "--engine", "torch"]) == 0
+    assert main(["export", str(run), "--format", "onnx", "--out", str(tmp_path / "bundle")]) == 0
+    assert json.loads((tmp_path / "bundle" / "bundle.json").read_text())["parity"]["max_abs_diff"] <= 1e-4

@@ -175,6 +175,7 @@ def model_meta(result, ctx) -> dict:
 
         index: dict = {}  # a shared pretrained backbone's key, or the member itself -> its number in weights
         meta["members"] = [{"size": m.ctx.size, "weight": round(w, 6), "strategy": m.strategy.name,
+                            "model": m.config.model.name,  # its own network (a member from scratch: small_cnn)
                             "label": m.strategy.label(), "taps": m.config.model.taps,
                             "backbone": index.setdefault(shared_backbone_key(m, fixed_input(config.model.name))
                                                          if m.stages[m.selected].kind == "head" else ("own", k),

@@ -38,7 +38,8 @@ def build_model(meta: dict, input_size: int) -> torch.nn.Module:
     for member in members:
         index = int(member.get("backbone", 0))
         if index not in backbones:
-            backbones[index] = create_backbone(meta["model"], pretrained=False, img_size=member["size"])
+            backbones[index] = create_backbone(member.get("model", meta["model"]), pretrained=False,
+                                               img_size=member["size"])
         built.append(Classifier(backbones[index], classes, norm["mean"], norm["std"], size=member["size"],
                                 input_size=input_size, taps=member.get("taps", 0)))
     return Ensemble(built, [float(m["weight"]) for m in members])
