@@ -156,6 +156,31 @@ def colour_images(root: Path, per_class: int = 8, classes=("red", "blue")) -> Pa
     return root
 
 
+MULTI = ("red", "green", "blue")  # the labels of multilabel_set: which colour bands an image holds
+
+
+def multilabel_set(root: Path, *, images: int = 48, form: str = "labels", seed: int = 0) -> Path:
+    """A multi-label manifest of 24 x 24 PNGs, each holding 0 to 3 colour bands (a horizontal band per colour
+    present: red, green, blue); its labels are the colours present. `form` labels: a path,labels CSV with
+    names joined by ';'; columns: one 0/1 column per colour. Every combination appears, the empty one too."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(images):
+        present = [c for c in range(3) if (i >> c) & 1] if i < 8 else [c for c in range(3) if rng.random() < 0.5]
+        img = rng.integers(0, 50, (24, 24, 3), dtype=np.uint8)
+        for c in present:
+            img[8 * c: 8 * c + 8, :, c] = rng.integers(170, 256, (8, 24), dtype=np.uint8)
+        save(Image.fromarray(img), root / "images" / f"{i:03d}.png")
+        rows.append((f"images/{i:03d}.png", [MULTI[c] for c in present]))
+    with open(root / "labels.csv", "w", encoding="utf-8") as handle:
+        if form == "labels":
+            handle.write("path,labels\n" + "".join(f"{p},{';'.join(names)}\n" for p, names in rows))
+        else:
+            handle.write("path," + ",".join(MULTI) + "\n" + "".join(
+                f"{p}," + ",".join("1" if c in names else "0" for c in MULTI) + "\n" for p, names in rows))
+    return root / "labels.csv"
+
+
 @pytest.fixture
 def isolated(tmp_path, monkeypatch):
     """A cache of the test's own and no run directory inherited from the environment."""

@@ -88,6 +88,7 @@ class DataConfig:
     disk_limit_gb: float = setting(50.0, "(0, inf]", "the cache folder is trimmed to this", resume_safe=True)
     decode_workers: int = setting(0, "[0, 256]", "processes decoding images; 0 = one per CPU core", resume_safe=True)
     group_column: str | None = setting(None, help="CSV manifest column whose rows must stay in one split")
+    label_delimiter: str = setting(";", help="separates the names in a manifest's labels column (multi-label)")
 
 
 @dataclass
@@ -302,6 +303,16 @@ class TrainConfig:
 
 
 @dataclass
+class TaskConfig:
+    """The label space (tasks.py): one label per image, or any number of them."""
+
+    name: Literal["auto", "single-label", "multi-label", "multilabel"] = setting(
+        "auto", help="auto: multi-label when a manifest row has more or less than one label")
+    threshold: float | None = setting(None, "(0, 1)", "multi-label: one threshold for every label (default: each "
+                                                     "label's own, chosen for its F1 on out-of-fold predictions)")
+
+
+@dataclass
 class CVConfig:
     """Cross-validation (`transferlab cv`)."""
 
@@ -333,6 +344,7 @@ class Config:
     train: TrainConfig = setting(factory=TrainConfig)
     cv: CVConfig = setting(factory=CVConfig)
     tracking: TrackingConfig = setting(factory=TrackingConfig)
+    task: TaskConfig = setting(factory=TaskConfig)
 
 
 def setting_of(key: str) -> tuple[Any, dataclasses.Field]:

@@ -14,9 +14,10 @@ import numpy as np
 from transferlab.data import load_dataset
 from transferlab.data.sources import check_spec
 from transferlab.errors import DataError
-from transferlab.metrics import compute_metrics, scalar_metrics, write_predictions
 from transferlab.io import write_json
+from transferlab.metrics import CURVES, scalar_metrics, write_predictions
 from transferlab.rundir import STATE_FILE, RunState, check_out_dir, load_model, new_run_dir
+from transferlab.tasks import SINGLE, Task
 
 
 @dataclass
@@ -28,6 +29,7 @@ class Predictions:
     probs: list[np.ndarray] = field(default_factory=list)
     part: list[str] = field(default_factory=list)
     index: list[int] = field(default_factory=list)
+    task: Task = SINGLE
 
     def of(self, part: str) -> tuple[np.ndarray, np.ndarray]:
         """(dataset indices, probabilities) of one part."""
@@ -38,7 +40,7 @@ class Predictions:
         return np.concatenate(self.probs) if self.probs else np.zeros((0, 0))
 
     def write(self, path: Path, classes: list[str], column: str = "split") -> None:
-        write_predictions(path, self.paths, np.array(self.labels), self.matrix(), classes,
+        write_predictions(path, self.paths, np.array(self.labels), self.matrix(), classes, task=self.task,
                           extra={column: self.part} if column != "index" else {"index": self.index})
 
 
@@ -46,17 +48,17 @@ def evaluate_parts(result, ctx, parts=("val", "test")) -> tuple[dict, dict, Pred
     """Every metric, the ROC / calibration curves and the predictions of each non-empty part of the
     fit context `ctx` by the model a fit (`FitResult`) kept."""
     dataset = ctx.dataset
-    metrics, curves, rows = {}, {}, Predictions()
+    metrics, curves, rows = {}, {}, Predictions(task=dataset.task)
     for part in parts:
         idx = ctx.indices.get(part, np.zeros(0, dtype=np.int64))
         if len(idx) == 0:
             continue
         probs = result.probabilities(ctx, part)
-        scored = compute_metrics(dataset.labels[idx], probs, dataset.classes)
-        curves[part] = {"roc": scored.pop("roc_curves"), "calibration": scored.pop("calibration")}
+        scored = dataset.task.metrics(dataset.labels[idx], probs, dataset.classes)
+        curves[part] = {key: scored.pop(name) for key, name in CURVES.items() if name in scored}
         metrics[part] = scored
         rows.paths += [dataset.paths[i] for i in idx]
-        rows.labels += [int(v) for v in dataset.labels[idx]]
+        rows.labels += list(dataset.labels[idx])  # class indices, or 0/1 rows
         rows.probs.append(probs)
         rows.part += [part] * len(idx)
         rows.index += [int(i) for i in idx]
@@ -108,7 +110,8 @@ def evaluate_run(run: str | Path, data: str, *, out: str | Path | None = None, s
     check_spec(data)
     model = load_model(run)
     check_out_dir(out)
-    config = dataclasses.replace(model.config, data=dataclasses.replace(model.config.data, subset=subset, source=data))
+    config = dataclasses.replace(model.config, data=dataclasses.replace(model.config.data, subset=subset, source=data),
+                                 task=dataclasses.replace(model.config.task, name=model.task.name))  # the model's
     dataset = load_dataset(data, config, progress=progress)
     if len(dataset) == 0:
         raise DataError(f"{data} has no usable images to evaluate on")
@@ -118,7 +121,11 @@ def evaluate_run(run: str | Path, data: str, *, out: str | Path | None = None, s
         raise DataError(f"{data} has classes the model of {run} does not know: {', '.join(unknown)} "
                         f"(it knows: {', '.join(model.classes)}); evaluate on a set with the same class names")
     missing = [c for c in model.classes if c not in set(dataset.classes)]
-    labels = np.array([known[dataset.classes[i]] for i in dataset.labels], dtype=np.int64)
+    if dataset.labels.ndim == 2:  # 0/1 columns in the model's class order (a label the set lacks: all 0)
+        labels = np.zeros((len(dataset), len(model.classes)), dtype=np.int64)
+        labels[:, [known[c] for c in dataset.classes]] = dataset.labels
+    else:
+        labels = np.array([known[dataset.classes[i]] for i in dataset.labels], dtype=np.int64)
     views = test_views.views(tta)
     started = time.time()
     compiled = model_engine(model, engine, images=len(dataset) * len(views))
@@ -126,14 +133,14 @@ def evaluate_run(run: str | Path, data: str, *, out: str | Path | None = None, s
     per_view = np.stack([run_batches(lambda b, v=view: compiled(np.ascontiguousarray(v(b))), dataset.images, every,
                                      batch) for _, view in views])
     probs = per_view.mean(axis=0)
-    metrics = compute_metrics(labels, probs, model.classes)
+    metrics = model.task.metrics(labels, probs, model.classes)
     comparison = None
     if tta:
-        plain = compute_metrics(labels, per_view[0], model.classes, curves=False)
+        plain = model.task.metrics(labels, per_view[0], model.classes, curves=False)
         comparison = {"views": [name for name, _ in views], **{
             label: {k: m[k] for k in ("accuracy", "log_loss", "ece")} for label, m in (("without", plain),
                                                                                       ("with", metrics))}}
-    curves = {"roc": metrics.pop("roc_curves"), "calibration": metrics.pop("calibration")}
+    curves = {key: metrics.pop(name) for key, name in CURVES.items() if name in metrics}
     out_dir = new_run_dir(out, data, "eval", base=run / "evaluations")
     write_json(out_dir / "metrics.json", {
         "test": metrics, "run": str(run), "data": data, "n_images": len(dataset),
@@ -141,7 +148,7 @@ def evaluate_run(run: str | Path, data: str, *, out: str | Path | None = None, s
         "seconds": round(time.time() - started, 1), "engine": compiled.name, "tta": comparison,
     })
     write_json(out_dir / "curves.json", {"test": curves})
-    write_predictions(out_dir / "predictions.csv", dataset.paths, labels, probs, model.classes)
+    write_predictions(out_dir / "predictions.csv", dataset.paths, labels, probs, model.classes, task=model.task)
     track_evaluation(run, config, out_dir, metrics, data=data, engine=compiled.name, tta=tta)
     return out_dir
 

@@ -17,11 +17,13 @@ import torch
 from transferlab.augment import resolve_augment
 from transferlab.config import Config
 from transferlab.console import info
+from transferlab.data.dataset import count_labels
 from transferlab.errors import DataError
-from transferlab.metrics import better, monitored_values
+from transferlab.metrics import better
 from transferlab.models import Classifier, device_for, seeded_backbone
+from transferlab.tasks import SINGLE, Task
 from transferlab.train import (ClassifierModule, HeadModule, StageResult, TrainableGroups, TransferDataModule,
-                               balanced_weights, first_epochs, precision_for, read_checkpoint, run_stage)
+                               first_epochs, precision_for, read_checkpoint, run_stage)
 
 
 @dataclass(frozen=True)
@@ -79,15 +81,18 @@ class FitContext:
                                  normalize=(self.normalizer.mean, self.normalizer.std))
 
 
-def imbalance_weights(config: Config, labels: np.ndarray, num_classes: int) -> tuple[torch.Tensor | None,
-                                                                                      np.ndarray | None, str]:
-    """Class weights for the loss or per-sample weights for a balanced sampler, from TRAINING labels."""
-    counts = np.bincount(labels, minlength=num_classes).astype(float)
+def imbalance_weights(config: Config, labels: np.ndarray, num_classes: int, task: Task = SINGLE
+                      ) -> tuple[torch.Tensor | None, np.ndarray | None, str]:
+    """Class weights for the loss or per-sample weights for a balanced sampler, from TRAINING labels (a
+    multi-label task's weights: each label's pos_weight; it has no balanced sampler)."""
+    counts = np.asarray(count_labels(labels, num_classes), dtype=float)
     mode = config.train.imbalance
-    if mode == "auto":
-        mode = "weights" if counts.max() / max(1.0, counts[counts > 0].min()) >= 3 else "none"
+    if mode == "auto":  # a multi-label task's own thresholds answer imbalance, with probabilities left calibrated
+        mode = "weights" if labels.ndim == 1 and counts.max() / max(1.0, counts[counts > 0].min()) >= 3 else "none"
+    if mode == "sampler" and labels.ndim == 2:
+        mode = "weights"  # a sampler draws images by their one class
     if mode == "weights":
-        return balanced_weights(labels, num_classes), None, mode
+        return task.class_weights(labels, num_classes), None, mode
     if mode == "sampler":
         return None, 1.0 / np.maximum(counts[labels], 1), mode
     return None, None, mode
@@ -114,7 +119,7 @@ class Fitting:
         self.classifier = new_classifier(ctx)
         self.initial_backbone = {k: v.detach().clone() for k, v in self.classifier.backbone.state_dict().items()}
         self.class_weights, self.sample_weights, self.imbalance = imbalance_weights(
-            ctx.config, ctx.dataset.labels[ctx.indices["train"]], len(ctx.dataset.classes))
+            ctx.config, ctx.dataset.labels[ctx.indices["train"]], len(ctx.dataset.classes), ctx.dataset.task)
 
     def train_head(self, stage) -> StageResult:
         """The head alone on cached features."""
@@ -126,7 +131,7 @@ class Fitting:
                                         features={"train": features, "val": ctx.part_features("val")},
                                         feature_labels={"train": labels,
                                                         "val": ctx.dataset.labels[ctx.indices["val"]]})
-        module = HeadModule(self.classifier.head, ctx.config, class_weights=self.class_weights)
+        module = HeadModule(self.classifier.head, ctx.config, class_weights=self.class_weights, task=ctx.dataset.task)
         result = run_stage(ctx, stage, module, datamodule, [], rows=len(labels),
                            groups={"head": {"lr_scale": 1.0, "trains_from_epoch": 1}})
         if stage.views:  # the views are the per-image ops (no batch mixing: features are mixed by nobody)
@@ -141,7 +146,7 @@ class Fitting:
         datamodule = TransferDataModule(ctx.config, ctx.dataset.labels, ctx.indices, store=ctx.dataset.images,
                                         sample_weights=self.sample_weights)
         module = ClassifierModule(self.classifier, ctx.config, num_classes=len(ctx.dataset.classes),
-                                  lr_scales=scales, class_weights=self.class_weights)
+                                  lr_scales=scales, class_weights=self.class_weights, task=ctx.dataset.task)
         starts = first_epochs(schedule, stage.epochs)
         scale_of = scales if ctx.config.strategy.layer_decay is None else {}
         groups = {g: {"lr_scale": scale_of.get(g), "trains_from_epoch": starts.get(g)} for g in scales}
@@ -161,8 +166,8 @@ class Fitting:
         result = StageResult(stage.name, "head", str(path), None, 0, 0.0, groups or {})
         self.restore(result)
         if self.ctx.has_val:
-            result.score = monitored_values(self.ctx.dataset.labels[self.ctx.indices["val"]],
-                                            probabilities(self.ctx, self.classifier, result.kind, "val"))[
+            result.score = self.ctx.dataset.task.monitored(self.ctx.dataset.labels[self.ctx.indices["val"]],
+                                                           probabilities(self.ctx, self.classifier, result.kind, "val"))[
                 self.ctx.config.train.monitor]
         return result
 
@@ -192,8 +197,10 @@ def probabilities(ctx: FitContext, model: torch.nn.Module, kind: str, part: str)
     device = device_for(ctx.config.train.accelerator)
     if kind == "head":
         with torch.no_grad():
-            return model.head.eval().to(device)(ctx.part_features(part).to(device)).float().softmax(dim=1).cpu().numpy()
-    engine = TorchEngine(Probabilities(model), device=device, channels_last=ctx.config.train.channels_last)
+            logits = model.head.eval().to(device)(ctx.part_features(part).to(device))
+            return ctx.dataset.task.probabilities(logits).cpu().numpy()
+    engine = TorchEngine(Probabilities(model, ctx.dataset.task), device=device,
+                         channels_last=ctx.config.train.channels_last)
     return run_batches(engine, ctx.dataset.images, ctx.indices[part], ctx.config.train.eval_batch_size)
 
 
@@ -231,7 +238,7 @@ def training_seconds(ctx: FitContext, strategy, *, steps: int = 4) -> float:
             batch = torch.stack([transform(image) for image in pixels]).to(device)
             x, y = module.prepare_batch(batch, labels)
             with mixed:
-                loss = torch.nn.functional.cross_entropy(module(x), y)
+                loss = ctx.dataset.task.loss(module(x), y)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -314,9 +321,8 @@ def fit_members(ctx: FitContext, strategy, run) -> FitResult:
     """An ensemble: each member fitted in its own folder (resumable as any fit), then one model whose
     members on the pretrained backbone share it."""
     from transferlab.models import Ensemble
-    from transferlab.rundir import STATE_FILE, RunDir, RunState
-
     from transferlab.models.backbone import fixed_input
+    from transferlab.rundir import STATE_FILE, RunDir, RunState
 
     started, members, shared = time.time(), [], {}
     for name, member, weight in strategy.members:
@@ -330,7 +336,7 @@ def fit_members(ctx: FitContext, strategy, run) -> FitResult:
     total = sum(w for w, _ in members)
     members = [(w / total, r) for w, r in members]
     model = members[0][1].classifier if len(members) == 1 else Ensemble([r.classifier for _, r in members],
-                                                                         [w for w, _ in members])
+                                                                         [w for w, _ in members], ctx.dataset.task)
     stages = {f"{name}/{stage}": result for (name, _, _), (_, r) in zip(strategy.members, members)
               for stage, result in r.stages.items()}
     run.state.stage, run.state.seconds = "members", round(time.time() - started, 1)

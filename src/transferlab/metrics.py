@@ -237,14 +237,21 @@ def bootstrap_intervals(y_true, probs, classes: list[str], *, resamples: int = 1
     return {key: interval(values) for key, values in scalars.items()}, by_class
 
 
+# the curves a task's metrics hold, by the key curves.json keeps them under (single-label: ROC and the reliability
+# curve; multi-label: precision-recall per label)
+CURVES = {"roc": "roc_curves", "calibration": "calibration", "pr": "pr_curves"}
+
 # Every scalar metric people read, in the order they are shown, with its label (CLI summaries,
 # the CV table and the report all take theirs from here).
 LABELS = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "top3_accuracy": "top-3 accuracy",
           "top5_accuracy": "top-5 accuracy", "precision_macro": "macro precision", "recall_macro": "macro recall",
           "f1_macro": "macro F1", "f1_weighted": "weighted F1", "roc_auc": "AUC-ROC",
           "roc_auc_ovr_macro": "AUC-ROC (OvR)", "roc_auc_ovr_weighted": "AUC-ROC (OvR, weighted)",
-          "log_loss": "log loss", "ece": "calibration error"}
-HEADLINE = ("accuracy", "balanced_accuracy", "f1_macro", "roc_auc", "roc_auc_ovr_macro", "log_loss", "ece")
+          "log_loss": "log loss", "ece": "calibration error",
+          "average_precision_macro": "mAP", "f1_micro": "micro F1", "f1_samples": "samples F1",
+          "subset_accuracy": "subset accuracy", "hamming_loss": "Hamming loss", "roc_auc_macro": "AUC-ROC (macro)"}
+HEADLINE = ("accuracy", "balanced_accuracy", "average_precision_macro", "f1_macro", "f1_micro", "subset_accuracy",
+            "hamming_loss", "roc_auc", "roc_auc_ovr_macro", "roc_auc_macro", "log_loss", "ece")
 
 
 def headline(metrics: dict) -> dict[str, float | None]:
@@ -258,15 +265,24 @@ def scalar_metrics(metrics: dict) -> dict[str, float]:
 
 
 @rank_zero_only
-def write_predictions(path: str | Path, paths: list[str], y_true, probs, classes: list[str],
+def write_predictions(path: str | Path, paths: list[str], y_true, probs, classes: list[str], *, task,
                       extra: dict[str, list] | None = None) -> None:
-    """predictions.csv: path, label, pred, p_<class> for every class, and any extra columns."""
+    """predictions.csv: path, label, pred (the `task`'s decision; a multi-label one's labels joined by `;`),
+    p_<class> for every class, and any extra columns."""
     probs = np.asarray(probs)
     extra = extra or {}
+    decided = task.decide(probs) if len(probs) else []
+
+    def names(row) -> str:
+        row = np.asarray(row)
+        if row.ndim:  # a 0/1 row of a multi-label task
+            return ";".join(c for c, on in zip(classes, row) if on)
+        return classes[int(row)] if row >= 0 else ""
+
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "label", "pred", *extra, *(f"p_{c}" for c in classes)])
         for i, p in enumerate(paths):
-            label = classes[int(y_true[i])] if y_true is not None and y_true[i] >= 0 else ""
-            writer.writerow([p, label, classes[int(probs[i].argmax())], *(extra[c][i] for c in extra),
+            label = names(y_true[i]) if y_true is not None else ""
+            writer.writerow([p, label, names(decided[i]), *(extra[c][i] for c in extra),
                              *(f"{v:.6f}" for v in probs[i])])

@@ -17,18 +17,13 @@ from transferlab.errors import ConfigError
 from transferlab.rundir import TrainedModel, load_model
 
 
-def top_classes(probs: np.ndarray, classes: list[str], k: int) -> list[dict]:
-    order = np.argsort(-probs, kind="stable")[:k]
-    return [{"class": classes[int(c)], "probability": round(float(probs[c]), 6)} for c in order]
-
-
 def model_engine(model: TrainedModel, engine: str = "auto", images: int = 1, batch: int = 32):
     """The run's classifier (answering probabilities) on `engine`, exported once and cached."""
     from transferlab.data.decode import content_hash
     from transferlab.engines import (Probabilities, cache_folder, check_engine, compile_engine, exported, fallbacks,
                                      resolve)
 
-    module = Probabilities(model.classifier)
+    module = Probabilities(model.classifier, model.task)
     if engine == "torch":  # no export: nothing to hash or look up
         check_engine(engine)
         return compile_engine("torch", module, model.spec.size, Path(), device=model.device, channels_last=False)
@@ -48,7 +43,8 @@ def predict_pixels(model: TrainedModel, pixels: np.ndarray, *, engine, tta: tupl
 
 def predict_files(run: str | Path, files: list[str | Path], *, top_k: int = 5, engine: str = "auto",
                   tta: tuple[str, ...] = ()) -> list[dict]:
-    """One dict per file: {"path", "top": [{"class", "probability"}...]} or {"path", "error"}."""
+    """One dict per file: {"path", "top": [{"class", "probability"}...]} (multi-label: also "labels", the labels
+    predicted, and every label in "top" with whether it is predicted and its threshold) or {"path", "error"}."""
     if top_k < 1:
         raise ConfigError(f"--top-k {top_k} must be at least 1")
     model = load_model(run)
@@ -61,7 +57,7 @@ def predict_files(run: str | Path, files: list[str | Path], *, top_k: int = 5, e
         if pending:
             probs = predict_pixels(model, np.stack([pixels for _, pixels in pending]), engine=compiled, tta=tta)
             for (slot, _), row in zip(pending, probs):
-                results[slot]["top"] = top_classes(row, model.classes, k)
+                results[slot] |= model.task.answer(row, model.classes, k)
             pending.clear()
 
     for file in files:

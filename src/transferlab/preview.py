@@ -54,7 +54,7 @@ def pick_rows(labels: np.ndarray, classes: list[str], rows: int, seed: int) -> l
     order = rng.permutation(len(labels))
     chosen: list[int] = []
     for label in range(len(classes)):
-        members = order[labels[order] == label]
+        members = order[(labels[order, label] == 1) if labels.ndim == 2 else (labels[order] == label)]
         if len(members):
             chosen.append(int(members[0]))
     chosen = chosen[:rows]

@@ -164,7 +164,7 @@ def model_meta(result, ctx) -> dict:
     meta = {"model": config.model.name, "classes": dataset.classes, "normalize": ctx.normalization,
             "resize": dataclasses.asdict(dataset.spec), "dropout": config.model.dropout,
             "strategy": result.strategy.name, "label": result.strategy.label(), "source": config.data.source,
-            "size": ctx.size, "taps": config.model.taps}
+            "size": ctx.size, "taps": config.model.taps, "task": dataset.task.record()}
     if len(result.members) == 1:
         member = result.members[0][1]
         return meta | {"size": member.ctx.size, "dropout": member.config.model.dropout, "label": member.strategy.label(),
@@ -184,6 +184,22 @@ def model_meta(result, ctx) -> dict:
     return meta
 
 
+def settle_task(result, ctx, decision: dict | None) -> dict | None:
+    """What the task's decision needs, chosen on held-out predictions before anything is scored: a multi-label
+    task's thresholds, on the validation split; when the model trained on it, auto's choice on the search's
+    out-of-fold predictions (its record); else none."""
+    import numpy as np
+
+    task, val = ctx.dataset.task, ctx.indices.get("val")
+    held = not result.trained_on_val and val is not None and len(val) > 0
+    searched = (decision or {}).get("task") or {}
+    if task.chooses and not held and searched.get("values"):
+        task.thresholds = np.asarray(searched["values"], dtype=float)  # as the search chose them (a resume too)
+        return searched
+    probs = result.probabilities(ctx, "val") if held and task.chooses else None
+    return task.settle(probs, ctx.dataset.labels[val] if held else None, "validation split")
+
+
 def finish_train(result, ctx, run, decision: dict | None, started: float, pictures) -> None:
     """Evaluate the kept model on val and test; write model/, metrics.json, curves.json,
     predictions.csv, dataset.json, the pictures that need the images, and the report."""
@@ -198,7 +214,10 @@ def finish_train(result, ctx, run, decision: dict | None, started: float, pictur
     dataset = ctx.dataset
     write_dataset_json(run.path, dataset, ctx.indices, ctx.normalization)
     parts = ("test",) if result.trained_on_val else ("val", "test")
+    settled = settle_task(result, ctx, decision)
     metrics, curves, rows = evaluate_parts(result, ctx, parts)
+    if settled:
+        metrics["task"] = {"name": dataset.task.name, **settled}
     gallery = "val" if "val" in metrics else "test"
     record = RunRecord(metrics=metrics, strategy=StrategyRecord(**result.record(run.state.requested, decision)),
                        data={"source": result.config.data.source, "n_images": len(dataset),
@@ -219,6 +238,7 @@ def finish_fold(result, ctx, fold, decision: dict | None, pictures) -> None:
     from transferlab.evaluate import evaluate_parts
     from transferlab.tracking import fold_summary
 
+    settle_task(result, ctx, decision)
     metrics, _, rows = evaluate_parts(result, ctx, ("test",))
     indices = ctx.indices
     record = FoldRecord(name=fold.name, repeat=fold.repeat + 1, fold=fold.fold + 1,
@@ -253,7 +273,7 @@ def finish_cv(run, dataset, config, folds: list[tuple[int, int, str]], started: 
     import numpy as np
 
     from transferlab.evaluate import aggregate_folds
-    from transferlab.metrics import bootstrap_intervals, compute_metrics, scalar_metrics, write_predictions
+    from transferlab.metrics import CURVES, scalar_metrics, write_predictions
     from transferlab.tracking import cv_summary
 
     run_dir, requested = run.path, run.state.requested
@@ -273,18 +293,18 @@ def finish_cv(run, dataset, config, folds: list[tuple[int, int, str]], started: 
     # every repeat's out-of-fold predictions, each image once per repeat: the metrics are their mean over
     # repeats, and the bootstrap resamples images (with all of an image's repeats), so the interval is of that
     everyone = np.concatenate([pooled[r] for r in sorted(pooled)])
-    labels = np.tile(dataset.labels, len(pooled))
-    out_of_fold = compute_metrics(labels, everyone, dataset.classes, curves=True)
+    labels = np.concatenate([dataset.labels] * len(pooled))
+    out_of_fold = dataset.task.metrics(labels, everyone, dataset.classes, curves=True)
     resamples = BOOTSTRAP if len(dataset) <= LARGE_SET else BOOTSTRAP_LARGE
-    intervals, class_intervals = bootstrap_intervals(labels, everyone, dataset.classes, seed=config.seed,
-                                                     resamples=resamples, units=np.tile(np.arange(len(dataset)),
-                                                                                        len(pooled)))
+    intervals, class_intervals = dataset.task.intervals(labels, everyone, dataset.classes, seed=config.seed,
+                                                        resamples=resamples, units=np.tile(np.arange(len(dataset)),
+                                                                                           len(pooled)))
     for name, entry in summary["metrics"].items():
         entry["ci95"] = intervals.get(name)
     for name, entries in summary["per_class"].items():
         for key, entry in entries.items():
             entry["ci95"] = class_intervals[name].get(key)
-    curves = {"roc": out_of_fold.pop("roc_curves"), "calibration": out_of_fold.pop("calibration")}
+    curves = {key: out_of_fold.pop(field) for key, field in CURVES.items() if field in out_of_fold}
     split = dict(run.state.split or {})
     record = CVRecord(
         folds=[{"name": r.name, "repeat": r.repeat, "fold": r.fold, "n_train": r.n_train, "n_val": r.n_val,
@@ -305,7 +325,7 @@ def finish_cv(run, dataset, config, folds: list[tuple[int, int, str]], started: 
     write_json(run_dir / "cv_metrics.json", dataclasses.asdict(record))
     write_json(run_dir / "curves.json", {"out_of_fold": curves})
     write_predictions(run_dir / "predictions.csv", oof["paths"], np.array(oof["labels"]), np.concatenate(oof["probs"]),
-                      dataset.classes, extra={"repeat": oof["repeat"], "fold": oof["fold"]})
+                      dataset.classes, task=dataset.task, extra={"repeat": oof["repeat"], "fold": oof["fold"]})
     pictures(run_dir, dataset, config)
     cv_summary(tracker, config, read_json(run_dir / "cv_metrics.json"), run_dir, record.display)
 

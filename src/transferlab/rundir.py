@@ -370,6 +370,13 @@ class TrainedModel:
     def classes(self) -> list[str]:
         return self.meta["classes"]
 
+    @property
+    def task(self):
+        """The label space the model answers in (tasks.py), with its thresholds."""
+        from transferlab.tasks import task_of
+
+        return task_of(self.meta)
+
 
 def check_meta(meta: dict, spec, origin: str) -> None:
     """model.json's values under the constraints of the config keys they come from (a resize of

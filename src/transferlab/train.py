@@ -18,7 +18,6 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -31,9 +30,10 @@ from transferlab.data.loader import (CachedImageDataset, EpochLoader, EpochSampl
                                      item_seed)
 from transferlab.errors import DivergedError, RunError
 from transferlab.io import atomic_write
-from transferlab.metrics import MONITOR_MODE, monitored_values
+from transferlab.metrics import MONITOR_MODE
 from transferlab.models.groups import named_groups
 from transferlab.optim import build_optimizer, build_scheduler, head_param_groups, param_groups, scheduler_step
+from transferlab.tasks import SINGLE, Task
 
 # Lightning advice that does not apply to how we train (small cached sets, our own folders)
 QUIET_WARNINGS = (".*does not have many workers.*", ".*LeafSpec.*", ".*smaller than the logging interval.*",
@@ -59,9 +59,9 @@ class StageModule(L.LightningModule):
     """What both modules share: the loss (class weights, label smoothing, soft targets), seeded
     steps, validation metrics on the gathered epoch, and the optimizer and schedule."""
 
-    def __init__(self, config: Config, *, class_weights: torch.Tensor | None):
+    def __init__(self, config: Config, *, class_weights: torch.Tensor | None, task: Task = SINGLE):
         super().__init__()
-        self.config = config
+        self.config, self.task = config, task
         self.lr = config.optim.lr  # Lightning's LR finder sets this
         self.register_buffer("class_weights", class_weights, persistent=False)
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -81,15 +81,15 @@ class StageModule(L.LightningModule):
         x, y = batch
         x, targets = self.prepare_batch(x, y)
         logits = self(x)
-        loss = F.cross_entropy(logits, targets, weight=self.class_weights,
-                               label_smoothing=self.config.optim.label_smoothing)
+        loss = self.task.loss(logits, targets, weight=self.class_weights, smoothing=self.config.optim.label_smoothing)
         if not torch.isfinite(loss):
             raise DivergedError(f"training diverged in epoch {self.current_epoch + 1}, step {batch_idx + 1}: the loss "
                                 f"became {loss.item()} (learning rate {self.lr:g}); lower --lr (optim.lr) or use "
                                 "--find-lr, and start a new run")
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=True)
-        self.log("train_accuracy", (logits.argmax(dim=1) == y).float().mean(), on_step=False, on_epoch=True,
-                 batch_size=len(y), sync_dist=True)
+        correct = self.task.correct(self.task.probabilities(logits.detach()).cpu().numpy(), y.cpu().numpy())
+        self.log("train_accuracy", float(correct.mean()), on_step=False, on_epoch=True, batch_size=len(y),
+                 sync_dist=True)
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -105,7 +105,7 @@ class StageModule(L.LightningModule):
         if self.trainer.world_size > 1:
             logits = self.all_gather(logits).flatten(0, 1)
             labels = self.all_gather(labels).flatten(0, 1)
-        values = monitored_values(labels.cpu().numpy(), logits.float().softmax(dim=1).cpu().numpy())
+        values = self.task.monitored(labels.cpu().numpy(), self.task.probabilities(logits).cpu().numpy())
         self.log_dict(values, prog_bar=False, sync_dist=False)
         self.log("val_acc", values["val_accuracy"], prog_bar=True, logger=False)
 
@@ -123,8 +123,9 @@ class StageModule(L.LightningModule):
 class HeadModule(StageModule):
     """The new head alone, trained on cached pooled features (the backbone never runs)."""
 
-    def __init__(self, head: nn.Module, config: Config, *, class_weights: torch.Tensor | None = None):
-        super().__init__(config, class_weights=class_weights)
+    def __init__(self, head: nn.Module, config: Config, *, class_weights: torch.Tensor | None = None,
+                 task: Task = SINGLE):
+        super().__init__(config, class_weights=class_weights, task=task)
         self.head = head
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
@@ -139,8 +140,8 @@ class ClassifierModule(StageModule):
     and frozen groups' BatchNorm layers kept in eval mode (running statistics untouched)."""
 
     def __init__(self, classifier: nn.Module, config: Config, *, num_classes: int, lr_scales: dict[str, float],
-                 class_weights: torch.Tensor | None = None):
-        super().__init__(config, class_weights=class_weights)
+                 class_weights: torch.Tensor | None = None, task: Task = SINGLE):
+        super().__init__(config, class_weights=class_weights, task=task)
         self.model, self.lr_scales = classifier, lr_scales
         self.batch_mix = build_batch_mix(config.augment, num_classes)
         self.frozen: set[int] = set()  # ids of parameters that do not train this epoch (TrainableGroups sets it)
@@ -153,7 +154,7 @@ class ClassifierModule(StageModule):
     def prepare_batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.batch_mix is None:
             return x, y
-        return self.batch_mix(x.float(), y)
+        return self.batch_mix(x.float(), y.float() if y.ndim == 2 else y)  # multi-hot rows mix as probabilities
 
     def train(self, mode: bool = True):
         super().train(mode)

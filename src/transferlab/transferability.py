@@ -54,7 +54,8 @@ def logme_single(features: np.ndarray, target: np.ndarray, *, sigma2: np.ndarray
 
 def logme(features: np.ndarray, labels: np.ndarray) -> float:
     """LogME of pooled `features` (n, D) for class `labels` (n,): the mean over classes of the
-    per-sample log evidence of a one-vs-all (one-hot) target."""
+    per-sample log evidence of a one-vs-all (one-hot) target; for multi-label 0/1 rows (n, K), of each
+    label's column (those with both values)."""
     features = np.asarray(features, dtype=np.float64)
     labels = np.asarray(labels)
     if len(features) != len(labels) or len(features) < 2:
@@ -62,8 +63,10 @@ def logme(features: np.ndarray, labels: np.ndarray) -> float:
     u, s, _ = np.linalg.svd(features, full_matrices=False)
     sigma2 = s**2
     scores = []
-    for cls in np.unique(labels):
-        target = (labels == cls).astype(np.float64)
+    columns = ([labels[:, k] for k in range(labels.shape[1]) if 0 < labels[:, k].sum() < len(labels)]
+               if labels.ndim == 2 else [labels == cls for cls in np.unique(labels)])
+    for column in columns:
+        target = np.asarray(column, dtype=np.float64)
         scores.append(logme_single(features, target, sigma2=sigma2, u_t_y=u.T @ target)[0])
     return float(np.mean(scores))
 

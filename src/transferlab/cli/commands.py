@@ -188,7 +188,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             if "error" in r:
                 continue
             best = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r["top"])
-            print(f"{r['path']}: {best}")
+            labels = f"[{', '.join(r['labels']) or 'no label'}] " if "labels" in r else ""
+            print(f"{r['path']}: {labels}{best}")
     for r in failed:
         print(f"transferlab predict: error: {r['path']}: {r['error']}", file=sys.stderr)
     return 2 if failed else 0
@@ -208,7 +209,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     folder = export_run(args.run, args.format, out=args.out, samples=args.check)
     parity = read_bundle(folder)["parity"]
-    print(f"parity on {parity['images']}: probabilities within {parity['max_abs_diff']:.1e} of PyTorch's, top-1 "
+    decision = "top-1" if (read_bundle(folder).get("task") or {}).get("name") != "multi-label" else "every label's decision"
+    print(f"parity on {parity['images']}: probabilities within {parity['max_abs_diff']:.1e} of PyTorch's, {decision} "
           f"agrees on {parity['top1_agreement']:.0%}")
     print(f"bundle: {folder}")
     return 0

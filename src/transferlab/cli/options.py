@@ -72,7 +72,7 @@ FLAG_KEYS = {"seed": "seed", "subset": "data.subset", "size": "preprocess.size",
              "accelerator": "train.accelerator", "devices": "train.devices", "strategy_ddp": "train.ddp",
              "workers": "train.workers", "budget": "train.budget", "engine": "train.engine", "folds": "cv.folds",
              "repeats": "cv.repeats", "tracker": "tracking.tracker", "tracker_uri": "tracking.uri",
-             "experiment": "tracking.experiment"}
+             "experiment": "tracking.experiment", "task": "task.name"}
 SWITCHES = {"no_pretrained": ("model.pretrained", False), "find_lr": ("train.find_lr", True),
             "no_report": ("train.report", False)}  # flags without a value
 
@@ -219,7 +219,8 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strategy", choices=["auto", *strategy_names()],
                         help="how to adapt the backbone (default auto)")
     for flag in ("--weights", "--epochs", "--batch-size", "--lr", "--precision", "--accelerator", "--devices",
-                 "--strategy-ddp", "--workers", "--budget", "--engine", "--tracker", "--tracker-uri", "--experiment"):
+                 "--strategy-ddp", "--workers", "--budget", "--engine", "--tracker", "--tracker-uri", "--experiment",
+                 "--task"):
         add_setting(parser, flag, metavar=flag.removeprefix("--").split("-")[0].upper())
     parser.add_argument("--no-pretrained", action="store_true", help="train from scratch (a baseline)")
     parser.add_argument("--out", metavar="RUN", help="run directory (default runs/<time>-<data>-<strategy>)")

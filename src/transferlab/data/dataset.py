@@ -24,6 +24,7 @@ from transferlab.data.items import Item, Source, cache_root
 from transferlab.data.sources import open_source
 from transferlab.errors import DataError
 from transferlab.preprocess import ResizeSpec, channel_stats, resize_spec
+from transferlab.tasks import SINGLE, Task
 
 
 @dataclass
@@ -33,7 +34,7 @@ class ImageDataset:
     source: str
     classes: list[str]
     paths: list[str]
-    labels: np.ndarray  # int64 index into classes
+    labels: np.ndarray  # int64 index into classes (N,); a multi-label set's 0/1 rows (N, K)
     groups: np.ndarray  # int64: images sharing a group never straddle a split or fold
     images: ImageStore
     records: list[dict]  # per image: format, mode, width, height, bytes, sha256
@@ -44,21 +45,29 @@ class ImageDataset:
     warnings: list[str] = field(default_factory=list)
     duplicates: list[dict] = field(default_factory=list)
     empty_classes: list[str] = field(default_factory=list)
+    task: Task = SINGLE  # the label space (tasks.py): what the labels mean
 
     def __len__(self) -> int:
         return len(self.paths)
 
     @property
     def counts(self) -> dict[str, int]:
-        counts = np.bincount(self.labels, minlength=len(self.classes))
-        return {c: int(n) for c, n in zip(self.classes, counts)}
+        """Images per class (a multi-label set's: images that have each label)."""
+        return dict(zip(self.classes, count_labels(self.labels, len(self.classes))))
+
+    def label_text(self, rows=None) -> list[str]:
+        """Each image's label as split.csv and predictions.csv write it (a multi-label image's names joined by ;)."""
+        labels = self.labels if rows is None else self.labels[rows]
+        if labels.ndim == 2:
+            return [";".join(c for c, on in zip(self.classes, row) if on) for row in labels]
+        return [self.classes[i] for i in labels]
 
     def require_classes(self, minimum: int = 2) -> None:
         """Raise a clear error when the set cannot train a classifier."""
         if len(self) == 0:
             raise DataError(f"{self.source} has no usable images ({len(self.skipped)} skipped): "
                             "run `transferlab inspect` on it to see why")
-        if len(self.classes) < minimum:
+        if len(self.classes) < (1 if self.labels.ndim == 2 else minimum):  # multi-label: a label can be alone
             raise DataError(
                 f"{self.source} has {len(self.classes)} class ({', '.join(self.classes)}): a classifier needs "
                 f"at least {minimum}; add a folder per class"
@@ -100,16 +109,41 @@ class ImageDataset:
         if len(self):
             mean, std = channel_stats(self.images)
             summary["channel_mean"], summary["channel_std"] = mean, std
+        if self.labels.ndim == 2:
+            summary |= {"task": self.task.name, "labels_per_image": labels_per_image(self.labels),
+                        "co_occurring": co_occurring(self.labels, self.classes)}
         if normalization is not None:
             summary["normalization"] = normalization
         if parts is not None:
-            summary["split_counts"] = {name: dict(zip(self.classes, map(int, np.bincount(
-                self.labels[idx], minlength=len(self.classes))))) for name, idx in parts.items()}
+            summary["split_counts"] = {name: dict(zip(self.classes, count_labels(self.labels[idx], len(self.classes))))
+                                       for name, idx in parts.items()}
             home: dict[int, str] = {}
             straddling = {g for name, idx in parts.items() for g in self.groups[idx].tolist()
                           if home.setdefault(g, name) != name}
             summary["duplicates_across_splits"] = len(straddling)
         return summary
+
+
+def count_labels(labels: np.ndarray, k: int) -> list[int]:
+    """Images per class: of class indices (N,), or of 0/1 rows (N, K) (images with each label)."""
+    labels = np.asarray(labels)
+    if labels.ndim == 2:
+        return [int(n) for n in labels.sum(axis=0)] if len(labels) else [0] * k
+    return [int(n) for n in np.bincount(labels, minlength=k)]
+
+
+def labels_per_image(labels: np.ndarray) -> dict:
+    """How many labels multi-label images have: images per count, and the mean."""
+    per = labels.sum(axis=1)
+    return {"mean": round(float(per.mean()), 3) if len(per) else None,
+            "images": {str(int(n)): int((per == n).sum()) for n in np.unique(per)}}
+
+
+def co_occurring(labels: np.ndarray, classes: list[str], top: int = 10) -> list[dict]:
+    """The most frequent pairs of labels on one image, with how many images have both."""
+    both = labels.T.astype(np.int64) @ labels.astype(np.int64)
+    pairs = [(int(both[a, b]), a, b) for a in range(len(classes)) for b in range(a + 1, len(classes)) if both[a, b]]
+    return [{"labels": [classes[a], classes[b]], "images": n} for n, a, b in sorted(pairs, key=lambda p: -p[0])[:top]]
 
 
 def stats_of(values: np.ndarray) -> dict | None:
@@ -122,7 +156,7 @@ def load_dataset(spec: str, config: Config, *, progress: bool = True, compact: b
     """Validate, decode once and cache every image of DATA `spec` under `config`. With `compact`
     (a new run, inspect), images that are all smaller than preprocess.size are stored at their own
     longest side instead: never more pixels than the sources have (the model resizes them in its graph)."""
-    source = open_source(spec, group_column=config.data.group_column)
+    source = open_source(spec, group_column=config.data.group_column, delimiter=config.data.label_delimiter)
     items = subset_items(source.items, config.data.subset, config.seed) if config.data.subset else source.items
     resize = resize_spec(config)
     side = longest_side(source, items, resize.size) if compact else None
@@ -138,11 +172,19 @@ def load_dataset(spec: str, config: Config, *, progress: bool = True, compact: b
     skipped = list(source.skipped) + [
         {"path": items[i].path, "reason": o["reason"]} for i, o in enumerate(outcomes) if not o["ok"]
     ]
-    present = {items[i].label for i in kept}
-    # a built-in set's own class order, else alphabetical
-    classes = [c for c in source.classes if c in present] if source.classes else sorted(present)
+    task = task_for(config, source, items)
+    names = [names_of(items[i], task) for i in kept]
+    present = {name for these in names for name in these}
+    # a built-in set's own class order, a manifest's 0/1 columns in theirs, else alphabetical
+    order = source.classes or source.label_columns
+    classes = [c for c in order if c in present] if order else sorted(present)
     index = {c: k for k, c in enumerate(classes)}
-    labels = np.array([index[items[i].label] for i in kept], dtype=np.int64)
+    if task.name == "multi-label":
+        labels = np.zeros((len(kept), len(classes)), dtype=np.int64)
+        for row, these in enumerate(names):
+            labels[row, [index[n] for n in these]] = 1
+    else:
+        labels = np.array([index[these[0]] for these in names], dtype=np.int64)
     records = [dict(outcomes[i]["meta"], sha256=outcomes[i]["hash"]) for i in kept]
     paths = [items[i].path for i in kept]
 
@@ -160,7 +202,7 @@ def load_dataset(spec: str, config: Config, *, progress: bool = True, compact: b
                               resize, Limits.of(config.data))
 
     warnings = list(source.warnings)
-    lost = sorted({it.label for it in items} - present)
+    lost = sorted({name for it in items for name in names_of(it, task)} - present)
     empty_classes = list(source.empty_classes) + lost
     warnings += [f"class '{c}' has no usable images (all skipped): it is left out" for c in lost]
     duplicates = find_duplicates(paths, [items[i].label for i in kept], [r["sha256"] for r in records])
@@ -172,8 +214,31 @@ def load_dataset(spec: str, config: Config, *, progress: bool = True, compact: b
     return ImageDataset(
         source=source.spec, classes=classes, paths=paths, labels=labels, groups=groups, images=store,
         records=records, spec=resize, cache=cache_mode, skipped=skipped, ignored=source.ignored,
-        warnings=warnings, duplicates=duplicates, empty_classes=empty_classes,
+        warnings=warnings, duplicates=duplicates, empty_classes=empty_classes, task=task,
     )
+
+
+def task_for(config: Config, source: Source, items: list[Item]) -> Task:
+    """The label space of a set: multi-label when task.name says so, or when a manifest that names a set of
+    labels per image (a labels column, 0/1 columns) has an image with more or less than one."""
+    from transferlab.tasks import MultiLabel
+
+    wanted = config.task.name
+    several = source.multilabel and any(len(item.labels or ()) != 1 for item in items)
+    if wanted in ("multi-label", "multilabel") or (wanted == "auto" and several):
+        return MultiLabel(fixed=config.task.threshold)
+    if several:
+        example = next(item for item in items if len(item.labels or ()) != 1)
+        raise DataError(f"{source.spec}: {example.path} has {len(example.labels or ())} labels, but --task "
+                        "single-label takes one per image: drop --task, or give each image one label")
+    return SINGLE
+
+
+def names_of(item: Item, task: Task) -> tuple[str, ...]:
+    """An item's class names: its set of labels (multi-label), or its one label."""
+    if item.labels is not None:
+        return item.labels
+    return (item.label,)
 
 
 def longest_side(source: Source, items: list[Item], limit: int) -> int | None:

@@ -13,9 +13,10 @@ def print_summary(summary: dict, *, max_listed: int = 50) -> None:
     """Classes and counts, sizes and modes, channel statistics, and every skipped file."""
     counts = summary["counts"]
     total = max(1, summary["n_images"])
-    classes = Table(title=f"{summary['source']}: {summary['n_images']:,} images, {summary['n_classes']} classes",
-                    title_justify="left")
-    classes.add_column("class")
+    multi = summary.get("task") == "multi-label"
+    classes = Table(title=f"{summary['source']}: {summary['n_images']:,} images, {summary['n_classes']} "
+                          f"{'labels (multi-label: images with each)' if multi else 'classes'}", title_justify="left")
+    classes.add_column("label" if multi else "class")
     classes.add_column("images", justify="right")
     classes.add_column("share", justify="right")
     classes.add_column("", no_wrap=True)
@@ -25,6 +26,21 @@ def print_summary(summary: dict, *, max_listed: int = 50) -> None:
     stdout.print(classes)
 
     stdout.print(facts_table(summary))
+    if multi:
+        per = summary["labels_per_image"]
+        table = Table(title=f"labels per image (mean {per['mean']})", title_justify="left")
+        table.add_column("labels", justify="right")
+        table.add_column("images", justify="right")
+        for n, count in per["images"].items():
+            table.add_row(n, f"{count:,}")
+        stdout.print(table)
+        if summary["co_occurring"]:
+            table = Table(title="most frequent pairs of labels on one image", title_justify="left")
+            table.add_column("labels")
+            table.add_column("images", justify="right")
+            for pair in summary["co_occurring"]:
+                table.add_row(" + ".join(pair["labels"]), f"{pair['images']:,}")
+            stdout.print(table)
     dups = summary["duplicates"]
 
     for title, rows in (("skipped files", summary["skipped"]), ("ignored files", summary["ignored"])):

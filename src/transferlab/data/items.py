@@ -16,10 +16,11 @@ class Item:
     """One labelled image: `path` names it in split.csv and predictions; `file` is where it lives."""
 
     path: str
-    label: str
+    label: str  # the class; a multi-label row's names joined by ";" (its `labels`)
     file: Path | None = None  # None for images held in `Source.arrays`
     group: str | None = None  # items sharing a group always land in the same split or fold
     index: int | None = None  # position in `Source.arrays` for built-in sets
+    labels: tuple[str, ...] | None = None  # a multi-label manifest's names for the image (none: a negative)
 
 
 @dataclass
@@ -35,6 +36,8 @@ class Source:
     skipped: list[dict[str, str]] = field(default_factory=list)  # listed but unusable (missing file, bad row)
     warnings: list[str] = field(default_factory=list)
     empty_classes: list[str] = field(default_factory=list)
+    label_columns: list[str] | None = None  # a manifest of one 0/1 column per class: those columns, in order
+    multilabel: bool = False  # the manifest gave a set of labels per image (a labels column, or 0/1 columns)
 
 
 def cache_root() -> Path:

@@ -50,14 +50,15 @@ class CachedImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, key) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key) -> tuple[torch.Tensor, int | torch.Tensor]:
         k, epoch = split_key(key)
         i = int(self.indices[k])
         image = torch.from_numpy(np.array(self.store[i], dtype=np.uint8, copy=True)).permute(2, 0, 1)
         if self.transform is not None:
             torch.manual_seed(item_seed(self.seed, epoch, i))
             image = self.transform(image)
-        return image.contiguous(), int(self.labels[i])
+        label = self.labels[i]  # a class index, or a multi-label image's 0/1 row
+        return image.contiguous(), (torch.from_numpy(label.copy()) if label.ndim else int(label))
 
 
 class FeatureDataset(Dataset):

@@ -47,7 +47,7 @@ def check_spec(spec: str) -> str:
     raise DataError(f"data source {spec} does not exist: {data_help()}")
 
 
-def open_source(spec: str, *, group_column: str | None = None) -> Source:
+def open_source(spec: str, *, group_column: str | None = None, delimiter: str = ";") -> Source:
     """Resolve DATA (folder, CSV manifest or `builtin:NAME`) into a `Source`."""
     kind = check_spec(spec)
     if kind == "builtin":
@@ -57,7 +57,7 @@ def open_source(spec: str, *, group_column: str | None = None) -> Source:
     path = Path(spec).expanduser()
     if kind == "folder":
         return folder_source(path)
-    return manifest_source(path, group_column=group_column)
+    return manifest_source(path, group_column=group_column, delimiter=delimiter)
 
 
 def ignore_reason(name: str) -> str | None:
@@ -192,8 +192,10 @@ def folder_source(root: Path) -> Source:
                   skipped=walk.skipped, warnings=warnings, empty_classes=empty)
 
 
-def manifest_source(csv_path: Path, *, group_column: str | None = None) -> Source:
-    """A CSV with a header naming `path` and `label` columns (and optionally a group column)."""
+def manifest_source(csv_path: Path, *, group_column: str | None = None, delimiter: str = ";") -> Source:
+    """A CSV with a header naming `path` and `label` columns (and optionally a group column). Multi-label:
+    a `labels` column of names separated by `delimiter` (data.label_delimiter), or one 0/1 column per class
+    (every column but path and group); an image with no label is a valid negative."""
     csv_path = csv_path.resolve()
     base = csv_path.parent
     try:
@@ -207,12 +209,11 @@ def manifest_source(csv_path: Path, *, group_column: str | None = None) -> Sourc
         columns = {(name or "").strip().lower(): name for name in (reader.fieldnames or [])}
     except csv.Error as exc:
         raise DataError(f"manifest {csv_path} has an unreadable header: {exc}: fix its first line") from None
-    missing = [c for c in ("path", "label") if c not in columns]
-    if missing:
+    if "path" not in columns:
+        missing = "'path' column" if {"label", "labels"} & set(columns) else "'path' or 'label' column"
         raise DataError(
-            f"manifest {csv_path} has no {' or '.join(repr(m) for m in missing)} column "
-            f"(found: {', '.join(columns) or 'nothing'}): its first row must be a header like path,label"
-        )
+            f"manifest {csv_path} has no {missing} (found: {', '.join(columns) or 'nothing'}): its first row must "
+            "be a header like path,label (multi-label: path,labels or path,<class>,<class>,...)")
     group_key = None
     if group_column is not None:
         if group_column.lower() not in columns:
@@ -220,6 +221,13 @@ def manifest_source(csv_path: Path, *, group_column: str | None = None) -> Sourc
         group_key = columns[group_column.lower()]
     elif "group" in columns:
         group_key = columns["group"]
+    label_key = columns.get("label")
+    labels_key = columns.get("labels") if label_key is None else None
+    onehot = [] if label_key or labels_key else [name for key, name in columns.items()
+                                                 if key != "path" and name != group_key and key]
+    if not (label_key or labels_key or onehot):
+        raise DataError(f"manifest {csv_path} has no 'label' column (found: {', '.join(columns) or 'nothing'}): its "
+                        "first row must be a header like path,label (multi-label: path,labels or path,<class>,...)")
     items: list[Item] = []
     skipped: list[dict[str, str]] = []
     rows = iter(reader)
@@ -237,16 +245,25 @@ def manifest_source(csv_path: Path, *, group_column: str | None = None) -> Sourc
                             f"where the header names {len(reader.fieldnames)}: quote a field that holds a comma, "
                             "or fix the row")
         raw_path = (row.get(columns["path"]) or "").strip()
-        label = (row.get(columns["label"]) or "").strip()
-        if not raw_path and not label:
+        names = None
+        if label_key:
+            label = (row.get(label_key) or "").strip()
+        else:
+            names = (multi_hot(row, onehot, csv_path, row_number) if onehot else
+                     tuple(dict.fromkeys(n.strip() for n in (row.get(labels_key) or "").split(delimiter) if n.strip())))
+            label = ";".join(names)
+            if not raw_path and not label:
+                continue
+            for name in names:
+                check_label(name, csv_path, row_number)
+            if not raw_path:
+                skipped.append({"path": f"row {row_number}", "reason": f"row {row_number}: empty path"})
+                continue
+        if names is None and not raw_path and not label:
             continue
-        if len(label) > MAX_LABEL:
-            raise DataError(f"manifest {csv_path} row {row_number}: a label of {len(label):,} characters (at most "
-                            f"{MAX_LABEL}): the label column must hold class names")
-        if any(not character.isprintable() for character in label):
-            raise DataError(f"manifest {csv_path} line {row_number}: the label {label!r} holds a line break or another "
-                            "control character: a label is a class name on one line; fix that row")
-        if not raw_path or not label:
+        if names is None:
+            check_label(label, csv_path, row_number)
+        if names is None and (not raw_path or not label):
             skipped.append({"path": raw_path or f"row {row_number}",
                             "reason": f"row {row_number}: empty path or label"})
             continue
@@ -256,5 +273,29 @@ def manifest_source(csv_path: Path, *, group_column: str | None = None) -> Sourc
             skipped.append({"path": raw_path, "reason": f"row {row_number}: file not found ({file})"})
             continue
         group = (row.get(group_key) or "").strip() or None if group_key else None
-        items.append(Item(path=raw_path, label=label, file=file, group=group))
-    return Source(spec=str(csv_path), kind="csv", items=items, skipped=skipped)
+        items.append(Item(path=raw_path, label=label, file=file, group=group, labels=names))
+    return Source(spec=str(csv_path), kind="csv", items=items, skipped=skipped, label_columns=onehot or None,
+                  multilabel=label_key is None)
+
+
+def check_label(label: str, csv_path: Path, row_number: int) -> None:
+    """A class name fit for every file it is written to, or a DataError naming the row."""
+    if len(label) > MAX_LABEL:
+        raise DataError(f"manifest {csv_path} row {row_number}: a label of {len(label):,} characters (at most "
+                        f"{MAX_LABEL}): the label column must hold class names")
+    if any(not character.isprintable() for character in label):
+        raise DataError(f"manifest {csv_path} line {row_number}: the label {label!r} holds a line break or another "
+                        "control character: a label is a class name on one line; fix that row")
+
+
+def multi_hot(row: dict, columns: list[str], csv_path: Path, row_number: int) -> tuple[str, ...]:
+    """The classes whose 0/1 column is 1 in `row` (an empty cell is 0); any other value is a DataError."""
+    names = []
+    for column in columns:
+        value = (row.get(column) or "").strip()
+        if value in ("1", "1.0", "true", "True"):
+            names.append(column.strip())
+        elif value not in ("", "0", "0.0", "false", "False"):
+            raise DataError(f"manifest {csv_path} line {row_number}: column {column!r} holds {value!r}: a manifest "
+                            "of one column per class takes 0 or 1 in each (or name the labels in a labels column)")
+    return tuple(names)

@@ -31,6 +31,8 @@ def holdout_split(labels: np.ndarray, groups: np.ndarray | None = None, *, val_f
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise DataError(f"val_fraction={val_fraction} and test_fraction={test_fraction} must be in [0, 1) "
                         "and leave something to train on")
+    if labels.ndim == 2:
+        return multilabel_holdout(labels, groups, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
     groups = np.arange(len(labels)) if groups is None else np.asarray(groups)
     _, first, inverse = np.unique(groups, return_index=True, return_inverse=True)
     unit_labels = labels[first]  # a group's label is its first image's
@@ -55,10 +57,64 @@ def holdout_split(labels: np.ndarray, groups: np.ndarray | None = None, *, val_f
     return unit_split[inverse].astype(str)
 
 
+def group_rows(labels: np.ndarray, groups: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(one 0/1 row per group: the union of its images' labels, each image's group number)."""
+    groups = np.arange(len(labels)) if groups is None else np.asarray(groups)
+    _, inverse = np.unique(groups, return_inverse=True)
+    units = np.zeros((inverse.max() + 1 if len(inverse) else 0, labels.shape[1]), dtype=np.int64)
+    np.maximum.at(units, inverse, labels)
+    return units, inverse
+
+
+def multilabel_holdout(labels: np.ndarray, groups: np.ndarray | None, *, val_fraction: float, test_fraction: float,
+                       seed: int) -> np.ndarray:
+    """'train' / 'val' / 'test' per image of a multi-label set (0/1 rows): iterative stratification (Sechidis,
+    Tsoumakas, Vlahavas 2011; iterstrat's MultilabelStratifiedShuffleSplit) over groups, each group with the
+    union of its images' labels, so a group stays on one side."""
+    from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
+
+    units, inverse = group_rows(labels, groups)
+    unit_split = np.full(len(units), "train", dtype=object)
+    needed = 1 + (val_fraction > 0) + (test_fraction > 0)
+    if len(units) < needed:
+        raise DataError(f"{len(units)} image(s) (or groups): a train/val/test split needs at least {needed}; add images, "
+                        "or set data.val_fraction / data.test_fraction to 0")
+    rest = np.arange(len(units))
+    for name, fraction, of in (("test", test_fraction, 1.0), ("val", val_fraction, 1.0 - test_fraction)):
+        if fraction <= 0:
+            continue
+        share = min(max(fraction / of, 1 / len(rest)), (len(rest) - 1) / len(rest))
+        splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=share, random_state=seed)
+        keep, held = next(splitter.split(np.zeros(len(rest)), units[rest]))
+        unit_split[rest[held]] = name
+        rest = rest[keep]
+    return unit_split[inverse].astype(str)
+
+
+def multilabel_folds(labels: np.ndarray, groups: np.ndarray | None, *, folds: int, repeats: int, seed: int
+                     ) -> list[tuple[int, int, np.ndarray, np.ndarray]]:
+    """(repeat, fold, train, test) by iterative stratification (iterstrat's MultilabelStratifiedKFold) over
+    groups, reshuffled per repeat."""
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+    units, inverse = group_rows(labels, groups)
+    if len(units) < folds:
+        raise DataError(f"{len(units)} image(s) (or groups), fewer than --folds {folds}: use fewer folds or add images")
+    out = []
+    for repeat in range(repeats):
+        splitter = MultilabelStratifiedKFold(n_splits=folds, shuffle=True, random_state=seed + repeat)
+        for fold, (_, test_units) in enumerate(splitter.split(np.zeros(len(units)), units)):
+            test = np.flatnonzero(np.isin(inverse, test_units))
+            out.append((repeat, fold, np.setdiff1d(np.arange(len(labels)), test), test))
+    return out
+
+
 def check_folds(labels: np.ndarray, folds: int, classes: list[str] | None = None) -> None:
     """Clear errors for fold counts that cannot work with these classes."""
     if folds < 2:
         raise DataError(f"--folds {folds}: cross-validation needs at least 2 folds")
+    if np.asarray(labels).ndim == 2:
+        return  # multi-label: any label may be rare; iterative stratification spreads what there is
     counts = np.bincount(labels)
     for label, count in enumerate(counts):
         if 0 < count < folds:
@@ -73,6 +129,8 @@ def stratified_folds(labels: np.ndarray, groups: np.ndarray | None = None, *, fo
     a group never straddles folds."""
     labels = np.asarray(labels)
     check_folds(labels, folds, classes)
+    if labels.ndim == 2:
+        return multilabel_folds(labels, groups, folds=folds, repeats=repeats, seed=seed)
     placeholder = np.zeros(len(labels))
     grouped = groups is not None and len(np.unique(groups)) < len(labels)
     out = []
@@ -134,12 +192,14 @@ class Splitter:
     def describe(self, dataset) -> dict:
         """What the record says about the split (method, fractions or folds, seed, grouping)."""
         data, grouped = self.config.data, len(np.unique(dataset.groups)) < len(dataset)
+        multi = dataset.labels.ndim == 2
         if self.kind == "train":
-            return {"method": "stratified hold-out", "val_fraction": data.val_fraction,
+            return {"method": "iterative stratification (hold-out)" if multi else "stratified hold-out",
+                    "val_fraction": data.val_fraction,
                     "test_fraction": data.test_fraction, "seed": self.config.seed, "grouped": grouped}
         cv = self.config.cv
-        method = "StratifiedGroupKFold" if grouped else "RepeatedStratifiedKFold" if cv.repeats > 1 else \
-            "StratifiedKFold"
+        method = "MultilabelStratifiedKFold" if multi else "StratifiedGroupKFold" if grouped else \
+            "RepeatedStratifiedKFold" if cv.repeats > 1 else "StratifiedKFold"
         return {"method": method, "folds": cv.folds, "repeats": cv.repeats, "seed": self.config.seed,
                 "inner_val_fraction": data.val_fraction, "grouped": grouped}
 
@@ -156,8 +216,7 @@ class Splitter:
         data = self.config.data
         parts = holdout_split(dataset.labels, dataset.groups, val_fraction=data.val_fraction,
                               test_fraction=data.test_fraction, seed=self.config.seed, classes=dataset.classes)
-        write_split_csv(run_dir / "split.csv", dataset.paths, [dataset.classes[i] for i in dataset.labels],
-                        {"split": list(parts)})
+        write_split_csv(run_dir / "split.csv", dataset.paths, dataset.label_text(), {"split": list(parts)})
         return parts
 
     def folds(self, dataset, run_dir: Path, fresh: bool) -> list[tuple[int, int, np.ndarray]]:
@@ -172,8 +231,7 @@ class Splitter:
             for repeat, fold, _, test in made:
                 for i in test:
                     assigned[columns[repeat]][i] = fold + 1
-            write_split_csv(run_dir / "split.csv", dataset.paths, [dataset.classes[i] for i in dataset.labels],
-                            assigned)
+            write_split_csv(run_dir / "split.csv", dataset.paths, dataset.label_text(), assigned)
             return [(repeat, fold, test) for repeat, fold, _, test in made]
         out = []
         for repeat, column in enumerate(columns):
@@ -200,7 +258,7 @@ class Splitter:
         order = np.concatenate(list(indices.values()))
         folder.mkdir(parents=True, exist_ok=True)
         write_split_csv(folder / "split.csv", [dataset.paths[i] for i in order],
-                        [dataset.classes[dataset.labels[i]] for i in order],
+                        dataset.label_text(order),
                         {"part": [k for k, v in indices.items() for _ in v]})
         return Part(name, indices, folder, repeat, fold)
 

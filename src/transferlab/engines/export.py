@@ -107,9 +107,12 @@ def sample_images(model, count: int, seed: int = 0) -> tuple[np.ndarray, str]:
             "random images (the run's data was not found)")
 
 
-def compare(reference: np.ndarray, exported: np.ndarray) -> dict:
+def compare(reference: np.ndarray, exported: np.ndarray, task) -> dict:
+    """Parity of an export's answers with torch's: the largest difference, and how often the task's decisions
+    (the class; a multi-label task's labels) agree."""
+    agree = task.decide(reference) == task.decide(exported)
     return {"max_abs_diff": float(np.abs(reference - exported).max()),
-            "top1_agreement": float((reference.argmax(axis=1) == exported.argmax(axis=1)).mean()),
+            "top1_agreement": float(agree.reshape(len(agree), -1).all(axis=1).mean()),
             "tolerance": TOLERANCE}
 
 
@@ -128,7 +131,7 @@ def export_run(run: str | Path, fmt: str, *, out: str | Path | None = None, samp
     target = Path(out).expanduser() if out is not None else model.run / "exports" / fmt
     check_out_dir(target)
     images, source = sample_images(model, samples)
-    module = Probabilities(model.classifier.to(memory_format=torch.contiguous_format)).eval()
+    module = Probabilities(model.classifier.to(memory_format=torch.contiguous_format), model.task).eval()
     batch = images.transpose(0, 3, 1, 2)
     reference = TorchEngine(module, channels_last=False)(batch)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -150,7 +153,7 @@ def export_run(run: str | Path, fmt: str, *, out: str | Path | None = None, samp
             why = " ".join(str(exc).split())[:200] or type(exc).__name__
             raise ExportError(f"the {fmt} export of {model.run} failed ({why}); nothing was written: try another "
                               "--format") from None
-        parity = compare(reference, answers) | {"images": source}
+        parity = compare(reference, answers, model.task) | {"images": source}
         if parity["max_abs_diff"] > TOLERANCE or parity["top1_agreement"] < 1.0:
             raise ExportError(f"the {fmt} export does not match the model on {source}: probabilities differ by up "
                               f"to {parity['max_abs_diff']:.2e} (tolerance {TOLERANCE:g}), top-1 agrees on "
@@ -161,7 +164,7 @@ def export_run(run: str | Path, fmt: str, *, out: str | Path | None = None, samp
                       "channels": "RGB, 0-255, after EXIF orientation; 16-bit values scaled to 8 bits (x 255 / "
                                   "65535); embedded colour profiles converted to sRGB; alpha composited on "
                                   f"{list(model.spec.alpha_background)}"},
-            "output": {"name": "output", "meaning": "class probabilities (softmax), in the order of classes"},
+            "output": {"name": "output", "meaning": model.task.output()}, "task": model.task.record(),
             "preprocess": dataclasses.asdict(model.spec),
             "normalization": {**model.meta["normalize"], "in_graph": True},
             "model": model.meta["model"], "opset": OPSET if fmt != "torchscript" else None,

@@ -7,20 +7,23 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from transferlab.tasks import SINGLE, Task
+
 # what the exported graphs compute, beyond their weights: bump it when a module here (or the Classifier) changes
 # its graph, so no cached export of the old one is trusted (2: normalise before the in-graph resize; stage taps)
 GRAPH = 2
 
 
 class Probabilities(nn.Module):
-    """A classifier that answers softmax probabilities: what a deployed model returns."""
+    """A classifier that answers its task's probabilities (softmax; a sigmoid per label): what a deployed
+    model returns."""
 
-    def __init__(self, classifier: nn.Module):
+    def __init__(self, classifier: nn.Module, task: Task = SINGLE):
         super().__init__()
-        self.classifier = classifier
+        self.classifier, self.task = classifier, task
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.classifier(images).softmax(dim=-1)
+        return self.task.probabilities(self.classifier(images))
 
 
 class Features(nn.Module):

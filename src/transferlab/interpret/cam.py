@@ -10,8 +10,8 @@ import torch
 import torch.nn as nn
 
 from transferlab.errors import TransferlabError
-
 from transferlab.interpret.methods import CAM_METHODS as METHODS
+from transferlab.tasks import SINGLE, Task
 
 
 class ExplainError(TransferlabError):
@@ -119,11 +119,11 @@ def target_layers(model: nn.Module, name: str | None, input_size: int) -> tuple[
 
 
 def compute_cams(classifier: nn.Module, images: np.ndarray, *, method: str = "gradcam", layer: str | None = None,
-                 target_classes: list[int] | None = None, batch_size: int = 16) -> dict:
+                 target_classes: list[int] | None = None, batch_size: int = 16, task: Task = SINGLE) -> dict:
     """CAMs in [0, 1] at the input size for uint8 images (N, H, W, 3).
 
     Returns {"cams": (N, H, W) float32, "pred": (N,), "probs": (N, K), "target": (N,), "layer": name}.
-    The target class is the predicted one unless `target_classes` gives one per image.
+    The target class is the one the task is most sure of unless `target_classes` gives one per image.
     """
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -135,13 +135,15 @@ def compute_cams(classifier: nn.Module, images: np.ndarray, *, method: str = "gr
     with cam_class(method)(model=classifier, target_layers=modules, reshape_transform=reshape) as cam:
         for start in range(0, len(x_all), batch_size):
             batch = x_all[start : start + batch_size].to(device).requires_grad_(True)
-            targets = None if target_classes is None else [  # None: pytorch-grad-cam explains the top class
+            # None: pytorch-grad-cam explains the largest logit, the class every task is most sure of (task.top)
+            targets = None if target_classes is None else [
                 ClassifierOutputTarget(int(c)) for c in target_classes[start : start + batch_size]]
             cams.append(cam(input_tensor=batch, targets=targets).astype(np.float32))
-            probs.append(cam.outputs.detach().softmax(dim=1).cpu())  # the logits of the CAM's own forward pass
+            probs.append(task.probabilities(cam.outputs.detach()).cpu())  # the logits of the CAM's own forward pass
     probs = torch.cat(probs).numpy()
-    pred = probs.argmax(axis=1)
-    target = np.asarray(target_classes if target_classes is not None else pred, dtype=np.int64)
+    pred = task.decide(probs)
+    target = np.asarray(target_classes if target_classes is not None else [task.top(p) for p in probs],
+                        dtype=np.int64)
     return {"cams": np.clip(np.concatenate(cams), 0.0, 1.0), "pred": pred, "probs": probs, "target": target,
             "layer": layer_name}
 

@@ -128,14 +128,25 @@ def explain(run: str | Path, files: list[str | Path], *, out: str | Path | None 
 
     jobs = []  # (file name, draw function): everything is computed before anything is written
     if method in METHODS:
-        result = compute_cams(classifier, inputs, method=method, layer=look.layer,
+        task = model.task
+        result = compute_cams(classifier, inputs, method=method, layer=look.layer, task=task,
                               target_classes=None if target is None else [target] * len(inputs))
-        for i, name in enumerate(names):
+        maps = [(i, int(result["target"][i]), result["cams"][i]) for i in range(len(inputs))]
+        if target is None:  # a multi-label image's other predicted labels: a map each
+            extra = [(i, k) for i in range(len(inputs)) for k in task.explained(result["probs"][i])
+                     if k != int(result["target"][i])]
+            if extra:
+                more = compute_cams(classifier, inputs[[i for i, _ in extra]], method=method, layer=look.layer,
+                                    task=task, target_classes=[k for _, k in extra])
+                maps += [(i, k, cam) for (i, k), cam in zip(extra, more["cams"])]
+        several = {i for i, _, _ in maps if sum(1 for j, _, _ in maps if j == i) > 1}
+        for i, k, cam in sorted(maps, key=lambda m: (m[0], m[1])):
+            name = names[i]
             height, width = originals[i].shape[:2]
-            blended = overlay(originals[i], to_original(result["cams"][i], (width, height), spec),
-                              colormap=colormap, alpha=alpha)
-            title = cam_title(method, result, i, classes)
-            jobs.append((f"{name}-{method.replace('+', 'p')}.png",
+            blended = overlay(originals[i], to_original(cam, (width, height), spec), colormap=colormap, alpha=alpha)
+            title = cam_title(method, result, i, classes, k, task)
+            suffix = f"-{safe_name(classes[k])}" if i in several else ""
+            jobs.append((f"{name}-{method.replace('+', 'p')}{suffix}.png",
                          lambda path, i=i, blended=blended, title=title: render.cam_figure(
                              originals[i], blended, path, title=title, colormap=colormap)))
     elif method == "featuremaps":
@@ -160,8 +171,14 @@ def explain(run: str | Path, files: list[str | Path], *, out: str | Path | None 
     return written
 
 
-def cam_title(method: str, result: dict, i: int, classes: list[str]) -> str:
-    pred, target = int(result["pred"][i]), int(result["target"][i])
+def cam_title(method: str, result: dict, i: int, classes: list[str], target: int, task) -> str:
     label = METHODS[method][0]
-    return (f"predicted {classes[pred]} ({result['probs'][i, pred]:.2f}) · {label} for {classes[target]} "
+    return (f"{task.caption(result['probs'][i], classes)} · {label} for {classes[target]} "
             f"· layer {result['layer'].removeprefix('backbone.')}")
+
+
+def safe_name(text: str) -> str:
+    """A class name as a part of a file name."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)[:60] or "class"

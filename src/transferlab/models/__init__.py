@@ -12,6 +12,7 @@ import torch
 
 from transferlab.models import scratch  # noqa: F401 - registers the small CNN (small_cnn) with timm
 from transferlab.models.backbone import Classifier, Ensemble, create_backbone
+from transferlab.tasks import task_of
 
 
 @contextlib.contextmanager
@@ -42,7 +43,7 @@ def build_model(meta: dict, input_size: int) -> torch.nn.Module:
                                                img_size=member["size"])
         built.append(Classifier(backbones[index], classes, norm["mean"], norm["std"], size=member["size"],
                                 input_size=input_size, taps=member.get("taps", 0)))
-    return Ensemble(built, [float(m["weight"]) for m in members])
+    return Ensemble(built, [float(m["weight"]) for m in members], task_of(meta))
 
 
 def device_for(accelerator: str = "auto") -> torch.device:

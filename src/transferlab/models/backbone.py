@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from transferlab.errors import ConfigError, TransferlabError
+from transferlab.tasks import SINGLE, Task
 
 BUNDLED = "tf_efficientnet_lite0"
 
@@ -125,18 +126,19 @@ class Classifier(nn.Module):
 
 class Ensemble(nn.Module):
     """Members (classifiers at their own input sizes, possibly sharing one frozen backbone) combined
-    by weight. Its output is the log of the weighted mean of the members' probabilities, so a
-    softmax of it gives the ensemble's probabilities, and Grad-CAM explains its score like any
-    classifier's."""
+    by weight. Its output is the logits of the weighted mean of the members' probabilities (the
+    task's inverse activation), so the task's activation of it gives the ensemble's probabilities,
+    and Grad-CAM explains its score like any classifier's."""
 
-    def __init__(self, members: list[Classifier], weights: list[float]):
+    def __init__(self, members: list[Classifier], weights: list[float], task: Task = SINGLE):
         super().__init__()
+        self.task = task
         self.members = nn.ModuleList(members)
         self.register_buffer("weights", torch.tensor(weights, dtype=torch.float32) / float(sum(weights)))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        probs = sum(w * m(images).float().softmax(dim=-1) for w, m in zip(self.weights, self.members))
-        return probs.clamp_min(1e-12).log()
+        probs = sum(w * self.task.probabilities(m(images)) for w, m in zip(self.weights, self.members))
+        return self.task.logits(probs)
 
 
 def pretrained_cfg(name: str) -> dict:

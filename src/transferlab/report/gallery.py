@@ -12,15 +12,23 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from transferlab.figures import save, subplots
 
 
+def names_of_row(value, classes: list[str]) -> str:
+    """A label as a caption: the class, or a multi-label row's names joined by commas."""
+    value = np.asarray(value)
+    if value.ndim:
+        return ", ".join(c for c, on in zip(classes, value) if on) or "none"
+    return classes[int(value)]
+
+
 def sample_grid(images, labels: np.ndarray, classes: list[str], path: Path, *, per_class: int = 6,
                 max_classes: int = 20, seed: int = 0) -> Path:
-    """A row of random images per class (the first `max_classes` classes)."""
+    """A row of random images per class (the first `max_classes` classes; multi-label: images with the label)."""
     rng = np.random.default_rng(seed)
     shown = classes[:max_classes]
     fig, axes = subplots(len(shown), per_class, figsize=(1.2 * per_class + 1.2, 1.25 * len(shown) + 0.3),
                              squeeze=False, layout="constrained")
     for r, name in enumerate(shown):
-        members = np.flatnonzero(labels == r)
+        members = np.flatnonzero(labels[:, r] == 1 if labels.ndim == 2 else labels == r)
         picks = rng.choice(members, size=min(per_class, len(members)), replace=False) if len(members) else []
         for c in range(per_class):
             ax = axes[r, c]
@@ -50,25 +58,28 @@ def dataset_pictures(run_dir: Path, dataset, config) -> None:
         warn(f"sample images not drawn: {exc}")
     try:
         rows = pick_rows(dataset.labels, dataset.classes, 6, config.seed)
-        preview_grid(dataset.images.take(rows), [dataset.classes[dataset.labels[i]] for i in rows], config.augment,
+        preview_grid(dataset.images.take(rows), dataset.label_text(np.asarray(rows)), config.augment,
                      plots / "augment_preview.png", n=6, seed=config.seed)
     except Exception as exc:
         warn(f"augmentation preview not drawn: {exc}")
 
 
 def error_candidates(classifier, images, indices: np.ndarray, labels: np.ndarray, probs: np.ndarray, *,
-                     seed: int = 0) -> dict:
+                     seed: int = 0, task=None) -> dict:
     """The 8 most confidently wrong and 4 right images among `indices` (rows of `probs`), with
     Grad-CAM overlays for the predicted class: arrays ready to keep and draw."""
     from transferlab.interpret.cam import compute_cams, overlay
+    from transferlab.tasks import SINGLE
 
+    task = task or SINGLE
     wrong, right = 8, 4
-    pred = probs.argmax(axis=1)
-    confidence = probs.max(axis=1)
+    pred = task.decide(probs)
+    confidence = task.confidence(probs)
     truth = labels[indices]
-    wrong_rows = np.flatnonzero(pred != truth)
+    correct = task.correct(probs, truth)
+    wrong_rows = np.flatnonzero(~correct)
     wrong_rows = wrong_rows[np.argsort(-confidence[wrong_rows])][:wrong]
-    right_rows = np.flatnonzero(pred == truth)
+    right_rows = np.flatnonzero(correct)
     rng = np.random.default_rng(seed)
     right_rows = rng.choice(right_rows, size=min(right, len(right_rows)), replace=False) if len(right_rows) else \
         right_rows
@@ -76,7 +87,7 @@ def error_candidates(classifier, images, indices: np.ndarray, labels: np.ndarray
     if len(rows) == 0:
         return {"overlays": np.zeros((0, 1, 1, 3), np.uint8)}
     pictures = images.take(indices[rows])
-    cams = compute_cams(classifier, pictures, method="gradcam")["cams"]
+    cams = compute_cams(classifier, pictures, method="gradcam", task=task)["cams"]
     overlays = np.stack([overlay(p, c) for p, c in zip(pictures, cams)])
     return {"overlays": overlays, "pictures": pictures, "true": truth[rows], "pred": pred[rows],
             "confidence": confidence[rows], "wrong": np.array([True] * len(wrong_rows) + [False] * len(right_rows)),
@@ -112,7 +123,7 @@ def error_gallery(candidates: dict, classes: list[str], path: Path, part: str = 
         ax.axis("off")
     for k in range(count):
         r, c = divmod(k, columns)
-        truth, pred = classes[int(candidates["true"][k])], classes[int(candidates["pred"][k])]
+        truth, pred = (names_of_row(candidates[key][k], classes) for key in ("true", "pred"))
         verdict = "WRONG" if candidates["wrong"][k] else "right"
         axes[r, 2 * c].imshow(candidates["pictures"][k], interpolation="nearest")
         axes[r, 2 * c].set_title(f"{verdict}: true {truth}", fontsize=7, color="firebrick" if verdict == "WRONG"
@@ -134,7 +145,8 @@ def save_error_examples(classifier, dataset, indices: np.ndarray, probs: np.ndar
     if len(indices) == 0:
         return
     try:
-        candidates = error_candidates(classifier, dataset.images, indices, dataset.labels, probs, seed=seed)
+        candidates = error_candidates(classifier, dataset.images, indices, dataset.labels, probs, seed=seed,
+                                      task=dataset.task)
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(path, **candidates)
     except Exception as exc:

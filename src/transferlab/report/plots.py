@@ -144,6 +144,22 @@ def confusion(matrix: list[list[float]], classes: list[str], path: Path, *, norm
     return save(fig, path)
 
 
+def pr_curves(curves: dict, path: Path, title: str) -> Path:
+    """Precision-recall per label (multi-label), average precision in the legend."""
+    fig, ax = subplots(figsize=(5.5, 5), layout="constrained")
+    for k, (name, curve) in enumerate(curves.items()):
+        ax.plot(curve["recall"], curve["precision"], color=COLORS[k % len(COLORS)], linewidth=1.3,
+                label=f"{name} (AP {curve['ap']:.3f})")
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title)
+    ax.legend(fontsize=7 if len(curves) < 12 else 5, loc="lower left")
+    ax.grid(alpha=0.3)
+    return save(fig, path)
+
+
 def roc_curves(curves: dict, path: Path, title: str) -> Path:
     """ROC per class (one-vs-rest), AUC in the legend; the binary case shows the positive class."""
     fig, ax = subplots(figsize=(5.5, 5), layout="constrained")

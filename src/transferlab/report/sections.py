@@ -261,7 +261,8 @@ def section_results(run: Run) -> list[dict]:
                    text("note", "95% CI: " + cv.get("interval", "a t interval over folds (older run)") + ". "
                         + cv.get("note", ""))]
         folds = run.metrics["folds"]
-        shown = [m for m in ("accuracy", "f1_macro", "balanced_accuracy") if m in agg]
+        shown = [m for m in ("accuracy", "f1_macro", "balanced_accuracy", "average_precision_macro", "f1_micro",
+                             "subset_accuracy") if m in agg][:3]
         blocks += [text("heading", "per fold"),
                    table(["fold", "train", "val", "test", *shown],
                          [[f["name"], f["n_train"], f["n_val"], f["n_test"], *(fmt(f["metrics"].get(m)) for m in shown)]
@@ -274,13 +275,26 @@ def section_results(run: Run) -> list[dict]:
                 if any(run.metrics[s].get(name) is not None for s in splits)]
         blocks.append(table(["metric", *splits], rows, tuple(range(1, 1 + len(splits)))))
     classes = list(metrics.get("per_class", {}))
-    figs = [figure(plots.confusion(metrics["confusion_matrix"], classes, run.plots / "confusion.png",
-                                   normalized=False, title=f"confusion matrix ({what}, counts)"),
-                   f"confusion matrix, {what}, counts"),
-            figure(plots.confusion(metrics["confusion_matrix_normalized"], classes,
-                                   run.plots / "confusion_normalized.png", normalized=True,
-                                   title=f"confusion matrix ({what}, row-normalised)"),
-                   f"confusion matrix, {what}, each row sums to 1 (recall on the diagonal)")]
+    figs = []
+    if "confusion_matrix" in metrics:  # one label per image
+        figs += [figure(plots.confusion(metrics["confusion_matrix"], classes, run.plots / "confusion.png",
+                                        normalized=False, title=f"confusion matrix ({what}, counts)"),
+                        f"confusion matrix, {what}, counts"),
+                 figure(plots.confusion(metrics["confusion_matrix_normalized"], classes,
+                                        run.plots / "confusion_normalized.png", normalized=True,
+                                        title=f"confusion matrix ({what}, row-normalised)"),
+                        f"confusion matrix, {what}, each row sums to 1 (recall on the diagonal)")]
+    if any("threshold" in entry for entry in metrics.get("per_class", {}).values()):  # multi-label: per label
+        blocks += [text("heading", f"per label ({what})"),
+                   table(["label", "threshold", "precision", "recall", "F1", "average precision", "ROC AUC", "support"],
+                         [[c, fmt(e.get("threshold")), fmt(e.get("precision")), fmt(e.get("recall")), fmt(e.get("f1")),
+                           fmt(e.get("average_precision")), fmt(e.get("roc_auc")), e.get("support")]
+                          for c, e in metrics["per_class"].items()], (1, 2, 3, 4, 5, 6, 7)),
+                   text("note", "each label's threshold maximises its F1 on held-out predictions (task.threshold "
+                                "fixes one for all); metrics.json holds them")]
+    if curves.get("pr"):
+        figs.append(figure(plots.pr_curves(curves["pr"], run.plots / "pr.png", f"precision-recall ({what})"),
+                           "precision-recall curve per label, average precision in the legend"))
     if curves.get("roc"):
         figs.append(figure(plots.roc_curves(curves["roc"], run.plots / "roc.png", f"ROC curves ({what})"),
                            "ROC curve per class, one-vs-rest, AUC in the legend"))

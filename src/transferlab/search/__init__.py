@@ -13,10 +13,10 @@ import numpy as np
 
 from transferlab.config import merge, unflatten
 from transferlab.console import info
-from transferlab.metrics import log_loss
 from transferlab.search.ensemble import select
 from transferlab.search.evidence import evidence_folds, resolvable_gain, subsample
 from transferlab.search.rule import Prior, decide, measure
+from transferlab.tasks import SINGLE, Task
 
 FINAL_SHARE = 0.1  # of the budget kept for the final fit and the evaluation
 PRIOR_SHARE = 0.15  # of the time left that the rule's measurement may take
@@ -57,9 +57,9 @@ class Candidate:
         """`linear-probe C=0.1 @ 224 px`: the variant, its grid point, the size."""
         return f"{self.variant}{' ' + self.point if self.point else ''} @ {self.size} px"
 
-    def score(self, labels: np.ndarray) -> None:
-        correct = self.probs.argmax(axis=1) == labels
-        self.accuracy, self.loss = float(correct.mean()), log_loss(self.probs, labels)
+    def score(self, labels: np.ndarray, task: Task = SINGLE) -> None:
+        correct = task.correct(self.probs, labels)
+        self.accuracy, self.loss = float(correct.mean()), task.log_loss(self.probs, labels)
         self.se = math.sqrt(self.accuracy * (1 - self.accuracy) / len(labels))
 
     def record(self) -> dict:
@@ -188,7 +188,7 @@ class Search:
                 begun = time.monotonic()
                 grid = cls.out_of_fold(x[:, -self.ctx.features.width(taps):], self.labels,
                                        len(self.ctx.dataset.classes), folds, balanced=balanced,
-                                       deadline=self.ctx.deadline)
+                                       deadline=self.ctx.deadline, task=self.ctx.dataset.task)
                 for overrides, oof in grid:
                     point = ({"model.taps": taps} if taps else {}) | overrides
                     candidate = Candidate(name, name, size, point, grid=point,
@@ -197,7 +197,7 @@ class Search:
                         candidate.status = "skipped: the deadline cut its out-of-fold fits"
                     else:
                         candidate.probs = oof
-                        candidate.score(self.labels)
+                        candidate.score(self.labels, self.ctx.dataset.task)
                     self.tried.append(candidate)
             best = max((c for c in self.tried if c.size == size and c.strategy == name and c.accuracy is not None),
                        key=lambda c: (c.accuracy, -c.loss), default=None)
@@ -317,11 +317,13 @@ class Search:
         where = {p: k for k, p in enumerate(self.pool)}
         order = [where[i] for i in rows] if on_val else None
         library = [c.probs[shared] if c.rows == "val" else c.probs[order] if on_val else c.probs for c in scored]
-        weights, history = select(library, labels)
+        weights, history = select(library, labels, loss=self.ctx.dataset.task.log_loss)
         chosen = [(c, float(w)) for c, w in zip(scored, weights) if w > 0]
         mixed = sum(w * p for w, p in zip(weights, library))
+        self.mixed = (mixed, labels)  # the ensemble's predictions of the images it was chosen on
         return chosen, {"images": int(len(rows)), "on": "validation split" if on_val else "out of fold",
-                        "accuracy": float((mixed.argmax(axis=1) == labels).mean()), "log_loss": history[-1],
+                        "accuracy": float(self.ctx.dataset.task.correct(mixed, labels).mean()),
+                        "log_loss": history[-1],
                         "rounds": len(history)}
 
 
@@ -376,6 +378,9 @@ def choose(ctx) -> Choice:
                 + f"; the best single candidate was {best.label} ({best.accuracy:.3f} ± {best.se:.3f})")
     search.say(evidence)
     reason = f"the rule says {prior.candidate} ({prior.reason}); {evidence}"
+    # what the decision needs (a multi-label task's thresholds), from the same held-out predictions; the final
+    # fit chooses again on its validation split when it has one
+    settled = ctx.dataset.task.settle(*search.mixed, f"{ensemble['on']} predictions of the chosen ensemble")
     record = {"prior": prior.record(), "candidates": [c.record() for c in search.tried], "members": members,
               "ensemble": ensemble | {"note": "selection score: the ensemble was chosen on these images, so it is "
                                               "optimistic; the test split estimates it"},
@@ -386,6 +391,6 @@ def choose(ctx) -> Choice:
                          "shares": {k: round(v, 3) for k, v in shares.items()},
                          "expected_gain": {"cheap": CHEAP_GAIN, "training": training},
                          "committed_to_final_fit_s": round(search.committed, 1)},
-              "plan": search.plan, "costs": search.costs.record(),
+              "plan": search.plan, "costs": search.costs.record(), "task": settled,
               "inference_ms": {str(s): round(1000 * f, 2) for s, f in search.costs.frozen_s.items()}}
     return Choice("ensemble", {"strategy.ensemble.members": members}, record)

@@ -11,16 +11,17 @@ import numpy as np
 from transferlab.metrics import log_loss
 
 
-def select(library: list[np.ndarray], labels: np.ndarray, *, rounds: int = 50) -> tuple[np.ndarray, list[float]]:
+def select(library: list[np.ndarray], labels: np.ndarray, *, rounds: int = 50, loss=log_loss
+           ) -> tuple[np.ndarray, list[float]]:
     """Weights (summing to 1) over `library` (each (N, K) probabilities of the same images) and the
-    log loss after each round; selection stops when no addition lowers it."""
+    `loss` (the task's log loss) after each round; selection stops when no addition lowers it."""
     counts = np.zeros(len(library))
-    losses = [log_loss(p, labels) for p in library]
+    losses = [loss(p, labels) for p in library]
     best = int(np.argmin(losses))
     counts[best], total, history = 1, library[best].copy(), [losses[best]]
     for _ in range(rounds - 1):
         n = counts.sum()
-        trial = [log_loss((total + p) / (n + 1), labels) for p in library]
+        trial = [loss((total + p) / (n + 1), labels) for p in library]
         pick = int(np.argmin(trial))
         if trial[pick] >= history[-1] - 1e-9:
             break

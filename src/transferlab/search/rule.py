@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from transferlab.data.dataset import count_labels
 from transferlab.errors import ConfigError
 
 # (small, similar) -> (the candidate the rule stands for, what it means)
@@ -65,7 +66,7 @@ def decide(auto, labels: np.ndarray, *, logme_score: float | None, leep_score: f
            sampled: int | None = None) -> Prior:
     """The 2x2 rule on the TRAINING part's size (its `labels`) and the backbone's measured
     transferability (on `sampled` of its images)."""
-    counts = np.bincount(labels)
+    counts = np.asarray(count_labels(labels, labels.shape[1] if labels.ndim == 2 else int(labels.max(initial=0)) + 1))
     counts = counts[counts > 0]
     per_class = float(np.median(counts)) if len(counts) else 0.0
     if auto.score == "leep":
@@ -85,11 +86,13 @@ def measure(features, labels: np.ndarray, config) -> tuple[float, float | None]:
     import torch
 
     from transferlab.models.backbone import imagenet_head
+    from transferlab.tasks import SINGLE
     from transferlab.transferability import leep, logme
 
     head = imagenet_head(config.model)
     source = None
-    if head is not None:
+    if head is not None and np.asarray(labels).ndim == 1:  # LEEP scores one class per image
         with torch.no_grad():
-            source = leep(head(torch.as_tensor(features)).softmax(dim=1).numpy(), labels)
+            # the source model's own label space: ImageNet's one class per image
+            source = leep(SINGLE.probabilities(head(torch.as_tensor(features))).numpy(), labels)
     return logme(np.asarray(features), labels), source

@@ -86,7 +86,7 @@ def run_trial(search, candidate, trial, cross: bool) -> None:
         candidate.status = "skipped: the deadline cut its cross-fitted trial"
     else:
         candidate.probs = probs
-        candidate.score(labels)
+        candidate.score(labels, search.ctx.dataset.task)
     search.tried.append(candidate)
     evidence = f"out-of-fold ({CROSS_FOLDS} cross-fitted fits)" if cross else "validation"
     search.say(f"{candidate.label} ({config.train.epochs} epochs): "

@@ -1,7 +1,8 @@
 """The plain JSON API of `transferlab serve` (FastAPI), beside the Gradio app:
 
     POST /api/predict   multipart field `image` (curl -F image=@x.png), optional field `top_k`
-                        -> {"file", "top": [{"class", "probability"}...], "engine"}
+                        -> {"file", "top": [{"class", "probability"}...], "engine"} (a multi-label model:
+                           also "labels", those predicted, and each label's "predicted" and "threshold")
     GET  /api/info      classes, model, engine and the model card
     GET  /api/health    {"status": "ok"}
     GET  /report        the run's report.html
@@ -147,10 +148,10 @@ def build_api(predictor, max_bytes: int):
         finally:
             await form.close()
         try:  # the model's work off the event loop, so health checks and the app stay responsive
-            top = await asyncio.to_thread(predictor.predict, data, int(top_k))
+            answer = await asyncio.to_thread(predictor.predict, data, int(top_k))
         except BadImage as exc:
             return error(STATUS.get(exc.kind, 422), f"{name or 'image'}: {exc}")
-        return {"file": name, "top": top, "engine": predictor.engine_name}
+        return {"file": name, **answer, "engine": predictor.engine_name}
 
     @api.api_route("/api/{rest:path}", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"],
                    include_in_schema=False)

@@ -90,12 +90,16 @@ class Predictor:
             return predict_pixels(self.model, pixels[None], engine=self.engine)[0]
 
     @bounded
-    def predict(self, data: bytes, top_k: int = 5) -> list[dict]:
-        """The top `top_k` classes of encoded image `data` with their probabilities."""
-        from transferlab.predict import top_classes
-
+    def predict(self, data: bytes, top_k: int = 5) -> dict:
+        """The answer for encoded image `data`: {"top": its top `top_k` classes with their probabilities}
+        (a multi-label model's also "labels", those predicted; every label in "top")."""
         _, pixels = self.decode(data)
-        return top_classes(self.probabilities(pixels), self.classes, max(1, top_k))
+        return self.model.task.answer(self.probabilities(pixels), self.classes, max(1, top_k))
+
+    def decision(self, scores: dict[str, float]) -> str:
+        """What the model predicts from `scores` ({class: probability}): the class, or the labels predicted."""
+        answer = self.model.task.answer(np.array([scores[c] for c in self.classes]), self.classes, 1)
+        return ", ".join(answer["labels"]) or "no label" if "labels" in answer else answer["top"][0]["class"]
 
     @bounded
     def explain(self, data: bytes, class_name: str | None = None) -> tuple[dict[str, float], np.ndarray, str]:
@@ -106,9 +110,10 @@ class Predictor:
 
         original, pixels = self.decode(data)
         probs = self.probabilities(pixels)
-        target = self.classes.index(class_name) if class_name in self.classes else int(np.argmax(probs))
+        target = self.classes.index(class_name) if class_name in self.classes else self.model.task.top(probs)
         with self.lock:
-            result = compute_cams(self.model.classifier, pixels[None], method="gradcam", target_classes=[target])
+            result = compute_cams(self.model.classifier, pixels[None], method="gradcam", target_classes=[target],
+                                  task=self.model.task)
         height, width = original.shape[:2]
         blended = overlay(original, to_original(result["cams"][0], (width, height), self.model.spec))
         return {c: float(p) for c, p in zip(self.classes, probs)}, blended, self.classes[target]

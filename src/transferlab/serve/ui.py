@@ -160,7 +160,7 @@ def handlers(predictor):
                 rows.append([name, "", None, "the server could not answer (its log says why)"])
                 continue
             gallery.append((blended, f"{name}: {explained} {probs[explained]:.0%}"))
-            rows.append([name, explained, round(probs[explained], 4), ""])
+            rows.append([name, predictor.decision(probs), round(probs[explained], 4), ""])
         return gallery, rows
 
     return one, several

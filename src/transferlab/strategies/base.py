@@ -39,7 +39,7 @@ class Strategy:
         return {cls.name: {}}
 
     @classmethod
-    def out_of_fold(cls, features, labels, num_classes: int, folds, *, balanced: bool,
+    def out_of_fold(cls, features, labels, num_classes: int, folds, *, balanced: bool, task=None,
                     deadline: float | None) -> list[tuple[dict, object]] | None:
         """Out-of-fold probabilities of this strategy's search grid on cached `features`, one
         (overrides, probabilities with NaN rows where the deadline cut a fold) per grid point; None
