@@ -50,6 +50,8 @@ def test_multilabel_metrics_by_hand():
     # below 0.3 -> AP 1; c: positive 0.4 below the negative 0.6 -> precision 1/2 at its recall -> AP 0.5
     assert m["average_precision_macro"] == pytest.approx((1 + 1 + 0.5) / 3)
     assert m["per_class"]["c"]["support"] == 1 and m["per_class"]["a"]["threshold"] == 0.5
+    # image 2 has b missed and c falsely predicted: the only pair wrong together
+    assert m["errors_together"] == [{"labels": ["b", "c"], "images": 1}]
     # the mean binary log loss
     p = np.clip(probs, 1e-15, 1 - 1e-15)
     assert m["log_loss"] == pytest.approx(float(-(targets * np.log(p) + (1 - targets) * np.log(1 - p)).mean()))

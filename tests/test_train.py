@@ -188,6 +188,12 @@ def test_train_cli_on_a_csv_and_a_builtin_set(tmp_path, color_folder, capsys):
                  "--out", str(tmp_path / "csv-run"), "--quiet", *sets]) == 0
     out = capsys.readouterr().out
     assert "run directory:" in out and "accuracy" in out
+    # every printed metric with its 95% interval and the split's size (a bootstrap of the split's images)
+    test = json.loads((tmp_path / "csv-run" / "metrics.json").read_text())["test"]
+    low, high = test["ci95"]["accuracy"]
+    assert low <= test["accuracy"] <= high and f"test ({test['n']} images): accuracy {test['accuracy']:.3f} " \
+        f"[{low:.3f}, {high:.3f}]" in out
+    assert test["n"] == 6 and str(test["n"]) in test["ci95_method"]
     assert main(["train", "builtin:digits", "--subset", "12", "--model", "test_efficientnet", "--size", "32",
                  "--epochs", "1", "--strategy", "fine-tune", "--out", str(tmp_path / "digits-run"), "--quiet",
                  *sets]) == 0

@@ -44,6 +44,22 @@ class Predictions:
                           extra={column: self.part} if column != "index" else {"index": self.index})
 
 
+# resamples of a split's images behind the 95% interval of each of its metrics (fewer on a large split: each
+# resample scores every image)
+SPLIT_BOOTSTRAP, SPLIT_BOOTSTRAP_LARGE, LARGE_SPLIT = 1000, 200, 20_000
+
+
+def split_intervals(task, targets: np.ndarray, probs: np.ndarray, classes: list[str], seed: int) -> dict:
+    """{"ci95": {metric: [low, high]}, "ci95_method": what it is}: a percentile bootstrap of the split's images,
+    the split's size stated beside it."""
+    if len(targets) == 0:
+        return {}
+    resamples = SPLIT_BOOTSTRAP if len(targets) <= LARGE_SPLIT else SPLIT_BOOTSTRAP_LARGE
+    intervals = task.split_intervals(targets, probs, resamples=resamples, seed=seed)
+    return {"ci95": {k: v for k, v in intervals.items() if v is not None},
+            "ci95_method": f"95% percentile bootstrap of the {len(targets):,} images ({resamples:,} resamples)"}
+
+
 def evaluate_parts(result, ctx, parts=("val", "test")) -> tuple[dict, dict, Predictions]:
     """Every metric, the ROC / calibration curves and the predictions of each non-empty part of the
     fit context `ctx` by the model a fit (`FitResult`) kept."""
@@ -56,7 +72,8 @@ def evaluate_parts(result, ctx, parts=("val", "test")) -> tuple[dict, dict, Pred
         probs = result.probabilities(ctx, part)
         scored = dataset.task.metrics(dataset.labels[idx], probs, dataset.classes)
         curves[part] = {key: scored.pop(name) for key, name in CURVES.items() if name in scored}
-        metrics[part] = scored
+        metrics[part] = scored | split_intervals(dataset.task, dataset.labels[idx], probs, dataset.classes,
+                                                 ctx.config.seed)
         rows.paths += [dataset.paths[i] for i in idx]
         rows.labels += list(dataset.labels[idx])  # class indices, or 0/1 rows
         rows.probs.append(probs)
@@ -133,7 +150,8 @@ def evaluate_run(run: str | Path, data: str, *, out: str | Path | None = None, s
     per_view = np.stack([run_batches(lambda b, v=view: compiled(np.ascontiguousarray(v(b))), dataset.images, every,
                                      batch) for _, view in views])
     probs = per_view.mean(axis=0)
-    metrics = model.task.metrics(labels, probs, model.classes)
+    metrics = model.task.metrics(labels, probs, model.classes) | split_intervals(model.task, labels, probs,
+                                                                                 model.classes, config.seed)
     comparison = None
     if tta:
         plain = model.task.metrics(labels, per_view[0], model.classes, curves=False)

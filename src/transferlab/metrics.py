@@ -254,6 +254,11 @@ HEADLINE = ("accuracy", "balanced_accuracy", "average_precision_macro", "f1_macr
             "hamming_loss", "roc_auc", "roc_auc_ovr_macro", "roc_auc_macro", "log_loss", "ece")
 
 
+def with_interval(value: float, interval: list[float] | None, digits: int = 3) -> str:
+    """`0.893 [0.840, 0.940]`: a metric and its 95% interval (the value alone without one)."""
+    return f"{value:.{digits}f}" + (f" [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]" if interval else "")
+
+
 def headline(metrics: dict) -> dict[str, float | None]:
     """The few numbers worth printing."""
     return {k: metrics[k] for k in HEADLINE if k in metrics}

@@ -252,15 +252,19 @@ def pictures(run_dir: Path, dataset, config: Config, model=None, examples=None, 
 
 
 def summary_line(run_dir: Path) -> str:
-    """`test: accuracy 0.912, f1_macro 0.910, ...` of the test split (or val) of a finished run."""
+    """`test (150 images): accuracy 0.912 [0.867, 0.953], ...` of the test split (or val) of a finished run: each
+    metric with its 95% interval (a bootstrap of the split's images)."""
     from transferlab.io import read_json
-    from transferlab.metrics import headline
+    from transferlab.metrics import headline, with_interval
 
     metrics = read_json(Path(run_dir) / "metrics.json")
     part = "test" if "test" in metrics else "val"
     if part not in metrics:
         return "no evaluation split"
-    return f"{part}: " + ", ".join(f"{k} {v:.3f}" for k, v in headline(metrics[part]).items() if v is not None)
+    scored = metrics[part]
+    return (f"{part} ({scored.get('n', 0):,} images): " + ", ".join(
+        f"{k} {with_interval(v, (scored.get('ci95') or {}).get(k))}" for k, v in headline(scored).items()
+        if v is not None) + " (95% intervals: a bootstrap of its images)")
 
 
 def demo_config() -> Config:

@@ -93,6 +93,13 @@ class Task:
         """95% percentile bootstrap intervals of the scalar metrics and of the per-class ones (cv's out of fold)."""
         raise NotImplementedError
 
+    def split_intervals(self, targets: np.ndarray, probs: np.ndarray, *, resamples: int, seed: int) -> dict:
+        """95% percentile bootstrap intervals of a split's headline metrics, every resample at once: each metric
+        here is a sum over images (of correct decisions, per-class counts, losses, calibration bins), so a
+        resample is its images' counts times those sums (`draws` below). The rank metrics (ROC AUC, average
+        precision) get none here: cv's bootstrap gives them."""
+        raise NotImplementedError
+
     def top(self, probs: np.ndarray) -> int:
         """The class one image's answer is most sure of (what a CAM explains by default)."""
         return int(np.argmax(probs))
@@ -185,6 +192,34 @@ class SingleLabel(Task):
 
         return bootstrap_intervals(targets, probs, classes, resamples=resamples, seed=seed, units=units)
 
+    def split_intervals(self, targets, probs, *, resamples, seed):
+        from transferlab.metrics import ECE_BINS
+
+        y, p = np.asarray(targets, dtype=np.int64), np.asarray(probs, dtype=np.float64)
+        n, k = p.shape
+        counts = draws(n, resamples, seed)  # (R, n): how often each image is in each resample
+        pred = self.decide(p)
+        correct = (pred == y).astype(float)
+        out = {"accuracy": counts @ correct / n,
+               "log_loss": counts @ -np.log(np.clip(p[np.arange(n), y], 1e-15, 1.0)) / n}
+        ranked = np.argsort(-p, axis=1)
+        for top in (3, 5):
+            if k > top:
+                out[f"top{top}_accuracy"] = counts @ (ranked[:, :top] == y[:, None]).any(axis=1).astype(float) / n
+        true, said = np.eye(k)[y], np.eye(k)[pred]
+        tp, support, predicted = counts @ (true * said), counts @ true, counts @ said  # (R, K)
+        recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+        precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+        f1 = np.divide(2 * tp, support + predicted, out=np.zeros_like(tp), where=support + predicted > 0)
+        out |= {"balanced_accuracy": np.nanmean(np.where(support > 0, recall, np.nan), axis=1),
+                "precision_macro": precision.mean(axis=1), "recall_macro": recall.mean(axis=1),
+                "f1_macro": f1.mean(axis=1)}
+        confidence = p.max(axis=1)
+        bins = np.eye(ECE_BINS)[np.clip(np.digitize(confidence, np.linspace(0, 1, ECE_BINS + 1)[1:-1], right=True),
+                                        0, ECE_BINS - 1)]
+        out["ece"] = np.abs(counts @ (bins * (correct - confidence)[:, None])).sum(axis=1) / n
+        return {key: percentile(values) for key, values in out.items()}
+
 
 @dataclass
 class MultiLabel(Task):
@@ -258,6 +293,22 @@ class MultiLabel(Task):
         if curves:
             out["pr_curves"] = pr_curves(np.asarray(targets), np.asarray(probs), classes)
         return out
+
+    def split_intervals(self, targets, probs, *, resamples, seed):
+        y, p = np.asarray(targets, dtype=np.int64), np.asarray(probs, dtype=np.float64)
+        n = len(y)
+        counts = draws(n, resamples, seed)
+        pred = self.decide(p)
+        tp, fp, fn = (counts @ ((pred == a) & (y == b)).astype(float) for a, b in ((1, 1), (1, 0), (0, 1)))  # (R, K)
+        clipped = np.clip(p, EPS, 1 - EPS)
+        out = {"subset_accuracy": counts @ (pred == y).all(axis=1).astype(float) / n,
+               "hamming_loss": counts @ (pred != y).mean(axis=1) / n,
+               "log_loss": counts @ -(y * np.log(clipped) + (1 - y) * np.log(1 - clipped)).mean(axis=1) / n,
+               "f1_macro": np.divide(2 * tp, 2 * tp + fp + fn, out=np.zeros_like(tp), where=2 * tp + fp + fn > 0
+                                     ).mean(axis=1),
+               "f1_micro": np.divide(2 * tp.sum(1), (2 * tp + fp + fn).sum(1), out=np.zeros(len(tp)),
+                                     where=(2 * tp + fp + fn).sum(1) > 0)}
+        return {key: percentile(values) for key, values in out.items()}
 
     def intervals(self, targets, probs, classes, *, resamples, seed, units=None):
         """The images (with all their rows, by `units`) resampled; each resample's metrics by scikit-learn, so at
@@ -344,6 +395,18 @@ class MultiLabel(Task):
                 "thresholds": None if self.thresholds is None else [round(float(t), 6) for t in self.thresholds]}
 
 
+def draws(n: int, resamples: int, seed: int) -> np.ndarray:
+    """(resamples, n) counts: how often each of n images is drawn in each bootstrap resample (with replacement)."""
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(float) if n else np.zeros((resamples, 0))
+
+
+def percentile(values: np.ndarray) -> list[float] | None:
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    return [float(v) for v in np.percentile(values, [2.5, 97.5])] if len(values) else None
+
+
 SINGLE = SingleLabel()
 NAMES = {"single-label": SingleLabel, "multi-label": MultiLabel}
 
@@ -406,6 +469,11 @@ def multilabel_metrics(targets: np.ndarray, probs: np.ndarray, classes: list[str
                "subset_accuracy": float(skm.accuracy_score(y, pred)),
                "roc_auc_macro": float(np.mean(aucs)) if aucs else None,
                "log_loss": task.log_loss(p, y)}
+    wrong = (pred != y).astype(np.int64)  # which labels each image's decision got wrong (a miss or a false alarm)
+    both = wrong.T @ wrong
+    out["errors_together"] = sorted(
+        ({"labels": [classes[a], classes[b]], "images": int(both[a, b])} for a in range(len(classes))
+         for b in range(a + 1, len(classes)) if both[a, b]), key=lambda e: -e["images"])[:10]
     if len(aps) < len(classes):
         undefined["average_precision_macro"] = undefined["roc_auc_macro"] = (
             "averaged over the labels both present and absent in the true labels")

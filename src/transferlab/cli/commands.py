@@ -130,15 +130,16 @@ def check_resumable(run: str, command: str = "train") -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     check_spec(args.data)
     from transferlab.evaluate import evaluate_run
-    from transferlab.metrics import headline
     from transferlab.io import read_json
+    from transferlab.metrics import headline, with_interval
 
     out = evaluate_run(args.run, args.data, out=args.out, subset=args.subset, progress=not args.quiet,
                        engine=args.engine, tta=tta_views(args))
     metrics = read_json(out / "metrics.json")
-    values = headline(metrics["test"])
+    values, intervals = headline(metrics["test"]), metrics["test"].get("ci95") or {}
     print(f"{metrics['n_images']:,} images ({metrics['engine']}): "
-          + ", ".join(f"{k} {v:.3f}" for k, v in values.items() if v is not None))
+          + ", ".join(f"{k} {with_interval(v, intervals.get(k))}" for k, v in values.items() if v is not None)
+          + " (95% intervals: a bootstrap of the images)")
     if metrics.get("tta"):
         for label in ("without", "with"):
             shown = metrics["tta"][label]

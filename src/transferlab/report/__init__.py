@@ -26,7 +26,10 @@ def headline(run: Run) -> list[dict]:
         return [{"value": f"{agg[k]['mean']:.3f} ± {agg[k]['std'] or 0:.3f}", "label": LABELS[k] + " (CV)"}
                 for k in HEADLINE if k in agg and agg[k]["mean"] is not None]
     what, metrics, _ = run.evaluation()
-    return [{"value": f"{metrics[k]:.3f}", "label": f"{LABELS[k]} ({what})"}
+    intervals, n = metrics.get("ci95") or {}, metrics.get("n")
+    return [{"value": f"{metrics[k]:.3f}" + (f" [{intervals[k][0]:.3f}, {intervals[k][1]:.3f}]" if k in intervals
+                                            else ""),
+             "label": f"{LABELS[k]} ({what}{f', {n:,} images' if n else ''}{'; 95% interval' if k in intervals else ''})"}
             for k in HEADLINE if metrics.get(k) is not None]
 
 

@@ -271,9 +271,20 @@ def section_results(run: Run) -> list[dict]:
                                   "metrics per fold"))]
     else:
         splits = [s for s in ("val", "test") if s in run.metrics]
-        rows = [[name, *(fmt(run.metrics[s].get(name)) for s in splits)] for name in LABELS
+
+        def cell(split: str, name: str) -> str:
+            value, interval = run.metrics[split].get(name), (run.metrics[split].get("ci95") or {}).get(name)
+            return fmt(value) + (f" [{fmt(interval[0])}, {fmt(interval[1])}]" if value is not None and interval
+                                 else "")
+
+        rows = [[name, *(cell(s, name) for s in splits)] for name in LABELS
                 if any(run.metrics[s].get(name) is not None for s in splits)]
-        blocks.append(table(["metric", *splits], rows, tuple(range(1, 1 + len(splits)))))
+        blocks.append(table(["metric", *(f"{s} ({run.metrics[s].get('n', 0):,} images)" for s in splits)], rows,
+                            tuple(range(1, 1 + len(splits)))))
+        methods = {run.metrics[s].get("ci95_method") for s in splits} - {None}
+        if methods:
+            blocks.append(text("note", "In brackets: 95% intervals, a percentile bootstrap of each split's images "
+                                       "(" + "; ".join(sorted(methods)) + ")."))
     classes = list(metrics.get("per_class", {}))
     figs = []
     if "confusion_matrix" in metrics:  # one label per image
@@ -292,6 +303,10 @@ def section_results(run: Run) -> list[dict]:
                           for c, e in metrics["per_class"].items()], (1, 2, 3, 4, 5, 6, 7)),
                    text("note", "each label's threshold maximises its F1 on held-out predictions (task.threshold "
                                 "fixes one for all); metrics.json holds them")]
+        if metrics.get("errors_together"):
+            blocks += [text("heading", f"labels wrong together on one image ({what})"),
+                       table(["labels", "images"], [[" + ".join(e["labels"]), e["images"]]
+                                                    for e in metrics["errors_together"]], (1,))]
     if curves.get("pr"):
         figs.append(figure(plots.pr_curves(curves["pr"], run.plots / "pr.png", f"precision-recall ({what})"),
                            "precision-recall curve per label, average precision in the legend"))
