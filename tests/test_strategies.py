@@ -470,6 +470,7 @@ def test_nothing_outside_the_strategies_branches_on_a_strategy_name():
     assert not found, found
 
 
+@pytest.mark.slow  # two fits and an export: about 10 s
 def test_an_ensemble_with_a_member_from_scratch_loads_predicts_and_exports(tmp_path, capsys):
     """A member trained from scratch is another network (small_cnn) than the pretrained members: model.json names
     each member's own, and the run loads (it was built as the run's backbone and refused its weights: every

@@ -113,8 +113,8 @@ def test_splits_spread_every_label_and_keep_groups_whole():
         assert (labels[test].sum(axis=0) > 0).all()  # even the rarest label is in every fold
 
 
-# the probe and a fine-tune in `make test`; every other strategy (same path, about 20 s each) in `make test-slow`
-@pytest.mark.parametrize("name", [pytest.param(n, marks=[] if n in ("linear-probe", "fine-tune") else pytest.mark.slow)
+# the probe in `make test`; every other strategy (the same path, 5-20 s each) in `make test-slow`
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[] if n == "linear-probe" else pytest.mark.slow)
                                   for n in strategy_names()])
 def test_every_registered_strategy_trains_a_multilabel_set_through_every_command(name, tmp_path, capsys, isolated):
     """As the single-label test in test_strategies.py: fit, predict, evaluate, explain, export and serve on a tiny
