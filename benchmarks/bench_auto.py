@@ -35,7 +35,6 @@ training candidates run) is compared with the quiet run's.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import math
 import shutil
@@ -65,10 +64,10 @@ OLD_SEARCH_SECONDS = 8.5 * 60  # the search this replaces, on 1,000 Fashion-MNIS
 
 
 def idx(name: str) -> np.ndarray:
-    raw = gzip.open(FMNIST / name).read()
-    dims = raw[3]
-    shape = [int.from_bytes(raw[4 + 4 * k: 8 + 4 * k], "big") for k in range(dims)]
-    return np.frombuffer(raw, np.uint8, offset=4 + 4 * dims).reshape(shape)
+    """An official Fashion-MNIST IDX file, read by the tool's own reader (data/builtins.py)."""
+    from transferlab.data.builtins import read_idx
+
+    return read_idx(FMNIST / name)
 
 
 def write_fmnist(root: Path, part: str, per_class: int, seed: int) -> str:

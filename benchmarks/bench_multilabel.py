@@ -23,7 +23,6 @@ draws), its wall time within its printed budget (+10%).
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import re
 import subprocess
@@ -44,10 +43,10 @@ CLASSES = ["tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", 
 
 
 def idx(name: str) -> np.ndarray:
-    raw = gzip.open(FMNIST / name).read()
-    dims = raw[3]
-    shape = [int.from_bytes(raw[4 + 4 * k: 8 + 4 * k], "big") for k in range(dims)]
-    return np.frombuffer(raw, np.uint8, offset=4 + 4 * dims).reshape(shape)
+    """An official Fashion-MNIST IDX file, read by the tool's own reader (data/builtins.py)."""
+    from transferlab.data.builtins import read_idx
+
+    return read_idx(FMNIST / name)
 
 
 def canvases(part: str, count: int, seed: int, folder: Path) -> Path:

@@ -40,12 +40,6 @@ QUIET_WARNINGS = (".*does not have many workers.*", ".*LeafSpec.*", ".*smaller t
                   ".*exists and is not empty.*", ".*weights_only.*pickle protocol.*", ".*in eval mode at the start.*")
 
 
-def balanced_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
-    """scikit-learn's "balanced" class weights n / (K x count), an absent class counted once (sklearn raises)."""
-    counts = np.bincount(labels, minlength=num_classes)
-    return torch.tensor(len(labels) / (num_classes * np.maximum(counts, 1)), dtype=torch.float32)
-
-
 @contextlib.contextmanager
 def quiet_fit():
     """Lightning's irrelevant warnings off while a fit runs, the caller's warning filters kept."""
