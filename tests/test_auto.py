@@ -210,9 +210,33 @@ def test_the_torch_probe_solves_scikit_learns_objective():
 
 
 def test_resolvable_gain_by_hand():
-    # p = 0.8 on 400 images: 2 * sqrt(2 * 0.16 / 400) = 0.0566
-    assert resolvable_gain(0.8, 400) == pytest.approx(2 * math.sqrt(0.32 / 400))
-    assert resolvable_gain(0.8, 0) == math.inf
+    # accuracy p = 0.8 on 400 images: per-image scores vary by p(1-p) = 0.16; 2 * sqrt(2 * 0.16 / 400) = 0.0566
+    assert resolvable_gain(0.16, 400) == pytest.approx(2 * math.sqrt(0.32 / 400))
+    assert resolvable_gain(0.16, 0) == math.inf
+
+
+def test_a_multilabel_candidate_is_scored_per_image_so_its_evidence_can_tell_a_gain():
+    """Subset accuracy (all labels right) near 0.4 varies by 0.24 per image, and 600 images could not tell a 5-point
+    gain from noise: multi-label sets never tried a training candidate. The F1 of each image's label set varies less."""
+    from transferlab.search import Candidate
+    from transferlab.tasks import MultiLabel
+
+    task = MultiLabel(fixed=0.5)
+    truth = np.array([[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0], [1, 1, 1, 0]])
+    probs = np.array([[0.9, 0.1, 0.1, 0.1], [0.9, 0.2, 0.1, 0.1], [0.1, 0.1, 0.1, 0.1], [0.9, 0.9, 0.1, 0.9]])
+    # image by image: exact, {a} of {a, b} (F1 2/3), empty and empty (1), {a, b, d} of {a, b, c} (F1 2/3)
+    np.testing.assert_allclose(task.scores(probs, truth), [1, 2 / 3, 1, 2 / 3])
+    assert task.correct(probs, truth).tolist() == [True, False, True, False]
+
+    rng = np.random.default_rng(0)
+    truth = (rng.random((600, 6)) < 0.35).astype(int)
+    noisy = np.clip(truth * 0.8 + rng.normal(0.1, 0.35, truth.shape), 0.01, 0.99)
+    candidate = Candidate("linear-probe", "linear-probe", 32, {})
+    candidate.probs = noisy
+    candidate.score(truth, task)
+    subset = task.correct(noisy, truth).mean()
+    assert 0.2 < subset < 0.6 and resolvable_gain(subset * (1 - subset), 600) > 0.05
+    assert candidate.accuracy > subset and resolvable_gain(candidate.spread, 600) < 0.05
 
 
 @pytest.mark.slow  # two auto runs against a 20 s budget: ~18 s alone, and timing-sensitive on a loaded machine

@@ -65,6 +65,14 @@ class Task:
         """Per image, whether the decision is right (all labels right, for multi-label): accuracy's rows."""
         raise NotImplementedError
 
+    def scores(self, probs: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """Per image, a score in [0, 1] whose mean ranks the search's candidates and whose spread says how large a
+        gain its evidence can tell from noise (search/evidence.py): whether the decision is right (accuracy), or the
+        F1 of the decided label set against the true one (1 when both are empty; scikit-learn's samples F1)."""
+        raise NotImplementedError
+
+    score_name = "accuracy"  # what the mean of `scores` is called where the search prints it
+
     def log_loss(self, probs: np.ndarray, targets: np.ndarray) -> float:
         """The score ensemble selection and the search's candidates are compared on (lower is better)."""
         raise NotImplementedError
@@ -172,6 +180,9 @@ class SingleLabel(Task):
     def correct(self, probs, targets):
         return self.decide(probs) == np.asarray(targets)
 
+    def scores(self, probs, targets):
+        return self.correct(probs, targets).astype(np.float64)
+
     def log_loss(self, probs, targets):
         from transferlab.metrics import log_loss
 
@@ -271,6 +282,13 @@ class MultiLabel(Task):
 
     def correct(self, probs, targets):
         return (self.decide(probs) == np.asarray(targets)).all(axis=-1)
+
+    score_name = "F1 per image"
+
+    def scores(self, probs, targets):
+        decided, y = self.decide(probs).astype(bool), np.asarray(targets).astype(bool)
+        both, either = (decided & y).sum(axis=-1), decided.sum(axis=-1) + y.sum(axis=-1)
+        return np.where(either == 0, 1.0, 2 * both / np.maximum(either, 1))
 
     def log_loss(self, probs, targets):
         p = np.clip(np.asarray(probs, dtype=np.float64), EPS, 1 - EPS)

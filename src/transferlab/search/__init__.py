@@ -44,6 +44,7 @@ class Candidate:
     accuracy: float | None = None
     se: float | None = None
     loss: float | None = None
+    spread: float | None = None  # the variance of its per-image scores (Task.scores)
 
     grid: dict = field(default_factory=dict)  # the overrides of its point of the strategy's search grid
 
@@ -58,9 +59,10 @@ class Candidate:
         return f"{self.variant}{' ' + self.point if self.point else ''} @ {self.size} px"
 
     def score(self, labels: np.ndarray, task: Task = SINGLE) -> None:
-        correct = task.correct(self.probs, labels)
-        self.accuracy, self.loss = float(correct.mean()), task.log_loss(self.probs, labels)
-        self.se = math.sqrt(self.accuracy * (1 - self.accuracy) / len(labels))
+        scores = task.scores(self.probs, labels)
+        self.accuracy, self.loss = float(scores.mean()), task.log_loss(self.probs, labels)
+        self.spread = float(scores.var())  # p(1-p) for accuracy
+        self.se = math.sqrt(self.spread / len(labels))
 
     def record(self) -> dict:
         return {"label": self.label, "strategy": self.strategy, "variant": self.variant, "size": self.size,
@@ -202,7 +204,7 @@ class Search:
             best = max((c for c in self.tried if c.size == size and c.strategy == name and c.accuracy is not None),
                        key=lambda c: (c.accuracy, -c.loss), default=None)
             if best:
-                self.say(f"{name} @ {size} px: best out-of-fold accuracy {best.accuracy:.3f} ± {best.se:.3f}"
+                self.say(f"{name} @ {size} px: best out-of-fold {self.ctx.dataset.task.score_name} {best.accuracy:.3f} ± {best.se:.3f}"
                          f"{f' ({best.point})' if best.point else ''} on {len(self.pool):,} images, "
                          f"{time.monotonic() - started:.0f} s")
         self.note(f"cheap candidates @ {size} px", estimate, started)
@@ -224,12 +226,13 @@ class Search:
         from transferlab.search.trials import CROSS_FOLDS, run_trial
         from transferlab.strategies import get_strategy
 
-        val, accuracy = self.ctx.indices["val"], self.best_cheap_accuracy()
+        val, spread = self.ctx.indices["val"], self.best_cheap_spread()
         rival = any(c.accuracy is not None for c in self.tried)  # no cheap score: a trial is the only model
-        cross = rival and resolvable_gain(accuracy, len(val)) > self.auto.resolvable  # val cannot tell
-        if cross and resolvable_gain(accuracy, len(self.pool)) > self.auto.resolvable:
+        cross = rival and resolvable_gain(spread, len(val)) > self.auto.resolvable  # val cannot tell
+        if cross and resolvable_gain(spread, len(self.pool)) > self.auto.resolvable:
+            score = self.ctx.dataset.task.score_name
             why = (f"neither the {len(val)} validation images nor the {len(self.pool)} evidence images (cross-fitted) "
-                   f"can tell a gain below {resolvable_gain(accuracy, len(self.pool)):.1%} from noise (two standard "
+                   f"can tell a gain in {score} below {resolvable_gain(spread, len(self.pool)):.1%} from noise (two standard "
                    f"errors of a paired difference; strategy.auto.resolvable={self.auto.resolvable:g})")
             for name, strategy, overrides in self.training_candidates(prior):
                 self.tried.append(Candidate(strategy, name, self.train_sizes()[-1], dict(overrides),
@@ -294,8 +297,10 @@ class Search:
         sizes = sorted(self.auto.sizes or [self.ctx.size])
         return [s for s in sizes if s >= 64] or sizes[-1:]
 
-    def best_cheap_accuracy(self) -> float:
-        return max((c.accuracy for c in self.tried if c.accuracy is not None), default=0.5)
+    def best_cheap_spread(self) -> float:
+        """The variance of the per-image scores of the best cheap candidate (0.25 before any is scored)."""
+        best = max((c for c in self.tried if c.accuracy is not None), key=lambda c: c.accuracy, default=None)
+        return 0.25 if best is None else best.spread
 
     def selection(self) -> tuple[list[tuple[Candidate, float]], dict]:
         """Ensemble selection over the scored candidates, on the images every one of them predicted."""
@@ -322,7 +327,7 @@ class Search:
         mixed = sum(w * p for w, p in zip(weights, library))
         self.mixed = (mixed, labels)  # the ensemble's predictions of the images it was chosen on
         return chosen, {"images": int(len(rows)), "on": "validation split" if on_val else "out of fold",
-                        "accuracy": float(self.ctx.dataset.task.correct(mixed, labels).mean()),
+                        "accuracy": float(self.ctx.dataset.task.scores(mixed, labels).mean()),
                         "log_loss": history[-1],
                         "rounds": len(history)}
 

@@ -40,7 +40,8 @@ def evidence_folds(labels: np.ndarray, groups: np.ndarray, seed: int, k: int = 5
     return list(StratifiedGroupKFold(k, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels, groups))
 
 
-def resolvable_gain(accuracy: float, images: int) -> float:
-    """The smallest accuracy gain over `accuracy` that `images` held-out images tell from noise:
-    two standard errors of a paired difference (the two models disagree on about 2p(1-p) of them)."""
-    return math.inf if images == 0 else 2 * math.sqrt(2 * max(accuracy * (1 - accuracy), 0.01) / images)
+def resolvable_gain(spread: float, images: int) -> float:
+    """The smallest gain in a mean per-image score (Task.scores) that `images` held-out images tell from noise: two
+    standard errors of a paired difference of two models whose per-image scores vary by `spread` each (for accuracy
+    p(1-p): the two disagree on about 2p(1-p) of the images)."""
+    return math.inf if images == 0 else 2 * math.sqrt(2 * max(spread, 0.01) / images)

@@ -90,5 +90,5 @@ def run_trial(search, candidate, trial, cross: bool) -> None:
     search.tried.append(candidate)
     evidence = f"out-of-fold ({CROSS_FOLDS} cross-fitted fits)" if cross else "validation"
     search.say(f"{candidate.label} ({config.train.epochs} epochs): "
-               + (f"{evidence} accuracy {candidate.accuracy:.3f} ± {candidate.se:.3f}" if candidate.probs is not None
+               + (f"{evidence} {search.ctx.dataset.task.score_name} {candidate.accuracy:.3f} ± {candidate.se:.3f}" if candidate.probs is not None
                   else candidate.status) + f" in {candidate.seconds:.0f} s")
