@@ -106,19 +106,20 @@ def test_gradio_client_gets_the_label_and_the_overlay(server, trained, tmp_path)
 
     client = Client(server.url, verbose=False)
     photo = trained["photos"]["coffee"]
-    label, overlay = client.predict(handle_file(str(photo)), "(predicted class)", api_name="/predict")
+    label, overlay, decision = client.predict(handle_file(str(photo)), "(predicted class)", api_name="/predict")
     status, answer = post_image(server.url, "image", "coffee.jpg", photo.read_bytes())
     assert label["label"] == answer["top"][0]["class"]
+    assert decision == f"predicted {answer['top'][0]['class']} ({answer['top'][0]['probability']:.2f})"
     confidences = {c["label"]: c["confidence"] for c in label["confidences"]}
     assert confidences[label["label"]] == pytest.approx(answer["top"][0]["probability"], abs=1e-5)
     with Image.open(overlay) as picture:  # the overlay is drawn on the photo as uploaded
         assert picture.size == Image.open(photo).size
     scan = Image.open(photo).convert("L").resize((28, 21))  # a tiny scan is shown by whole pixels, not as a dot
     scan.save(tiny := tmp_path / "scan.png")
-    _, overlay = client.predict(handle_file(str(tiny)), "(predicted class)", api_name="/predict")
+    _, overlay, _ = client.predict(handle_file(str(tiny)), "(predicted class)", api_name="/predict")
     with Image.open(overlay) as picture:
         assert picture.size == (280, 210)
-    chosen, _ = client.predict(handle_file(str(photo)), "blue", api_name="/predict")
+    chosen, _, _ = client.predict(handle_file(str(photo)), "blue", api_name="/predict")
     assert chosen["label"] == label["label"]  # explaining another class does not change the prediction
     with pytest.raises(AppError, match="not an image"):
         client.predict(handle_file(str(trained["text"])), "(predicted class)", api_name="/predict")
@@ -431,7 +432,7 @@ def test_gradio_client_reads_only_its_uploads(server, trained):
 
     client = Client(server.url, verbose=False)
     photo = trained["photos"]["chelsea"]
-    label, _ = client.predict(handle_file(str(photo)), PREDICTED, api_name="/predict")
+    label, _, _ = client.predict(handle_file(str(photo)), PREDICTED, api_name="/predict")
     for endpoint in client.endpoints.values():  # send file payloads as they are, as an attacker would
         endpoint._upload_file = lambda payload, data_index: payload
     for path in (str(photo), "/etc/passwd", "/proc/self/environ"):

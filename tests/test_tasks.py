@@ -170,6 +170,15 @@ def test_every_registered_strategy_trains_a_multilabel_set_through_every_command
         assert status == 200 and served["labels"] == answer["labels"]
         assert np.allclose([t["probability"] for t in served["top"]], [t["probability"] for t in answer["top"]],
                            atol=1e-4)
+        if name == "linear-probe" and clear:  # the app answers the labels predicted, and shows every label's bar
+            from gradio_client import Client, handle_file
+
+            label, _, decision = Client(server.url, verbose=False).predict(handle_file(str(image)),
+                                                                           "(predicted class)", api_name="/predict")
+            probability = {t["class"]: t["probability"] for t in answer["top"]}
+            assert decision == "predicted " + (", ".join(f"{c} ({probability[c]:.2f})" for c in answer["labels"])
+                                               or "no label")
+            assert {c["label"] for c in label["confidences"]} == set(MULTI)
 
 
 def test_one_threshold_for_every_label_is_kept_and_used(tmp_path, isolated):

@@ -117,8 +117,14 @@ class Task:
         predicted label (the most probable when none is)."""
         return [self.top(probs)]
 
+    shown = "Top classes"  # what the app calls its probability bars
+
+    def bars(self, k: int) -> int:
+        """How many of `k` classes the app's probability bars show: the top five; a multi-label task's every label."""
+        return min(5, k)
+
     def caption(self, probs: np.ndarray, classes: list[str]) -> str:
-        """One image's prediction in a figure title."""
+        """One image's prediction in words (a figure's title, the app's answer)."""
         k = self.top(probs)
         return f"predicted {classes[k]} ({probs[k]:.2f})"
 
@@ -368,6 +374,11 @@ class MultiLabel(Task):
     def explained(self, probs):
         above = np.flatnonzero(self.decide(np.asarray(probs)[None])[0])
         return [int(k) for k in above] or [self.top(probs)]
+
+    shown = "Each label's probability (predicted at or above its threshold)"
+
+    def bars(self, k):
+        return k
 
     def caption(self, probs, classes):
         above = np.flatnonzero(self.decide(np.asarray(probs)[None])[0])

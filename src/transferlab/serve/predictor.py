@@ -101,6 +101,10 @@ class Predictor:
         answer = self.model.task.answer(np.array([scores[c] for c in self.classes]), self.classes, 1)
         return ", ".join(answer["labels"]) or "no label" if "labels" in answer else answer["top"][0]["class"]
 
+    def caption(self, scores: dict[str, float]) -> str:
+        """The prediction in words, with its probabilities: `predicted coat (0.93)`, or every label predicted."""
+        return self.model.task.caption(np.array([scores[c] for c in self.classes]), self.classes)
+
     @bounded
     def explain(self, data: bytes, class_name: str | None = None) -> tuple[dict[str, float], np.ndarray, str]:
         """({class: probability}, the Grad-CAM overlay on the original picture, the class it

@@ -142,7 +142,7 @@ def handlers(predictor):
             warn(f"serve: {Path(path).name}: {type(exc).__name__}: {exc}")
             raise gr.Error(f"{Path(path).name}: the server could not answer (its log says why)",
                            print_exception=False) from None
-        return probs, blended
+        return probs, blended, predictor.caption(probs)
 
     def several(paths: list[str] | None):
         if not paths:
@@ -159,7 +159,7 @@ def handlers(predictor):
                 warn(f"serve: {name}: {type(exc).__name__}: {exc}")
                 rows.append([name, "", None, "the server could not answer (its log says why)"])
                 continue
-            gallery.append((blended, f"{name}: {explained} {probs[explained]:.0%}"))
+            gallery.append((blended, f"{name}: {predictor.caption(probs)}"))
             rows.append([name, predictor.decision(probs), round(probs[explained], 4), ""])
         return gallery, rows
 
@@ -184,15 +184,16 @@ def build_ui(predictor, examples: list[Path], folder: Path):
                     one_of(target, [PREDICTED, *predictor.classes])
                     button = gr.Button("Classify", variant="primary", elem_id="classify")
                 with gr.Column():
-                    label = gr.Label(num_top_classes=min(5, len(predictor.classes)), label="Top classes",
-                                     elem_id="top-classes")
+                    decision = gr.Textbox(label="Prediction", interactive=False, elem_id="decision")
+                    label = gr.Label(num_top_classes=predictor.model.task.bars(len(predictor.classes)),
+                                     label=predictor.model.task.shown, elem_id="top-classes")
                     cam = gr.Image(label="Grad-CAM: where the model looks for the explained class", format="png",
                                    interactive=False, elem_id="overlay", height=320)
             if examples:
                 gr.Examples([[str(p)] for p in examples], inputs=[image], label="Held-out images of this run",
                             elem_id="examples")
-            button.click(one, [image, target], [label, cam], api_name="predict")
-            target.change(one, [image, target], [label, cam], api_visibility="private")
+            button.click(one, [image, target], [label, cam, decision], api_name="predict")
+            target.change(one, [image, target], [label, cam, decision], api_visibility="private")
         with gr.Tab("Several images"):
             files = gr.File(file_count="multiple", file_types=["image"], type="filepath", label="Images",
                             elem_id="input-files")
