@@ -215,3 +215,74 @@ def test_nothing_outside_the_task_applies_an_activation_or_a_decision():
                 if (relative, call) not in ALLOWED_CALLS:
                     found.append(f"{relative}:{node.lineno} {call}")
     assert not found, found
+
+
+def test_a_temperature_is_fitted_by_log_loss_and_shrinks_an_overconfident_models_calibration_error():
+    """Logits twice as sharp as the truth: the fitted temperature is near 2, the log loss and ECE fall, and no
+    single-label decision changes (a temperature keeps the order of every image's classes)."""
+    from transferlab.tasks import SingleLabel
+
+    rng = np.random.default_rng(0)
+    honest = rng.normal(0, 1.5, (3000, 4))
+    truth = np.array([rng.choice(4, p=np.exp(z) / np.exp(z).sum()) for z in honest])
+    sharp = np.exp(2 * honest) / np.exp(2 * honest).sum(axis=1, keepdims=True)
+    task = SingleLabel()
+    record = task.fit_temperature(sharp, truth, "held-out images")
+    assert task.temperature == pytest.approx(2.0, rel=0.1) and record["temperature"] == round(task.temperature, 6)
+    assert record["log_loss_after"] < record["log_loss_before"] and record["ece_after"] < record["ece_before"] / 2
+    assert (task.calibrate(sharp).argmax(axis=1) == sharp.argmax(axis=1)).all()
+    multi = MultiLabel(fixed=0.5)
+    labels = (rng.random((2000, 3)) < 1 / (1 + np.exp(-honest[:2000, :3]))).astype(int)
+    multi.fit_temperature(1 / (1 + np.exp(-3 * honest[:2000, :3])), labels, "held-out images")
+    assert multi.temperature == pytest.approx(3.0, rel=0.15)
+    assert SingleLabel().fit_temperature(sharp[:10], truth[:10], "x")["temperature"] == 1.0  # too few to fit on
+
+
+def test_the_temperature_is_applied_by_every_path_that_answers(tmp_path, isolated, capsys):
+    """The run's temperature (fitted on its validation split, kept in model.json) is in the in-run evaluation,
+    predict on each engine, serve, and the exported graph, whose parity is checked with it."""
+    from conftest import colour_images
+
+    from transferlab.cli import main
+    from transferlab.serve import Server
+
+    data = colour_images(tmp_path / "data", per_class=40, classes=MULTI)
+    run = run_training(str(data), load_config(overrides=[*TINY, "strategy.name=linear-probe"]), out=tmp_path / "run",
+                       progress=False)
+    meta = json.loads((run / "model" / "model.json").read_text())
+    calibration = json.loads((run / "metrics.json").read_text())["calibration"]
+    assert calibration["on"] == "validation split (24 images)" and calibration["temperature"] != 1.0
+    assert meta["task"]["temperature"] == calibration["temperature"]
+    rows = [r for r in csv.DictReader(open(run / "predictions.csv", encoding="utf-8")) if r["split"] == "test"][:4]
+    files = [str(data / r["path"]) for r in rows]
+    expected = np.array([[float(r[f"p_{c}"]) for c in meta["classes"]] for r in rows])
+
+    def predicted(engine: str) -> np.ndarray:
+        capsys.readouterr()
+        assert main(["predict", str(run), *files, "--json", "--engine", engine, "--top-k", "3"]) == 0
+        answers = json.loads(capsys.readouterr().out)
+        return np.array([[{t["class"]: t["probability"] for t in a["top"]}[c] for c in meta["classes"]]
+                         for a in answers])
+
+    for engine in ("torch", "onnxruntime"):
+        np.testing.assert_allclose(predicted(engine), expected, atol=2e-5)
+    with Server(run, port=0, engine="torch") as server:
+        _, served = post_image(server.url, "image", "x.png", Path(files[0]).read_bytes(), {"top_k": "3"})
+    assert {t["class"]: t["probability"] for t in served["top"]} == pytest.approx(dict(zip(meta["classes"],
+                                                                                           expected[0])), abs=2e-5)
+    assert main(["export", str(run), "--format", "onnx", "--out", str(tmp_path / "bundle")]) == 0
+    bundle = json.loads((tmp_path / "bundle" / "bundle.json").read_text())
+    assert bundle["task"]["temperature"] == calibration["temperature"] and bundle["parity"]["max_abs_diff"] <= 1e-4
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(next((tmp_path / "bundle").glob("*.onnx"))))
+    from transferlab.data.decode import decode_file
+    from transferlab.predict import load_model
+
+    model = load_model(run)
+    pixels = np.stack([decode_file(Path(f), model.spec, model.limits)[0] for f in files]).transpose(0, 3, 1, 2)
+    answered = session.run(None, {session.get_inputs()[0].name: np.ascontiguousarray(pixels)})[0]
+    np.testing.assert_allclose(answered, expected, atol=2e-5)
+    meta["task"].pop("temperature")  # the raw model answers otherwise: the temperature is applied, not only kept
+    (run / "model" / "model.json").write_text(json.dumps(meta))
+    assert np.abs(predicted("torch") - expected).max() > 1e-3

@@ -60,18 +60,27 @@ def split_intervals(task, targets: np.ndarray, probs: np.ndarray, classes: list[
             "ci95_method": f"95% percentile bootstrap of the {len(targets):,} images ({resamples:,} resamples)"}
 
 
-def evaluate_parts(result, ctx, parts=("val", "test")) -> tuple[dict, dict, Predictions]:
+def evaluate_parts(result, ctx, parts=("val", "test"), calibration: dict | None = None
+                   ) -> tuple[dict, dict, Predictions]:
     """Every metric, the ROC / calibration curves and the predictions of each non-empty part of the
-    fit context `ctx` by the model a fit (`FitResult`) kept."""
+    fit context `ctx` by the model a fit (`FitResult`) kept, at the task's calibrated temperature. With a
+    `calibration` record, each part's ECE and reliability curve before the temperature go beside them
+    (`ece_before`, curves' `calibration_before`)."""
     dataset = ctx.dataset
     metrics, curves, rows = {}, {}, Predictions(task=dataset.task)
     for part in parts:
         idx = ctx.indices.get(part, np.zeros(0, dtype=np.int64))
         if len(idx) == 0:
             continue
-        probs = result.probabilities(ctx, part)
+        raw = result.probabilities(ctx, part)
+        probs = dataset.task.calibrate(raw)
         scored = dataset.task.metrics(dataset.labels[idx], probs, dataset.classes)
         curves[part] = {key: scored.pop(name) for key, name in CURVES.items() if name in scored}
+        if calibration is not None:
+            scored["ece"] = dataset.task.ece(dataset.labels[idx], probs)
+            scored["ece_before"] = dataset.task.ece(dataset.labels[idx], raw)
+            curves[part]["calibration"] = dataset.task.reliability(dataset.labels[idx], probs)
+            curves[part]["calibration_before"] = dataset.task.reliability(dataset.labels[idx], raw)
         metrics[part] = scored | split_intervals(dataset.task, dataset.labels[idx], probs, dataset.classes,
                                                  ctx.config.seed)
         rows.paths += [dataset.paths[i] for i in idx]

@@ -247,7 +247,7 @@ LABELS = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "top
           "top5_accuracy": "top-5 accuracy", "precision_macro": "macro precision", "recall_macro": "macro recall",
           "f1_macro": "macro F1", "f1_weighted": "weighted F1", "roc_auc": "AUC-ROC",
           "roc_auc_ovr_macro": "AUC-ROC (OvR)", "roc_auc_ovr_weighted": "AUC-ROC (OvR, weighted)",
-          "log_loss": "log loss", "ece": "calibration error",
+          "log_loss": "log loss", "ece": "calibration error", "ece_before": "calibration error before the temperature",
           "average_precision_macro": "mAP", "f1_micro": "micro F1", "f1_samples": "samples F1",
           "subset_accuracy": "subset accuracy", "hamming_loss": "Hamming loss", "roc_auc_macro": "AUC-ROC (macro)"}
 HEADLINE = ("accuracy", "balanced_accuracy", "average_precision_macro", "f1_macro", "f1_micro", "subset_accuracy",

@@ -184,20 +184,27 @@ def model_meta(result, ctx) -> dict:
     return meta
 
 
-def settle_task(result, ctx, decision: dict | None) -> dict | None:
-    """What the task's decision needs, chosen on held-out predictions before anything is scored: a multi-label
-    task's thresholds, on the validation split; when the model trained on it, auto's choice on the search's
-    out-of-fold predictions (its record); else none."""
+def settle_task(result, ctx, decision: dict | None) -> tuple[dict | None, dict]:
+    """(what the task's decision needs, the calibration), chosen on held-out predictions before anything is
+    scored: the temperature, then a multi-label task's thresholds on the calibrated probabilities, on the
+    validation split; when the model trained on it, auto's choice on the search's out-of-fold predictions (its
+    record); else none (temperature 1)."""
     import numpy as np
 
     task, val = ctx.dataset.task, ctx.indices.get("val")
     held = not result.trained_on_val and val is not None and len(val) > 0
+    if held:
+        raw, targets = result.probabilities(ctx, "val"), ctx.dataset.labels[val]
+        calibration = task.fit_temperature(raw, targets, "validation split")
+        return task.settle(task.calibrate(raw), targets, "validation split"), calibration
+    calibration = (decision or {}).get("calibration") or {"temperature": 1.0,
+                                                          "on": "none fitted: no held-out predictions"}
+    task.temperature = float(calibration["temperature"])
     searched = (decision or {}).get("task") or {}
-    if task.chooses and not held and searched.get("values"):
+    if task.chooses and searched.get("values"):
         task.thresholds = np.asarray(searched["values"], dtype=float)  # as the search chose them (a resume too)
-        return searched
-    probs = result.probabilities(ctx, "val") if held and task.chooses else None
-    return task.settle(probs, ctx.dataset.labels[val] if held else None, "validation split")
+        return searched, calibration
+    return task.settle(None, None, "validation split"), calibration
 
 
 def finish_train(result, ctx, run, decision: dict | None, started: float, pictures) -> None:
@@ -214,10 +221,11 @@ def finish_train(result, ctx, run, decision: dict | None, started: float, pictur
     dataset = ctx.dataset
     write_dataset_json(run.path, dataset, ctx.indices, ctx.normalization)
     parts = ("test",) if result.trained_on_val else ("val", "test")
-    settled = settle_task(result, ctx, decision)
-    metrics, curves, rows = evaluate_parts(result, ctx, parts)
+    settled, calibration = settle_task(result, ctx, decision)
+    metrics, curves, rows = evaluate_parts(result, ctx, parts, calibration=calibration)
     if settled:
         metrics["task"] = {"name": dataset.task.name, **settled}
+    metrics["calibration"] = calibration
     gallery = "val" if "val" in metrics else "test"
     record = RunRecord(metrics=metrics, strategy=StrategyRecord(**result.record(run.state.requested, decision)),
                        data={"source": result.config.data.source, "n_images": len(dataset),
@@ -239,7 +247,7 @@ def finish_fold(result, ctx, fold, decision: dict | None, pictures) -> None:
     from transferlab.tracking import fold_summary
 
     settle_task(result, ctx, decision)
-    metrics, _, rows = evaluate_parts(result, ctx, ("test",))
+    metrics, _, rows = evaluate_parts(result, ctx, ("test",), calibration={})
     indices = ctx.indices
     record = FoldRecord(name=fold.name, repeat=fold.repeat + 1, fold=fold.fold + 1,
                         n_train=int(len(indices["train"])), n_val=int(len(indices["val"])),

@@ -30,6 +30,7 @@ class Task:
 
     name = "task"
     probe_fit = ""  # how a linear probe is fitted (read by the probe's record)
+    temperature = 1.0  # the calibration's (fit_temperature): the answer is probabilities(logits / temperature)
 
     def probabilities(self, logits):
         """The model's answer (probabilities) from its logits: a torch tensor or a numpy array, the same back."""
@@ -134,7 +135,53 @@ class Task:
 
     def record(self) -> dict:
         """What model.json keeps of the task."""
-        return {"name": self.name}
+        return {"name": self.name} | self.calibration()
+
+    def calibration(self) -> dict:
+        return {} if self.temperature == 1.0 else {"temperature": round(float(self.temperature), 6)}
+
+    def calibrated(self, logits):
+        """The answer a model gives: its probabilities at the calibrated temperature (torch or numpy logits).
+        Training's losses and an ensemble's members use `probabilities`, the raw ones."""
+        return self.probabilities(logits if self.temperature == 1.0 else logits / self.temperature)
+
+    def calibrate(self, probs: np.ndarray, temperature: float | None = None) -> np.ndarray:
+        """Raw probabilities (a model's, or an ensemble's mean) at `temperature` (default: the task's)."""
+        t = self.temperature if temperature is None else temperature
+        if t == 1.0:
+            return np.asarray(probs)
+        return self.probabilities(self.logits(torch.as_tensor(np.asarray(probs), dtype=torch.float64)) / t).numpy()
+
+    def reliability(self, targets: np.ndarray, probs: np.ndarray) -> dict:
+        """The reliability curve, per equal-width confidence bin (15): mean confidence, how often right, images:
+        of the top class; a multi-label task's of every label's probability (how often the label is there)."""
+        raise NotImplementedError
+
+    def ece(self, targets: np.ndarray, probs: np.ndarray) -> float:
+        """Expected calibration error (Guo et al. 2017): |right - confidence| per bin of `reliability`, weighted."""
+        curve = self.reliability(targets, probs)
+        total = max(1, sum(curve["count"]))
+        return float(sum(n / total * abs(a - c) for c, a, n in zip(curve["confidence"], curve["accuracy"],
+                                                                    curve["count"])))
+
+    def fit_temperature(self, probs: np.ndarray, targets: np.ndarray, on: str) -> dict:
+        """Choose the temperature that minimises the log loss of these held-out (out-of-fold or validation)
+        predictions (Guo et al. 2017, one parameter: it never changes a single-label decision); kept on the task.
+        The record says on what, and the ECE before and after."""
+        from scipy.optimize import minimize_scalar
+
+        probs, targets = np.asarray(probs, dtype=np.float64), np.asarray(targets)
+        if len(probs) < 20:
+            self.temperature = 1.0
+            return {"temperature": 1.0, "on": f"none fitted: {len(probs)} held-out predictions are too few"}
+        loss = lambda log_t: self.log_loss(self.calibrate(probs, float(np.exp(log_t))), targets)  # noqa: E731
+        best = minimize_scalar(loss, bounds=(np.log(0.05), np.log(20.0)), method="bounded",
+                               options={"xatol": 1e-4})
+        self.temperature = float(np.exp(best.x)) if best.fun < loss(0.0) else 1.0
+        return {"temperature": round(self.temperature, 6), "on": f"{on} ({len(probs):,} images)",
+                "log_loss_before": round(loss(0.0), 6), "log_loss_after": round(float(min(best.fun, loss(0.0))), 6),
+                "ece_before": round(self.ece(targets, probs), 6),
+                "ece_after": round(self.ece(targets, self.calibrate(probs)), 6)}
 
     def output(self) -> str:
         """What an exported model's output means (bundle.json)."""
@@ -185,6 +232,11 @@ class SingleLabel(Task):
 
     def correct(self, probs, targets):
         return self.decide(probs) == np.asarray(targets)
+
+    def reliability(self, targets, probs):
+        from transferlab.metrics import calibration_curve
+
+        return calibration_curve(np.asarray(targets), np.asarray(probs))
 
     def scores(self, probs, targets):
         return self.correct(probs, targets).astype(np.float64)
@@ -290,6 +342,15 @@ class MultiLabel(Task):
         return (self.decide(probs) == np.asarray(targets)).all(axis=-1)
 
     score_name = "F1 per image"
+
+    def reliability(self, targets, probs):
+        p, y = np.asarray(probs, dtype=np.float64).ravel(), np.asarray(targets, dtype=np.float64).ravel()
+        which = np.minimum((p * 15).astype(int), 14)
+        counts = np.bincount(which, minlength=15)
+        seen = counts > 0
+        return {"confidence": (np.bincount(which, p, 15)[seen] / counts[seen]).tolist(),
+                "accuracy": (np.bincount(which, y, 15)[seen] / counts[seen]).tolist(),
+                "count": counts[seen].astype(int).tolist()}
 
     def scores(self, probs, targets):
         decided, y = self.decide(probs).astype(bool), np.asarray(targets).astype(bool)
@@ -421,7 +482,8 @@ class MultiLabel(Task):
 
     def record(self) -> dict:
         return {"name": self.name, "threshold": self.fixed,
-                "thresholds": None if self.thresholds is None else [round(float(t), 6) for t in self.thresholds]}
+                "thresholds": None if self.thresholds is None else [round(float(t), 6) for t in self.thresholds]
+                } | self.calibration()
 
 
 def draws(n: int, resamples: int, seed: int) -> np.ndarray:
@@ -445,9 +507,12 @@ def task_of(meta: dict | None) -> Task:
     entry = (meta or {}).get("task") or {"name": "single-label"}
     if entry["name"] == "multi-label":
         thresholds = entry.get("thresholds")
-        return MultiLabel(thresholds=None if thresholds is None else np.asarray(thresholds, dtype=float),
-                          fixed=entry.get("threshold"))
-    return SINGLE
+        task: Task = MultiLabel(thresholds=None if thresholds is None else np.asarray(thresholds, dtype=float),
+                                fixed=entry.get("threshold"))
+    else:
+        task = SingleLabel()
+    task.temperature = float(entry.get("temperature", 1.0))
+    return task
 
 
 def pr_curves(targets: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict:

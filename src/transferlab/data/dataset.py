@@ -221,7 +221,7 @@ def load_dataset(spec: str, config: Config, *, progress: bool = True, compact: b
 def task_for(config: Config, source: Source, items: list[Item]) -> Task:
     """The label space of a set: multi-label when task.name says so, or when a manifest that names a set of
     labels per image (a labels column, 0/1 columns) has an image with more or less than one."""
-    from transferlab.tasks import MultiLabel
+    from transferlab.tasks import MultiLabel, SingleLabel
 
     wanted = config.task.name
     several = source.multilabel and any(len(item.labels or ()) != 1 for item in items)
@@ -231,7 +231,7 @@ def task_for(config: Config, source: Source, items: list[Item]) -> Task:
         example = next(item for item in items if len(item.labels or ()) != 1)
         raise DataError(f"{source.spec}: {example.path} has {len(example.labels or ())} labels, but --task "
                         "single-label takes one per image: drop --task, or give each image one label")
-    return SINGLE
+    return SingleLabel()  # its own: a run's calibration sets its temperature
 
 
 def names_of(item: Item, task: Task) -> tuple[str, ...]:

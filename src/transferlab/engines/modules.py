@@ -15,15 +15,15 @@ GRAPH = 2
 
 
 class Probabilities(nn.Module):
-    """A classifier that answers its task's probabilities (softmax; a sigmoid per label): what a deployed
-    model returns."""
+    """A classifier that answers its task's probabilities (softmax; a sigmoid per label) at the run's calibrated
+    temperature: what a deployed model returns."""
 
     def __init__(self, classifier: nn.Module, task: Task = SINGLE):
         super().__init__()
         self.classifier, self.task = classifier, task
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.task.probabilities(self.classifier(images))
+        return self.task.calibrated(self.classifier(images))
 
 
 class Features(nn.Module):

@@ -139,7 +139,7 @@ def compute_cams(classifier: nn.Module, images: np.ndarray, *, method: str = "gr
             targets = None if target_classes is None else [
                 ClassifierOutputTarget(int(c)) for c in target_classes[start : start + batch_size]]
             cams.append(cam(input_tensor=batch, targets=targets).astype(np.float32))
-            probs.append(task.probabilities(cam.outputs.detach()).cpu())  # the logits of the CAM's own forward pass
+            probs.append(task.calibrated(cam.outputs.detach()).cpu())  # the logits of the CAM's own forward pass
     probs = torch.cat(probs).numpy()
     pred = task.decide(probs)
     target = np.asarray(target_classes if target_classes is not None else [task.top(p) for p in probs],

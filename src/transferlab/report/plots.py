@@ -194,18 +194,25 @@ def per_class_bars(per_class: dict[str, dict], path: Path, title: str) -> Path:
     return save(fig, path)
 
 
-def calibration(curve: dict, path: Path, title: str, ece: float | None) -> Path:
-    """Reliability diagram: accuracy against confidence per bin, bin sizes below."""
+def calibration(curve: dict, path: Path, title: str, ece: float | None, before: dict | None = None,
+                ece_before: float | None = None, temperature: float | None = None) -> Path:
+    """Reliability diagram: accuracy against confidence per bin, bin sizes below; with `before`, the curve
+    before the calibration's temperature beside it."""
     fig, (ax, counts) = subplots(2, 1, figsize=(5, 5.4), height_ratios=(3, 1), sharex=True,
                                      layout="constrained")
     ax.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
-    ax.plot(curve["confidence"], curve["accuracy"], marker="o", color=COLORS[0], label="model")
+    if before is not None:
+        ax.plot(before["confidence"], before["accuracy"], marker="s", color=COLORS[2], alpha=0.8,
+                label="before the temperature" + (f" (ECE {ece_before:.3f})" if ece_before is not None else ""))
+    ax.plot(curve["confidence"], curve["accuracy"], marker="o", color=COLORS[0],
+            label="model" if before is None else f"at temperature {temperature:.2f}"
+            + (f" (ECE {ece:.3f})" if ece is not None else ""))
     ax.set_ylabel("accuracy")
-    ax.set_title(title + (f" (ECE {ece:.3f})" if ece is not None else ""))
+    ax.set_title(title + (f" (ECE {ece:.3f})" if ece is not None and before is None else ""))
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     counts.bar(curve["confidence"], curve["count"], width=1 / 15 * 0.9, color=COLORS[1])
-    counts.set_xlabel("confidence (top probability)")
+    counts.set_xlabel("confidence")
     counts.set_ylabel("images")
     counts.set_xlim(0, 1)
     return save(fig, path)

@@ -316,9 +316,14 @@ def section_results(run: Run) -> list[dict]:
     figs.append(figure(plots.per_class_bars(metrics["per_class"], run.plots / "per_class.png",
                                             f"per-class precision, recall, F1 ({what})"), "per-class scores"))
     if curves.get("calibration"):
+        calibrated = (run.metrics.get("calibration") or {}).get("temperature")
         figs.append(figure(plots.calibration(curves["calibration"], run.plots / "calibration.png",
-                                             f"calibration ({what})", metrics.get("ece")),
-                           "reliability: accuracy against confidence; on the diagonal is calibrated"))
+                                             f"calibration ({what})", metrics.get("ece"),
+                                             curves.get("calibration_before"), metrics.get("ece_before"),
+                                             calibrated),
+                           "reliability: how often right against confidence; on the diagonal is calibrated"
+                           + (f"; the temperature ({calibrated:.2f}) was fitted on the "
+                              f"{run.metrics['calibration']['on']}" if curves.get("calibration_before") else "")))
     blocks.append(figures(*figs))
     undefined = metrics.get("undefined", {})
     if undefined:

@@ -383,9 +383,12 @@ def choose(ctx) -> Choice:
                 + f"; the best single candidate was {best.label} ({best.accuracy:.3f} ± {best.se:.3f})")
     search.say(evidence)
     reason = f"the rule says {prior.candidate} ({prior.reason}); {evidence}"
-    # what the decision needs (a multi-label task's thresholds), from the same held-out predictions; the final
-    # fit chooses again on its validation split when it has one
-    settled = ctx.dataset.task.settle(*search.mixed, f"{ensemble['on']} predictions of the chosen ensemble")
+    # the calibration's temperature, then what the decision needs (a multi-label task's thresholds, on the
+    # calibrated probabilities), from the same held-out predictions; the final fit chooses again on its
+    # validation split when it has one
+    on = f"{ensemble['on']} predictions of the chosen ensemble"
+    calibration = ctx.dataset.task.fit_temperature(*search.mixed, on)
+    settled = ctx.dataset.task.settle(ctx.dataset.task.calibrate(search.mixed[0]), search.mixed[1], on)
     record = {"prior": prior.record(), "candidates": [c.record() for c in search.tried], "members": members,
               "ensemble": ensemble | {"note": "selection score: the ensemble was chosen on these images, so it is "
                                               "optimistic; the test split estimates it"},
@@ -397,5 +400,6 @@ def choose(ctx) -> Choice:
                          "expected_gain": {"cheap": CHEAP_GAIN, "training": training},
                          "committed_to_final_fit_s": round(search.committed, 1)},
               "plan": search.plan, "costs": search.costs.record(), "task": settled,
+              "calibration": calibration,
               "inference_ms": {str(s): round(1000 * f, 2) for s, f in search.costs.frozen_s.items()}}
     return Choice("ensemble", {"strategy.ensemble.members": members}, record)
