@@ -288,6 +288,26 @@ def test_the_disk_limit_covers_the_engine_exports(runs, tmp_path, capsys):
     assert not list(engines.rglob("*.onnx"))
 
 
+def test_trimming_the_cache_leaves_another_processs_export_in_progress(tmp_path):
+    """Another process's export has made its folder and not yet a file in it: it stays (removing it failed that
+    process's export: `No such file or directory: .../.export-*/model.onnx`, seen with two runs at once); an
+    export folder left empty for an hour goes."""
+    import os
+    import time
+
+    from transferlab.data.cache import trim_cache
+
+    started = tmp_path / "cache" / "engines" / "abc" / ".export-x"
+    started.mkdir(parents=True)
+    trim_cache(tmp_path / "cache", limit_bytes=0)
+    assert started.is_dir()
+    old = time.time() - 3600
+    os.utime(started, (old, old))
+    os.utime(started.parent, (old, old))
+    trim_cache(tmp_path / "cache", limit_bytes=0)
+    assert not started.parent.exists()
+
+
 OPENVINO_FREED_OUT_OF_ORDER = """
 import gc, signal, subprocess, sys
 import openvino as ov, torch

@@ -109,6 +109,19 @@ class DiskCache:
         atomic_write(path.with_suffix(".json"), lambda handle: handle.write(json.dumps(meta).encode()))
 
 
+ABANDONED_S = 600  # an export folder with no file in it this long was abandoned; a younger one is being written
+
+
+def idle(folder: Path) -> float:
+    """Seconds since anything in `folder` (itself or a folder in it) last changed."""
+    import time
+
+    try:
+        return time.time() - max(p.stat().st_mtime for p in (folder, *folder.rglob("*")))
+    except (OSError, ValueError):
+        return 0.0
+
+
 def trim_cache(root: Path, limit_bytes: int, keep: set[Path] = frozenset(),
                deletable: tuple[str, ...] = ("decoded", "features", "engines")) -> int:
     """Delete the least recently used entries of the cache folder `root` (decoded images, features,
@@ -127,8 +140,8 @@ def trim_cache(root: Path, limit_bytes: int, keep: set[Path] = frozenset(),
             continue
         if stats:
             entries.append((max(s.st_mtime for s in stats), sum(s.st_size for s in stats), kind, files, folder))
-        elif folder is not None and kind in deletable:
-            shutil.rmtree(folder, ignore_errors=True)  # an export folder left empty
+        elif folder is not None and kind in deletable and idle(folder) > ABANDONED_S:
+            shutil.rmtree(folder, ignore_errors=True)  # an export folder left empty (not one being written)
     total, freed = sum(entry[1] for entry in entries), 0
     for _, size, kind, files, folder in sorted(entries, key=lambda e: e[0]):
         if total - freed <= limit_bytes:
