@@ -89,6 +89,8 @@ class DataConfig:
     decode_workers: int = setting(0, "[0, 256]", "processes decoding images; 0 = one per CPU core", resume_safe=True)
     group_column: str | None = setting(None, help="CSV manifest column whose rows must stay in one split")
     label_delimiter: str = setting(";", help="separates the names in a manifest's labels column (multi-label)")
+    dedupe: Literal["exact", "near"] = setting("exact", help="which copies are kept in one split: exact (byte-identical "
+                                               "files) or near (also near-duplicates: audit.similarity)")
 
 
 @dataclass
@@ -313,6 +315,19 @@ class TaskConfig:
 
 
 @dataclass
+class AuditConfig:
+    """The data audit (`transferlab audit`, and audit.json in every train and cv run)."""
+
+    enabled: bool = setting(True, help="audit every train and cv run (audit.json, the report's Audit section)")
+    similarity: float = setting(0.995, "(0, 1]", "near-duplicates: the correlation of two images' blurred grey "
+                                                 "pixels, best over small crops, at or above which they are copies")
+    outliers: int = setting(20, "[0, inf]", "how many of the images farthest from their neighbours are listed")
+    neighbours: int = setting(10, "[1, 1000]", "outliers and unfamiliar inputs: the k nearest training images")
+    false_alarm: float = setting(0.05, "(0, 1)", "unfamiliar inputs: the share of held-out training images flagged")
+    label_issues: int = setting(50, "[0, inf]", "at most this many likely label errors are listed (all are counted)")
+
+
+@dataclass
 class CVConfig:
     """Cross-validation (`transferlab cv`)."""
 
@@ -345,6 +360,7 @@ class Config:
     cv: CVConfig = setting(factory=CVConfig)
     tracking: TrackingConfig = setting(factory=TrackingConfig)
     task: TaskConfig = setting(factory=TaskConfig)
+    audit: AuditConfig = setting(factory=AuditConfig)
 
 
 def setting_of(key: str) -> tuple[Any, dataclasses.Field]:

@@ -123,21 +123,14 @@ class FeatureStore:
 
     def module(self, size: int, normalize: tuple) -> torch.nn.Module:
         """The pretrained backbone seeing the stored images at `size` (a random one equals every fit's)."""
-        from transferlab.engines import Features
-        from transferlab.models import Classifier, seeded_backbone
-        from transferlab.models.backbone import stage_channels
-
-        with seeded_backbone(self.config.model, self.config.seed, size) as backbone:
-            every = len(stage_channels(backbone))  # each stage pooled too: any `taps` is then a slice
-            return Features(Classifier(backbone, 1, *normalize, size=size, input_size=self.size, taps=every)).eval()
+        return backbone_features(self.config, size, self.size, normalize)
 
     def engine_for(self, size: int, normalize: tuple, images: int):
         """The compiled engine a frozen pass of `images` images at `size` runs on (train.engine; auto by the
         documented rule), compiled once and kept for the passes and timings after (the last few)."""
-        from transferlab.engines import cache_folder, compile_engine, exported, fallbacks, resolve
+        from transferlab.engines import compile_engine, exported, fallbacks, resolve
 
-        folder = cache_folder({"kind": "features", "model": self.identity, "normalize": [list(v) for v in normalize],
-                               "size": size, "input": self.size, "taps": "every stage"}, self.root)
+        folder = features_folder(self.identity, normalize, size, self.size, self.root)
         config = self.config
         name = resolve(config.train.engine, device=self.device, images=images, cached=exported(folder, "onnxruntime"))
         key = (size, tuple(map(tuple, normalize)), name)
@@ -195,6 +188,26 @@ class FeatureStore:
         self.passes.append({"size": size, "images": int(len(indices)), "engine": compiled.name, "view": view,
                             "seconds": round(time.perf_counter() - started, 3)})
         return out
+
+
+def backbone_features(config: Config, size: int, input_size: int, normalize: tuple) -> torch.nn.Module:
+    """The pretrained backbone of `config` (its seed's random one without weights) seeing uint8 images of
+    `input_size` at `size`: every stage's pooled features, the final pooled ones last (any `taps` is a slice)."""
+    from transferlab.engines import Features
+    from transferlab.models import Classifier, seeded_backbone
+    from transferlab.models.backbone import stage_channels
+
+    with seeded_backbone(config.model, config.seed, size) as backbone:
+        every = len(stage_channels(backbone))
+        return Features(Classifier(backbone, 1, *normalize, size=size, input_size=input_size, taps=every)).eval()
+
+
+def features_folder(identity: str, normalize: tuple, size: int, input_size: int, root: Path) -> Path:
+    """Where the engine export of `backbone_features` is cached (shared by the feature store and predict)."""
+    from transferlab.engines import cache_folder
+
+    return cache_folder({"kind": "features", "model": identity, "normalize": [list(v) for v in normalize],
+                         "size": size, "input": input_size, "taps": "every stage"}, root)
 
 
 def backbone_identity(model_config, seed: int) -> str:

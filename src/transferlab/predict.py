@@ -34,6 +34,42 @@ def model_engine(model: TrainedModel, engine: str = "auto", images: int = 1, bat
                           channels_last=False, limit_bytes=int(model.config.data.disk_limit_gb * 1e9))
 
 
+class Familiar:
+    """A run's unfamiliar-input check on an engine: the pretrained backbone's features of an input (the size and
+    normalization the run's audit used) against the training images' (model/familiar.*)."""
+
+    def __init__(self, model: TrainedModel, familiarity, engine: str, images: int):
+        from transferlab.data.items import cache_root
+        from transferlab.engines import compile_engine, exported, fallbacks, resolve
+        from transferlab.features import backbone_features, backbone_identity, features_folder
+
+        record, config = familiarity.record, model.config
+        normalize = tuple(tuple(v) for v in record["normalize"])
+        root = Path(config.data.cache_dir).expanduser() if config.data.cache_dir else cache_root()
+        folder = features_folder(backbone_identity(config.model, config.seed), normalize, record["size"],
+                                 model.spec.size, root)
+        module = backbone_features(config, record["size"], model.spec.size, normalize)
+        name = engine if engine == "torch" else resolve(engine, device=model.device, images=images,
+                                                        cached=exported(folder, "onnxruntime"))
+        self.engine = compile_engine(fallbacks(engine, name), module, model.spec.size, folder, device=model.device,
+                                     channels_last=False, limit_bytes=int(config.data.disk_limit_gb * 1e9))
+        self.familiarity = familiarity
+
+    @staticmethod
+    def of(model: TrainedModel, engine: str = "auto", images: int = 1) -> Familiar | None:
+        """The run's check, or None for a run without one (older runs, audit.enabled=false)."""
+        from transferlab.audit import Familiarity
+
+        familiarity = Familiarity.load(model.run / "model")
+        return None if familiarity is None else Familiar(model, familiarity, engine, images)
+
+    def __call__(self, pixels: np.ndarray) -> list[dict]:
+        """{"unfamiliar", "unfamiliarity"} of each model-ready uint8 image (N, size, size, 3)."""
+        features = self.engine(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)))
+        width = self.familiarity.reference.shape[1]
+        return self.familiarity.flags(np.asarray(features)[:, -width:])
+
+
 def predict_pixels(model: TrainedModel, pixels: np.ndarray, *, engine, tta: tuple[str, ...] = ()) -> np.ndarray:
     """Class probabilities (N, K) of model-ready uint8 images (N, size, size, 3) on `engine` (model_engine)."""
     from transferlab import tta as views
@@ -49,15 +85,18 @@ def predict_files(run: str | Path, files: list[str | Path], *, top_k: int = 5, e
         raise ConfigError(f"--top-k {top_k} must be at least 1")
     model = load_model(run)
     compiled = model_engine(model, engine, images=len(files))
+    familiar = Familiar.of(model, engine, images=len(files))
     k = min(top_k, len(model.classes))
     results: list[dict] = []
     pending: list[tuple[int, np.ndarray]] = []
 
     def flush() -> None:
         if pending:
-            probs = predict_pixels(model, np.stack([pixels for _, pixels in pending]), engine=compiled, tta=tta)
-            for (slot, _), row in zip(pending, probs):
-                results[slot] |= model.task.answer(row, model.classes, k)
+            batch = np.stack([pixels for _, pixels in pending])
+            probs = predict_pixels(model, batch, engine=compiled, tta=tta)
+            flags = familiar(batch) if familiar is not None else [{}] * len(probs)
+            for (slot, _), row, flag in zip(pending, probs, flags):
+                results[slot] |= model.task.answer(row, model.classes, k) | flag
             pending.clear()
 
     for file in files:

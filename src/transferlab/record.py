@@ -237,8 +237,25 @@ def finish_train(result, ctx, run, decision: dict | None, started: float, pictur
     if rows.paths:
         rows.write(run.path / "predictions.csv", dataset.classes)
     save_model(run.path / "model", result.classifier, model_meta(result, ctx))
+    if result.config.audit.enabled:
+        audit_train(result, ctx, run, rows)
     pictures(run.path, dataset, result.config, result.classifier.eval(), rows.of(gallery))
     run_summary(ctx.tracker, result.config, read_json(run.path / "metrics.json"), run.path)
+
+
+def audit_train(result, ctx, run, rows) -> None:
+    """audit.json (label issues, near-duplicates and leakage across this run's splits, outliers) and the model's
+    familiarity reference (model/familiar.*: what predict and serve flag unfamiliar inputs with)."""
+    from transferlab.audit import audit_run, summary_lines
+    from transferlab.console import info
+    from transferlab.search import HELD_OUT
+
+    audit, familiarity = audit_run(result, ctx, run.path / HELD_OUT, rows, progress=ctx.progress)
+    write_json(run.path / "audit.json", audit)
+    familiarity.save(run.path / "model")
+    if ctx.progress:
+        for line in summary_lines(audit):
+            info(line)
 
 
 def finish_fold(result, ctx, fold, decision: dict | None, pictures) -> None:

@@ -179,6 +179,12 @@ def split(kind: str, dataset, config: Config, run: RunDir, *, fresh: bool, show:
     """The folds of a run, from the one splitter (made and written when it starts, read back when it
     resumes), each with its own folder and state; what the split was is recorded in the run's state."""
     splitter = Splitter(kind, config)
+    if fresh and config.data.dedupe == "near":  # near-duplicates stay in one split, as byte-identical copies do
+        from transferlab.audit import keep_near_together
+
+        moved = keep_near_together(dataset, config, progress=show)
+        if show:
+            info(f"data.dedupe=near: {moved:,} images joined a near-duplicate's split group")
     parts = splitter.split(dataset, run.path, fresh=fresh)
     if fresh:
         run.state.split = splitter.describe(dataset)

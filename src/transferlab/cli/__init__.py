@@ -11,7 +11,7 @@ import errno
 import sys
 
 from transferlab import __version__
-from transferlab.cli.commands import (cmd_demo, cmd_evaluate, cmd_explain, cmd_export, cmd_fit, cmd_inspect,
+from transferlab.cli.commands import (cmd_audit, cmd_demo, cmd_evaluate, cmd_explain, cmd_export, cmd_fit, cmd_inspect,
                                       cmd_predict, cmd_preview, cmd_rank, cmd_report, cmd_serve, quiet_lightning)
 from transferlab.cli.options import (EXAMPLES, POSITIVE_INT, SIZE, Parser, add_aug_option, add_config_options,
                                      add_data_options, add_inference_options, add_train_options, colormap_type,
@@ -28,6 +28,15 @@ def _inspect_options(inspect: argparse.ArgumentParser) -> None:
     add_data_options(inspect)
     add_config_options(inspect)
     inspect.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+
+
+def _audit_options(audit: argparse.ArgumentParser) -> None:
+    add_data_options(audit)
+    add_config_options(audit)
+    audit.add_argument("--json", action="store_true", help="print the findings as JSON on stdout")
+    audit.add_argument("--out", metavar="JSON", help="where to write them (default audit.json, never overwriting an "
+                                                   "existing one)")
+    audit.add_argument("--force", action="store_true", help="replace --out if it exists")
 
 
 def _train_options(train: argparse.ArgumentParser) -> None:
@@ -143,6 +152,7 @@ def _preview_options(preview: argparse.ArgumentParser) -> None:
 
 COMMANDS = [  # name, handler, help, its options: the order of `transferlab --help`
     ("inspect", cmd_inspect, "dataset health and statistics: classes, sizes, bad files, duplicates", _inspect_options),
+    ("audit", cmd_audit, "likely label errors, near-duplicates, outliers: what to check in the data", _audit_options),
     ("train", cmd_fit, "train a classifier by transfer learning and write a run directory", _train_options),
     ("cv", cmd_fit, "stratified K-fold cross-validation: mean ± std and 95% CI of every metric", _cv_options),
     ("evaluate", cmd_evaluate, "metrics of a trained run on another labelled set", _evaluate_options),

@@ -28,6 +28,22 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    check_spec(args.data)
+    out = writable_output(args.out, "audit.json", force=args.force)
+    from transferlab.audit import audit_data, summary_lines
+    from transferlab.io import write_json
+
+    audit = audit_data(args.data, config_from_args(args), progress=not args.json)
+    write_json(out, audit)
+    if args.json:
+        print(json.dumps(audit, indent=2, ensure_ascii=False))
+    else:
+        print("\n".join(summary_lines(audit)))
+        print(f"written: {out}")
+    return 0
+
+
 def cmd_preview(args: argparse.Namespace) -> int:
     check_spec(args.data)
     from transferlab.data import load_dataset
@@ -190,7 +206,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 continue
             best = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r["top"])
             labels = f"[{', '.join(r['labels']) or 'no label'}] " if "labels" in r else ""
-            print(f"{r['path']}: {labels}{best}")
+            odd = (f"  UNFAMILIAR (unlike the training images: {r['unfamiliarity']:.3f} past the run's "
+                   "threshold; the answer may mean nothing)") if r.get("unfamiliar") else ""
+            print(f"{r['path']}: {labels}{best}{odd}")
     for r in failed:
         print(f"transferlab predict: error: {r['path']}: {r['error']}", file=sys.stderr)
     return 2 if failed else 0

@@ -16,6 +16,10 @@ from transferlab.errors import TransferlabError
 from transferlab.strategies import strategy_names
 
 EXAMPLES = {
+    "audit": """examples:
+  transferlab audit ~/photos/pets                  # prints the findings, writes audit.json
+  transferlab audit labels.csv --json > audit.json
+  transferlab audit builtin:digits --size 96 --set audit.similarity=0.99 --out digits-audit.json""",
     "inspect": """examples:
   transferlab inspect builtin:digits
   transferlab inspect ~/photos/pets --json > health.json

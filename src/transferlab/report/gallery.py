@@ -4,6 +4,7 @@ held-out images with Grad-CAM overlays (kept in errors.npz; the report draws the
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,48 @@ def dataset_pictures(run_dir: Path, dataset, config) -> None:
                      plots / "augment_preview.png", n=6, seed=config.seed)
     except Exception as exc:
         warn(f"augmentation preview not drawn: {exc}")
+    audit = Path(run_dir) / "audit.json"
+    if audit.is_file():
+        try:
+            audit_pictures(json.loads(audit.read_text(encoding="utf-8")), dataset.images, plots)
+        except Exception as exc:
+            warn(f"audit pictures not drawn: {exc}")
+
+
+def audit_pictures(audit: dict, images, plots: Path) -> None:
+    """audit_labels.png, audit_duplicates.png, audit_outliers.png: the images the audit flags, as people
+    check them (by eye)."""
+    from transferlab.audit import fmt_label
+
+    issues = (audit.get("label_issues") or {}).get("items", [])[:16]
+    thumbs(images, [(i["index"], f"given {fmt_label(i['given'])}\nlooks {fmt_label(i['suggested'])} "
+                                 f"({i['score']:.2f})") for i in issues], plots / "audit_labels.png",
+           "likely label errors (lowest self-confidence first)")
+    groups = (audit.get("duplicates") or {}).get("groups", [])[:8]
+    pairs = [(m["index"], f"{'LEAK ' if g['leak'] else ''}group {k + 1}\n{m['label']}"
+              + (f" [{m['split']}]" if "split" in m else "")) for k, g in enumerate(groups) for m in g["members"][:4]]
+    thumbs(images, pairs, plots / "audit_duplicates.png", "near-duplicate groups (LEAK: across splits)")
+    odd = (audit.get("outliers") or {}).get("items", [])[:12]
+    thumbs(images, [(i["index"], f"{i['label']}\n({i['score']:.3f})") for i in odd], plots / "audit_outliers.png",
+           "outliers: most unlike the rest (lowest score first)")
+
+
+def thumbs(images, entries: list[tuple[int, str]], path: Path, title: str) -> Path | None:
+    """A grid of the images at `entries` (index, caption), 6 a row; none drawn (and an old one removed) for none."""
+    path.unlink(missing_ok=True)
+    if not entries:
+        return None
+    columns = min(6, len(entries))
+    rows = (len(entries) + columns - 1) // columns
+    fig, axes = subplots(rows, columns, figsize=(1.9 * columns, 2.2 * rows), squeeze=False, layout="constrained")
+    for ax in axes.flat:
+        ax.axis("off")
+    for k, (index, caption) in enumerate(entries):
+        ax = axes.flat[k]
+        ax.imshow(images[index], interpolation="nearest")
+        ax.set_title(caption, fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    return save(fig, path, dpi=90)
 
 
 def error_candidates(classifier, images, indices: np.ndarray, labels: np.ndarray, probs: np.ndarray, *,

@@ -351,6 +351,56 @@ def section_errors(run: Run) -> list[dict]:
     return [figures(gallery)]
 
 
+@section("audit", "Audit of the data")
+def section_audit(run: Run) -> list[dict]:
+    from transferlab.audit import fmt_label
+
+    audit = run.json_file("audit.json")
+    if not audit:
+        return [text("missing", "no audit.json in this run (audit.enabled=false, or a run older than the audit)")]
+    blocks = []
+    issues = audit.get("label_issues") or {}
+    if issues.get("count") is None:
+        blocks.append(text("note", f"Likely label errors: not estimated ({issues.get('note', 'no predictions')})."))
+    else:
+        blocks += [text("heading", f"likely label errors: {issues['count']:,} of {issues['images']:,} images "
+                                   f"({issues['share']:.1%})"),
+                   text("note", f"On {issues['on']}; {issues['method']}. Check these by eye: a flagged image may "
+                                "be hard rather than mislabelled."),
+                   table(["image", "given", "suggested", "score"],
+                         [[i["path"], fmt_label(i["given"]), fmt_label(i["suggested"]), fmt(i["score"])]
+                          for i in issues["items"][:20]], (3,))]
+    dup = audit.get("duplicates") or {}
+    leak = dup.get("leakage") or {}
+    blocks += [text("heading", f"near-duplicates: {len(dup.get('groups', [])):,} groups, {dup.get('images', 0):,} "
+                               f"images" + (f"; {leak['groups']:,} groups straddle splits (leakage)" if leak else "")),
+               text("note", f"{dup.get('method', '')}; similarity at least {dup.get('similarity', 0):g} "
+                            "(audit.similarity). data.dedupe=near keeps each group in one split.")]
+    if dup.get("groups"):
+        blocks.append(table(["group", "members (label, split)", "leak", "labels differ"],
+                            [[k + 1, "; ".join(f"{m['path']} ({m['label']}{', ' + m['split'] if 'split' in m else ''})"
+                                               for m in g["members"]), "yes" if g["leak"] else "",
+                              "yes" if g["labels_differ"] else ""] for k, g in enumerate(dup["groups"][:20])]))
+    odd = audit.get("outliers") or {}
+    if odd.get("items"):
+        blocks += [text("heading", f"outliers: the {len(odd['items'])} images most unlike the rest"),
+                   text("note", odd.get("method", ""))]
+    familiar = audit.get("unfamiliar")
+    if familiar:
+        blocks.append(text("note", f"Unfamiliar inputs: predict and serve flag an image whose {familiar['score']} is "
+                                   f"above {familiar['threshold']:.4f}, which flags {familiar['false_alarm']:.0%} of "
+                                   f"the {familiar['set_on']}"
+                                   + (f"; it flags {familiar['flagged_test']:.1%} of the test split"
+                                      if familiar.get("flagged_test") is not None else "") + "."))
+    figs = [figure(run.plots / name, caption) for name, caption in (
+        ("audit_labels.png", "likely label errors: given and suggested labels, self-confidence"),
+        ("audit_duplicates.png", "near-duplicate groups with their splits"),
+        ("audit_outliers.png", "outliers, with cleanlab's score")) if (run.plots / name).is_file()]
+    if figs:
+        blocks.append(figures(*figs))
+    return blocks
+
+
 @section("reproducibility", "Reproducibility")
 def section_reproducibility(run: Run) -> list[dict]:
     env = run.metrics.get("environment", {})

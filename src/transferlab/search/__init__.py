@@ -326,10 +326,14 @@ class Search:
         chosen = [(c, float(w)) for c, w in zip(scored, weights) if w > 0]
         mixed = sum(w * p for w, p in zip(weights, library))
         self.mixed = (mixed, labels)  # the ensemble's predictions of the images it was chosen on
+        self.mixed_rows = rows
         return chosen, {"images": int(len(rows)), "on": "validation split" if on_val else "out of fold",
                         "accuracy": float(self.ctx.dataset.task.scores(mixed, labels).mean()),
                         "log_loss": history[-1],
                         "rounds": len(history)}
+
+
+HELD_OUT = "held_out.npz"  # the chosen ensemble's held-out predictions (rows, raw probabilities), in the run folder
 
 
 def sizes_near(side: int, largest: int) -> list[int]:
@@ -387,6 +391,10 @@ def choose(ctx) -> Choice:
     # calibrated probabilities), from the same held-out predictions; the final fit chooses again on its
     # validation split when it has one
     on = f"{ensemble['on']} predictions of the chosen ensemble"
+    from transferlab.io import atomic_write
+
+    atomic_write(ctx.directory / HELD_OUT, lambda handle: np.savez(handle, rows=search.mixed_rows,
+                                                                   probs=search.mixed[0]))  # the audit reads them
     calibration = ctx.dataset.task.fit_temperature(*search.mixed, on)
     settled = ctx.dataset.task.settle(ctx.dataset.task.calibrate(search.mixed[0]), search.mixed[1], on)
     record = {"prior": prior.record(), "candidates": [c.record() for c in search.tried], "members": members,

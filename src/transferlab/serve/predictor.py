@@ -56,13 +56,14 @@ class Predictor:
 
     def __init__(self, run: str | Path, *, engine: str, max_pixels: int):
         from transferlab.engines import AUTO_MIN_IMAGES
-        from transferlab.predict import model_engine
+        from transferlab.predict import Familiar, model_engine
 
         self.run = Path(run)
         self.model = load_model(self.run)
         # a server answers images one at a time for as long as it runs: an export repays itself
         self.engine = model_engine(self.model, engine, images=AUTO_MIN_IMAGES, batch=1)
         self.engine_name = self.engine.name
+        self.familiar = Familiar.of(self.model, engine, images=AUTO_MIN_IMAGES)  # None: the run has no reference
         self.lock = threading.Lock()
         self.workers = futures.ThreadPoolExecutor(WORKERS, thread_name_prefix="transferlab-decode")
         self.limits = dataclasses.replace(self.model.limits, max_pixels=max_pixels)
@@ -89,26 +90,36 @@ class Predictor:
         with self.lock:
             return predict_pixels(self.model, pixels[None], engine=self.engine)[0]
 
+    def flag(self, pixels: np.ndarray) -> dict:
+        """{"unfamiliar", "unfamiliarity"} of one model-ready image ({} for a run without a reference)."""
+        if self.familiar is None:
+            return {}
+        with self.lock:
+            return self.familiar(pixels[None])[0]
+
     @bounded
     def predict(self, data: bytes, top_k: int = 5) -> dict:
         """The answer for encoded image `data`: {"top": its top `top_k` classes with their probabilities}
-        (a multi-label model's also "labels", those predicted; every label in "top")."""
+        (a multi-label model's also "labels", those predicted; every label in "top"), and whether the image is
+        unlike the training images ("unfamiliar", with its score)."""
         _, pixels = self.decode(data)
-        return self.model.task.answer(self.probabilities(pixels), self.classes, max(1, top_k))
+        return self.model.task.answer(self.probabilities(pixels), self.classes, max(1, top_k)) | self.flag(pixels)
 
     def decision(self, scores: dict[str, float]) -> str:
         """What the model predicts from `scores` ({class: probability}): the class, or the labels predicted."""
         answer = self.model.task.answer(np.array([scores[c] for c in self.classes]), self.classes, 1)
         return ", ".join(answer["labels"]) or "no label" if "labels" in answer else answer["top"][0]["class"]
 
-    def caption(self, scores: dict[str, float]) -> str:
-        """The prediction in words, with its probabilities: `predicted coat (0.93)`, or every label predicted."""
-        return self.model.task.caption(np.array([scores[c] for c in self.classes]), self.classes)
+    def caption(self, scores: dict[str, float], flag: dict | None = None) -> str:
+        """The prediction in words, with its probabilities: `predicted coat (0.93)`, or every label predicted; with
+        a warning when the image is unlike the training images."""
+        words = self.model.task.caption(np.array([scores[c] for c in self.classes]), self.classes)
+        return words + (UNFAMILIAR if (flag or {}).get("unfamiliar") else "")
 
     @bounded
-    def explain(self, data: bytes, class_name: str | None = None) -> tuple[dict[str, float], np.ndarray, str]:
+    def explain(self, data: bytes, class_name: str | None = None) -> tuple[dict[str, float], np.ndarray, str, dict]:
         """({class: probability}, the Grad-CAM overlay on the original picture, the class it
-        explains: `class_name`, or the predicted one)."""
+        explains: `class_name`, or the predicted one; whether the image is unfamiliar, as `flag`)."""
         from transferlab.interpret.cam import compute_cams, overlay
         from transferlab.preprocess import to_original
 
@@ -120,7 +131,10 @@ class Predictor:
                                   task=self.model.task)
         height, width = original.shape[:2]
         blended = overlay(original, to_original(result["cams"][0], (width, height), self.model.spec))
-        return {c: float(p) for c, p in zip(self.classes, probs)}, blended, self.classes[target]
+        return {c: float(p) for c, p in zip(self.classes, probs)}, blended, self.classes[target], self.flag(pixels)
+
+
+UNFAMILIAR = " - UNFAMILIAR: unlike the images this model was trained on; the answer may mean nothing"
 
 
 def model_card(run: Path, meta: dict) -> dict:

@@ -135,14 +135,15 @@ def handlers(predictor):
         if not path:
             raise gr.Error("Drop, paste or choose an image first.", print_exception=False)
         try:
-            probs, blended, _ = predictor.explain(read_file(Path(path), limit), None if target == PREDICTED else target)
+            probs, blended, _, flag = predictor.explain(read_file(Path(path), limit),
+                                                        None if target == PREDICTED else target)
         except BadImage as exc:
             raise gr.Error(f"{Path(path).name}: {exc}", print_exception=False) from None
         except Exception as exc:  # a bug: the server's log says what, the user is not shown internals
             warn(f"serve: {Path(path).name}: {type(exc).__name__}: {exc}")
             raise gr.Error(f"{Path(path).name}: the server could not answer (its log says why)",
                            print_exception=False) from None
-        return probs, blended, predictor.caption(probs)
+        return probs, blended, predictor.caption(probs, flag)
 
     def several(paths: list[str] | None):
         if not paths:
@@ -151,7 +152,7 @@ def handlers(predictor):
         for path in paths:
             name = Path(path).name
             try:
-                probs, blended, explained = predictor.explain(read_file(Path(path), limit))
+                probs, blended, explained, flag = predictor.explain(read_file(Path(path), limit))
             except BadImage as exc:  # one bad file does not stop the others
                 rows.append([name, "", None, str(exc)])
                 continue
@@ -159,8 +160,9 @@ def handlers(predictor):
                 warn(f"serve: {name}: {type(exc).__name__}: {exc}")
                 rows.append([name, "", None, "the server could not answer (its log says why)"])
                 continue
-            gallery.append((blended, f"{name}: {predictor.caption(probs)}"))
-            rows.append([name, predictor.decision(probs), round(probs[explained], 4), ""])
+            gallery.append((blended, f"{name}: {predictor.caption(probs, flag)}"))
+            rows.append([name, predictor.decision(probs), round(probs[explained], 4),
+                         "unfamiliar: unlike the training images" if flag.get("unfamiliar") else ""])
         return gallery, rows
 
     return one, several
