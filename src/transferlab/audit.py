@@ -337,34 +337,28 @@ def audit_data(spec: str, config, *, progress: bool = True) -> dict:
     store = FeatureStore(dataset, config, progress=progress)
     features = store.get(None, size=size, taps=0).numpy()
     folds = evidence_folds(dataset.labels, dataset.groups, config.seed, k=5)
-    probs = cross_fitted(features, dataset.labels, folds, dataset.task, len(dataset.classes))
-    on = f"out-of-fold predictions of a logistic probe on the backbone's features at {size} px ({len(folds)} folds)"
+    if progress:
+        from transferlab.console import info
+
+        info(f"cross-fitting the linear probe on {len(dataset):,} images ({len(folds)} folds)")
+    probs, chosen = cross_fitted(features, dataset.labels, folds, dataset.task, len(dataset.classes))
+    on = (f"out-of-fold predictions of the linear probe ({chosen}) on the backbone's features at {size} px "
+          f"({len(folds)} folds)")
     audit = findings(dataset, config, rows=np.arange(len(dataset)), probs=probs, on=on, features=features,
                      progress=progress)
     audit["data"] = {"source": spec, "classes": dataset.classes, "size": size}
     return audit
 
 
-def cross_fitted(x: np.ndarray, labels: np.ndarray, folds, task: Task, k: int) -> np.ndarray:
-    """Out-of-fold probabilities of a logistic regression on standardised features (C by 3-fold log loss; one-vs-rest
-    per label at C=0.1 for multi-label)."""
-    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
-    from sklearn.multiclass import OneVsRestClassifier
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+def cross_fitted(x: np.ndarray, labels: np.ndarray, folds, task: Task, k: int) -> tuple[np.ndarray, str]:
+    """(out-of-fold probabilities, which C) of the tool's own linear probe (the search's cheap candidate: L2
+    logistic regression, one-vs-rest per label for multi-label) on the features, at the C of its grid whose
+    out-of-fold log loss is lowest."""
+    import torch
 
-    probs = np.zeros((len(x), k))
-    multi = labels.ndim == 2
-    for train, test in folds:
-        model = (OneVsRestClassifier(LogisticRegression(C=0.1, max_iter=2000)) if multi else
-                 LogisticRegressionCV(Cs=[0.01, 0.1, 1.0], cv=3, scoring="neg_log_loss", max_iter=2000))
-        model = make_pipeline(StandardScaler(), model)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model.fit(x[train], labels[train])
-        out = model.predict_proba(x[test])
-        if multi:
-            probs[test] = out
-        else:
-            probs[np.ix_(test, model[-1].classes_)] = out
-    return probs
+    from transferlab.strategies.linear_probe import C_GRID, out_of_fold
+
+    probs = out_of_fold(torch.as_tensor(x), labels, k, folds, C_GRID, task=task)
+    losses = [task.log_loss(p, labels) for p in probs]
+    best = int(np.argmin(losses))
+    return probs[best], f"C={C_GRID[best]:g}"
