@@ -139,3 +139,20 @@ def test_predict_and_serve_flag_an_image_unlike_the_training_set(tmp_path, isola
         _, served = post_image(server.url, "image", "noise.png", noise.read_bytes())
         assert served["unfamiliar"] is True
         assert served["unfamiliarity"] == pytest.approx(answers[1]["unfamiliarity"], abs=1e-4)
+    assert main(["export", str(run), "--format", "onnx", "--out", str(tmp_path / "bundle")]) == 0
+    bundle = json.loads((tmp_path / "bundle" / "bundle.json").read_text())
+    check = bundle["unfamiliar"]  # what a consumer needs, and the parity of its scores
+    assert check["graph"] == "features.onnx" and check["parity"]["max_abs_diff"] <= 1e-4
+    import onnxruntime
+
+    from transferlab.data.decode import decode_file
+    from transferlab.predict import load_model
+
+    model = load_model(run)
+    pixels = np.ascontiguousarray(decode_file(noise, model.spec, model.limits)[0][None].transpose(0, 3, 1, 2))
+    session = onnxruntime.InferenceSession(str(tmp_path / "bundle" / check["graph"]))
+    features = session.run(None, {session.get_inputs()[0].name: pixels})[0][:, -check["features"]:]
+    features /= np.linalg.norm(features, axis=1, keepdims=True)
+    reference = np.load(tmp_path / "bundle" / check["reference"]).astype(np.float32)
+    score = 1 - np.sort(features @ reference.T, axis=1)[:, -check["k"]:].mean()
+    assert score == pytest.approx(answers[1]["unfamiliarity"], abs=1e-3) and score > check["threshold"]

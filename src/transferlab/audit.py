@@ -94,7 +94,8 @@ def duplicates(pairs: list[tuple[int, int, float]], paths: list[str], label_text
                        "labels_differ": len(labels) > 1, "leak": len(splits) > 1})
     groups.sort(key=lambda g: (not g["leak"], not g["labels_differ"], g["members"][0]["path"]))
     leaks = [g for g in groups if g["leak"]]
-    return {"pairs": len(pairs), "groups": groups, "images": sum(len(g["members"]) for g in groups),
+    return {"pairs": [{"a": paths[i], "b": paths[j], "similarity": round(s, 4)} for i, j, s in pairs],
+            "groups": groups, "images": sum(len(g["members"]) for g in groups),
             "leakage": {"groups": len(leaks), "images": sum(len(g["members"]) for g in leaks)} if parts is not None
             else None, "similarity": similarity,
             "method": "blurred grey pixels correlated, best over small crops, verified for candidates from "

@@ -123,6 +123,8 @@ class FeatureStore:
 
     def module(self, size: int, normalize: tuple) -> torch.nn.Module:
         """The pretrained backbone seeing the stored images at `size` (a random one equals every fit's)."""
+        from transferlab.engines.modules import backbone_features
+
         return backbone_features(self.config, size, self.size, normalize)
 
     def engine_for(self, size: int, normalize: tuple, images: int):
@@ -188,18 +190,6 @@ class FeatureStore:
         self.passes.append({"size": size, "images": int(len(indices)), "engine": compiled.name, "view": view,
                             "seconds": round(time.perf_counter() - started, 3)})
         return out
-
-
-def backbone_features(config: Config, size: int, input_size: int, normalize: tuple) -> torch.nn.Module:
-    """The pretrained backbone of `config` (its seed's random one without weights) seeing uint8 images of
-    `input_size` at `size`: every stage's pooled features, the final pooled ones last (any `taps` is a slice)."""
-    from transferlab.engines import Features
-    from transferlab.models import Classifier, seeded_backbone
-    from transferlab.models.backbone import stage_channels
-
-    with seeded_backbone(config.model, config.seed, size) as backbone:
-        every = len(stage_channels(backbone))
-        return Features(Classifier(backbone, 1, *normalize, size=size, input_size=input_size, taps=every)).eval()
 
 
 def features_folder(identity: str, normalize: tuple, size: int, input_size: int, root: Path) -> Path:

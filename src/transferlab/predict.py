@@ -41,7 +41,8 @@ class Familiar:
     def __init__(self, model: TrainedModel, familiarity, engine: str, images: int):
         from transferlab.data.items import cache_root
         from transferlab.engines import compile_engine, exported, fallbacks, resolve
-        from transferlab.features import backbone_features, backbone_identity, features_folder
+        from transferlab.engines.modules import backbone_features
+        from transferlab.features import backbone_identity, features_folder
 
         record, config = familiarity.record, model.config
         normalize = tuple(tuple(v) for v in record["normalize"])
@@ -68,6 +69,35 @@ class Familiar:
         features = self.engine(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)))
         width = self.familiarity.reference.shape[1]
         return self.familiarity.flags(np.asarray(features)[:, -width:])
+
+
+def familiarity_companions(model: TrainedModel) -> list:
+    """What an export bundle carries to flag unfamiliar inputs: the features graph (the pretrained backbone at the
+    audit's size, normalization inside), the training images' unit features (familiar.npy, float16), k and the
+    threshold; its parity is that of the unfamiliarity scores. None for a run without a reference."""
+    from transferlab.audit import Familiarity
+    from transferlab.engines.export import Companion
+    from transferlab.engines.modules import backbone_features
+
+    familiarity = Familiarity.load(model.run / "model")
+    if familiarity is None:
+        return []
+    record, width = familiarity.record, familiarity.reference.shape[1]
+    module = backbone_features(model.config, record["size"], model.spec.size,
+                               tuple(tuple(v) for v in record["normalize"]))
+
+    def parity(expected: np.ndarray, exported: np.ndarray) -> dict:
+        a, b = (familiarity.scores(np.asarray(x)[:, -width:]) for x in (expected, exported))
+        return {"max_abs_diff": float(np.abs(a - b).max()), "of": "unfamiliarity scores",
+                "flags_agree": float(((a > familiarity.threshold) == (b > familiarity.threshold)).mean())}
+
+    how = (f"feed the model's input to the features graph; take its last {width} outputs, divide by their L2 norm; "
+           f"unfamiliarity = 1 - the mean of the {familiarity.k} largest dot products with the rows of familiar.npy; "
+           f"unfamiliar when above {familiarity.threshold:.6g}")
+    return [Companion("unfamiliar", "features", module, {"familiar.npy": model.run / "model" / "familiar.npy"},
+                      {k: v for k, v in record.items() if k != "version"} | {"reference": "familiar.npy",
+                                                                           "features": width, "how": how},
+                      parity)]
 
 
 def predict_pixels(model: TrainedModel, pixels: np.ndarray, *, engine, tta: tuple[str, ...] = ()) -> np.ndarray:

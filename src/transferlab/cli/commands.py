@@ -226,7 +226,9 @@ def tta_views(args: argparse.Namespace) -> tuple[str, ...]:
 def cmd_export(args: argparse.Namespace) -> int:
     from transferlab.engines.export import export_run, read_bundle
 
-    folder = export_run(args.run, args.format, out=args.out, samples=args.check)
+    from transferlab.predict import familiarity_companions
+
+    folder = export_run(args.run, args.format, out=args.out, samples=args.check, companions=familiarity_companions)
     parity = read_bundle(folder)["parity"]
     decision = "top-1" if (read_bundle(folder).get("task") or {}).get("name") != "multi-label" else "every label's decision"
     print(f"parity on {parity['images']}: probabilities within {parity['max_abs_diff']:.1e} of PyTorch's, {decision} "

@@ -38,6 +38,34 @@ class ExportError(TransferlabError):
     """An export that cannot be made, or does not match the model."""
 
 
+@dataclasses.dataclass
+class Companion:
+    """A second graph a bundle carries beside the model (the unfamiliar-input check's features), its data files,
+    what bundle.json says of it, and its parity check: (torch's outputs, the export's) -> a record with
+    max_abs_diff, compared with TOLERANCE."""
+
+    key: str  # its entry in bundle.json
+    name: str  # its graph's file stem: features.onnx, features.xml, features.ts
+    module: nn.Module
+    files: dict  # bundle file name -> the source file copied in
+    record: dict
+    parity: object  # Callable[[np.ndarray, np.ndarray], dict]
+
+
+def build_graph(module: nn.Module, fmt: str, folder: Path, stem: str, size: int):
+    """`module` exported as `fmt` into `folder` (files named `stem`), loaded back on its runtime."""
+    from transferlab.engines.runtime import OnnxEngine, OpenVinoEngine, TorchEngine
+
+    if fmt == "torchscript":
+        return TorchEngine(to_torchscript(module, size, folder / f"{stem}.ts"), channels_last=False)
+    onnx_path = to_onnx(module, size, folder / f"{stem}.onnx")
+    if fmt == "onnx":
+        return OnnxEngine(onnx_path)
+    engine = OpenVinoEngine(to_openvino(onnx_path, folder / f"{stem}.xml"))
+    onnx_path.unlink()
+    return engine
+
+
 def example(size: int) -> torch.Tensor:
     return torch.zeros(2, 3, size, size, dtype=torch.uint8)  # a batch of 2 keeps the batch dimension dynamic
 
@@ -116,12 +144,14 @@ def compare(reference: np.ndarray, exported: np.ndarray, task) -> dict:
             "tolerance": TOLERANCE}
 
 
-def export_run(run: str | Path, fmt: str, *, out: str | Path | None = None, samples: int = 64) -> Path:
-    """Export a trained run to `fmt` (onnx, openvino, torchscript) with its parity proven; returns
-    the bundle folder. Nothing is written when the exported model does not match."""
+def export_run(run: str | Path, fmt: str, *, out: str | Path | None = None, samples: int = 64,
+               companions=()) -> Path:
+    """Export a trained run to `fmt` (onnx, openvino, torchscript) with its parity proven, and each of its
+    `companions` (a function of the loaded model -> Companion list) beside it, parity proven too; returns the
+    bundle folder. Nothing is written when an exported graph does not match."""
     import transferlab
     from transferlab.engines.modules import Probabilities, versions
-    from transferlab.engines.runtime import OnnxEngine, OpenVinoEngine, TorchEngine
+    from transferlab.engines.runtime import TorchEngine
     from transferlab.io import write_json
     from transferlab.rundir import check_out_dir, load_model
 
@@ -140,15 +170,7 @@ def export_run(run: str | Path, fmt: str, *, out: str | Path | None = None, samp
         folder = Path(tmp)
         size = model.spec.size
         try:
-            if fmt == "torchscript":
-                engine = TorchEngine(to_torchscript(module, size, folder / FORMATS[fmt]), channels_last=False)
-            else:
-                onnx_path = to_onnx(module, size, folder / "model.onnx")
-                engine = OnnxEngine(onnx_path) if fmt == "onnx" else OpenVinoEngine(to_openvino(onnx_path,
-                                                                                                 folder / "model.xml"))
-                if fmt == "openvino":
-                    onnx_path.unlink()
-            answers = engine(batch)
+            answers = build_graph(module, fmt, folder, "model", size)(batch)
         except Exception as exc:  # noqa: BLE001 - the exporters and runtimes raise their own types
             why = " ".join(str(exc).split())[:200] or type(exc).__name__
             raise ExportError(f"the {fmt} export of {model.run} failed ({why}); nothing was written: try another "
@@ -158,6 +180,23 @@ def export_run(run: str | Path, fmt: str, *, out: str | Path | None = None, samp
             raise ExportError(f"the {fmt} export does not match the model on {source}: probabilities differ by up "
                               f"to {parity['max_abs_diff']:.2e} (tolerance {TOLERANCE:g}), top-1 agrees on "
                               f"{parity['top1_agreement']:.1%}; nothing was written")
+        carried = {}
+        for companion in (companions(model) if callable(companions) else companions):
+            expected = TorchEngine(companion.module.eval(), channels_last=False)(batch)
+            try:
+                exported = build_graph(companion.module, fmt, folder, companion.name, size)(batch)
+            except Exception as exc:  # noqa: BLE001 - as the model's
+                why = " ".join(str(exc).split())[:200] or type(exc).__name__
+                raise ExportError(f"the {fmt} export of {model.run}'s {companion.name} graph failed ({why}); "
+                                  "nothing was written: try another --format") from None
+            check = companion.parity(expected, exported) | {"images": source}
+            if check["max_abs_diff"] > TOLERANCE:
+                raise ExportError(f"the {fmt} export of the {companion.name} graph does not match on {source}: "
+                                  f"{check['max_abs_diff']:.2e} apart (tolerance {TOLERANCE:g}); nothing was written")
+            for name, source_file in companion.files.items():
+                shutil.copyfile(source_file, folder / name)
+            carried[companion.key] = companion.record | {"graph": companion.name + Path(FORMATS[fmt]).suffix,
+                                                         "parity": check}
         write_json(folder / "bundle.json", {
             "format": fmt, "files": sorted(p.name for p in folder.iterdir()), "classes": model.classes,
             "input": {"name": "images", "dtype": "uint8", "layout": "NCHW", "shape": ["batch", 3, size, size],
@@ -169,7 +208,7 @@ def export_run(run: str | Path, fmt: str, *, out: str | Path | None = None, samp
             "normalization": {**model.meta["normalize"], "in_graph": True},
             "model": model.meta["model"], "opset": OPSET if fmt != "torchscript" else None,
             "versions": {"transferlab": transferlab.__version__, **versions()}, "parity": parity,
-            "run": str(model.run.resolve()), "seconds": round(time.time() - started, 1)})
+            "run": str(model.run.resolve()), "seconds": round(time.time() - started, 1)} | carried)
         if target.exists():
             target.rmdir()  # empty: check_out_dir allowed it
         shutil.move(str(folder), str(target))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from transferlab.config import Config
 from transferlab.tasks import SINGLE, Task
 
 # what the exported graphs compute, beyond their weights: bump it when a module here (or the Classifier) changes
@@ -52,3 +53,14 @@ def versions() -> dict[str, str]:
         except md.PackageNotFoundError:
             pass
     return out
+
+
+def backbone_features(config: Config, size: int, input_size: int, normalize: tuple) -> torch.nn.Module:
+    """The pretrained backbone of `config` (its seed's random one without weights) seeing uint8 images of
+    `input_size` at `size`: every stage's pooled features, the final pooled ones last (any `taps` is a slice)."""
+    from transferlab.models import Classifier, seeded_backbone
+    from transferlab.models.backbone import stage_channels
+
+    with seeded_backbone(config.model, config.seed, size) as backbone:
+        every = len(stage_channels(backbone))
+        return Features(Classifier(backbone, 1, *normalize, size=size, input_size=input_size, taps=every)).eval()
