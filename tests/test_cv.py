@@ -64,6 +64,9 @@ def test_cv_writes_folds_aggregates_and_out_of_fold_predictions(color_folder, tm
         train = {r["path"] for r in parts if r["part"] in ("train", "val")}
         test = {r["path"] for r in parts if r["part"] == "test"}
         assert not train & test and len(train | test) == 30
+    audit = json.loads((run / "audit.json").read_text())  # the audit reads every image's out-of-fold prediction
+    assert audit["label_issues"]["images"] == 30 and "out-of-fold" in audit["label_issues"]["on"]
+    assert len(audit["outliers"]["items"]) == 20
 
 
 def test_a_repeated_cv_scores_every_repeat_and_says_how_many_resamples(color_folder, tmp_path, monkeypatch):

@@ -325,6 +325,18 @@ def findings(dataset, config, *, rows, probs, on, features, split=None, progress
                                  config.audit.outliers)}
 
 
+def cv_audit(dataset, config, probs: np.ndarray, parts: np.ndarray, *, progress: bool = False) -> dict:
+    """A cv run's audit: label issues on every image's out-of-fold predictions (the mean over repeats), near-
+    duplicates with each member's test fold (a group across folds is leakage), outliers on the backbone's
+    features at the run's size."""
+    from transferlab.features import FeatureStore
+
+    size = config.model.size or config.preprocess.size
+    features = FeatureStore(dataset, config, progress=progress).get(None, size=size, taps=0).numpy()
+    return findings(dataset, config, rows=np.arange(len(dataset)), probs=probs, features=features, split=parts,
+                    on=f"the out-of-fold predictions of the cv's folds ({len(dataset):,} images)", progress=progress)
+
+
 def audit_data(spec: str, config, *, progress: bool = True) -> dict:
     """`transferlab audit DATA`: decode, the pretrained backbone's features at its size, out-of-fold
     probabilities of a cross-fitted logistic probe on them (5 stratified, grouped folds), the findings."""

@@ -304,10 +304,13 @@ def finish_cv(run, dataset, config, folds: list[tuple[int, int, str]], started: 
     run_dir, requested = run.path, run.state.requested
     records, oof = [], {"paths": [], "labels": [], "probs": [], "repeat": [], "fold": []}
     pooled: dict = {}
+    parts = np.full(len(dataset), "unused", dtype=object)  # each image's test fold (the first repeat's)
     for repeat, fold, name in folds:
         fold_dir = run_dir / "folds" / name
         records.append(FoldRecord.from_json(read_json(fold_dir / "metrics.json")))
         index, probs = read_fold_probs(fold_dir, dataset.classes)
+        if repeat == 0:
+            parts[index] = f"fold {fold + 1}"
         pooled.setdefault(repeat, np.zeros((len(dataset), len(dataset.classes))))[index] = probs
         oof["paths"] += [dataset.paths[i] for i in index]
         oof["labels"] += list(dataset.labels[index])
@@ -351,6 +354,14 @@ def finish_cv(run, dataset, config, folds: list[tuple[int, int, str]], started: 
     write_json(run_dir / "curves.json", {"out_of_fold": curves})
     write_predictions(run_dir / "predictions.csv", oof["paths"], np.array(oof["labels"]), np.concatenate(oof["probs"]),
                       dataset.classes, task=dataset.task, extra={"repeat": oof["repeat"], "fold": oof["fold"]})
+    if config.audit.enabled:
+        from transferlab.audit import cv_audit, summary_lines
+        from transferlab.console import info
+
+        audit = cv_audit(dataset, config, sum(pooled.values()) / len(pooled), parts)
+        write_json(run_dir / "audit.json", audit)
+        for line in summary_lines(audit):
+            info(line)
     pictures(run_dir, dataset, config)
     cv_summary(tracker, config, read_json(run_dir / "cv_metrics.json"), run_dir, record.display)
 
