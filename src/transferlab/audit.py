@@ -286,6 +286,12 @@ def audit_run(result, ctx, held_out: Path, predictions, *, progress: bool = Fals
         saved = np.load(held_out, allow_pickle=False)
         rows, probs = saved["rows"], task.calibrate(saved["probs"])
         on = f"out-of-fold predictions of the search's chosen ensemble ({len(rows):,} images)"
+        test = ctx.indices.get("test", np.zeros(0, np.int64))
+        if len(test) and predictions.probs:  # the test split, held out from the final model too
+            where = [k for k, part in enumerate(predictions.part) if part == "test"]
+            rows = np.concatenate([rows, test])
+            probs = np.concatenate([probs, np.concatenate(predictions.probs)[where]])
+            on += f" and the final model's test predictions ({len(test):,})"
     else:
         parts = [p for p in ("val", "test") if len(ctx.indices.get(p, ())) > 0]
         rows = np.concatenate([ctx.indices[p] for p in parts]) if parts else np.zeros(0, np.int64)

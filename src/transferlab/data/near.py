@@ -26,6 +26,7 @@ BLUR = 1.0  # Gaussian blur (pixels at SIDE) before either comparison: resamplin
 CROPS = (0.03, 0.05, 0.07)  # the share cropped off, in each of nine placements
 HASH_BITS = 6  # pHash pairs within this many of 64 bits are candidates too
 CHUNK = 2048
+PROJECT_ABOVE, PROJECTED = 5000, 64  # above this many images, neighbours are found on the thumbnails' top components
 
 
 def unit_rows(a: np.ndarray) -> np.ndarray:
@@ -40,19 +41,40 @@ def grey(pixels: np.ndarray):
     return Image.fromarray(np.asarray(pixels, dtype=np.uint8)).convert("L")
 
 
-def blurred(image, side: int, box=None) -> np.ndarray:
+def blurred(image, side: int) -> np.ndarray:
+    """The image at `side` x `side`, blurred by BLUR pixels of SIDE (so by the same share of the picture)."""
     from PIL import Image, ImageFilter
 
-    return np.asarray(image.resize((side, side), Image.BICUBIC, box=box).filter(ImageFilter.GaussianBlur(BLUR)),
+    return np.asarray(image.resize((side, side), Image.BICUBIC).filter(ImageFilter.GaussianBlur(BLUR * side / SIDE)),
                       dtype=np.float32)
 
 
-def crops(image) -> np.ndarray:
-    """(27, SIDE * SIDE): the image's blurred views with a little cropped off, in nine placements per share."""
-    w, h = image.size
-    views = [blurred(image, SIDE, (w * f * ox, h * f * oy, w - w * f * (1 - ox), h - h * f * (1 - oy)))
-             for f in CROPS for ox in (0.0, 0.5, 1.0) for oy in (0.0, 0.5, 1.0)]
-    return unit_rows(np.stack(views))
+FINE = 4 * SIDE  # the blurred picture the views are sampled from: a quarter of a view's pixel apart
+
+
+def grids() -> tuple[np.ndarray, np.ndarray]:
+    """(rows, columns) of FINE-pixel indices of each view (the whole picture first, then the crops), SIDE each."""
+    boxes = [(0.0, 0.0, 0.0)] + [(f, ox, oy) for f in CROPS for ox in (0.0, 0.5, 1.0) for oy in (0.0, 0.5, 1.0)]
+    centres = (np.arange(SIDE) + 0.5) / SIDE
+    rows, columns = [], []
+    for f, ox, oy in boxes:
+        rows.append(np.clip(((f * oy + (1 - f) * centres) * FINE).astype(np.int64), 0, FINE - 1))
+        columns.append(np.clip(((f * ox + (1 - f) * centres) * FINE).astype(np.int64), 0, FINE - 1))
+    return np.stack(rows), np.stack(columns)
+
+
+def views(fine: np.ndarray, count: int | None = None) -> np.ndarray:
+    """(N, V, SIDE * SIDE) unit rows: each picture whole, then with 3-7% cropped in nine placements (the first
+    `count` of them), sampled from its blurred FINE picture (N, FINE, FINE)."""
+    rows, columns = grids()
+    rows, columns = rows[:count], columns[:count]
+    sampled = fine[:, rows[:, :, None], columns[:, None, :]]  # (N, V, SIDE, SIDE)
+    n, v = sampled.shape[:2]
+    return unit_rows(sampled.reshape(n * v, -1)).reshape(n, v, -1)
+
+
+def fine_pictures(pictures: list) -> np.ndarray:
+    return np.stack([blurred(p, FINE) for p in pictures])
 
 
 def nearest(signatures: np.ndarray, k: int) -> np.ndarray:
@@ -68,14 +90,19 @@ def nearest(signatures: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def hash_pairs(hashes: np.ndarray, bits: int) -> set[tuple[int, int]]:
-    """Pairs (i < j) of 64-bit perceptual hashes within `bits` bits of each other."""
+def hash_pairs(hashes: np.ndarray, bits: int, k: int) -> set[tuple[int, int]]:
+    """Pairs (i < j) of 64-bit perceptual hashes within `bits` bits of each other: each image with its `k` nearest
+    (many small images of one kind share most of their bits: all such pairs would be millions)."""
     pairs: set[tuple[int, int]] = set()
-    for start in range(0, len(hashes), CHUNK):
-        block = np.bitwise_count(hashes[start:start + CHUNK, None] ^ hashes[None, :])
-        for i, j in zip(*np.nonzero(block <= bits)):
-            if start + i < j:
-                pairs.add((int(start + i), int(j)))
+    n, k = len(hashes), min(k, len(hashes) - 1)
+    for start in range(0, n, CHUNK):
+        block = np.bitwise_count(hashes[start:start + CHUNK, None] ^ hashes[None, :]).astype(np.int16)
+        block[np.arange(len(block)), np.arange(start, start + len(block))] = 99
+        nearest_k = np.argpartition(block, k - 1, axis=1)[:, :k]
+        close = np.take_along_axis(block, nearest_k, axis=1) <= bits
+        for i, j in zip(*np.nonzero(close)):
+            a, b = start + int(i), int(nearest_k[i, j])
+            pairs.add((min(a, b), max(a, b)))
     return pairs
 
 
@@ -93,22 +120,32 @@ def near_pairs(images: Sequence[np.ndarray], *, similarity: float = 0.995, neigh
         return []
     pictures = [grey(images[i]) for i in range(n)]
     thumbs = unit_rows(np.stack([blurred(p, THUMB) for p in pictures]))
-    bases = unit_rows(np.stack([blurred(p, SIDE) for p in pictures]))
+    if n > PROJECT_ABOVE:  # N x N products on 1,024 values cost minutes at 60,000 images; on 64, seconds
+        from sklearn.decomposition import PCA
+
+        thumbs = unit_rows(PCA(PROJECTED, random_state=0).fit_transform(thumbs))
     candidates = {(min(i, int(j)), max(i, int(j))) for i, row in enumerate(nearest(thumbs, neighbours)) for j in row}
-    candidates |= hash_pairs(np.array([phash(p) for p in pictures], dtype=np.uint64), HASH_BITS)
-    partners: dict[int, list[int]] = {}
-    for i, j in candidates:
-        partners.setdefault(i, []).append(j)
-        partners.setdefault(j, []).append(i)
-    best = {pair: float(bases[pair[0]] @ bases[pair[1]]) for pair in candidates}
-    for done, (i, others) in enumerate(partners.items()):  # each image's crops against its partners' whole views
-        scores = (crops(pictures[i]) @ bases[others].T).max(axis=0)
-        for j, score in zip(others, scores):
-            pair = (min(i, j), max(i, j))
-            best[pair] = max(best[pair], float(score))
-        if progress is not None and (done % 500 == 0 or done == len(partners) - 1):
-            progress(done + 1, len(partners))
-    return sorted(((i, j, s) for (i, j), s in best.items() if s >= similarity), key=lambda t: -t[2])
+    candidates |= hash_pairs(np.array([phash(p) for p in pictures], dtype=np.uint64), HASH_BITS, neighbours)
+    pairs = np.array(sorted(candidates), dtype=np.int64).reshape(-1, 2)
+    whole = np.concatenate([views(fine_pictures(pictures[k:k + VIEW_CHUNK]), 1)[:, 0] for k in range(0, n, VIEW_CHUNK)])
+    best = np.einsum("pd,pd->p", whole[pairs[:, 0]], whole[pairs[:, 1]])
+    for start in range(0, n, VIEW_CHUNK):  # each image's crops against its partners' whole pictures, by blocks
+        stop = min(n, start + VIEW_CHUNK)
+        mine = views(fine_pictures(pictures[start:stop]))
+        for side, other in ((0, 1), (1, 0)):
+            here = np.flatnonzero((pairs[:, side] >= start) & (pairs[:, side] < stop))
+            if len(here):
+                partners, which = np.unique(pairs[here, other], return_inverse=True)
+                products = (mine.reshape(-1, mine.shape[-1]) @ whole[partners].T).reshape(*mine.shape[:2], -1)
+                scores = products[pairs[here, side] - start, :, which]  # (pairs, views)
+                best[here] = np.maximum(best[here], scores.max(axis=1))
+        if progress is not None:
+            progress(stop, n)
+    return sorted(((int(i), int(j), float(v)) for (i, j), v in zip(pairs, best) if v >= similarity),
+                  key=lambda t: -t[2])
+
+
+VIEW_CHUNK = 256
 
 
 def groups_of(n: int, pairs: Sequence[tuple[int, int, float]]) -> np.ndarray:
