@@ -109,7 +109,10 @@ def test_gradio_client_gets_the_label_and_the_overlay(server, trained, tmp_path)
     label, overlay, decision = client.predict(handle_file(str(photo)), "(predicted class)", api_name="/predict")
     status, answer = post_image(server.url, "image", "coffee.jpg", photo.read_bytes())
     assert label["label"] == answer["top"][0]["class"]
-    assert decision == f"predicted {answer['top'][0]['class']} ({answer['top'][0]['probability']:.2f})"
+    from transferlab.serve.predictor import UNFAMILIAR
+
+    assert decision == (f"predicted {answer['top'][0]['class']} ({answer['top'][0]['probability']:.2f})"
+                        + (UNFAMILIAR if answer["unfamiliar"] else ""))
     confidences = {c["label"]: c["confidence"] for c in label["confidences"]}
     assert confidences[label["label"]] == pytest.approx(answer["top"][0]["probability"], abs=1e-5)
     with Image.open(overlay) as picture:  # the overlay is drawn on the photo as uploaded

@@ -353,7 +353,7 @@ def test_every_registered_strategy_trains_predicts_evaluates_and_explains(name, 
             status, answer = post_image(server.url, "image", image.name, image.read_bytes(), {"top_k": "2"})
             assert status == 200 and [t["class"] for t in answer["top"]] == [t["class"] for t in top]
             assert np.allclose([t["probability"] for t in answer["top"]], [t["probability"] for t in top], atol=1e-5)
-            scores, overlay, _ = server.predictor.explain(image.read_bytes())  # what the page shows
+            scores, overlay, _, _ = server.predictor.explain(image.read_bytes())  # what the page shows
             assert max(scores, key=scores.get) == top[0]["class"] and overlay.dtype == np.uint8
 
 

@@ -275,7 +275,7 @@ def test_the_temperature_is_applied_by_every_path_that_answers(tmp_path, isolate
     assert bundle["task"]["temperature"] == calibration["temperature"] and bundle["parity"]["max_abs_diff"] <= 1e-4
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(str(next((tmp_path / "bundle").glob("*.onnx"))))
+    session = onnxruntime.InferenceSession(str(tmp_path / "bundle" / "model.onnx"))
     from transferlab.data.decode import decode_file
     from transferlab.predict import load_model
 

@@ -55,7 +55,9 @@ def test_a_train_run_is_logged_with_params_curves_metrics_and_artifacts(color_fo
     artifacts = {a.path for a in client.list_artifacts(logged.info.run_id)}
     assert {"report.html", "metrics.json", "config.yaml", "split.csv", "plots", "model"} <= artifacts
     assert {a.path for a in client.list_artifacts(logged.info.run_id, "model")} == {"model/model.json",
-                                                                                  "model/weights.safetensors"}
+                                                                                  "model/weights.safetensors",
+                                                                                  "model/familiar.json",
+                                                                                  "model/familiar.npy"}
 
     evaluation = evaluate_run(run, str(color_folder), progress=False)
     scored = json.loads((evaluation / "metrics.json").read_text())["test"]

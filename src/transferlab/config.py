@@ -312,6 +312,8 @@ class TaskConfig:
         "auto", help="auto: multi-label when a manifest row has more or less than one label")
     threshold: float | None = setting(None, "(0, 1)", "multi-label: one threshold for every label (default: each "
                                                      "label's own, chosen for its F1 on out-of-fold predictions)")
+    temperature: float | None = setting(None, "(0, 100]", "the calibration's temperature (default: fitted on held-out "
+                                                          "predictions; auto writes the one it fitted out of fold)")
 
 
 @dataclass

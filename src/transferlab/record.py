@@ -193,6 +193,18 @@ def settle_task(result, ctx, decision: dict | None) -> tuple[dict | None, dict]:
 
     task, val = ctx.dataset.task, ctx.indices.get("val")
     held = not result.trained_on_val and val is not None and len(val) > 0
+    fixed = result.config.task.temperature
+    if fixed is not None:  # set, or written by auto from its out-of-fold fit
+        task.temperature = float(fixed)
+        calibration = (decision or {}).get("calibration") or {"temperature": fixed, "on": "task.temperature"}
+        searched = (decision or {}).get("task") or {}
+        if task.chooses and searched.get("values") and not held:
+            task.thresholds = np.asarray(searched["values"], dtype=float)
+            return searched, calibration
+        if held:
+            return task.settle(task.calibrate(result.probabilities(ctx, "val")), ctx.dataset.labels[val],
+                               "validation split"), calibration
+        return task.settle(None, None, "validation split"), calibration
     if held:
         raw, targets = result.probabilities(ctx, "val"), ctx.dataset.labels[val]
         calibration = task.fit_temperature(raw, targets, "validation split")

@@ -410,4 +410,6 @@ def choose(ctx) -> Choice:
               "plan": search.plan, "costs": search.costs.record(), "task": settled,
               "calibration": calibration,
               "inference_ms": {str(s): round(1000 * f, 2) for s, f in search.costs.frozen_s.items()}}
-    return Choice("ensemble", {"strategy.ensemble.members": members}, record)
+    # the temperature goes in the config (config.yaml), so that rerunning it answers with the same probabilities
+    return Choice("ensemble", {"strategy.ensemble.members": members, "task.temperature": calibration["temperature"]},
+                  record)
