@@ -21,7 +21,8 @@ from transferlab.config import load_config
 # a tiny, fast model for runs whose numbers do not matter: timm's test network, random weights, 32 px
 TINY = ["train.report=false", "model.name=test_efficientnet", "model.pretrained=false", "preprocess.size=32",
         "train.batch_size=8", "train.workers=0", "data.decode_workers=1", "train.early_stopping=null",
-        "data.val_fraction=0.2", "data.test_fraction=0.2", "augment.preset=none"]
+        "data.val_fraction=0.2", "data.test_fraction=0.2", "augment.preset=none",
+        "audit.enabled=false"]  # the audit's own tests (test_audit.py, the cv test) turn it on
 TINY_FLAGS = [arg for item in TINY for arg in ("--set", item)]
 SCRIPT = Path(sys.executable).with_name("transferlab")  # the console script pip installed
 

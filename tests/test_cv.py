@@ -38,7 +38,8 @@ def rows(path: Path) -> list[dict]:
 
 
 def test_cv_writes_folds_aggregates_and_out_of_fold_predictions(color_folder, tmp_path):
-    run = run_cv(str(color_folder), load_config(overrides=TINY), out=tmp_path / "cv", progress=False)
+    run = run_cv(str(color_folder), load_config(overrides=[*TINY, "audit.enabled=true"]), out=tmp_path / "cv",
+                 progress=False)
     result = json.loads((run / "cv_metrics.json").read_text())
     assert [f["name"] for f in result["folds"]] == ["fold1", "fold2", "fold3"]
     accuracy = result["aggregate"]["accuracy"]
