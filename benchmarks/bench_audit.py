@@ -139,7 +139,8 @@ def train(data: Path, out: Path, extra: list[str]) -> float:
 
 
 def by_hand_cleanlab(data: Path, run: Path) -> set:
-    """cleanlab on the run's own held-out probabilities: the same call a user would make on them."""
+    """cleanlab on the run's own held-out probabilities (the search's out-of-fold ones, held_out.npz, and the final
+    model's test predictions, predictions.csv): the same call a user would make on them."""
     from cleanlab.filter import find_label_issues
 
     from transferlab.tasks import task_of
@@ -151,9 +152,17 @@ def by_hand_cleanlab(data: Path, run: Path) -> set:
     rows = read_split_csv(run / "split.csv")  # in the dataset's order, which held_out.npz's rows index
     paths = [r["path"] for r in rows]
     probs = task_of(meta).calibrate(saved["probs"])
-    labels = np.array([meta["classes"].index(rows[i]["label"]) for i in saved["rows"]])
-    flagged = find_label_issues(labels, probs, return_indices_ranked_by="self_confidence")
-    return {paths[saved["rows"][k]] for k in flagged}
+    held = [paths[i] for i in saved["rows"]]
+    labels = [meta["classes"].index(rows[i]["label"]) for i in saved["rows"]]
+    import csv
+
+    for row in csv.DictReader(open(run / "predictions.csv", encoding="utf-8")):
+        if row["split"] == "test":
+            held.append(row["path"])
+            labels.append(meta["classes"].index(row["label"]))
+            probs = np.vstack([probs, [[float(row[f"p_{c}"]) for c in meta["classes"]]]])
+    flagged = find_label_issues(np.array(labels), probs, return_indices_ranked_by="self_confidence")
+    return {held[k] for k in flagged}
 
 
 def thirty_line_user(data: Path, truth: dict) -> set:

@@ -232,7 +232,7 @@ class Search:
         if cross and resolvable_gain(spread, len(self.pool)) > self.auto.resolvable:
             score = self.ctx.dataset.task.score_name
             why = (f"neither the {len(val)} validation images nor the {len(self.pool)} evidence images (cross-fitted) "
-                   f"can tell a gain in {score} below {resolvable_gain(spread, len(self.pool)):.1%} from noise (two standard "
+                   f"can tell a gain below {resolvable_gain(spread, len(self.pool)):.1%} ({score}) from noise (two standard "
                    f"errors of a paired difference; strategy.auto.resolvable={self.auto.resolvable:g})")
             for name, strategy, overrides in self.training_candidates(prior):
                 self.tried.append(Candidate(strategy, name, self.train_sizes()[-1], dict(overrides),
