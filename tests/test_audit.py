@@ -74,6 +74,7 @@ def test_altered_copies_are_found_and_distinct_images_are_not():
     assert {(i, j) for i, j, _ in pairs} == {(3, 30), (7, 31)}
 
 
+@pytest.mark.slow  # the bundled backbone at 64 px and five probe fits: ~30 s
 def test_the_audit_command_finds_planted_label_errors_and_copies(tmp_path):
     data, flipped, planted = digits_folder(tmp_path / "digits")
     out = tmp_path / "audit.json"
@@ -95,7 +96,7 @@ def test_the_audit_command_finds_planted_label_errors_and_copies(tmp_path):
     assert again.returncode == 2 and "already exists" in again.stderr  # never overwritten
 
 
-# data.dedupe=exact (the default) in make test-slow: the same run, and leakage is checked against split.csv in both
+# data.dedupe=near in make test (the default suite's audit of a run); exact in make test-slow
 @pytest.mark.parametrize("dedupe", [pytest.param("exact", marks=pytest.mark.slow), "near"])
 def test_a_run_audits_its_data_and_near_keeps_copies_in_one_split(dedupe, tmp_path, isolated):
     data, _, planted = digits_folder(tmp_path / "digits", per_class=12)
@@ -117,6 +118,7 @@ def test_a_run_audits_its_data_and_near_keeps_copies_in_one_split(dedupe, tmp_pa
     assert "Audit of the data" in (run / "report.html").read_text()
 
 
+@pytest.mark.slow  # a run, predict, a server and an export: ~30 s
 def test_predict_and_serve_flag_an_image_unlike_the_training_set(tmp_path, isolated, capsys):
     from transferlab.cli import main
     from transferlab.serve import Server

@@ -238,6 +238,7 @@ def test_a_temperature_is_fitted_by_log_loss_and_shrinks_an_overconfident_models
     assert SingleLabel().fit_temperature(sharp[:10], truth[:10], "x")["temperature"] == 1.0  # too few to fit on
 
 
+@pytest.mark.slow  # a run, two engines, a server and an export: ~20 s
 def test_the_temperature_is_applied_by_every_path_that_answers(tmp_path, isolated, capsys):
     """The run's temperature (fitted on its validation split, kept in model.json) is in the in-run evaluation,
     predict on each engine, serve, and the exported graph, whose parity is checked with it."""
