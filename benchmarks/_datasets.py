@@ -99,3 +99,24 @@ def build(name: str, base: Path, **kwargs) -> str:
             BUILDERS[name](root, **kwargs)
         return str(root)
     return f"builtin:{name}"
+
+
+def raw_features(spec: str):
+    """(pooled features at 224 px, the dataset) of the bundled backbone, the way a careful 30-line script takes them:
+    every image stretched to 224, normalised by the backbone's mean and std, one pass. Only transferlab's loaders of
+    files and of the bundled weights are used, so every contender reads the same images and backbone."""
+    import torch
+
+    from transferlab.config import load_config
+    from transferlab.data import load_dataset
+    from transferlab.models.backbone import create_backbone
+
+    model = create_backbone("tf_efficientnet_lite0").eval()
+    dataset = load_dataset(spec, load_config(overrides=["preprocess.size=224", "preprocess.resize_mode=stretch"]),
+                           progress=False)
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(dataset), 64):
+            batch = torch.from_numpy(dataset.images.take(range(start, min(start + 64, len(dataset)))))
+            out.append(model((batch.permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.5))
+    return torch.cat(out).numpy(), dataset

@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
+import _datasets  # noqa: E402
 from _report import report  # noqa: E402
 
 from transferlab.data.builtins import load_fashion_mnist  # noqa: E402
@@ -168,24 +169,11 @@ def by_hand_cleanlab(data: Path, run: Path) -> set:
 def thirty_line_user(data: Path, truth: dict) -> set:
     """Raw pooled features of the same bundled backbone at 224 px (transferlab's loaders of files and weights
     only, as bench_auto's strong probe), 5-fold out-of-fold LogisticRegression, cleanlab's find_label_issues."""
-    import torch
     from cleanlab.filter import find_label_issues
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import cross_val_predict
 
-    from transferlab.config import load_config
-    from transferlab.data import load_dataset
-    from transferlab.models.backbone import create_backbone
-
-    model = create_backbone("tf_efficientnet_lite0").eval()
-    dataset = load_dataset(str(data), load_config(overrides=["preprocess.size=224", "preprocess.resize_mode=stretch"]),
-                           progress=False)
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(dataset), 64):
-            batch = torch.from_numpy(dataset.images.take(range(start, min(start + 64, len(dataset)))))
-            out.append(model((batch.permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.5))
-    x = torch.cat(out).numpy()
+    x, dataset = _datasets.raw_features(str(data))
     probs = cross_val_predict(LogisticRegression(C=0.1, max_iter=3000), x, dataset.labels, cv=5,
                               method="predict_proba")
     flagged = find_label_issues(dataset.labels, probs, return_indices_ranked_by="self_confidence")

@@ -121,24 +121,13 @@ def strong_probe(data: str, test: str) -> tuple[float, float]:
     """The strong 30-line script: raw pooled features at the backbone's own size (224 px) +
     LogisticRegressionCV choosing C by 5-fold log loss. Only transferlab's loaders of files and of
     the bundled weights are used, so every contender has the same images and backbone."""
-    import torch
     from sklearn.linear_model import LogisticRegressionCV
 
-    from transferlab.data import load_dataset
-    from transferlab.models.backbone import create_backbone
-
     started = time.perf_counter()
-    model = create_backbone("tf_efficientnet_lite0").eval()
 
     def features(spec: str):
-        dataset = load_dataset(spec, load_config(overrides=["preprocess.size=224", "preprocess.resize_mode=stretch"]),
-                               progress=False)
-        out = []
-        with torch.no_grad():
-            for start in range(0, len(dataset), 64):
-                batch = torch.from_numpy(dataset.images.take(range(start, min(start + 64, len(dataset)))))
-                out.append(model((batch.permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.5))
-        return torch.cat(out).numpy(), [dataset.classes[i] for i in dataset.labels]
+        x, dataset = _datasets.raw_features(spec)
+        return x, [dataset.classes[i] for i in dataset.labels]
 
     x, y = features(data)
     x_test, y_test = features(test)

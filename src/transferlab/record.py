@@ -193,30 +193,20 @@ def settle_task(result, ctx, decision: dict | None) -> tuple[dict | None, dict]:
 
     task, val = ctx.dataset.task, ctx.indices.get("val")
     held = not result.trained_on_val and val is not None and len(val) > 0
-    fixed = result.config.task.temperature
-    if fixed is not None:  # set, or written by auto from its out-of-fold fit
-        task.temperature = float(fixed)
-        calibration = (decision or {}).get("calibration") or {"temperature": fixed, "on": "task.temperature"}
-        searched = (decision or {}).get("task") or {}
-        if task.chooses and searched.get("values") and not held:
-            task.thresholds = np.asarray(searched["values"], dtype=float)
-            return searched, calibration
-        if held:
-            return task.settle(task.calibrate(result.probabilities(ctx, "val")), ctx.dataset.labels[val],
-                               "validation split"), calibration
-        return task.settle(None, None, "validation split"), calibration
-    if held:
-        raw, targets = result.probabilities(ctx, "val"), ctx.dataset.labels[val]
+    raw, targets = (result.probabilities(ctx, "val"), ctx.dataset.labels[val]) if held else (None, None)
+    fixed = result.config.task.temperature  # set, or written by auto from its out-of-fold fit
+    if fixed is None and held:
         calibration = task.fit_temperature(raw, targets, "validation split")
-        return task.settle(task.calibrate(raw), targets, "validation split"), calibration
-    calibration = (decision or {}).get("calibration") or {"temperature": 1.0,
-                                                          "on": "none fitted: no held-out predictions"}
-    task.temperature = float(calibration["temperature"])
+    else:
+        calibration = (decision or {}).get("calibration") or (
+            {"temperature": fixed, "on": "task.temperature"} if fixed is not None else
+            {"temperature": 1.0, "on": "none fitted: no held-out predictions"})
+        task.temperature = float(calibration["temperature"] if fixed is None else fixed)
     searched = (decision or {}).get("task") or {}
-    if task.chooses and searched.get("values"):
+    if task.chooses and not held and searched.get("values"):
         task.thresholds = np.asarray(searched["values"], dtype=float)  # as the search chose them (a resume too)
         return searched, calibration
-    return task.settle(None, None, "validation split"), calibration
+    return task.settle(None if raw is None else task.calibrate(raw), targets, "validation split"), calibration
 
 
 def finish_train(result, ctx, run, decision: dict | None, started: float, pictures) -> None:
