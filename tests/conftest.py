@@ -27,6 +27,25 @@ TINY_FLAGS = [arg for item in TINY for arg in ("--set", item)]
 SCRIPT = Path(sys.executable).with_name("transferlab")  # the console script pip installed
 
 
+def pytest_configure(config) -> None:
+    """The suite's own cache folder (decoded images, features, engine exports), removed at its end: no test
+    reads or trims the user's ~/.cache/transferlab (a cache of 60,000 entries made every load 3 s slower)."""
+    import tempfile
+
+    if "TRANSFERLAB_CACHE" not in os.environ:
+        config._transferlab_cache = tempfile.mkdtemp(prefix="transferlab-test-cache-")
+        os.environ["TRANSFERLAB_CACHE"] = config._transferlab_cache
+
+
+def pytest_unconfigure(config) -> None:
+    import shutil
+
+    folder = getattr(config, "_transferlab_cache", None)
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
+        os.environ.pop("TRANSFERLAB_CACHE", None)
+
+
 def interactive_sigint() -> None:
     """preexec_fn for a child that the test will Ctrl-C: SIGINT as a terminal delivers it. A suite
     started in the background by a non-interactive shell (`make test &`) runs with SIGINT

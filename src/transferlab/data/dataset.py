@@ -189,8 +189,10 @@ def load_dataset(spec: str, config: Config, *, progress: bool = True, compact: b
     paths = [items[i].path for i in kept]
 
     files = [disk.entry(outcomes[i]["hash"]) for i in kept] if cache_mode == "disk" else []
-    # the whole cache folder keeps to its budget in every mode (features and engine exports pile up too)
-    trim_cache(disk.root, int(config.data.disk_limit_gb * 1e9), keep=set(files))
+    # the cache folder keeps to its budget: trimmed after this load wrote to it (feature and engine writes trim
+    # too); a load that only read it leaves it no larger, and walking 60,000 entries on every command costs seconds
+    if any(o.get("written") for o in outcomes):
+        trim_cache(disk.root, int(config.data.disk_limit_gb * 1e9), keep=set(files))
     if cache_mode == "memory":
         array = outcomes.pixels if len(kept) == len(items) else outcomes.pixels[kept]
         store: ImageStore = MemoryStore(array)
@@ -338,7 +340,7 @@ def _decode_one(item: Item) -> dict:
         return {"ok": False, "hash": digest, "reason": str(exc)}
     if cache_mode == "disk":
         disk.put(digest, pixels, meta)
-        return {"ok": True, "hash": digest, "meta": meta}
+        return {"ok": True, "hash": digest, "meta": meta, "written": True}
     return {"ok": True, "hash": digest, "meta": meta, "pixels": pixels if cache_mode == "memory" else None}
 
 
