@@ -178,6 +178,7 @@ def test_errors_give_the_right_advice(tmp_path, tiny_run, monkeypatch, capsys, i
 
 # --- importing transferlab leaves process-wide state alone ------------------------------------
 
+@pytest.mark.slow  # a run and a predict in-process: ~8 s
 def test_importing_and_using_transferlab_leaves_global_state_as_it_was(tmp_path, isolated):
     probe = """
 import os, sys, warnings, pkgutil, importlib
@@ -223,6 +224,7 @@ def slow_images(root: Path, per_class: int = 10) -> Path:
     return root
 
 
+@pytest.mark.slow  # a 40-epoch fine-tune through the console script: ~17 s
 def test_without_a_terminal_long_steps_write_progress_lines(tmp_path):
     """The console script with its output in a pipe (CI, nohup, a log file): no progress bars, but
     lines saying what runs, how far, the rate and the time left (TRANSFERLAB_LOG_EVERY=1, its floor,

@@ -357,6 +357,7 @@ def test_every_registered_strategy_trains_predicts_evaluates_and_explains(name, 
             assert max(scores, key=scores.get) == top[0]["class"] and overlay.dtype == np.uint8
 
 
+@pytest.mark.slow  # two ViT members at two sizes: ~11 s
 def test_vit_members_at_several_sizes_keep_their_own_backbones(tmp_path, capsys):
     """Head-only ensemble members shared one pretrained backbone whatever their size: a ViT is built for
     one size (its position embeddings; timm's PatchEmbed asserts it), so the members at 32 px broke or
