@@ -256,6 +256,27 @@ def test_a_tight_budget_or_a_small_validation_split_skips_fine_tuning_and_says_w
                for c in decision["candidates"] if c["strategy"] != "linear-probe")
 
 
+@pytest.mark.slow  # an auto run against a 15 s budget
+def test_the_budget_bounds_the_whole_run_what_came_before_and_what_comes_after_the_fit(color_folder, tmp_path,
+                                                                                       capsys):
+    """--budget is the run's wall time: the search's share is what is left after decoding, splitting and the
+    near-duplicate pass, less what the audit and the report will take (the search had the whole budget from
+    the end of decoding, and a multi-label run ended at 619 s of its 600)."""
+    import re
+
+    config = load_config(overrides=["preprocess.size=32", "train.workers=0", "data.decode_workers=1",
+                                    "train.report=false", "train.budget=15s", "audit.enabled=true"])
+    run = run_training(str(color_folder), config, out=tmp_path / "auto", progress=True)
+    said = re.search(r"budget 0\.2 min: (\d+) s spent before the fit \(decoding, splitting, near-duplicates\), about "
+                     r"(\d+) s kept for what comes after it", capsys.readouterr().err)
+    assert said, "the budget's division is printed at the start"
+    metrics = json.loads((run / "metrics.json").read_text())
+    seconds, planned = metrics["seconds"], metrics["strategy"]["decision"]["budget"]["seconds"]
+    assert {"before_fit", "search", "fit", "evaluate", "audit", "report"} <= set(seconds), seconds
+    kept = int(said.group(2))
+    assert kept >= 1 and planned <= 15 - seconds["before_fit"] - kept + 0.5, (planned, seconds, kept)
+
+
 def test_rank_orders_backbones_by_the_logme_of_their_own_features(color_folder, tmp_path, capsys):
     """The ranking equals LogME recomputed here from each backbone's pooled features, taken by
     running the timm model directly on the decoded images (not through transferlab's feature path)."""

@@ -40,6 +40,7 @@ class FitContext:
     tracker: object = None  # tracking.Tracker
     progress: bool = True
     callbacks: tuple = ()
+    seconds: dict | None = None  # what the run spent before this fit, by part (metrics.json `seconds`)
 
     def replace(self, **changes) -> FitContext:
         return dataclasses.replace(self, **changes)

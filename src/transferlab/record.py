@@ -221,10 +221,12 @@ def finish_train(result, ctx, run, decision: dict | None, started: float, pictur
     if is_worker_process():
         return
     dataset = ctx.dataset
+    clock = time.monotonic()
     write_dataset_json(run.path, dataset, ctx.indices, ctx.normalization)
     parts = ("test",) if result.trained_on_val else ("val", "test")
     settled, calibration = settle_task(result, ctx, decision)
     metrics, curves, rows = evaluate_parts(result, ctx, parts, calibration=calibration)
+    seconds = {"evaluate": round(time.monotonic() - clock, 1)}
     if settled:
         metrics["task"] = {"name": dataset.task.name, **settled}
     metrics["calibration"] = calibration
@@ -240,9 +242,20 @@ def finish_train(result, ctx, run, decision: dict | None, started: float, pictur
         rows.write(run.path / "predictions.csv", dataset.classes)
     save_model(run.path / "model", result.classifier, model_meta(result, ctx))
     if result.config.audit.enabled:
+        clock = time.monotonic()
         audit_train(result, ctx, run, rows)
+        seconds["audit"] = round(time.monotonic() - clock, 1)
+    clock = time.monotonic()
     pictures(run.path, dataset, result.config, result.classifier.eval(), rows.of(gallery))
-    run_summary(ctx.tracker, result.config, read_json(run.path / "metrics.json"), run.path)
+    seconds["report"] = round(time.monotonic() - clock, 1)
+    written = read_json(run.path / "metrics.json")
+    search = ((decision or {}).get("budget") or {}).get("search_seconds")
+    # where the run's time went: before the fit (decoding, splitting, the near-duplicate pass), the search, the
+    # final fit, and after it
+    written["seconds"] = {**(ctx.seconds or {}), **({"search": search} if search is not None else {}),
+                          "fit": round(result.seconds, 1), **seconds}
+    write_json(run.path / "metrics.json", written)
+    run_summary(ctx.tracker, result.config, written, run.path)
 
 
 def audit_train(result, ctx, run, rows) -> None:

@@ -64,7 +64,7 @@ def run_experiment(kind: str, data: str | None, config: Config, options: RunOpti
     """Open or resume a run, fit and score each of its folds, write what it found."""
     from transferlab.record import finish_cv
 
-    started, progress, resume = time.time(), options.progress, options.resume
+    started, clock, progress, resume = time.time(), time.monotonic(), options.progress, options.resume
     show = progress and not is_worker_process()
     with contextlib.ExitStack() as stack:
         if resume is not None:
@@ -77,6 +77,10 @@ def run_experiment(kind: str, data: str | None, config: Config, options: RunOpti
                                tags={**run_tags(config, run.path), "transferlab.kind": "cv" if kind == "cv" else "run"})
         run.save_state()
         folds = split(kind, dataset, config, run, fresh=resume is None, show=show)
+        if config.audit.enabled and not is_worker_process():  # the audit's slowest part, before the budget's
+            from transferlab.audit import near_of  # plan: what it cost is known when the search divides the rest
+
+            near_of(dataset, config, progress=show)
         store = FeatureStore(dataset, config, progress=show)
         budget = budget_seconds(merge(config, {"strategy": {"name": run.state.requested}}, origin=kind))
         if show and tracker.describe():
@@ -88,8 +92,19 @@ def run_experiment(kind: str, data: str | None, config: Config, options: RunOpti
                 if kind == "cv" and show:
                     fitted = len(fold.indices["train"]) + len(fold.indices["val"])
                     info(f"[{number}/{len(folds)}] {fold.name}: train {fitted:,}, test {len(fold.indices['test']):,}")
-                share = None if budget is None else budget / len(folds) - fold.run.state.seconds
-                ctx = FitContext(dataset, fold.indices, config, fold.run.path, store,
+                before = round(time.monotonic() - clock, 1)
+                if budget is None:
+                    share = None
+                elif kind == "train":  # the whole run within the budget: what came before, and what comes after
+                    after = after_fit_seconds(dataset, config, fold.indices)
+                    share = budget - before - fold.run.state.seconds - after
+                    if show:
+                        info(f"budget {budget / 60:.1f} min: {before:.0f} s spent before the fit (decoding, splitting"
+                             f"{', near-duplicates' if config.audit.enabled else ''}), about {after:.0f} s kept for "
+                             "what comes after it (evaluation, the audit, the report)")
+                else:
+                    share = budget / len(folds) - fold.run.state.seconds
+                ctx = FitContext(dataset, fold.indices, config, fold.run.path, store, seconds={"before_fit": before},
                                  deadline=None if share is None else time.monotonic() + share, progress=progress,
                                  callbacks=tuple(options.extra_callbacks),
                                  tracker=tracker if kind == "train" else Tracker.open(
@@ -115,6 +130,23 @@ def run_experiment(kind: str, data: str | None, config: Config, options: RunOpti
         run.save_state()
         tracker.finish()
     return run.path
+
+
+# what a train run spends after its fit, as measured on 2 cores (each run records its own in metrics.json
+# `seconds`): the pictures and the report (13 s at 1,000 images: error examples and the dataset's
+# pictures are samples), and the audit's findings from the features (0.2 s at 1,000 images, ~10 s at 60,000; its
+# near-duplicate pass runs before the fit, where its cost is known). The evaluation is the final fit's share.
+REPORT_S = 15.0
+AUDIT_S, AUDIT_PER_IMAGE_S = 1.0, 2e-4
+
+
+def after_fit_seconds(dataset, config: Config, indices) -> float:
+    """Seconds a train run will spend after its fit, kept out of the fit's share of train.budget so that the
+    whole run keeps to it: the audit's findings and the report."""
+    after = REPORT_S if config.train.report else 0.0
+    if config.audit.enabled:
+        after += AUDIT_S + AUDIT_PER_IMAGE_S * len(dataset)
+    return after
 
 
 def new_run(stack, kind: str, data, config: Config, out, show: bool):
