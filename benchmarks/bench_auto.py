@@ -148,7 +148,9 @@ def contender(data: str, test: str, overrides: list[str], out: Path) -> tuple[fl
     seconds = time.perf_counter() - started
     evaluation = evaluate_run(run, test, progress=False)
     accuracy = json.loads((evaluation / "metrics.json").read_text())["test"]["accuracy"]
-    return accuracy, seconds, json.loads((run / "metrics.json").read_text())["strategy"]
+    record = json.loads((run / "metrics.json").read_text())
+    # the run's budget (metrics.json seconds.budget: the whole run's), not the search's share of it
+    return accuracy, seconds, {**record["strategy"], "run_budget": (record.get("seconds") or {}).get("budget")}
 
 
 def best_single(decision: dict) -> list[str]:
@@ -222,7 +224,7 @@ def measure_set(group: str, name: str, tmp: Path, fixed: list[str], single_too: 
                                                                            decision.get("members", []))],
             "best": (best, *results[best][:2]) if best else None,
             "search": decision.get("budget", {}).get("search_seconds"),
-            "budget": decision.get("budget", {}).get("seconds"),
+            "budget": auto[2].get("run_budget") or decision.get("budget", {}).get("seconds"),
             "plan": plan_of(decision), "loaded": (loaded[:2], plan_of(loaded[2].get("decision") or {}))
             if loaded else None}
 

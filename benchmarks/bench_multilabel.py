@@ -107,7 +107,9 @@ def default(train: Path, test: Path, out: Path, budget: str | None) -> tuple[dic
     budget_s = None
     record = json.loads((out / "metrics.json").read_text())
     decision = record.get("strategy", {}).get("decision") or {}
-    if decision.get("budget", {}).get("seconds"):
+    if (record.get("seconds") or {}).get("budget"):  # the whole run's budget (the search has a share of it)
+        budget_s = record["seconds"]["budget"]
+    elif decision.get("budget", {}).get("seconds"):
         budget_s = decision["budget"]["seconds"]
     elif printed:
         budget_s = float(printed.group(1)) * 60

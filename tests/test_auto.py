@@ -273,6 +273,7 @@ def test_the_budget_bounds_the_whole_run_what_came_before_and_what_comes_after_t
     metrics = json.loads((run / "metrics.json").read_text())
     seconds, planned = metrics["seconds"], metrics["strategy"]["decision"]["budget"]["seconds"]
     assert {"before_fit", "search", "fit", "evaluate", "audit", "report"} <= set(seconds), seconds
+    assert seconds["budget"] == 15 and seconds["kept_after"] >= 1, seconds
     kept = int(said.group(2))
     assert kept >= 1 and planned <= 15 - seconds["before_fit"] - kept + 0.5, (planned, seconds, kept)
 

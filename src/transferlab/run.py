@@ -92,7 +92,7 @@ def run_experiment(kind: str, data: str | None, config: Config, options: RunOpti
                 if kind == "cv" and show:
                     fitted = len(fold.indices["train"]) + len(fold.indices["val"])
                     info(f"[{number}/{len(folds)}] {fold.name}: train {fitted:,}, test {len(fold.indices['test']):,}")
-                before = round(time.monotonic() - clock, 1)
+                before, after = round(time.monotonic() - clock, 1), 0.0
                 if budget is None:
                     share = None
                 elif kind == "train":  # the whole run within the budget: what came before, and what comes after
@@ -104,7 +104,9 @@ def run_experiment(kind: str, data: str | None, config: Config, options: RunOpti
                              "what comes after it (evaluation, the audit, the report)")
                 else:
                     share = budget / len(folds) - fold.run.state.seconds
-                ctx = FitContext(dataset, fold.indices, config, fold.run.path, store, seconds={"before_fit": before},
+                spent = {"budget": budget, "before_fit": before} | ({"kept_after": round(after, 1)}
+                                                                     if budget is not None and kind == "train" else {})
+                ctx = FitContext(dataset, fold.indices, config, fold.run.path, store, seconds=spent,
                                  deadline=None if share is None else time.monotonic() + share, progress=progress,
                                  callbacks=tuple(options.extra_callbacks),
                                  tracker=tracker if kind == "train" else Tracker.open(
