@@ -236,7 +236,8 @@ def finish_train(result, ctx, run, decision: dict | None, started: float, pictur
                              "splits": {k: int(len(v)) for k, v in ctx.indices.items()}, "classes": dataset.classes},
                        train_seconds=round(time.time() - started, 1),
                        gallery={"val": "validation", "test": "test"}[gallery])
-    write_json(run.path / "metrics.json", record.to_json())
+    written = record.to_json()
+    write_json(run.path / "metrics.json", written)
     write_json(run.path / "curves.json", curves)
     if rows.paths:
         rows.write(run.path / "predictions.csv", dataset.classes)
@@ -248,7 +249,6 @@ def finish_train(result, ctx, run, decision: dict | None, started: float, pictur
     clock = time.monotonic()
     pictures(run.path, dataset, result.config, result.classifier.eval(), rows.of(gallery))
     seconds["report"] = round(time.monotonic() - clock, 1)
-    written = read_json(run.path / "metrics.json")
     search = ((decision or {}).get("budget") or {}).get("search_seconds")
     # where the run's time went: before the fit (decoding, splitting, the near-duplicate pass), the search, the
     # final fit, and after it
