@@ -2,6 +2,8 @@
 
 A metric that is undefined for the data at hand (a class absent from the true labels, a class
 never predicted) is reported as null, with the reason under `undefined`, never a crash.
+The decisions (`pred`) are the task's (tasks.SingleLabel.decide), passed in: nothing here turns
+probabilities into classes.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ def log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-15, 1.0)).mean())
 
 
-def calibration_curve(y_true: np.ndarray, probs: np.ndarray, bins: int = ECE_BINS) -> dict:
-    """Per equal-width confidence bin: mean confidence, accuracy and count (the reliability plot)."""
+def calibration_curve(y_true: np.ndarray, probs: np.ndarray, pred: np.ndarray, bins: int = ECE_BINS) -> dict:
+    """Per equal-width confidence bin: mean confidence, accuracy of the decisions `pred` and count (the
+    reliability plot)."""
     confidence = probs.max(axis=1)
-    correct = (probs.argmax(axis=1) == y_true).astype(float)
+    correct = (np.asarray(pred) == y_true).astype(float)
     edges = np.linspace(0.0, 1.0, bins + 1)
     which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
     out = {"confidence": [], "accuracy": [], "count": []}
@@ -38,9 +41,9 @@ def calibration_curve(y_true: np.ndarray, probs: np.ndarray, bins: int = ECE_BIN
     return out
 
 
-def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, bins: int = ECE_BINS) -> float:
+def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, pred: np.ndarray, bins: int = ECE_BINS) -> float:
     """ECE (Guo et al., 2017): |accuracy - confidence| per confidence bin, weighted by bin size."""
-    curve = calibration_curve(y_true, probs, bins)
+    curve = calibration_curve(y_true, probs, pred, bins)
     total = max(1, sum(curve["count"]))
     return float(sum(n / total * abs(a - c) for c, a, n in zip(curve["confidence"], curve["accuracy"],
                                                                 curve["count"])))
@@ -51,10 +54,9 @@ def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, bins: int 
 MONITOR_MODE = {"val_loss": "min", "val_accuracy": "max", "val_balanced_accuracy": "max", "val_f1_macro": "max"}
 
 
-def monitored_values(y_true: np.ndarray, probs: np.ndarray) -> dict[str, float]:
-    """The MONITOR_MODE metrics of validation probabilities (N, K)."""
-    y_true = np.asarray(y_true, dtype=np.int64)
-    pred = probs.argmax(axis=1)
+def monitored_values(y_true: np.ndarray, probs: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """The MONITOR_MODE metrics of validation probabilities (N, K) and the decisions `pred` (N,) made of them."""
+    y_true, pred = np.asarray(y_true, dtype=np.int64), np.asarray(pred, dtype=np.int64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return {"val_loss": log_loss(probs, y_true),
@@ -69,28 +71,29 @@ def better(monitor: str, a: float, b: float) -> bool:
     return a < b if MONITOR_MODE[monitor] == "min" else a > b
 
 
-def compute_metrics(y_true, probs, classes: list[str], *, curves: bool = True) -> dict:
-    """Every metric of predicted class probabilities `probs` (N, K) against true labels `y_true` (N,)."""
-    y_true = np.asarray(y_true, dtype=np.int64)
+def compute_metrics(y_true, probs, pred, classes: list[str], *, curves: bool = True) -> dict:
+    """Every metric of predicted class probabilities `probs` (N, K) and the decisions `pred` (N,) the task made
+    of them (tasks.SingleLabel.decide) against true labels `y_true` (N,)."""
+    y_true, pred = np.asarray(y_true, dtype=np.int64), np.asarray(pred, dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float64)
     if len(y_true) == 0:
         return {"n": 0, "undefined": {"all": "no samples"}}
     undefined: dict[str, str] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        out = {"n": int(len(y_true))} | overall(y_true, probs, classes, undefined)
-        out["per_class"], roc_points = per_class_metrics(y_true, probs, classes, undefined, curves=curves)
+        out = {"n": int(len(y_true))} | overall(y_true, probs, pred, classes, undefined)
+        out["per_class"], roc_points = per_class_metrics(y_true, probs, pred, classes, undefined, curves=curves)
         out |= roc_auc(y_true, probs, classes, undefined)
     if curves:
         out["roc_curves"] = roc_points
-        out["calibration"] = calibration_curve(y_true, probs)
+        out["calibration"] = calibration_curve(y_true, probs, pred)
     out["undefined"] = undefined
     return out
 
 
-def overall(y_true: np.ndarray, probs: np.ndarray, classes: list[str], undefined: dict) -> dict:
+def overall(y_true: np.ndarray, probs: np.ndarray, y_pred: np.ndarray, classes: list[str], undefined: dict) -> dict:
     """Accuracies, averaged precision / recall / F1, log loss, ECE and the confusion matrices."""
-    k, y_pred = len(classes), probs.argmax(axis=1)
+    k = len(classes)
     labels = np.arange(k)
     out = {"accuracy": float(skm.accuracy_score(y_true, y_pred)),
            "balanced_accuracy": float(skm.balanced_accuracy_score(y_true, y_pred))}
@@ -109,17 +112,17 @@ def overall(y_true: np.ndarray, probs: np.ndarray, classes: list[str], undefined
         undefined["precision_macro"] = "averaged with 0 for classes never predicted: " + \
             ", ".join(classes[c] for c in labels[~predicted])
     out["log_loss"] = float(skm.log_loss(y_true, np.clip(probs, 1e-15, 1), labels=labels))  # always finite
-    out["ece"] = expected_calibration_error(y_true, probs)
+    out["ece"] = expected_calibration_error(y_true, probs, y_pred)
     out["confusion_matrix"] = skm.confusion_matrix(y_true, y_pred, labels=labels).tolist()
     out["confusion_matrix_normalized"] = skm.confusion_matrix(y_true, y_pred, labels=labels,
                                                               normalize="true").round(6).tolist()  # empty rows: 0
     return out
 
 
-def per_class_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str], undefined: dict, *,
-                      curves: bool) -> tuple[dict, dict]:
+def per_class_metrics(y_true: np.ndarray, probs: np.ndarray, y_pred: np.ndarray, classes: list[str], undefined: dict,
+                      *, curves: bool) -> tuple[dict, dict]:
     """({class: precision, recall, F1, support, ROC AUC, PR AUC}, {class: ROC curve points})."""
-    k, y_pred = len(classes), probs.argmax(axis=1)
+    k = len(classes)
     labels = np.arange(k)
     present, predicted = np.bincount(y_true, minlength=k) > 0, np.bincount(y_pred, minlength=k) > 0
     per_p, per_r, per_f, support = skm.precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
@@ -175,11 +178,10 @@ def rank_auc(positive: np.ndarray, scores: np.ndarray) -> float | None:
     return float((rankdata(scores)[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def resampled_metrics(y: np.ndarray, probs: np.ndarray) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+def resampled_metrics(y: np.ndarray, probs: np.ndarray, pred: np.ndarray) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """The scalar metrics of `compute_metrics` (and per-class precision, recall, F1, AUC) of one
-    set of predictions, computed directly from the confusion matrix: fast enough to bootstrap."""
+    set of predictions and decisions, computed directly from the confusion matrix: fast enough to bootstrap."""
     n, k = probs.shape
-    pred = probs.argmax(axis=1)
     cm = np.bincount(y * k + pred, minlength=k * k).reshape(k, k).astype(float)
     tp, support, predicted = np.diag(cm), cm.sum(axis=1), cm.sum(axis=0)
     precision = np.divide(tp, predicted, out=np.zeros(k), where=predicted > 0)
@@ -191,7 +193,7 @@ def resampled_metrics(y: np.ndarray, probs: np.ndarray) -> tuple[dict[str, float
            "precision_weighted": (precision * weights).sum(), "recall_weighted": (recall * weights).sum(),
            "f1_weighted": (f1 * weights).sum(),
            "log_loss": log_loss(probs, y),
-           "ece": expected_calibration_error(y, probs)}
+           "ece": expected_calibration_error(y, probs, pred)}
     ranked = np.argsort(-probs, axis=1)
     for top in (3, 5):
         if k > top:
@@ -205,13 +207,14 @@ def resampled_metrics(y: np.ndarray, probs: np.ndarray) -> tuple[dict[str, float
     return out, {"precision": precision, "recall": recall, "f1": f1, "roc_auc": aucs}
 
 
-def bootstrap_intervals(y_true, probs, classes: list[str], *, resamples: int = 1000, seed: int = 0,
+def bootstrap_intervals(y_true, probs, pred, classes: list[str], *, resamples: int = 1000, seed: int = 0,
                         level: float = 0.95, units: np.ndarray | None = None) -> tuple[dict, dict]:
     """Percentile bootstrap intervals (the images resampled with replacement) of every scalar
     metric and of per-class precision, recall, F1 and AUC: they stay inside each metric's range.
     With `units` (a unit id per row, each unit the same number of rows: an image's predictions in
     every repeat of a cv), units are resampled, each with all its rows."""
     y, probs = np.asarray(y_true, dtype=np.int64), np.asarray(probs, dtype=np.float64)
+    pred = np.asarray(pred, dtype=np.int64)
     rng = np.random.default_rng(seed)
     scalars: dict[str, list[float]] = {}
     per_class: dict[str, list[np.ndarray]] = {}
@@ -221,7 +224,7 @@ def bootstrap_intervals(y_true, probs, classes: list[str], *, resamples: int = 1
     members = np.argsort(inverse, kind="stable").reshape(len(counts), counts[0])  # unit -> its rows
     for drawn in rng.integers(0, len(counts), size=(resamples, len(counts))):
         rows = members[drawn].ravel()
-        values, classwise = resampled_metrics(y[rows], probs[rows])
+        values, classwise = resampled_metrics(y[rows], probs[rows], pred[rows])
         for key, value in values.items():
             scalars.setdefault(key, []).append(float(value))
         for key, value in classwise.items():

@@ -236,7 +236,7 @@ class SingleLabel(Task):
     def reliability(self, targets, probs):
         from transferlab.metrics import calibration_curve
 
-        return calibration_curve(np.asarray(targets), np.asarray(probs))
+        return calibration_curve(np.asarray(targets), np.asarray(probs), self.decide(probs))
 
     def scores(self, probs, targets):
         return self.correct(probs, targets).astype(np.float64)
@@ -249,17 +249,18 @@ class SingleLabel(Task):
     def monitored(self, targets, probs):
         from transferlab.metrics import monitored_values
 
-        return monitored_values(targets, probs)
+        return monitored_values(targets, probs, self.decide(probs))
 
     def metrics(self, targets, probs, classes, *, curves=True):
-        from transferlab.metrics import compute_metrics  # the single-label metrics (argmax decisions) live there
+        from transferlab.metrics import compute_metrics  # the single-label metrics, of this task's decisions
 
-        return compute_metrics(targets, probs, classes, curves=curves)
+        return compute_metrics(targets, probs, self.decide(probs), classes, curves=curves)
 
     def intervals(self, targets, probs, classes, *, resamples, seed, units=None):
         from transferlab.metrics import bootstrap_intervals
 
-        return bootstrap_intervals(targets, probs, classes, resamples=resamples, seed=seed, units=units)
+        return bootstrap_intervals(targets, probs, self.decide(probs), classes, resamples=resamples, seed=seed,
+                                   units=units)
 
     def split_intervals(self, targets, probs, *, resamples, seed):
         from transferlab.metrics import ECE_BINS
