@@ -28,6 +28,13 @@ def item_seed(seed: int, epoch: int, index: int) -> int:
     return (seed * 1_000_003 + epoch * 100_003 + index) % (2**63)
 
 
+def seed_item(seed: int, epoch: int, index: int) -> None:
+    """Seed the CPU generator the augmentation of one image draws from. torch.manual_seed would seed every
+    accelerator's generator too, and on a machine without one each call formats a stack trace for its lazy
+    initialisation: 0.11 ms an image, more than a flip and a crop of a 28 px image cost (0.06 ms)."""
+    torch.default_generator.manual_seed(item_seed(seed, epoch, index))
+
+
 def split_key(key) -> tuple[int, int]:
     return (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (int(key), 0)
 
@@ -55,7 +62,7 @@ class CachedImageDataset(Dataset):
         i = int(self.indices[k])
         image = torch.from_numpy(np.array(self.store[i], dtype=np.uint8, copy=True)).permute(2, 0, 1)
         if self.transform is not None:
-            torch.manual_seed(item_seed(self.seed, epoch, i))
+            seed_item(self.seed, epoch, i)
             image = self.transform(image)
         label = self.labels[i]  # a class index, or a multi-label image's 0/1 row
         return image.contiguous(), (torch.from_numpy(label.copy()) if label.ndim else int(label))

@@ -211,7 +211,7 @@ def run_batches(engine, images, indices, batch_size: int, *, transform=None, see
     with `transform`, each image is augmented first, seeded per image; with `label`, a progress bar
     (on rank 0 only, when engines/shard.py splits the pass across processes)."""
     from transferlab.console import progress_bar
-    from transferlab.data.loader import item_seed
+    from transferlab.data.loader import seed_item
     from transferlab.engines.shard import rank_and_size
 
     indices, out = np.asarray(indices, dtype=np.int64), []
@@ -223,7 +223,7 @@ def run_batches(engine, images, indices, batch_size: int, *, transform=None, see
             if transform is not None:
                 views = []
                 for i, image in zip(part, torch.from_numpy(batch)):
-                    torch.manual_seed(item_seed(seed, 0, int(i)))
+                    seed_item(seed, 0, int(i))
                     views.append(transform(image))
                 batch = torch.stack(views).numpy()
             out.append(engine(batch))
