@@ -281,7 +281,7 @@ class TrainConfig:
                                                "(default: 10m for auto, none for other strategies)",
                                   check=parse_budget)
     batch_size: int = setting(32, "[1, inf]", "batch size")
-    workers: int | None = setting(None, "[0, 256]", "DataLoader workers (default: cores - 1)", resume_safe=True)
+    workers: int | None = setting(None, "[0, 256]", "DataLoader workers (default: cores - 1; none on a CPU of 2 cores or fewer)", resume_safe=True)
     imbalance: Literal["auto", "none", "weights", "sampler"] = setting(
         "auto", help="auto: class weights when the largest class is >= 3x the smallest")
     early_stopping: int | None = setting(10, "[1, inf]", "patience in epochs without improvement of monitor")

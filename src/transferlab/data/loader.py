@@ -20,8 +20,15 @@ from transferlab.io import own_signal_stack
 
 
 def default_workers() -> int:
-    """DataLoader worker processes: one per core but one (left for the model), at most 8."""
-    return min(8, max(0, (os.cpu_count() or 1) - 1))
+    """DataLoader worker processes: one per core but one (left for the model), at most 8; none when the model
+    trains on the CPU of a machine with two cores or fewer. There the model's threads use every core, and a
+    worker process only takes turns with them (each parallel step then waits for the thread it preempted):
+    on 2 cores an epoch of the small CNN at 28 px took 11.4 s with one worker and 7.3 s with none, a
+    fine-tune at 96 px 5.0 s and 4.6 s."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cores <= 2 and not torch.cuda.is_available():
+        return 0
+    return min(8, max(0, cores - 1))
 
 
 def item_seed(seed: int, epoch: int, index: int) -> int:
