@@ -5,6 +5,8 @@ textures:    crops of scikit-image's brick, grass and gravel textures (near: nat
 faces:       scikit-image's LFW subset, faces vs non-faces (natural, tiny, grey)
 microscopy:  crops of immunohistochemistry, retina and cell images (medical: different)
 gratings:    synthetic sinusoidal gratings whose orientation is the class, in noise (far)
+letters:     the letters A-J, upper and lower case in one class, in the fonts matplotlib ships, at 28 px
+             grey, varied in size, slant, position, stroke and ink (a notMNIST-like set: different)
 and the built-ins digits and fashion-mnist (different).
 """
 
@@ -88,7 +90,48 @@ def gratings(root: Path, per_class: int = 60, seed: int = 0, size: int = 64) -> 
     return root
 
 
-BUILDERS = {"photos": photos, "textures": textures, "faces": faces, "microscopy": microscopy, "gratings": gratings}
+def letter_fonts() -> list[Path]:
+    """The text fonts matplotlib ships (DejaVu, STIX, Computer Modern): the same on every machine with this
+    project's dependencies. Symbol-only faces (STIX's size variants, cmex, cmsy) and the fallback are left out."""
+    import matplotlib
+
+    folder = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    skip = ("STIXSiz", "STIXNonUni", "cmex", "cmsy", "LastResort", "Display")
+    return sorted(p for p in folder.glob("*.ttf") if not p.name.startswith(skip) and "Display" not in p.name)
+
+
+def letters(root: Path, per_class: int = 100, seed: int = 0, size: int = 28) -> Path:
+    """`per_class` images of each letter A-J, each in a seeded font and case, size (glyph 45-85% of the
+    canvas), rotation (+-15 degrees), offset (+-3 px at 28), stroke (a blur then a threshold thickens or
+    thins it) and ink/background levels with noise, rendered at 4x and reduced to `size` px grey."""
+    from PIL import ImageDraw, ImageFilter, ImageFont
+
+    rng = np.random.default_rng(seed)
+    fonts = letter_fonts()
+    big = 4 * size
+    for k, letter in enumerate("ABCDEFGHIJ"):
+        (root / letter).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            char = letter if rng.random() < 0.5 else letter.lower()
+            font = ImageFont.truetype(str(fonts[rng.integers(len(fonts))]), int(big * rng.uniform(0.45, 0.85)))
+            canvas = Image.new("L", (2 * big, 2 * big), 0)
+            draw = ImageDraw.Draw(canvas)
+            left, top, right, bottom = draw.textbbox((0, 0), char, font=font)
+            draw.text((big - (left + right) / 2, big - (top + bottom) / 2), char, fill=255, font=font)
+            canvas = canvas.rotate(rng.uniform(-15, 15), resample=Image.Resampling.BILINEAR)
+            shift = rng.uniform(-3, 3, 2) * 4
+            box = (big / 2 - shift[0], big / 2 - shift[1], 3 * big / 2 - shift[0], 3 * big / 2 - shift[1])
+            glyph = canvas.crop(tuple(int(v) for v in box)).filter(ImageFilter.GaussianBlur(rng.uniform(1, 3)))
+            ink = np.asarray(glyph, float) / 255 > rng.uniform(0.2, 0.5)  # thicker or thinner strokes
+            image = Image.fromarray((ink * 255).astype(np.uint8)).resize((size, size), Image.Resampling.BOX)
+            low, high = rng.uniform(0, 60), rng.uniform(160, 255)
+            pixels = low + (high - low) * np.asarray(image, float) / 255 + rng.normal(0, 12, (size, size))
+            Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(root / letter / f"{i:04d}.png")
+    return root
+
+
+BUILDERS = {"photos": photos, "textures": textures, "faces": faces, "microscopy": microscopy, "gratings": gratings,
+            "letters": letters}
 
 
 def build(name: str, base: Path, **kwargs) -> str:
