@@ -485,3 +485,65 @@ def test_a_validation_trial_joins_probes_scored_on_a_subsample_of_a_large_set(co
     assert trial["rows"] == "val" and trial["status"] == "scored", trial
     val = sum(1 for row in (run / "split.csv").read_text().splitlines()[1:] if row.endswith(",val"))
     assert decision["ensemble"]["on"] == "validation split" and 0 < decision["ensemble"]["images"] < val
+
+
+def test_a_load_while_the_cheap_part_runs_trims_the_trials_epochs_not_which_trials_run(color_folder, tmp_path,
+                                                                                       monkeypatch):
+    """Under a CPU-bound process the cheap part took longer, and the trials were planned from what the clock had
+    left: a 500-per-class Fashion-MNIST run ran fine-tune @ 96 and gradual @ 64 quiet but fine-tune-late @ 128
+    loaded. The time is now divided once, in measured estimates, and a loaded clock only trims epochs. Here the
+    clock is the test's: the "load" takes half the plan's time while the probes are scored, the trials take
+    exactly their measured cost, and the same trials run, with fewer epochs."""
+    import time as clock
+
+    from transferlab import search as search_module
+    from transferlab.data import holdout_split, load_dataset
+    from transferlab.features import FeatureStore
+    from transferlab.fit import FitContext
+    from transferlab.search import trials
+    from transferlab.search.costs import Costs
+    from transferlab.search.rule import Prior
+
+    config = load_config(overrides=["preprocess.size=32", "model.name=test_efficientnet", "model.pretrained=false",
+                                    "data.decode_workers=1", "strategy.auto.sizes=[32]", "strategy.auto.resolvable=1",
+                                    "strategy.auto.candidates=[linear-probe, fine-tune-late, fine-tune]",
+                                    "strategy.fine_tune.epochs=8"])
+    dataset = load_dataset(str(color_folder), config, progress=False)
+    parts = holdout_split(dataset.labels, dataset.groups, val_fraction=0.2, test_fraction=0.2, seed=0)
+    indices = {part: np.flatnonzero(parts == part) for part in ("train", "val", "test")}
+    now, real = [0.0], clock.monotonic
+    monkeypatch.setattr(clock, "monotonic", lambda: real() + now[0])
+    budget, per_epoch = 1000.0, 45.0  # two trials of 8 epochs: 720 s of the plan's 900
+    monkeypatch.setattr(Costs, "training", lambda self, label, ctx, strategy: per_epoch / (len(indices["train"]) * 4 / 3))
+    monkeypatch.setattr(search_module.Search, "prior", lambda self: Prior(
+        images=len(indices["train"]), sampled=len(indices["train"]), per_class=500, score=0.3, method="logme",
+        threshold=0.8, small=False, similar=False))
+
+    def trial(search, candidate, strategy, cross):  # takes what it was measured to cost, on the test's clock
+        now[0] += candidate.overrides["train.epochs"] * per_epoch
+        ran.append((candidate.label, candidate.overrides["train.epochs"]))
+        search.tried.append(candidate)
+
+    monkeypatch.setattr(trials, "run_trial", trial)
+
+    def plan(load: float) -> list[tuple[str, int]]:
+        score_size = search_module.Search.score_size
+
+        def loaded(self, *args):
+            now[0] += load  # another program took this much of the clock while the probes were scored
+            return score_size(self, *args)
+
+        monkeypatch.setattr(search_module.Search, "score_size", loaded)
+        store = FeatureStore(dataset, config, progress=False)
+        ctx = FitContext(dataset, indices, config, tmp_path / f"run{load:g}", store, progress=False)
+        ctx = ctx.replace(deadline=clock.monotonic() + budget)
+        (tmp_path / f"run{load:g}").mkdir()
+        ran.clear()
+        search_module.choose(ctx)
+        return list(ran)
+
+    ran: list = []
+    quiet, under_load = plan(0.0), plan(450.0)
+    assert [label for label, _ in quiet] == [label for label, _ in under_load], (quiet, under_load)
+    assert len(quiet) == 2 and all(epochs == 8 for _, epochs in quiet), quiet
+    assert all(3 <= epochs < 8 for _, epochs in under_load), under_load

@@ -92,7 +92,7 @@ class Search:
         self.plan: list[dict] = []  # each part: what, why, its estimate and what it cost
         self.committed = 0.0  # seconds the final fit will need beyond the search (features, refits)
         self.skipped: list[int] = []  # cheap sizes skipped for time
-        self.cheap_started = self.started
+        self.cheap_estimated = 0.0  # the estimates of the cheap sizes scored: what the plan spent on them
         pool = np.concatenate([ctx.indices["train"], ctx.indices["val"]])
         self.pool, self.cut = subsample(pool, ctx.dataset.labels, self.auto.max_images, ctx.config.seed)
         self.labels = ctx.dataset.labels[self.pool]
@@ -150,21 +150,26 @@ class Search:
         and without multi-stage features), at each size `share` seconds afford, largest first; the sizes
         skipped for time are kept in `self.skipped` for another chance. When none fits, the smallest is
         searched anyway: better a run a little over its budget than no model."""
-        self.skipped, self.cheap_started = [], time.monotonic()
+        self.skipped, self.cheap_estimated = [], 0.0
         for size in sorted(sizes, reverse=True):
             estimate = self.size_cost(size)
-            if estimate > share - (self.spent() - (self.cheap_started - self.started)) or estimate > self.left() / 2:
+            # the share is spent in measured estimates, not by the clock: a load while the sizes are scored does
+            # not change which are (the features of every image must still fit in half of the time left)
+            if estimate > share - self.cheap_estimated or estimate > self.left() / 2:
                 self.skipped.append(size)
                 self.note(f"cheap candidates @ {size} px", estimate, status="skipped for time")
                 continue
             self.score_size(size, strategies, estimate)
+            self.cheap_estimated += estimate
         if not any(c.accuracy is not None for c in self.tried) and self.skipped:
             smallest = min(self.skipped)
             self.skipped.remove(smallest)
             self.plan = [p for p in self.plan if p["part"] != f"cheap candidates @ {smallest} px"]
             self.say(f"{smallest} px: about {self.size_cost(smallest):.0f} s, more than the plan gives; searched "
                      "anyway, the smallest size")
-            self.score_size(smallest, strategies, self.size_cost(smallest))
+            estimate = self.size_cost(smallest)
+            self.score_size(smallest, strategies, estimate)
+            self.cheap_estimated += estimate
         for size in self.skipped:
             estimate = self.size_cost(size)
             self.tried += [Candidate(name, name, size, {}, status=f"skipped: about {estimate:.0f} s (measured "
@@ -223,7 +228,7 @@ class Search:
         """The candidates that train (the backbone, or a network from scratch), cheapest first, each at the
         largest size where its epochs fit `share` (measured on its own training steps), given the epochs the
         time left affords, on evidence that can tell (trials.py)."""
-        from transferlab.search.trials import CROSS_FOLDS, run_trial
+        from transferlab.search.trials import CROSS_FOLDS
         from transferlab.strategies import get_strategy
 
         val, spread = self.ctx.indices["val"], self.best_cheap_spread()
@@ -262,19 +267,44 @@ class Search:
                 continue
             if prior.fine_tuning_worth_trying:
                 options.append(option)
-        started = time.monotonic()
-        for per_epoch, refit_epoch, candidate, trial in sorted(options, key=lambda o: (o[0] + o[1]) *
-                                                                o[3].config.train.epochs):
-            room = min(self.left(), share - (time.monotonic() - started))
+        # the plan, from the measured costs and the share alone: which candidates run, and their epochs (cheapest
+        # first, each given the epochs the share has left for it); the clock only trims it below (run_planned)
+        planned, remaining = [], share
+        for option in sorted(options, key=lambda o: (o[0] + o[1]) * o[3].config.train.epochs):
+            per_epoch, refit_epoch, candidate, trial = option
             wanted = trial.config.train.epochs
-            epochs = wanted if math.isinf(room) else min(wanted, int(max(0.0, room) // max(per_epoch + refit_epoch,
-                                                                                           1e-9)))
+            epochs = wanted if math.isinf(remaining) else min(wanted, int(max(0.0, remaining) //
+                                                                          max(per_epoch + refit_epoch, 1e-9)))
             if epochs < min(MIN_EPOCHS, wanted):
-                candidate.status = (f"skipped: {epochs} epoch(s) fit ({per_epoch + refit_epoch:.0f} s an epoch, "
-                                    f"measured; {max(0.0, room):.0f} s of the plan left)")
-                self.tried.append(candidate)
-                self.note(candidate.label, (per_epoch + refit_epoch) * wanted, status="skipped for time")
-                self.say(f"{candidate.label}: {candidate.status}")
+                self.skip_for_time(candidate, epochs, per_epoch + refit_epoch, remaining, wanted)
+                continue
+            planned.append((option, epochs))
+            remaining -= (per_epoch + refit_epoch) * epochs
+        self.run_planned(planned, cross)
+
+    def skip_for_time(self, candidate: Candidate, epochs: int, per_epoch: float, room: float, wanted: int) -> None:
+        candidate.status = (f"skipped: {epochs} epoch(s) fit ({per_epoch:.0f} s an epoch, measured; "
+                            f"{max(0.0, room):.0f} s of the plan left)")
+        self.tried.append(candidate)
+        self.note(candidate.label, per_epoch * wanted, status="skipped for time")
+        self.say(f"{candidate.label}: {candidate.status}")
+
+    def run_planned(self, planned: list, cross: bool) -> None:
+        """Run the planned trials in order. Where the clock has less time left than the plan (a loaded machine,
+        a cost under-measured), each remaining trial gives up epochs in proportion to its planned cost, and one
+        left with fewer than MIN_EPOCHS is skipped for time; the plan itself is never re-made from the clock,
+        so a load that passes changes epochs, not which candidates run."""
+        from transferlab.search.trials import run_trial
+
+        for k, ((per_epoch, refit_epoch, candidate, trial), epochs) in enumerate(planned):
+            cost = (per_epoch + refit_epoch) * epochs
+            later = sum((o[0] + o[1]) * e for o, e in planned[k:])
+            left = self.left()
+            if not math.isinf(left) and left < later:
+                epochs = min(epochs, int(max(0.0, left) * cost / max(later, 1e-9) // max(per_epoch + refit_epoch,
+                                                                                          1e-9)))
+            if epochs < min(MIN_EPOCHS, trial.config.train.epochs):
+                self.skip_for_time(candidate, epochs, per_epoch + refit_epoch, left, trial.config.train.epochs)
                 continue
             candidate.overrides["train.epochs"] = epochs
             if cross:
@@ -367,9 +397,12 @@ def choose(ctx) -> Choice:
                 and cls.scores_out_of_fold()}
     training = TRAINING_GAIN[(prior.small, prior.similar)] if search.training_candidates(prior) else 0.0
     shares = {"cheap": CHEAP_GAIN / (CHEAP_GAIN + training), "training": training / (CHEAP_GAIN + training)}
+    # the plan's time, divided once: the training part gets what the cheap part's estimates left of it (at least
+    # its own share), so a load that slows the cheap part down trims the trials' epochs, not which ones run
+    planned = search.left()
     if scorable:
-        search.cheap(sizes, scorable, shares["cheap"] * search.left())
-    search.expensive(prior, search.left())  # the rest of the time: what the cheap part did not use too
+        search.cheap(sizes, scorable, shares["cheap"] * planned)
+    search.expensive(prior, max(planned - search.cheap_estimated, shares["training"] * planned))
     if scorable and search.skipped and search.left() > LEFTOVER * min(search.total, 1e12):
         search.say(f"{search.left():.0f} s of the plan unspent: the sizes skipped for time get another chance")
         search.tried = [c for c in search.tried if not (c.strategy in scorable and c.size in search.skipped
