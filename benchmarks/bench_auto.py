@@ -32,7 +32,7 @@ its first S seconds, while the search times its costs, and the plan (the sizes s
 training candidates run) is compared with the quiet run's.
 
     python benchmarks/bench_auto.py [--group evaluation|calibration|all] [--sets fmnist30,...]
-        [--draws 3] [--fixed ''] [--no-single] [--load 60]
+        [--draws 3] [--first-draw 0] [--fixed ''] [--no-single] [--load 60]
 """
 
 from __future__ import annotations
@@ -199,6 +199,15 @@ def plan_of(decision: dict) -> dict:
                                if c["strategy"] not in ("linear-probe", "feature-extraction"))}
 
 
+def costs_of(decision: dict) -> str:
+    """What the plan was made from: each size's frozen pass and each training candidate's step, as timed (ms an
+    image), and the parts the plan ran with their estimates and what they cost (s)."""
+    costs = decision.get("costs") or {}
+    frozen = {size: entry["ms"] for size, entry in (costs.get("frozen_ms_per_image") or {}).items()}
+    parts = [f"{p['part']} {p['estimate_s']}/{p['spent_s']} s ({p['status']})" for p in decision.get("plan", [])]
+    return f"timed ms/image frozen {frozen} training {costs.get('training_ms_per_image')}; plan: {'; '.join(parts)}"
+
+
 def measure_set(group: str, name: str, tmp: Path, fixed: list[str], single_too: bool = True,
                 load: float = 0.0) -> dict:
     data, test = build(name, tmp)
@@ -208,6 +217,7 @@ def measure_set(group: str, name: str, tmp: Path, fixed: list[str], single_too: 
     auto = contender(data, test, [], tmp / f"{name}-auto")
     decision = auto[2].get("decision") or {}
     line("auto", auto[0], auto[1], f"  ({'; '.join(decision.get('chosen', []))}) plan {plan_of(decision)}")
+    print(f"    {costs_of(decision)}", flush=True)
     loaded = None
     if load:
         workers = burn(load)
@@ -215,6 +225,7 @@ def measure_set(group: str, name: str, tmp: Path, fixed: list[str], single_too: 
         for worker in workers:
             worker.join()
         line(f"auto, loaded {load:.0f} s", loaded[0], loaded[1], f"  plan {plan_of(loaded[2].get('decision') or {})}")
+        print(f"    {costs_of(loaded[2].get('decision') or {})}", flush=True)
     single = None
     if single_too:
         single = contender(data, test, best_single(decision), tmp / f"{name}-single")
@@ -307,6 +318,8 @@ def main() -> None:
     parser.add_argument("--fixed", default="linear-probe,fine-tune", help="fixed strategies to compare ('' for none)")
     parser.add_argument("--draws", type=int, default=3,
                         help="draws of each Fashion-MNIST and letters regime (seeds 11, 12, ...)")
+    parser.add_argument("--first-draw", type=int, default=0,
+                        help="the first draw's index (to add draws to an earlier run's: --first-draw 2 --draws 1)")
     parser.add_argument("--no-single", action="store_true", help="skip refitting the best single candidate")
     parser.add_argument("--load", type=float, default=0.0,
                         help="also run auto on the first draw of each set under CPU load for this many seconds")
@@ -320,10 +333,10 @@ def main() -> None:
         for group in groups:
             for name in GROUPS[group]:
                 if wanted is None or name in wanted:
-                    draws = range(args.draws) if name.startswith(DRAWN) else range(1)
+                    draws = range(args.first_draw, args.first_draw + args.draws) if name.startswith(DRAWN) else range(1)
                     for draw in draws:
                         rows.append(measure_set(group, f"{name}-{draw}" if draw else name, Path(tmp_name), fixed,
-                                                not args.no_single, args.load if draw == 0 else 0.0))
+                                                not args.no_single, args.load if draw == draws[0] else 0.0))
     table(rows)
     verdicts(rows)
 
