@@ -547,3 +547,30 @@ def test_a_load_while_the_cheap_part_runs_trims_the_trials_epochs_not_which_tria
     assert [label for label, _ in quiet] == [label for label, _ in under_load], (quiet, under_load)
     assert len(quiet) == 2 and all(epochs == 8 for _, epochs in quiet), quiet
     assert all(3 <= epochs < 8 for _, epochs in under_load), under_load
+
+
+def test_when_the_time_left_cannot_give_every_planned_trial_its_minimum_the_last_is_dropped_not_every_one_starved(
+        monkeypatch):
+    """At 60,000 images the plan held the scratch CNN and a fine-tune; with less time left than planned, sharing it
+    in proportion gave the scratch 3 epochs and the fine-tune too few to run, and a sixth of the budget went
+    unspent. The last planned trial is now dropped first, and the time goes to the ones before it."""
+    from types import SimpleNamespace
+
+    from transferlab.search import Candidate, Search, trials
+
+    ran = []
+    monkeypatch.setattr(trials, "run_trial", lambda search, candidate, trial, cross: ran.append(
+        (candidate.label, candidate.overrides["train.epochs"])))
+    search = Search.__new__(Search)
+    search.tried, search.plan, search.committed, search.ctx = [], [], 0.0, SimpleNamespace(progress=False)
+    search.left = lambda: 200.0  # the plan wanted 390 + 450 s
+    search.note = lambda *args, **kwargs: None
+
+    def option(label, per_epoch):
+        return (per_epoch, 0.0, Candidate("x", label, 28, {}), SimpleNamespace(config=SimpleNamespace(
+            train=SimpleNamespace(epochs=30))))
+
+    search.run_planned([(option("scratch", 30.0), 13), (option("fine-tune", 150.0), 3)], cross=False)
+    assert ran == [("scratch @ 28 px", 6)], ran  # 200 s of 30 s epochs, not its 390/840 share (3 epochs)
+    skipped = [c for c in search.tried if c.variant == "fine-tune"]
+    assert skipped and skipped[0].status.startswith("skipped: 0 epoch(s) fit"), skipped

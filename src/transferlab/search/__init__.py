@@ -289,21 +289,36 @@ class Search:
         self.note(candidate.label, per_epoch * wanted, status="skipped for time")
         self.say(f"{candidate.label}: {candidate.status}")
 
+    @staticmethod
+    def trimmed(queue: list, left: float) -> list[int]:
+        """Each queued (option, epochs)'s epochs when `left` seconds are shared in proportion to planned cost."""
+        later = sum((o[0] + o[1]) * e for o, e in queue)
+        if math.isinf(left) or left >= later:
+            return [e for _, e in queue]
+        return [min(e, int(max(0.0, left) * e / max(later, 1e-9))) for _, e in queue]
+
     def run_planned(self, planned: list, cross: bool) -> None:
         """Run the planned trials in order. Where the clock has less time left than the plan (a loaded machine,
-        a cost under-measured), each remaining trial gives up epochs in proportion to its planned cost, and one
-        left with fewer than MIN_EPOCHS is skipped for time; the plan itself is never re-made from the clock,
-        so a load that passes changes epochs, not which candidates run."""
+        a cost under-measured), the remaining trials give up epochs in proportion to their planned cost; when
+        that would leave one with fewer than MIN_EPOCHS, the last planned is skipped for time instead, and its
+        time goes to those before it rather than unspent. The plan is never re-made from the clock: a load that
+        passes trims epochs, and changes which candidates run only where their minimum no longer fits."""
         from transferlab.search.trials import run_trial
 
-        for k, ((per_epoch, refit_epoch, candidate, trial), epochs) in enumerate(planned):
-            cost = (per_epoch + refit_epoch) * epochs
-            later = sum((o[0] + o[1]) * e for o, e in planned[k:])
+        queue = list(planned)
+        while queue:
             left = self.left()
-            if not math.isinf(left) and left < later:
-                epochs = min(epochs, int(max(0.0, left) * cost / max(later, 1e-9) // max(per_epoch + refit_epoch,
-                                                                                          1e-9)))
-            if epochs < min(MIN_EPOCHS, trial.config.train.epochs):
+            least = [min(MIN_EPOCHS, o[3].config.train.epochs) for o, _ in queue]
+            while len(queue) > 1:
+                shares = self.trimmed(queue, left)
+                if all(t >= m for t, m in zip(shares, least)):
+                    break
+                (per_epoch, refit_epoch, dropped, trial), _ = queue.pop()
+                least.pop()
+                self.skip_for_time(dropped, shares[-1], per_epoch + refit_epoch, left, trial.config.train.epochs)
+            epochs = self.trimmed(queue, left)[0]
+            (per_epoch, refit_epoch, candidate, trial), _ = queue.pop(0)
+            if epochs < least[0]:
                 self.skip_for_time(candidate, epochs, per_epoch + refit_epoch, left, trial.config.train.epochs)
                 continue
             candidate.overrides["train.epochs"] = epochs
