@@ -165,9 +165,9 @@ class Search:
             smallest = min(self.skipped)
             self.skipped.remove(smallest)
             self.plan = [p for p in self.plan if p["part"] != f"cheap candidates @ {smallest} px"]
-            self.say(f"{smallest} px: about {self.size_cost(smallest):.0f} s, more than the plan gives; searched "
-                     "anyway, the smallest size")
             estimate = self.size_cost(smallest)
+            self.say(f"{smallest} px: about {estimate:.0f} s, more than the plan gives; searched anyway, the "
+                     "smallest size")
             self.score_size(smallest, strategies, estimate)
             self.cheap_estimated += estimate
         for size in self.skipped:
@@ -226,8 +226,9 @@ class Search:
 
     def expensive(self, prior: Prior, share: float) -> None:
         """The candidates that train (the backbone, or a network from scratch), cheapest first, each at the
-        largest size where its epochs fit `share` (measured on its own training steps), given the epochs the
-        time left affords, on evidence that can tell (trials.py)."""
+        largest size where its epochs fit `share` (measured on its own training steps), planned with the epochs
+        `share` affords and trimmed only where the clock has less left (run_planned), on evidence that can tell
+        (trials.py)."""
         from transferlab.search.trials import CROSS_FOLDS
         from transferlab.strategies import get_strategy
 
@@ -283,6 +284,7 @@ class Search:
         self.run_planned(planned, cross)
 
     def skip_for_time(self, candidate: Candidate, epochs: int, per_epoch: float, room: float, wanted: int) -> None:
+        """Record a training candidate left out for time, with the epochs that would have fit in `room`."""
         candidate.status = (f"skipped: {epochs} epoch(s) fit ({per_epoch:.0f} s an epoch, measured; "
                             f"{max(0.0, room):.0f} s of the plan left)")
         self.tried.append(candidate)
@@ -305,20 +307,20 @@ class Search:
         passes trims epochs, and changes which candidates run only where their minimum no longer fits."""
         from transferlab.search.trials import run_trial
 
+        def least(option) -> int:
+            return min(MIN_EPOCHS, option[3].config.train.epochs)
+
         queue = list(planned)
         while queue:
             left = self.left()
-            least = [min(MIN_EPOCHS, o[3].config.train.epochs) for o, _ in queue]
-            while len(queue) > 1:
-                shares = self.trimmed(queue, left)
-                if all(t >= m for t, m in zip(shares, least)):
-                    break
+            shares = self.trimmed(queue, left)
+            while len(queue) > 1 and any(t < least(o) for t, (o, _) in zip(shares, queue)):
                 (per_epoch, refit_epoch, dropped, trial), _ = queue.pop()
-                least.pop()
                 self.skip_for_time(dropped, shares[-1], per_epoch + refit_epoch, left, trial.config.train.epochs)
-            epochs = self.trimmed(queue, left)[0]
-            (per_epoch, refit_epoch, candidate, trial), _ = queue.pop(0)
-            if epochs < least[0]:
+                shares = self.trimmed(queue, left)
+            (option, _), epochs = queue.pop(0), shares[0]
+            per_epoch, refit_epoch, candidate, trial = option
+            if epochs < least(option):
                 self.skip_for_time(candidate, epochs, per_epoch + refit_epoch, left, trial.config.train.epochs)
                 continue
             candidate.overrides["train.epochs"] = epochs
