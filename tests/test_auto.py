@@ -500,8 +500,8 @@ def test_a_load_while_the_cheap_part_runs_trims_the_trials_epochs_not_which_tria
     from transferlab.data import holdout_split, load_dataset
     from transferlab.features import FeatureStore
     from transferlab.fit import FitContext
+    from transferlab import fit as fit_module
     from transferlab.search import trials
-    from transferlab.search.costs import Costs
     from transferlab.search.rule import Prior
 
     config = load_config(overrides=["preprocess.size=32", "model.name=test_efficientnet", "model.pretrained=false",
@@ -514,7 +514,7 @@ def test_a_load_while_the_cheap_part_runs_trims_the_trials_epochs_not_which_tria
     now, real = [0.0], clock.monotonic
     monkeypatch.setattr(clock, "monotonic", lambda: real() + now[0])
     budget, per_epoch = 1000.0, 45.0  # two trials of 8 epochs: 720 s of the plan's 900
-    monkeypatch.setattr(Costs, "training", lambda self, label, ctx, strategy: per_epoch / (len(indices["train"]) * 4 / 3))
+    monkeypatch.setattr(fit_module, "training_seconds", lambda ctx, strategy: per_epoch / (len(indices["train"]) * 4 / 3))
     monkeypatch.setattr(search_module.Search, "prior", lambda self: Prior(
         images=len(indices["train"]), sampled=len(indices["train"]), per_class=500, score=0.3, method="logme",
         threshold=0.8, small=False, similar=False))
@@ -557,12 +557,16 @@ def test_when_the_time_left_cannot_give_every_planned_trial_its_minimum_the_last
     from types import SimpleNamespace
 
     from transferlab.search import Candidate, Search, trials
+    from transferlab.search.costs import Costs
 
     ran = []
     monkeypatch.setattr(trials, "run_trial", lambda search, candidate, trial, cross: ran.append(
         (candidate.label, candidate.overrides["train.epochs"])))
     search = Search.__new__(Search)
-    search.tried, search.plan, search.committed, search.ctx = [], [], 0.0, SimpleNamespace(progress=False)
+    search.tried, search.plan, search.committed, search.trial_parts = [], [], 0.0, []
+    search.ctx = SimpleNamespace(progress=False, indices={"train": np.arange(100)})
+    search.costs = Costs(search.ctx)
+    search.costs.training_s = {"scratch @ 28 px": 0.2, "fine-tune @ 28 px": 1.0}
     search.left = lambda: 200.0  # the plan wanted 390 + 450 s
     search.note = lambda *args, **kwargs: None
 
@@ -570,7 +574,101 @@ def test_when_the_time_left_cannot_give_every_planned_trial_its_minimum_the_last
         return (per_epoch, 0.0, Candidate("x", label, 28, {}), SimpleNamespace(config=SimpleNamespace(
             train=SimpleNamespace(epochs=30))))
 
-    search.run_planned([(option("scratch", 30.0), 13), (option("fine-tune", 150.0), 3)], cross=False)
+    search.run_next([(option("scratch", 30.0), 13), (option("fine-tune", 150.0), 3)], cross=False)
     assert ran == [("scratch @ 28 px", 6)], ran  # 200 s of 30 s epochs, not its 390/840 share (3 epochs)
     skipped = [c for c in search.tried if c.variant == "fine-tune"]
     assert skipped and skipped[0].status.startswith("skipped: 0 epoch(s) fit"), skipped
+
+
+def plan_under(data, tmp_path, monkeypatch, *, load: bool, budget: float) -> tuple[dict, list]:
+    """choose() on the colour set `data`, its passes and training steps costing what the test says on the test's clock:
+    with `load`, another program doubles every cost while the sizes and the training steps are timed and while
+    the rule measures; the passes after it and the trials run at the machine's own speed. The decision, and the
+    trials run as (label, epochs)."""
+    import time as clock
+
+    from transferlab import fit as fit_module
+    from transferlab import search as search_module
+    from transferlab.data import holdout_split, load_dataset
+    from transferlab.features import FeatureStore
+    from transferlab.fit import FitContext
+    from transferlab.search import trials
+    from transferlab.search.trials import PREDICTING
+
+    config = load_config(overrides=["preprocess.size=64", "model.name=test_efficientnet", "model.pretrained=false",
+                                    "data.decode_workers=1", "strategy.auto.sizes=[32, 48, 64]",
+                                    "strategy.auto.resolvable=1", "strategy.auto.similar_logme=100",
+                                    "strategy.auto.candidates=[linear-probe, "
+                                    "fine-tune-late, fine-tune]", "strategy.fine_tune.epochs=8"])
+    dataset = load_dataset(str(data), config, progress=False)
+    parts = holdout_split(dataset.labels, dataset.groups, val_fraction=0.2, test_fraction=0.2, seed=0)
+    indices = {part: np.flatnonzero(parts == part) for part in ("train", "val", "test")}
+    now, loaded = [0.0], [load]
+    real_monotonic, real_counter = clock.monotonic, clock.perf_counter
+    monkeypatch.setattr(clock, "monotonic", lambda: real_monotonic() + now[0])
+    monkeypatch.setattr(clock, "perf_counter", lambda: real_counter() + now[0])
+    frozen = {32: 0.25, 48: 0.5, 64: 1.0}  # seconds an image of a pass, on the quiet machine
+    step = 0.5  # seconds a training image of every candidate
+    slow = lambda: 2.0 if loaded[0] else 1.0  # noqa: E731
+
+    store = FeatureStore(dataset, config, progress=False)
+    engine_for = store.engine_for
+
+    def engine(size, *args):
+        compiled = engine_for(size, *args)
+
+        def run(pixels):
+            now[0] += frozen[size] * len(pixels) * slow()
+            return compiled(pixels)
+
+        run.name = compiled.name
+        return run
+
+    monkeypatch.setattr(store, "engine_for", engine)
+    monkeypatch.setattr(store, "time_passes", lambda sizes, norm, images: {
+        size: (frozen[size] * slow(), "torch") for size in sizes})
+    monkeypatch.setattr(fit_module, "training_seconds", lambda ctx, strategy: step * (2.0 if load else 1.0))
+    measure = search_module.measure
+
+    def measured(*args):  # the load ends with the rule's pass
+        loaded[0] = False
+        return measure(*args)
+
+    monkeypatch.setattr(search_module, "measure", measured)
+    ran: list = []
+
+    def trial(search, candidate, strategy, cross):  # takes what it costs on the quiet machine
+        now[0] += step * search.epoch_images(cross) * PREDICTING * candidate.overrides["train.epochs"]
+        ran.append((candidate.label, candidate.overrides["train.epochs"]))
+        search.tried.append(candidate)
+
+    monkeypatch.setattr(trials, "run_trial", trial)
+    ctx = FitContext(dataset, indices, config, tmp_path / f"run-{load}", store, progress=False)
+    ctx = ctx.replace(deadline=clock.monotonic() + budget)
+    ctx.directory.mkdir()
+    return search_module.choose(ctx).record, ran
+
+
+def test_a_load_while_the_rule_measures_and_the_costs_are_timed_changes_neither_the_sizes_nor_the_trials(
+        tmp_path, monkeypatch):
+    """A 500-per-class Fashion-MNIST run, with a CPU-bound process in its first minute, read every timing about
+    twice as slow and scored 128-224 px and fine-tune @ 64 where the quiet run scored 96-224 px and fine-tune @ 96:
+    the sizes were charged their loaded estimates, and the trials planned from steps timed in a slow spell. Each
+    part that ran is now charged at the speed the machine has now, and the trials are planned again after each
+    one from the speed it showed: the same sizes and the same trials; the clock the load took trims epochs."""
+    from conftest import colour_images
+
+    data = colour_images(tmp_path / "data", per_class=40, classes=("red", "green", "blue"))
+    quiet, quiet_ran = plan_under(data, tmp_path, monkeypatch, load=False, budget=1150.0)
+    monkeypatch.undo()
+    loaded, loaded_ran = plan_under(data, tmp_path, monkeypatch, load=True, budget=1150.0)
+
+    def scored(record):
+        return sorted({c["size"] for c in record["candidates"] if c["strategy"] == "linear-probe"
+                       and c["status"] == "scored"})
+
+    assert scored(quiet) == [32, 48, 64] and scored(loaded) == scored(quiet), (quiet["plan"], loaded["plan"])
+    assert [label for label, _ in quiet_ran] == ["fine-tune-late @ 64 px", "fine-tune @ 64 px"], quiet_ran
+    assert all(epochs == 8 for _, epochs in quiet_ran), quiet_ran
+    assert [label for label, _ in loaded_ran] == [label for label, _ in quiet_ran], (quiet_ran, loaded_ran)
+    assert all(3 <= epochs <= 8 for _, epochs in loaded_ran), loaded_ran

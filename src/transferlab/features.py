@@ -150,18 +150,28 @@ class FeatureStore:
         """(seconds per image, engine) of the frozen pass at `size` over `images` images (default: every image),
         on the engine that pass runs on: the median of `batches` timed batches after a warm-up one, so a stall
         of the machine during one of them does not move it."""
+        return self.time_passes([size], normalize, images=images, batches=batches, batch=batch)[size]
+
+    def time_passes(self, sizes: list[int], normalize: tuple | None = None, *, images: int | None = None,
+                    batches: int = 5, batch: int = 8) -> dict[int, tuple[float, str]]:
+        """time_pass of every size in `sizes` at once, in rounds of one batch of each: whatever the machine is
+        doing meanwhile (another program, a slow minute) weighs on every size alike, so their costs compare
+        with one another and one correction (the drift of a pass that ran) fits them all."""
         import time
 
-        compiled = self.engine_for(size, normalize or self.default_normalization(), images or len(self.dataset))
         rows = np.arange(min(batch, len(self.dataset)))
         pixels = np.ascontiguousarray(self.dataset.images.take(rows).transpose(0, 3, 1, 2))
-        compiled(pixels)  # warm-up: first-call allocations, lazy initialisation
-        seconds = []
+        engines = {size: self.engine_for(size, normalize or self.default_normalization(), images or len(self.dataset))
+                   for size in sizes}
+        for compiled in engines.values():
+            compiled(pixels)  # warm-up: first-call allocations, lazy initialisation
+        seconds: dict[int, list[float]] = {size: [] for size in sizes}
         for _ in range(batches):
-            started = time.perf_counter()
-            compiled(pixels)
-            seconds.append((time.perf_counter() - started) / len(rows))
-        return float(np.median(seconds)), compiled.name
+            for size, compiled in engines.items():
+                started = time.perf_counter()
+                compiled(pixels)
+                seconds[size].append((time.perf_counter() - started) / len(rows))
+        return {size: (float(np.median(seconds[size])), engines[size].name) for size in sizes}
 
     def compute(self, indices: np.ndarray, size: int, normalize: tuple, view: int | None) -> torch.Tensor:
         """Run the pretrained backbone over the images (on an engine when it pays and no view is asked); the

@@ -88,11 +88,15 @@ class Search:
         self.ctx, self.auto = ctx, ctx.config.strategy.auto
         self.started = time.monotonic()
         self.tried: list[Candidate] = []
-        self.costs = Costs(ctx)
+        self.costs = Costs(ctx, sizes=list(self.auto.sizes or []) + [ctx.size])
         self.plan: list[dict] = []  # each part: what, why, its estimate and what it cost
         self.committed = 0.0  # seconds the final fit will need beyond the search (features, refits)
         self.skipped: list[int] = []  # cheap sizes skipped for time
-        self.cheap_estimated = 0.0  # the estimates of the cheap sizes scored: what the plan spent on them
+        # the parts that ran, as (seconds, the drift of their kind while they ran): charged at the speed now
+        self.prior_part: tuple[float, float] | None = None
+        self.cheap_parts: list[tuple[float, float]] = []
+        self.trial_parts: list[tuple[float, float]] = []
+        self.opening = math.inf  # the time left when the plan was made (after the rule's measurement)
         pool = np.concatenate([ctx.indices["train"], ctx.indices["val"]])
         self.pool, self.cut = subsample(pool, ctx.dataset.labels, self.auto.max_images, ctx.config.seed)
         self.labels = ctx.dataset.labels[self.pool]
@@ -111,6 +115,19 @@ class Search:
 
     def spent(self) -> float:
         return time.monotonic() - self.started
+
+    def plan_time(self) -> float:
+        """Seconds the plan divides between the cheap part and the trials: the time left after the rule's
+        measurement, less what that measurement would have cost at the machine's speed now than it did (a load
+        while it ran gives its time back once the machine is quiet again)."""
+        if self.prior_part is None:
+            return self.opening
+        seconds, drift = self.prior_part
+        return self.opening + seconds - self.costs.at_now("frozen", seconds, drift)
+
+    def cheap_charged(self, since: int = 0) -> float:
+        """What the cheap sizes scored (from the `since`-th) are charged: their seconds at the speed now."""
+        return sum(self.costs.at_now("frozen", seconds, drift) for seconds, drift in self.cheap_parts[since:])
 
     def say(self, message: str) -> None:
         if self.ctx.progress:
@@ -132,7 +149,9 @@ class Search:
         sample, _ = subsample(train, labels, limit, self.ctx.config.seed)
         started = time.monotonic()
         features = self.ctx.features.get(sample, size=self.ctx.size, normalize=self.norm).numpy()
+        self.costs.observe_passes()
         logme_score, leep_score = measure(features, self.ctx.dataset.labels[sample], self.ctx.config)
+        self.prior_part = (time.monotonic() - started, self.costs.drift["frozen"])
         self.note(f"the rule's LogME on {len(sample):,} images @ {self.ctx.size} px", per_image * len(sample),
                   started)
         return decide(self.auto, self.ctx.dataset.labels[train], logme_score=logme_score, leep_score=leep_score,
@@ -140,27 +159,27 @@ class Search:
 
     def size_cost(self, size: int) -> float:
         """Seconds a cheap size costs: its features of the evidence now (of every image later, when the
-        evidence is a subsample) and its out-of-fold fits, as the sizes before it took."""
-        fits = [entry["fits_s"] for entry in self.plan if "fits_s" in entry]
+        evidence is a subsample) and its out-of-fold fits, as the sizes before it took (at the speed now)."""
+        fits = [self.costs.at_now("frozen", entry["fits_s"], entry["drift"]) for entry in self.plan if "fits_s" in entry]
         images = len(self.pool) + (len(self.ctx.dataset) if self.cut else 0)
         return self.costs.frozen(size) * images + (float(np.mean(fits)) if fits else 0.0)
 
-    def cheap(self, sizes: list[int], strategies: dict[str, type], share: float) -> None:
+    def cheap(self, sizes: list[int], strategies: dict[str, type], share) -> None:
         """Every point of the search grid of each strategy that scores out of fold (the probe's Cs, with
-        and without multi-stage features), at each size `share` seconds afford, largest first; the sizes
+        and without multi-stage features), at each size the seconds `share()` affords, largest first; the sizes
         skipped for time are kept in `self.skipped` for another chance. When none fits, the smallest is
         searched anyway: better a run a little over its budget than no model."""
-        self.skipped, self.cheap_estimated = [], 0.0
+        self.skipped, since = [], len(self.cheap_parts)
         for size in sorted(sizes, reverse=True):
             estimate = self.size_cost(size)
-            # the share is spent in measured estimates, not by the clock: a load while the sizes are scored does
-            # not change which are (the features of every image must still fit in half of the time left)
-            if estimate > share - self.cheap_estimated or estimate > self.left() / 2:
+            # the share is spent in what the sizes scored cost at the machine's speed now, not by the clock: a load
+            # while they were scored does not change which are (the features of every image must still fit in
+            # half of the time left)
+            if estimate > share() - self.cheap_charged(since) or estimate > self.left() / 2:
                 self.skipped.append(size)
                 self.note(f"cheap candidates @ {size} px", estimate, status="skipped for time")
                 continue
             self.score_size(size, strategies, estimate)
-            self.cheap_estimated += estimate
         if not any(c.accuracy is not None for c in self.tried) and self.skipped:
             smallest = min(self.skipped)
             self.skipped.remove(smallest)
@@ -169,7 +188,6 @@ class Search:
             self.say(f"{smallest} px: about {estimate:.0f} s, more than the plan gives; searched anyway, the "
                      "smallest size")
             self.score_size(smallest, strategies, estimate)
-            self.cheap_estimated += estimate
         for size in self.skipped:
             estimate = self.size_cost(size)
             self.tried += [Candidate(name, name, size, {}, status=f"skipped: about {estimate:.0f} s (measured "
@@ -187,6 +205,8 @@ class Search:
             taps_grid = taps_grid[-1:]
         x = self.ctx.features.get(self.pool, size=size, normalize=self.norm, taps=max(taps_grid))
         features_s = time.monotonic() - started
+        self.costs.observe_passes()
+        drift = self.costs.drift["frozen"]  # the machine's speed while this size was scored
         folds = evidence_folds(self.labels, self.ctx.dataset.groups[self.pool], self.ctx.config.seed,
                                k=3 if len(self.pool) >= LARGE_EVIDENCE else 5)
         balanced = self.ctx.config.train.imbalance in ("weights", "sampler")
@@ -213,7 +233,8 @@ class Search:
                          f"{f' ({best.point})' if best.point else ''} on {len(self.pool):,} images, "
                          f"{time.monotonic() - started:.0f} s")
         self.note(f"cheap candidates @ {size} px", estimate, started)
-        self.plan[-1]["fits_s"] = round(time.monotonic() - started - features_s, 2)
+        self.plan[-1] |= {"fits_s": round(time.monotonic() - started - features_s, 2), "drift": round(drift, 3)}
+        self.cheap_parts.append((time.monotonic() - started, drift))
 
     def training_candidates(self, prior: Prior) -> list[tuple[str, str, dict]]:
         """(variant, strategy, overrides) of the registry's candidates that train, as the rule offers them."""
@@ -226,62 +247,81 @@ class Search:
 
     def expensive(self, prior: Prior, share: float) -> None:
         """The candidates that train (the backbone, or a network from scratch), cheapest first, each at the
-        largest size where its epochs fit `share` (measured on its own training steps), planned with the epochs
-        `share` affords and trimmed only where the clock has less left (run_planned), on evidence that can tell
-        (trials.py)."""
-        from transferlab.search.trials import CROSS_FOLDS
-        from transferlab.strategies import get_strategy
-
+        largest size where its epochs fit `share` (measured on its own training steps), on evidence that can tell
+        (trials.py). The plan is made from the measured costs and the share alone, and made again after each
+        trial from what that trial showed of the machine's speed (the drift): a slow minute while the steps
+        were timed costs the plan nothing once a trial runs at the speed the machine has; the clock only trims
+        it below (run_next)."""
         val, spread = self.ctx.indices["val"], self.best_cheap_spread()
         rival = any(c.accuracy is not None for c in self.tried)  # no cheap score: a trial is the only model
         cross = rival and resolvable_gain(spread, len(val)) > self.auto.resolvable  # val cannot tell
+        offered = self.training_candidates(prior)
         if cross and resolvable_gain(spread, len(self.pool)) > self.auto.resolvable:
             score = self.ctx.dataset.task.score_name
             why = (f"neither the {len(val)} validation images nor the {len(self.pool)} evidence images (cross-fitted) "
                    f"can tell a gain below {resolvable_gain(spread, len(self.pool)):.1%} ({score}) from noise (two standard "
                    f"errors of a paired difference; strategy.auto.resolvable={self.auto.resolvable:g})")
-            for name, strategy, overrides in self.training_candidates(prior):
+            for name, strategy, overrides in offered:
                 self.tried.append(Candidate(strategy, name, self.train_sizes()[-1], dict(overrides),
                                             status=f"skipped: {why}"))
             self.say(f"training candidates skipped: {why}")
             return
+        if not prior.fine_tuning_worth_trying:
+            for name, strategy, overrides in offered:
+                size = self.ctx.dataset.spec.size if overrides.get("model.pretrained") is False else self.train_sizes()[-1]
+                self.tried.append(Candidate(strategy, name, size, dict(overrides), status="skipped: the rule says "
+                                            "training does not pay on a small set of a similar domain"))
+            return
         # images trained in one epoch of the trial (all folds), and of its member's refit on the evidence
-        images = len(self.pool) * (CROSS_FOLDS - 1) if cross else len(self.ctx.indices["train"])
-        refit = len(self.pool) if cross else 0
-        options = []
-        for name, strategy, overrides in self.training_candidates(prior):
-            scratch = overrides.get("model.pretrained") is False
-            for size in sorted([self.ctx.dataset.spec.size] if scratch else self.train_sizes(), reverse=True):
-                candidate = Candidate(strategy, name, size, dict(overrides), rows="train+val" if cross else "val")
-                if not prior.fine_tuning_worth_trying:
-                    candidate.status = "skipped: the rule says training does not pay on a small set of a similar domain"
-                    self.tried.append(candidate)
-                    break
-                trial = get_strategy(strategy, merge(self.ctx.config, unflatten(overrides | {"model.size": size}),
-                                                     origin=f"auto ({name})"))
-                per_image = self.costs.training(candidate.label, self.ctx.replace(config=trial.config), trial)
-                option = (per_image * images * 4 / 3, per_image * refit, candidate, trial)  # + its predictions
-                if (option[0] + option[1]) * trial.config.train.epochs <= share:
-                    break  # the largest size whose epochs fit
-            else:
-                options.append(option)
-                continue
-            if prior.fine_tuning_worth_trying:
-                options.append(option)
-        # the plan, from the measured costs and the share alone: which candidates run, and their epochs (cheapest
-        # first, each given the epochs the share has left for it); the clock only trims it below (run_planned)
-        planned, remaining = [], share
+        images, refit = self.epoch_images(cross), len(self.pool) if cross else 0
+        remaining = list(offered)
+        while remaining:
+            options = [self.option(name, strategy, overrides, images, refit, cross, share)
+                       for name, strategy, overrides in remaining]
+            room = share - sum(self.costs.at_now("training", seconds, drift) for seconds, drift in self.trial_parts)
+            planned, short = self.allot(options, room)
+            if not planned:
+                for option, epochs in short:
+                    self.skip_for_time(option[2], epochs, option[0] + option[1], room, option[3].config.train.epochs)
+                return
+            done = self.run_next(planned, cross)
+            remaining = [c for c in remaining if c[0] not in done]
+
+    def option(self, name: str, strategy: str, overrides: dict, images: int, refit: int, cross: bool,
+               share: float) -> tuple:
+        """(seconds an epoch of its trial, of its refit, the candidate, its strategy) of the training candidate
+        `name` at the largest size whose epochs fit `share` at the measured costs now (the smallest when none
+        does)."""
+        from transferlab.search.trials import PREDICTING
+        from transferlab.strategies import get_strategy
+
+        scratch = overrides.get("model.pretrained") is False
+        for size in sorted([self.ctx.dataset.spec.size] if scratch else self.train_sizes(), reverse=True):
+            candidate = Candidate(strategy, name, size, dict(overrides), rows="train+val" if cross else "val")
+            trial = get_strategy(strategy, merge(self.ctx.config, unflatten(overrides | {"model.size": size}),
+                                                 origin=f"auto ({name})"))
+            per_image = self.costs.training(candidate.label, self.ctx.replace(config=trial.config), trial)
+            option = (per_image * images * PREDICTING, per_image * refit, candidate, trial)
+            if (option[0] + option[1]) * trial.config.train.epochs <= share:
+                break  # the largest size whose epochs fit
+        return option
+
+    @staticmethod
+    def allot(options: list, room: float) -> tuple[list, list]:
+        """The options that run, cheapest first, each given the epochs `room` has left for it (up to its own), and
+        those that would get fewer than MIN_EPOCHS, each with the epochs it would get."""
+        planned, short = [], []
         for option in sorted(options, key=lambda o: (o[0] + o[1]) * o[3].config.train.epochs):
-            per_epoch, refit_epoch, candidate, trial = option
+            per_epoch, refit_epoch, _, trial = option
             wanted = trial.config.train.epochs
-            epochs = wanted if math.isinf(remaining) else min(wanted, int(max(0.0, remaining) //
-                                                                          max(per_epoch + refit_epoch, 1e-9)))
+            epochs = wanted if math.isinf(room) else min(wanted, int(max(0.0, room) // max(per_epoch + refit_epoch,
+                                                                                            1e-9)))
             if epochs < min(MIN_EPOCHS, wanted):
-                self.skip_for_time(candidate, epochs, per_epoch + refit_epoch, remaining, wanted)
+                short.append((option, epochs))
                 continue
             planned.append((option, epochs))
-            remaining -= (per_epoch + refit_epoch) * epochs
-        self.run_planned(planned, cross)
+            room -= (per_epoch + refit_epoch) * epochs
+        return planned, short
 
     def skip_for_time(self, candidate: Candidate, epochs: int, per_epoch: float, room: float, wanted: int) -> None:
         """Record a training candidate left out for time, with the epochs that would have fit in `room`."""
@@ -299,38 +339,53 @@ class Search:
             return [e for _, e in queue]
         return [min(e, int(max(0.0, left) * e / max(later, 1e-9))) for _, e in queue]
 
-    def run_planned(self, planned: list, cross: bool) -> None:
-        """Run the planned trials in order. Where the clock has less time left than the plan (a loaded machine,
-        a cost under-measured), the remaining trials give up epochs in proportion to their planned cost; when
-        that would leave one with fewer than MIN_EPOCHS, the last planned is skipped for time instead, and its
-        time goes to those before it rather than unspent. The plan is never re-made from the clock: a load that
-        passes trims epochs, and changes which candidates run only where their minimum no longer fits."""
+    def run_next(self, planned: list, cross: bool) -> set[str]:
+        """Run the first of the planned trials; the variants it ran or dropped. Where the clock has less time left
+        than the plan (a loaded machine, a cost under-measured), the planned trials give up epochs in proportion to
+        their planned cost; when that would leave one with fewer than MIN_EPOCHS, the last planned is skipped for
+        time instead, and its time goes to those before it rather than unspent. A load that passes trims epochs,
+        and changes which candidates run only where their minimum no longer fits."""
         from transferlab.search.trials import run_trial
 
         def least(option) -> int:
             return min(MIN_EPOCHS, option[3].config.train.epochs)
 
-        queue = list(planned)
-        while queue:
-            left = self.left()
+        queue, done = list(planned), set()
+        left = self.left()
+        shares = self.trimmed(queue, left)
+        while len(queue) > 1 and any(t < least(o) for t, (o, _) in zip(shares, queue)):
+            (per_epoch, refit_epoch, dropped, trial), _ = queue.pop()
+            self.skip_for_time(dropped, shares[-1], per_epoch + refit_epoch, left, trial.config.train.epochs)
+            done.add(dropped.variant)
             shares = self.trimmed(queue, left)
-            while len(queue) > 1 and any(t < least(o) for t, (o, _) in zip(shares, queue)):
-                (per_epoch, refit_epoch, dropped, trial), _ = queue.pop()
-                self.skip_for_time(dropped, shares[-1], per_epoch + refit_epoch, left, trial.config.train.epochs)
-                shares = self.trimmed(queue, left)
-            (option, _), epochs = queue.pop(0), shares[0]
-            per_epoch, refit_epoch, candidate, trial = option
-            if epochs < least(option):
-                self.skip_for_time(candidate, epochs, per_epoch + refit_epoch, left, trial.config.train.epochs)
-                continue
-            candidate.overrides["train.epochs"] = epochs
-            if cross:
-                candidate.overrides["train.refit_on_val"] = True  # its member: the same epochs on train + val
-                self.committed += refit_epoch * epochs
-            begun = time.monotonic()
-            run_trial(self, candidate, trial, cross)
-            self.note(f"{candidate.label} ({epochs} epochs, {'cross-fitted' if cross else 'on the validation split'})",
-                      per_epoch * epochs, begun)
+        (option, _), epochs = queue[0], shares[0]
+        per_epoch, refit_epoch, candidate, trial = option
+        done.add(candidate.variant)
+        if epochs < least(option):
+            self.skip_for_time(candidate, epochs, per_epoch + refit_epoch, left, trial.config.train.epochs)
+            return done
+        candidate.overrides["train.epochs"] = epochs
+        if cross:
+            candidate.overrides["train.refit_on_val"] = True  # its member: the same epochs on train + val
+            self.committed += refit_epoch * epochs
+        begun = time.monotonic()
+        run_trial(self, candidate, trial, cross)
+        seconds = time.monotonic() - begun
+        # what the machine showed: the trial against its measured cost (its set-up and predictions included)
+        from transferlab.search.trials import PREDICTING
+
+        self.costs.observe("training", f"{candidate.label} ({epochs} epochs)",
+                           self.costs.training_s[candidate.label] * PREDICTING, seconds, self.epoch_images(cross) * epochs)
+        self.trial_parts.append((seconds, self.costs.drift["training"]))
+        self.note(f"{candidate.label} ({epochs} epochs, {'cross-fitted' if cross else 'on the validation split'})",
+                  per_epoch * epochs, begun)
+        return done
+
+    def epoch_images(self, cross: bool) -> int:
+        """Images trained in one epoch of a trial: every fold's (K - 1 folds each), or the training part's."""
+        from transferlab.search.trials import CROSS_FOLDS
+
+        return len(self.pool) * (CROSS_FOLDS - 1) if cross else len(self.ctx.indices["train"])
 
     def trial(self, candidate: Candidate, trial, val: np.ndarray) -> None:
         """Fit an expensive candidate on the training part and score it on the validation split `val`."""
@@ -414,17 +469,19 @@ def choose(ctx) -> Choice:
                 and cls.scores_out_of_fold()}
     training = TRAINING_GAIN[(prior.small, prior.similar)] if search.training_candidates(prior) else 0.0
     shares = {"cheap": CHEAP_GAIN / (CHEAP_GAIN + training), "training": training / (CHEAP_GAIN + training)}
-    # the plan's time, divided once: the training part gets what the cheap part's estimates left of it (at least
-    # its own share), so a load that slows the cheap part down trims the trials' epochs, not which ones run
-    planned = search.left()
+    # the plan's time, divided once: the training part gets what the cheap part left of it (at least its own
+    # share), each part that ran charged at the machine's speed now, so a load that slowed them down and passed
+    # changes neither which sizes are scored nor which trials run; one that lasts trims the trials' epochs
+    search.opening = search.left()
     if scorable:
-        search.cheap(sizes, scorable, shares["cheap"] * planned)
-    search.expensive(prior, max(planned - search.cheap_estimated, shares["training"] * planned))
+        search.cheap(sizes, scorable, lambda: shares["cheap"] * search.plan_time())
+    planned = search.plan_time()
+    search.expensive(prior, max(planned - search.cheap_charged(), shares["training"] * planned))
     if scorable and search.skipped and search.left() > LEFTOVER * min(search.total, 1e12):
         search.say(f"{search.left():.0f} s of the plan unspent: the sizes skipped for time get another chance")
         search.tried = [c for c in search.tried if not (c.strategy in scorable and c.size in search.skipped
                                                         and c.status.startswith("skipped"))]
-        search.cheap(search.skipped, scorable, search.left())
+        search.cheap(search.skipped, scorable, search.left)
     chosen, ensemble = search.selection()
     refit = ctx.config.strategy.auto.refit
     weights = rounded([w for _, w in chosen])
@@ -456,7 +513,11 @@ def choose(ctx) -> Choice:
                          "search_seconds": round(search.spent(), 1),
                          "shares": {k: round(v, 3) for k, v in shares.items()},
                          "expected_gain": {"cheap": CHEAP_GAIN, "training": training},
-                         "committed_to_final_fit_s": round(search.committed, 1)},
+                         "committed_to_final_fit_s": round(search.committed, 1),
+                         "plan_seconds": round(planned, 1) if math.isfinite(planned) else None,
+                         "charged_s": {"cheap": round(search.cheap_charged(), 1),
+                                       "training": round(sum(search.costs.at_now("training", *part)
+                                                             for part in search.trial_parts), 1)}},
               "plan": search.plan, "costs": search.costs.record(), "task": settled,
               "calibration": calibration,
               "inference_ms": {str(s): round(1000 * f, 2) for s, f in search.costs.frozen_s.items()}}

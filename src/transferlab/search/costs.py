@@ -1,14 +1,18 @@
 """What the search's plan costs, measured on the engine and device that run each part, and corrected from
 the parts that ran (ARCHITECTURE.md: costs are measured, not assumed).
 
-- A frozen pass at a size: FeatureStore.time_pass, the median of several timed batches after a warm-up on
-  the engine the pass itself runs on (onnxruntime or OpenVINO where they pay, as the passes do).
+- A frozen pass at a size: FeatureStore.time_passes, the median of several timed batches after a warm-up on
+  the engine the pass itself runs on (onnxruntime or OpenVINO where they pay, as the passes do), every size
+  of the plan's grid in the same rounds: the machine's state then weighs on all of them alike.
 - A training image of a candidate: fit.training_seconds, the median of an epoch's first optimizer steps
   of its own module on its device.
 - The machine now: every pass that ran (the feature store keeps its throughput) and every trial says how
   much slower or faster than timed the machine is (`drift`, the latest one's ratio); later estimates are
   scaled by it. A stall during a timing moves a median of five batches not at all; a load that lasts is
   seen by the passes that run under it, and undone by the ones after it.
+- What a part that ran is charged against the plan: what it took, at the machine's speed now (`at_now`: its
+  seconds times the drift now over the drift while it ran). A minute of another program's load costs the
+  plan nothing once the machine is quiet again; a load that stays is charged in full.
 """
 
 from __future__ import annotations
@@ -21,8 +25,8 @@ DRIFT_RANGE = (0.25, 4.0)  # how far one pass may move the estimates
 class Costs:
     """Seconds per image of each part the search may pay for, as measured; `drift` scales them to now."""
 
-    def __init__(self, ctx):
-        self.ctx = ctx
+    def __init__(self, ctx, sizes: list[int] | None = None):
+        self.ctx, self.sizes = ctx, sorted(set(sizes or []))  # the grid timed together at the first look
         self.frozen_s: dict[int, float] = {}  # size -> seconds per image of the frozen pass, as timed
         self.engine: dict[int, str] = {}
         self.training_s: dict[str, float] = {}  # a candidate's label -> seconds per training image, as timed
@@ -35,8 +39,10 @@ class Costs:
         self.observe_passes()
         if size not in self.frozen_s:
             norm = (self.ctx.normalizer.mean, self.ctx.normalizer.std)
-            self.frozen_s[size], self.engine[size] = self.ctx.features.time_pass(size, norm,
-                                                                               images=len(self.ctx.dataset))
+            sizes = sorted({size} | set(self.sizes) - set(self.frozen_s))
+            for timed, (seconds, engine) in self.ctx.features.time_passes(sizes, norm,
+                                                                          images=len(self.ctx.dataset)).items():
+                self.frozen_s[timed], self.engine[timed] = seconds, engine
         return self.frozen_s[size] * self.drift["frozen"]
 
     def training(self, label: str, ctx, strategy) -> float:
@@ -57,6 +63,10 @@ class Costs:
         self.drift[kind] = ratio
         self.history.append({"kind": kind, "what": what, "images": int(images), "seconds": round(seconds, 2),
                              "timed_ms_per_image": round(1000 * timed_per_image, 3), "drift": round(ratio, 3)})
+
+    def at_now(self, kind: str, seconds: float, drift_then: float) -> float:
+        """`seconds` a part of `kind` took while the drift was `drift_then`, at the machine's speed now."""
+        return seconds * self.drift[kind] / max(drift_then, 1e-9)
 
     def observe_passes(self) -> None:
         """The feature store's passes since the last look, at the sizes that were timed."""

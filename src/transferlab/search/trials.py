@@ -18,6 +18,7 @@ import numpy as np
 from transferlab.config import merge, unflatten
 
 CROSS_FOLDS = 3  # folds of a cross-fitted trial (each trains on two thirds of the evidence)
+PREDICTING = 4 / 3  # a trial's time over its training steps' alone: its predictions, checkpoints and set-up
 
 
 def trial_folder(ctx, candidate, part: str | None = None):
@@ -70,8 +71,6 @@ def run_trial(search, candidate, trial, cross: bool) -> None:
     started = time.monotonic()
     config = merge(trial.config, unflatten(candidate.overrides), origin=f"auto ({candidate.variant})")
     deadline = None if search.ctx.deadline is None else time.monotonic() + max(0.0, search.left())
-    # images trained in one epoch of the whole trial: every fold's (K - 1 folds each), or the training part
-    images = len(search.pool) * (CROSS_FOLDS - 1) if cross else len(search.ctx.indices["train"])
     if cross:
         candidate.rows, probs = "train+val", cross_fitted(search, candidate, config, deadline)
         labels = search.labels
@@ -79,9 +78,6 @@ def run_trial(search, candidate, trial, cross: bool) -> None:
         candidate.rows, probs = "val", on_validation(search, candidate, config, deadline)
         labels = search.ctx.dataset.labels[search.ctx.indices["val"]]
     candidate.seconds = time.monotonic() - started
-    search.costs.observe("training", f"{candidate.label} ({config.train.epochs} epochs)",
-                         search.costs.training_s.get(candidate.label, 0.0), candidate.seconds,
-                         int(images * config.train.epochs))
     if np.isnan(probs).any():
         candidate.status = "skipped: the deadline cut its cross-fitted trial"
     else:
