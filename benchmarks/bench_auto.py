@@ -160,7 +160,8 @@ def contender(data: str, test: str, overrides: list[str], out: Path) -> tuple[fl
     accuracy = json.loads((evaluation / "metrics.json").read_text())["test"]["accuracy"]
     record = json.loads((run / "metrics.json").read_text())
     # the run's budget (metrics.json seconds.budget: the whole run's), not the search's share of it
-    return accuracy, seconds, {**record["strategy"], "run_budget": (record.get("seconds") or {}).get("budget")}
+    return accuracy, seconds, {**record["strategy"], "run_budget": (record.get("seconds") or {}).get("budget"),
+                               "run_seconds": record.get("seconds") or {}}
 
 
 def best_single(decision: dict) -> list[str]:
@@ -205,7 +206,9 @@ def costs_of(decision: dict) -> str:
     costs = decision.get("costs") or {}
     frozen = {size: entry["ms"] for size, entry in (costs.get("frozen_ms_per_image") or {}).items()}
     parts = [f"{p['part']} {p['estimate_s']}/{p['spent_s']} s ({p['status']})" for p in decision.get("plan", [])]
-    return f"timed ms/image frozen {frozen} training {costs.get('training_ms_per_image')}; plan: {'; '.join(parts)}"
+    budget = decision.get("budget") or {}
+    return (f"timed ms/image frozen {frozen} training {costs.get('training_ms_per_image')}; plan of "
+            f"{budget.get('plan_seconds')} s (charged {budget.get('charged_s')}): {'; '.join(parts)}")
 
 
 def measure_set(group: str, name: str, tmp: Path, fixed: list[str], single_too: bool = True,
@@ -217,7 +220,7 @@ def measure_set(group: str, name: str, tmp: Path, fixed: list[str], single_too: 
     auto = contender(data, test, [], tmp / f"{name}-auto")
     decision = auto[2].get("decision") or {}
     line("auto", auto[0], auto[1], f"  ({'; '.join(decision.get('chosen', []))}) plan {plan_of(decision)}")
-    print(f"    {costs_of(decision)}", flush=True)
+    print(f"    {costs_of(decision)}; before the fit {auto[2]['run_seconds']}", flush=True)
     loaded = None
     if load:
         workers = burn(load)
@@ -225,7 +228,7 @@ def measure_set(group: str, name: str, tmp: Path, fixed: list[str], single_too: 
         for worker in workers:
             worker.join()
         line(f"auto, loaded {load:.0f} s", loaded[0], loaded[1], f"  plan {plan_of(loaded[2].get('decision') or {})}")
-        print(f"    {costs_of(loaded[2].get('decision') or {})}", flush=True)
+        print(f"    {costs_of(loaded[2].get('decision') or {})}; before the fit {loaded[2]['run_seconds']}", flush=True)
     single = None
     if single_too:
         single = contender(data, test, best_single(decision), tmp / f"{name}-single")

@@ -64,7 +64,10 @@ def run_experiment(kind: str, data: str | None, config: Config, options: RunOpti
     """Open or resume a run, fit and score each of its folds, write what it found."""
     from transferlab.record import finish_cv
 
+    from transferlab.machine import Snapshot
+
     started, clock, progress, resume = time.time(), time.monotonic(), options.progress, options.resume
+    machine = Snapshot.now()  # what other programs take of the CPUs before the fit, the plan gets back
     show = progress and not is_worker_process()
     with contextlib.ExitStack() as stack:
         if resume is not None:
@@ -104,7 +107,9 @@ def run_experiment(kind: str, data: str | None, config: Config, options: RunOpti
                              "what comes after it (evaluation, the audit, the report)")
                 else:
                     share = budget / len(folds) - fold.run.state.seconds
-                spent = {"budget": budget, "before_fit": before} | ({"kept_after": round(after, 1)}
+                spent = {"budget": budget, "before_fit": before} | ({"kept_after": round(after, 1),
+                                                                      "taken_by_others": round(
+                                                                          machine.taken_by_others(), 1)}
                                                                      if budget is not None and kind == "train" else {})
                 ctx = FitContext(dataset, fold.indices, config, fold.run.path, store, seconds=spent,
                                  deadline=None if share is None else time.monotonic() + share, progress=progress,

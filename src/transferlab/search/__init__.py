@@ -118,12 +118,14 @@ class Search:
 
     def plan_time(self) -> float:
         """Seconds the plan divides between the cheap part and the trials: the time left after the rule's
-        measurement, less what that measurement would have cost at the machine's speed now than it did (a load
-        while it ran gives its time back once the machine is quiet again)."""
+        measurement, with what other programs took of the CPUs before the fit (run.py measures it: decoding and
+        near-duplicates have no cost model) and what the measurement took beyond its cost at the machine's speed
+        now given back: a load that passed changes the plan not at all, and the clock trims the trials' epochs."""
         if self.prior_part is None:
             return self.opening
         seconds, drift = self.prior_part
-        return self.opening + seconds - self.costs.at_now("frozen", seconds, drift)
+        taken = float((self.ctx.seconds or {}).get("taken_by_others") or 0.0)
+        return self.opening + taken + seconds - self.costs.at_now("frozen", seconds, drift)
 
     def cheap_charged(self, since: int = 0) -> float:
         """What the cheap sizes scored (from the `since`-th) are charged: their seconds at the speed now."""

@@ -7,7 +7,9 @@ the parts that ran (ARCHITECTURE.md: costs are measured, not assumed).
 - A training image of a candidate: fit.training_seconds, the median of an epoch's first optimizer steps
   of its own module on its device.
 - The machine now: every pass that ran (the feature store keeps its throughput) and every trial says how
-  much slower or faster than timed the machine is (`drift`, the latest one's ratio); later estimates are
+  much slower or faster than timed the machine is (`drift`: the median ratio of the latest RECENT parts of
+  its kind, since each size's timing has an error of its own that one pass cannot tell from the machine's
+  speed; a trial is its own, as few run); later estimates are
   scaled by it. A stall during a timing moves a median of five batches not at all; a load that lasts is
   seen by the passes that run under it, and undone by the ones after it.
 - What a part that ran is charged against the plan: what it took, at the machine's speed now (`at_now`: its
@@ -20,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 DRIFT_RANGE = (0.25, 4.0)  # how far one pass may move the estimates
+RECENT = 3  # the passes whose median ratio is the frozen drift
 
 
 class Costs:
@@ -30,7 +33,8 @@ class Costs:
         self.frozen_s: dict[int, float] = {}  # size -> seconds per image of the frozen pass, as timed
         self.engine: dict[int, str] = {}
         self.training_s: dict[str, float] = {}  # a candidate's label -> seconds per training image, as timed
-        self.drift = {"frozen": 1.0, "training": 1.0}  # observed / timed of the latest part of each kind
+        self.drift = {"frozen": 1.0, "training": 1.0}  # observed / timed of the latest parts of each kind
+        self.ratios: dict[str, list[float]] = {"frozen": [], "training": []}
         self.seen = 0  # feature-store passes already read
         self.history: list[dict] = []
 
@@ -60,7 +64,8 @@ class Costs:
         if images <= 0 or timed_per_image <= 0:
             return
         ratio = float(np.clip(seconds / images / timed_per_image, *DRIFT_RANGE))
-        self.drift[kind] = ratio
+        self.ratios[kind].append(ratio)
+        self.drift[kind] = float(np.median(self.ratios[kind][-RECENT:])) if kind == "frozen" else ratio
         self.history.append({"kind": kind, "what": what, "images": int(images), "seconds": round(seconds, 2),
                              "timed_ms_per_image": round(1000 * timed_per_image, 3), "drift": round(ratio, 3)})
 
