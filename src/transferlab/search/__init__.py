@@ -18,8 +18,8 @@ from transferlab.search.evidence import evidence_folds, resolvable_gain, subsamp
 from transferlab.search.rule import Prior, decide, measure
 from transferlab.tasks import SINGLE, Task
 
-FINAL_SHARE = 0.1  # of the budget kept for the final fit and the evaluation
-PRIOR_SHARE = 0.15  # of the time left that the rule's measurement may take
+FINAL_SHARE = 0.05  # of the budget kept for the final fit and the evaluation (beyond what they are known to need)
+PRIOR_SHARE = 0.05  # of the time left that the rule's measurement may take (at 60,000: about 4,500 images, not 10,000)
 # points of accuracy the plan expects from each part, by the rule's quadrant (small, similar): the cheap
 # candidates at more input sizes, and training candidates; the time is divided in proportion
 CHEAP_GAIN = 1.0
