@@ -96,6 +96,7 @@ class Search:
         self.prior_part: tuple[float, float] | None = None
         self.cheap_parts: list[tuple[float, float]] = []
         self.trial_parts: list[tuple[float, float]] = []
+        self.refits = 0.0  # seconds the chosen trials' refits will take in the final fit (estimated)
         self.opening = math.inf  # the time left when the plan was made (after the rule's measurement)
         pool = np.concatenate([ctx.indices["train"], ctx.indices["val"]])
         self.pool, self.cut = subsample(pool, ctx.dataset.labels, self.auto.max_images, ctx.config.seed)
@@ -280,7 +281,8 @@ class Search:
         while remaining:
             options = [self.option(name, strategy, overrides, images, refit, cross, share)
                        for name, strategy, overrides in remaining]
-            room = share - sum(self.costs.at_now("training", seconds, drift) for seconds, drift in self.trial_parts)
+            room = share - self.refits - sum(self.costs.at_now("training", seconds, drift)
+                                             for seconds, drift in self.trial_parts)
             planned, short = self.allot(options, room)
             if not planned:
                 for option, epochs in short:
@@ -370,6 +372,7 @@ class Search:
         if cross:
             candidate.overrides["train.refit_on_val"] = True  # its member: the same epochs on train + val
             self.committed += refit_epoch * epochs
+            self.refits += refit_epoch * epochs  # the plan's too: the final fit pays it
         begun = time.monotonic()
         run_trial(self, candidate, trial, cross)
         seconds = time.monotonic() - begun
