@@ -9,8 +9,9 @@ the parts that ran (ARCHITECTURE.md: costs are measured, not assumed).
 - The machine now: every pass that ran (the feature store keeps its throughput) and every trial says how
   much slower or faster than timed the machine is (`drift`: the median ratio of the latest RECENT parts of
   its kind, since each size's timing has an error of its own that one pass cannot tell from the machine's
-  speed; a trial is its own, as few run); later estimates are scaled by it. A stall during a timing moves a median of five batches not at all; a load that lasts is
-  seen by the passes that run under it, and undone by the ones after it.
+  speed; a trial is its own, as few run); later estimates are scaled by it. A stall during a timing moves
+  a median of five batches not at all; a load that lasts is seen by the passes that run under it, and
+  undone by the ones after it.
 - What a part that ran is charged against the plan: what it took, at the machine's speed now (`at_now`: its
   seconds times the drift now over the drift while it ran). A minute of another program's load costs the
   plan nothing once the machine is quiet again; a load that stays is charged in full.
