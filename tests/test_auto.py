@@ -496,13 +496,14 @@ def test_a_load_while_the_cheap_part_runs_trims_the_trials_epochs_not_which_tria
     exactly their measured cost, and the same trials run, with fewer epochs."""
     import time as clock
 
+    from transferlab import fit as fit_module
     from transferlab import search as search_module
     from transferlab.data import holdout_split, load_dataset
     from transferlab.features import FeatureStore
     from transferlab.fit import FitContext
-    from transferlab import fit as fit_module
     from transferlab.search import trials
     from transferlab.search.rule import Prior
+    from transferlab.search.trials import PREDICTING
 
     config = load_config(overrides=["preprocess.size=32", "model.name=test_efficientnet", "model.pretrained=false",
                                     "data.decode_workers=1", "strategy.auto.sizes=[32]", "strategy.auto.resolvable=1",
@@ -514,7 +515,7 @@ def test_a_load_while_the_cheap_part_runs_trims_the_trials_epochs_not_which_tria
     now, real = [0.0], clock.monotonic
     monkeypatch.setattr(clock, "monotonic", lambda: real() + now[0])
     budget, per_epoch = 1000.0, 45.0  # two trials of 8 epochs: 720 s of the plan's 900
-    monkeypatch.setattr(fit_module, "training_seconds", lambda ctx, strategy: per_epoch / (len(indices["train"]) * 4 / 3))
+    monkeypatch.setattr(fit_module, "training_seconds", lambda ctx, strategy: per_epoch / (len(indices["train"]) * PREDICTING))
     monkeypatch.setattr(search_module.Search, "prior", lambda self: Prior(
         images=len(indices["train"]), sampled=len(indices["train"]), per_class=500, score=0.3, method="logme",
         threshold=0.8, small=False, similar=False))
@@ -581,10 +582,10 @@ def test_when_the_time_left_cannot_give_every_planned_trial_its_minimum_the_last
 
 
 def plan_under(data, tmp_path, monkeypatch, *, load: bool, budget: float) -> tuple[dict, list]:
-    """choose() on the colour set `data`, its passes and training steps costing what the test says on the test's clock:
-    with `load`, another program takes BEFORE seconds before the fit and doubles every cost while the sizes and
-    the training steps are timed and while the rule measures; the passes after it and the trials run at the machine's own speed. The decision, and the
-    trials run as (label, epochs)."""
+    """choose() on the colour set `data`, its passes and training steps costing what the test says, on the test's
+    clock: with `load`, another program takes BEFORE seconds before the fit and doubles every cost while the sizes
+    and the training steps are timed and while the rule measures; the passes after it and the trials run at the
+    machine's own speed. The decision, and the trials run as (label, epochs)."""
     import time as clock
 
     from transferlab import fit as fit_module
@@ -663,6 +664,8 @@ def test_a_load_while_the_rule_measures_and_the_costs_are_timed_changes_neither_
     one from the speed it showed: the same sizes and the same trials; the clock the load took trims epochs."""
     from conftest import colour_images
 
+    from transferlab.search import FINAL_SHARE
+
     data = colour_images(tmp_path / "data", per_class=40, classes=("red", "green", "blue"))
     quiet, quiet_ran = plan_under(data, tmp_path, monkeypatch, load=False, budget=1150.0)
     monkeypatch.undo()
@@ -674,8 +677,6 @@ def test_a_load_while_the_rule_measures_and_the_costs_are_timed_changes_neither_
 
     # the plan divides the same time: what the load took before the fit and from the rule's pass is given back
     # (but for the final fit's share, FINAL_SHARE of the time the search started with: BEFORE seconds less)
-    from transferlab.search import FINAL_SHARE
-
     assert abs(loaded["budget"]["plan_seconds"] - quiet["budget"]["plan_seconds"]) <= FINAL_SHARE * BEFORE + 1, (
         quiet["budget"], loaded["budget"])
     assert scored(quiet) == [32, 48, 64] and scored(loaded) == scored(quiet), (quiet["plan"], loaded["plan"])

@@ -145,18 +145,14 @@ class FeatureStore:
                                                 limit_bytes=int(config.data.disk_limit_gb * 1e9))
         return self.compiled[key]
 
-    def time_pass(self, size: int, normalize: tuple | None = None, *, images: int | None = None, batches: int = 5,
-                  batch: int = 8) -> tuple[float, str]:
-        """(seconds per image, engine) of the frozen pass at `size` over `images` images (default: every image),
-        on the engine that pass runs on: the median of `batches` timed batches after a warm-up one, so a stall
-        of the machine during one of them does not move it."""
-        return self.time_passes([size], normalize, images=images, batches=batches, batch=batch)[size]
-
     def time_passes(self, sizes: list[int], normalize: tuple | None = None, *, images: int | None = None,
                     batches: int = 5, batch: int = 8) -> dict[int, tuple[float, str]]:
-        """time_pass of every size in `sizes` at once, in rounds of one batch of each: whatever the machine is
-        doing meanwhile (another program, a slow minute) weighs on every size alike, so their costs compare
-        with one another and one correction (the drift of a pass that ran) fits them all."""
+        """size -> (seconds per image, engine) of the frozen pass at each of `sizes` over `images` images (default:
+        every image), on the engine that pass runs on: the median of `batches` timed batches after a warm-up one,
+        so a stall of the machine during one of them does not move it. The sizes are timed in rounds of one
+        batch of each: whatever the machine is doing meanwhile (another program, a slow minute) weighs on every
+        size alike, so their costs compare with one another and one correction (the drift of a pass that ran)
+        fits them all."""
         import time
 
         rows = np.arange(min(batch, len(self.dataset)))

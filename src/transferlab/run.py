@@ -62,9 +62,8 @@ def run_cv(data: str | None, config: Config, **options) -> Path:
 
 def run_experiment(kind: str, data: str | None, config: Config, options: RunOptions) -> Path:
     """Open or resume a run, fit and score each of its folds, write what it found."""
-    from transferlab.record import finish_cv
-
     from transferlab.machine import Snapshot
+    from transferlab.record import finish_cv
 
     started, clock, progress, resume = time.time(), time.monotonic(), options.progress, options.resume
     machine = Snapshot.now()  # what other programs take of the CPUs before the fit, the plan gets back

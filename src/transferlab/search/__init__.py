@@ -128,9 +128,10 @@ class Search:
         taken = float((self.ctx.seconds or {}).get("taken_by_others") or 0.0)
         return self.opening + taken + seconds - self.costs.at_now("frozen", seconds, drift)
 
-    def cheap_charged(self, since: int = 0) -> float:
-        """What the cheap sizes scored (from the `since`-th) are charged: their seconds at the speed now."""
-        return sum(self.costs.at_now("frozen", seconds, drift) for seconds, drift in self.cheap_parts[since:])
+    def charged(self, kind: str, parts: list[tuple[float, float]]) -> float:
+        """What the `parts` of `kind` that ran (seconds, drift while they ran) are charged: their seconds at the
+        speed now."""
+        return sum(self.costs.at_now(kind, seconds, drift) for seconds, drift in parts)
 
     def say(self, message: str) -> None:
         if self.ctx.progress:
@@ -178,7 +179,7 @@ class Search:
             # the share is spent in what the sizes scored cost at the machine's speed now, not by the clock: a load
             # while they were scored does not change which are (the features of every image must still fit in
             # half of the time left)
-            if estimate > share() - self.cheap_charged(since) or estimate > self.left() / 2:
+            if estimate > share() - self.charged("frozen", self.cheap_parts[since:]) or estimate > self.left() / 2:
                 self.skipped.append(size)
                 self.note(f"cheap candidates @ {size} px", estimate, status="skipped for time")
                 continue
@@ -281,8 +282,7 @@ class Search:
         while remaining:
             options = [self.option(name, strategy, overrides, images, refit, cross, share)
                        for name, strategy, overrides in remaining]
-            room = share - self.refits - sum(self.costs.at_now("training", seconds, drift)
-                                             for seconds, drift in self.trial_parts)
+            room = share - self.refits - self.charged("training", self.trial_parts)
             planned, short = self.allot(options, room)
             if not planned:
                 for option, epochs in short:
@@ -349,7 +349,7 @@ class Search:
         their planned cost; when that would leave one with fewer than MIN_EPOCHS, the last planned is skipped for
         time instead, and its time goes to those before it rather than unspent. A load that passes trims epochs,
         and changes which candidates run only where their minimum no longer fits."""
-        from transferlab.search.trials import run_trial
+        from transferlab.search.trials import PREDICTING, run_trial
 
         def least(option) -> int:
             return min(MIN_EPOCHS, option[3].config.train.epochs)
@@ -377,8 +377,6 @@ class Search:
         run_trial(self, candidate, trial, cross)
         seconds = time.monotonic() - begun
         # what the machine showed: the trial against its measured cost (its set-up and predictions included)
-        from transferlab.search.trials import PREDICTING
-
         self.costs.observe("training", f"{candidate.label} ({epochs} epochs)",
                            self.costs.training_s[candidate.label] * PREDICTING, seconds, self.epoch_images(cross) * epochs)
         self.trial_parts.append((seconds, self.costs.drift["training"]))
@@ -481,7 +479,7 @@ def choose(ctx) -> Choice:
     if scorable:
         search.cheap(sizes, scorable, lambda: shares["cheap"] * search.plan_time())
     planned = search.plan_time()
-    search.expensive(prior, max(planned - search.cheap_charged(), shares["training"] * planned))
+    search.expensive(prior, max(planned - search.charged("frozen", search.cheap_parts), shares["training"] * planned))
     if scorable and search.skipped and search.left() > LEFTOVER * min(search.total, 1e12):
         search.say(f"{search.left():.0f} s of the plan unspent: the sizes skipped for time get another chance")
         search.tried = [c for c in search.tried if not (c.strategy in scorable and c.size in search.skipped
@@ -520,9 +518,8 @@ def choose(ctx) -> Choice:
                          "expected_gain": {"cheap": CHEAP_GAIN, "training": training},
                          "committed_to_final_fit_s": round(search.committed, 1),
                          "plan_seconds": round(planned, 1) if math.isfinite(planned) else None,
-                         "charged_s": {"cheap": round(search.cheap_charged(), 1),
-                                       "training": round(sum(search.costs.at_now("training", *part)
-                                                             for part in search.trial_parts), 1)}},
+                         "charged_s": {"cheap": round(search.charged("frozen", search.cheap_parts), 1),
+                                       "training": round(search.charged("training", search.trial_parts), 1)}},
               "plan": search.plan, "costs": search.costs.record(), "task": settled,
               "calibration": calibration,
               "inference_ms": {str(s): round(1000 * f, 2) for s, f in search.costs.frozen_s.items()}}

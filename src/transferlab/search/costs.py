@@ -34,7 +34,7 @@ class Costs:
         self.engine: dict[int, str] = {}
         self.training_s: dict[str, float] = {}  # a candidate's label -> seconds per training image, as timed
         self.drift = {"frozen": 1.0, "training": 1.0}  # observed / timed of the latest parts of each kind
-        self.ratios: dict[str, list[float]] = {"frozen": [], "training": []}
+        self.frozen_ratios: list[float] = []  # observed / timed of every frozen pass, in order
         self.seen = 0  # feature-store passes already read
         self.history: list[dict] = []
 
@@ -64,8 +64,9 @@ class Costs:
         if images <= 0 or timed_per_image <= 0:
             return
         ratio = float(np.clip(seconds / images / timed_per_image, *DRIFT_RANGE))
-        self.ratios[kind].append(ratio)
-        self.drift[kind] = float(np.median(self.ratios[kind][-RECENT:])) if kind == "frozen" else ratio
+        if kind == "frozen":
+            self.frozen_ratios.append(ratio)
+        self.drift[kind] = float(np.median(self.frozen_ratios[-RECENT:])) if kind == "frozen" else ratio
         self.history.append({"kind": kind, "what": what, "images": int(images), "seconds": round(seconds, 2),
                              "timed_ms_per_image": round(1000 * timed_per_image, 3), "drift": round(ratio, 3)})
 
